@@ -1,0 +1,288 @@
+"""A small HTTP/1.1 server: h11 for the protocol, trio for the I/O.
+
+The protocol knowledge stays in h11; this module is the glue: timeouts for
+idle and slow clients, bounded header and body sizes, keep-alive, and a
+graceful shutdown that lets requests in flight finish before a deadline.
+Handlers are plain ``async (Request) -> Response`` callables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import h11
+import trio
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 64 * 1024
+# Bodies larger than this are sent after the head instead of joined to it.
+JOIN_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 64 * 1024
+    #: Seconds a kept-alive connection may wait for its next request.
+    idle_timeout: float = 30.0
+    #: Seconds from a request's first byte to its last.
+    request_timeout: float = 10.0
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    client_host: str
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    def header(self, name: bytes) -> bytes | None:
+        """The combined value of a header, by lowercase name (h11 lowercases names)."""
+        values = [v for n, v in self.headers if n == name]
+        return b", ".join(values) if values else None
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(status: int, payload: Any, headers: Sequence[tuple[str, str]] = ()) -> Response:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(status, body, [("Content-Type", "application/json"), *headers])
+
+
+def error_response(
+    status: int, error: str, message: str = "", headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    return json_response(status, {"error": error, "message": message}, headers)
+
+
+class _Closing(Exception):
+    """Raised inside a connection to answer with ``response`` and close."""
+
+    def __init__(self, response: Response | None) -> None:
+        self.response = response
+
+
+@dataclass(eq=False)
+class _Connection:
+    scope: trio.CancelScope
+    idle: bool = True
+
+
+def peer_host(stream: trio.abc.Stream) -> str:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        name = stream.socket.getpeername()
+        return str(name[0]) if isinstance(name, tuple) else "unix"
+    return "unknown"
+
+
+class HttpServer:
+    def __init__(self, handler: Handler, limits: Limits | None = None) -> None:
+        self._handler = handler
+        self.limits = limits or Limits()
+        self._connections: set[_Connection] = set()
+        self._accepting = trio.CancelScope()
+        self._closing = False
+        self._drained = trio.Event()
+
+    async def run(
+        self,
+        listeners: Sequence[trio.abc.Listener[Any]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until shutdown() and until every connection has ended."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._accept, listeners, nursery)
+            task_status.started()
+
+    async def _accept(
+        self, listeners: Sequence[trio.abc.Listener[Any]], nursery: trio.Nursery
+    ) -> None:
+        with self._accepting:
+            await trio.serve_listeners(self.serve_stream, list(listeners), handler_nursery=nursery)
+
+    async def shutdown(self, deadline: float) -> None:
+        """Stop accepting, close idle connections, give busy ones ``deadline`` seconds."""
+        self._closing = True
+        self._accepting.cancel()
+        for conn in list(self._connections):
+            if conn.idle:
+                conn.scope.cancel()
+        if not self._connections:
+            self._drained.set()
+        with trio.move_on_after(deadline):
+            await self._drained.wait()
+        for conn in list(self._connections):
+            conn.scope.cancel()
+
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve HTTP/1.1 on one accepted stream until it closes."""
+        conn = _Connection(trio.CancelScope())
+        self._connections.add(conn)
+        client_host = peer_host(stream)
+        h11conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        try:
+            with conn.scope:
+                await self._serve_requests(stream, h11conn, conn, client_host)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._connections.discard(conn)
+            if self._closing and not self._connections:
+                self._drained.set()
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_requests(
+        self,
+        stream: trio.abc.Stream,
+        h11conn: h11.Connection,
+        conn: _Connection,
+        client_host: str,
+    ) -> None:
+        while not self._closing:
+            conn.idle = True
+            try:
+                request = await self._receive_request(stream, h11conn, conn, client_host)
+            except _Closing as closing:
+                if closing.response is not None and h11conn.our_state in (
+                    h11.IDLE,
+                    h11.SEND_RESPONSE,
+                ):
+                    closing.response.headers.append(("Connection", "close"))
+                    await self._send(stream, h11conn, closing.response)
+                return
+            if request is None:
+                return
+            conn.idle = False
+            try:
+                response = await self._handler(request)
+            except Exception:
+                log.exception("handler failed on %s %s", request.method, request.target)
+                response = error_response(500, "internal error", "see the server's log")
+            if self._closing:
+                response.headers.append(("Connection", "close"))
+            await self._send(stream, h11conn, response)
+            if h11conn.our_state is not h11.DONE or h11conn.their_state is not h11.DONE:
+                return
+            h11conn.start_next_cycle()
+
+    async def _receive_request(
+        self,
+        stream: trio.abc.Stream,
+        h11conn: h11.Connection,
+        conn: _Connection,
+        client_host: str,
+    ) -> Request | None:
+        limits = self.limits
+        buffered, closed = h11conn.trailing_data
+        if not buffered and not closed:
+            with trio.move_on_after(limits.idle_timeout) as idle:
+                await self._receive_into(stream, h11conn)
+            if idle.cancelled_caught:
+                return None  # an idle keep-alive connection is closed quietly
+        conn.idle = False
+        with trio.move_on_after(limits.request_timeout):
+            return await self._read_request(stream, h11conn, client_host)
+        raise _Closing(error_response(408, "request timeout", "send the whole request sooner"))
+
+    async def _read_request(
+        self, stream: trio.abc.Stream, h11conn: h11.Connection, client_host: str
+    ) -> Request | None:
+        head = await self._await_event(stream, h11conn)
+        if isinstance(head, h11.ConnectionClosed):
+            return None
+        if not isinstance(head, h11.Request):
+            raise _Closing(error_response(400, "bad request", "expected a request"))
+        for name, value in head.headers:
+            if name == b"content-length" and int(value) > self.limits.max_body_bytes:
+                raise _Closing(_too_large(self.limits.max_body_bytes))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await self._await_event(stream, h11conn)
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > self.limits.max_body_bytes:
+                    raise _Closing(_too_large(self.limits.max_body_bytes))
+                chunks.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise _Closing(None)
+        return Request(
+            method=head.method.decode("ascii"),
+            target=head.target.decode("ascii", "replace"),
+            headers=list(head.headers),
+            body=b"".join(chunks),
+            client_host=client_host,
+        )
+
+    def _next_event(self, h11conn: h11.Connection) -> Any:
+        try:
+            return h11conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            error = "header section too large" if status == 431 else "bad request"
+            raise _Closing(error_response(status, error, str(exc))) from None
+
+    async def _await_event(self, stream: trio.abc.Stream, h11conn: h11.Connection) -> Any:
+        while True:
+            event = self._next_event(h11conn)
+            if event is not h11.NEED_DATA:
+                return event
+            await self._receive_into(stream, h11conn)
+
+    @staticmethod
+    async def _receive_into(stream: trio.abc.Stream, h11conn: h11.Connection) -> None:
+        data = await stream.receive_some(RECEIVE_SIZE)
+        h11conn.receive_data(bytes(data))
+
+    @staticmethod
+    async def _send(stream: trio.abc.Stream, h11conn: h11.Connection, response: Response) -> None:
+        headers = [*response.headers, ("Content-Length", str(len(response.body)))]
+        head = h11conn.send(
+            h11.Response(
+                status_code=response.status, headers=headers, reason=_phrase(response.status)
+            )
+        )
+        body = h11conn.send(h11.Data(data=response.body)) if response.body else b""
+        tail = h11conn.send(h11.EndOfMessage())
+        assert head is not None and body is not None and tail is not None
+        if len(response.body) <= JOIN_LIMIT:
+            await stream.send_all(head + body + tail)
+        else:
+            await stream.send_all(head)
+            await stream.send_all(body)
+            await stream.send_all(tail)
+
+
+def _phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+def _too_large(limit: int) -> Response:
+    return error_response(413, "body too large", f"request bodies are limited to {limit} bytes")

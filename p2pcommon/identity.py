@@ -1,0 +1,34 @@
+"""Peer identity as defined in DESIGN §1: the id is the hash of the certificate."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+SHORT_ID_LENGTH = 7
+
+
+def peer_id_from_der(cert_der: bytes) -> str:
+    """Lowercase unpadded base32 of SHA-256 over the certificate's DER bytes."""
+    digest = hashlib.sha256(cert_der).digest()
+    return base64.b32encode(digest).decode("ascii").rstrip("=").lower()
+
+
+def cert_der_from_pem(cert_pem: str) -> bytes:
+    """The DER bytes of one PEM certificate; ValueError if it is not one."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise ValueError(f"not a PEM X.509 certificate: {exc}") from None
+    return cert.public_bytes(Encoding.DER)
+
+
+def peer_id_from_pem(cert_pem: str) -> str:
+    return peer_id_from_der(cert_der_from_pem(cert_pem))
+
+
+def short_id(peer_id: str) -> str:
+    return peer_id[:SHORT_ID_LENGTH]

@@ -1,0 +1,108 @@
+"""JSON bodies of the registry API (DESIGN §2), shared by the server and its clients."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+PEER_ID_PATTERN = r"^[a-z2-7]{52}$"
+MAX_CERT_LENGTH = 16 * 1024
+MAX_ADDRESSES = 16
+
+PeerId = Annotated[str, StringConstraints(pattern=PEER_ID_PATTERN)]
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` or ``[v6]:port``; ValueError naming what is wrong."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{value!r} is not host:port")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address as [address]:port")
+    elif not _is_hostname(host):
+        raise ValueError(f"{host!r} is not a host name or address")
+    return host, port
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_hostname(host: str) -> bool:
+    if len(host) > 253:
+        return False
+    labels = host.rstrip(".").split(".")
+    return all(
+        0 < len(label) <= 63
+        and label.replace("-", "").replace("_", "").isalnum()
+        and label.isascii()
+        and not label.startswith("-")
+        for label in labels
+    )
+
+
+def _check_address(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+def _check_name(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("name must not contain control characters")
+    return value
+
+
+HostPort = Annotated[str, StringConstraints(max_length=300), AfterValidator(_check_address)]
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, strip_whitespace=True),
+    AfterValidator(_check_name),
+]
+
+
+class _Body(BaseModel):
+    # Unknown fields are ignored so that newer peers can add fields without
+    # being refused by older registries.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class RegisterRequest(_Body):
+    id: PeerId
+    name: Name
+    cert: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CERT_LENGTH)]
+    port: Annotated[int, Field(ge=1, le=65535, strict=True)]
+    addresses: Annotated[list[HostPort], Field(max_length=MAX_ADDRESSES)] | None = None
+
+
+class MemberRequest(_Body):
+    id: PeerId
+
+
+class Lease(_Body):
+    ttl: float
+    heartbeat_interval: float
+
+
+class Member(_Body):
+    id: str
+    name: str
+    addresses: list[str]
+    cert: str
+    last_seen: float
+
+
+class Clients(_Body):
+    clients: list[Member]
+
+
+class ErrorBody(_Body):
+    error: str
+    message: str = ""

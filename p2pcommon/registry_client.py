@@ -1,0 +1,180 @@
+"""Client of the registry API: signs requests, verifies answers, fails over.
+
+Given several registry URLs, each call starts with the registry that last
+answered well and moves on to the next on a transport error, a 5xx, a
+refusal of our signature or an answer not signed with our secret.  Rounds
+over all registries are separated by exponential backoff with full jitter.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+
+from p2pcommon.backoff import Backoff
+from p2pcommon.models import Clients, Lease, Member, MemberRequest, RegisterRequest
+from p2pcommon.signing import AuthError, Signer
+
+
+class RegistryError(Exception):
+    """Base of the errors below."""
+
+
+class RegistryUnavailable(RegistryError):
+    """No registry gave a usable answer; ``failures`` has one line per registry."""
+
+    def __init__(self, failures: Sequence[str]) -> None:
+        self.failures = list(failures)
+        super().__init__("no registry answered: " + "; ".join(self.failures))
+
+
+class RegistryRefused(RegistryError):
+    """A registry answered (authentically) that the request is wrong."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        self.status = status
+        self.error = error
+        super().__init__(f"registry refused ({status} {error}): {message}")
+
+
+class UnknownMember(RegistryRefused):
+    """The registry does not know this id (any more): register again."""
+
+
+def _error_fields(content: bytes) -> tuple[str, str]:
+    try:
+        data = json.loads(content)
+        return str(data.get("error", "")), str(data.get("message", ""))
+    except (ValueError, AttributeError):
+        return "", content[:200].decode("utf-8", "replace")
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc) or type(exc).__name__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text} ({cause})"
+    return text
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        secret: str,
+        *,
+        timeout: float = 5.0,
+        verify: bool | ssl.SSLContext = True,
+        clock: Callable[[], float] = time.time,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one registry URL is needed")
+        self.urls = [url.rstrip("/") for url in urls]
+        self._preferred = 0
+        self._signer = Signer(secret)
+        self._clock = clock
+        self._backoff = backoff or Backoff(base=0.25, cap=10.0)
+        self._http = httpx.AsyncClient(timeout=timeout, verify=verify)
+
+    @property
+    def current_url(self) -> str:
+        """The registry that answered last (or will be tried first)."""
+        return self.urls[self._preferred]
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- the API ----------------------------------------------------------
+
+    async def register(self, request: RegisterRequest, *, rounds: int = 1) -> Lease:
+        content = await self._call("POST", "/register", request.model_dump(), rounds=rounds)
+        return Lease.model_validate_json(content)
+
+    async def heartbeat(self, member_id: str, *, rounds: int = 1) -> Lease:
+        payload = MemberRequest(id=member_id).model_dump()
+        content = await self._call("POST", "/heartbeat", payload, rounds=rounds)
+        return Lease.model_validate_json(content)
+
+    async def leave(self, member_id: str, *, rounds: int = 1) -> None:
+        payload = MemberRequest(id=member_id).model_dump()
+        await self._call("POST", "/leave", payload, rounds=rounds)
+
+    async def clients(self, *, rounds: int = 1) -> list[Member]:
+        content = await self._call("GET", "/clients", None, rounds=rounds)
+        return Clients.model_validate_json(content).clients
+
+    # -- transport --------------------------------------------------------
+
+    async def _call(self, method: str, path: str, payload: Any, *, rounds: int) -> bytes:
+        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        self._backoff.reset()
+        for round_number in range(rounds):
+            try:
+                return await self._one_round(method, path, body)
+            except RegistryUnavailable:
+                if round_number == rounds - 1:
+                    raise
+            await trio.sleep(self._backoff.next_delay())
+        raise AssertionError("unreachable")
+
+    async def _one_round(self, method: str, path: str, body: bytes) -> bytes:
+        failures: list[str] = []
+        count = len(self.urls)
+        for step in range(count):
+            index = (self._preferred + step) % count
+            url = self.urls[index]
+            try:
+                status, content = await self._exchange(url, method, path, body)
+            except _Failed as failed:
+                failures.append(f"{url}: {failed}")
+                continue
+            self._preferred = index
+            if status >= 400:
+                error, message = _error_fields(content)
+                kind = UnknownMember if status == 404 and path != "/clients" else RegistryRefused
+                raise kind(status, error, message)
+            return content
+        raise RegistryUnavailable(failures)
+
+    async def _exchange(self, url: str, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        full_path = urlsplit(url).path + path
+        headers, nonce = self._signer.sign_request(method, full_path, body, now=self._clock())
+        if body:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = await self._http.request(method, url + path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise _Failed(_describe(exc)) from None
+        status = response.status_code
+        if status in (401, 429) or status >= 500:
+            error, message = _error_fields(response.content)
+            raise _Failed(f"{status} {error}: {message}".rstrip(": "))
+        try:
+            self._signer.verify_response(
+                status,
+                response.headers.multi_items(),
+                response.content,
+                nonce=nonce,
+                now=self._clock(),
+            )
+        except AuthError as exc:
+            raise _Failed(f"answer not signed with our secret ({exc}); ignored") from None
+        return status, response.content
+
+
+class _Failed(Exception):
+    """One registry failed one exchange; the next one is tried."""

@@ -1,0 +1,75 @@
+"""What every daemon here needs from its surroundings: logging, systemd, signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import sdnotify
+import trio
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """One line per event on stderr; journald adds its own timestamps."""
+    if os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(levelname)s %(name)s: %(message)s"
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # httpx logs every request at INFO: far too chatty for a heartbeat loop.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class Notifier:
+    """sd_notify messages; silent when not started by systemd (no NOTIFY_SOCKET)."""
+
+    def __init__(self) -> None:
+        self._notifier = sdnotify.SystemdNotifier()
+
+    def send(self, **fields: str) -> None:
+        self._notifier.notify("\n".join(f"{key}={value}" for key, value in fields.items()))
+
+    def ready(self, status: str) -> None:
+        self.send(READY="1", STATUS=status)
+
+    def status(self, status: str) -> None:
+        self.send(STATUS=status)
+
+    def stopping(self, status: str = "stopping") -> None:
+        self.send(STOPPING="1", STATUS=status)
+
+    def watchdog_interval(self) -> float | None:
+        """Half of systemd's WatchdogSec for this process, or None if not asked for."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return None
+        try:
+            return int(usec) / 2_000_000
+        except ValueError:
+            return None
+
+    async def keep_watchdog_fed(self) -> None:
+        """Ping from the trio loop itself, so that a stalled loop gets restarted."""
+        interval = self.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            self.send(WATCHDOG="1")
+            await trio.sleep(interval)
+
+
+async def wait_for_termination() -> str:
+    """Block until SIGTERM or SIGINT; returns the signal's name."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            return signal.Signals(signum).name
+    raise AssertionError("signal receiver ended")

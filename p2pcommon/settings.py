@@ -1,0 +1,168 @@
+"""Loading TOML + environment configuration with errors that name the key.
+
+Both daemons follow DESIGN §6: a TOML file (``--config``, ``<PREFIX>CONFIG``
+or the default path), every key overridable by ``<PREFIX><KEY>``, unknown
+keys and bad values refused with a message naming the key and where it came
+from.  pydantic-settings does the parsing; this module chooses the file,
+orders the sources (environment over file) and words the errors.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from p2pcommon.models import split_host_port
+from p2pcommon.signing import MIN_SECRET_LENGTH
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says what and how to fix it."""
+
+
+class SharedSettings(BaseSettings):
+    """Keys and rules common to registryd and p2pd."""
+
+    # Subclasses set env_prefix, e.g. "P2PD_".
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+
+    #: Variables with the prefix that are not keys but are meant for other tools.
+    foreign_env: ClassVar[frozenset[str]] = frozenset({"CONFIG"})
+
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init arguments; the environment wins over them.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> SharedSettings:
+        if self.secret is not None and self.secret_file is not None:
+            raise ValueError("set only one of 'secret' and 'secret_file'")
+        return self
+
+    def resolve_secret(self) -> str:
+        """The shared secret from ``secret``, ``secret_file`` or the systemd credential."""
+        prefix = env_prefix(type(self))
+        if self.secret is not None:
+            key, secret = "secret", self.secret.get_secret_value()
+        else:
+            path = self.secret_file
+            key = "secret_file"
+            if path is None:
+                credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+                if credentials and (Path(credentials) / "secret").exists():
+                    path, key = Path(credentials) / "secret", "systemd credential 'secret'"
+            if path is None:
+                raise ConfigError(
+                    "no shared secret: set 'secret' or 'secret_file' in the config file "
+                    f"(or {prefix}SECRET / {prefix}SECRET_FILE); all members and registries "
+                    "must use the same secret"
+                )
+            try:
+                secret = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"key '{key}': cannot read {path}: {_reason(exc)}") from None
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"key '{key}': the shared secret is {'empty' if not secret else 'too short'} "
+                f"({len(secret)} characters); use at least {MIN_SECRET_LENGTH}, "
+                "for example the output of `openssl rand -hex 16`"
+            )
+        return secret
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def check_listen(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+Settings = TypeVar("Settings", bound=SharedSettings)
+
+
+def env_prefix(cls: type[SharedSettings]) -> str:
+    return str(cls.model_config.get("env_prefix", ""))
+
+
+def load_settings(
+    cls: type[Settings], *, explicit_path: str | None, default_path: str
+) -> tuple[Settings, Path | None]:
+    """Read the config file and environment into ``cls``; ConfigError on any problem.
+
+    ``explicit_path`` (from ``--config``) wins over ``<PREFIX>CONFIG``; both
+    must exist.  The default path may be absent: then the environment alone
+    configures the daemon.
+    """
+    prefix = env_prefix(cls)
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.startswith(prefix)
+        and name.removeprefix(prefix) not in cls.foreign_env
+        and name.removeprefix(prefix).lower() not in cls.model_fields
+    )
+    if unknown:
+        known = ", ".join(f"{prefix}{k.upper()}" for k in cls.model_fields)
+        raise ConfigError(f"unknown environment variable {unknown[0]} (known: {known})")
+    chosen = explicit_path or os.environ.get(f"{prefix}CONFIG")
+    path = Path(chosen or default_path)
+    data: dict[str, Any] = {}
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if chosen:
+            raise ConfigError(f"config file {path} does not exist") from None
+        path_used: Path | None = None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {_reason(exc)}") from None
+    else:
+        path_used = path
+    try:
+        settings = cls(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, cls, path_used)) from None
+    return settings, path_used
+
+
+def _describe(exc: ValidationError, cls: type[SharedSettings], path: Path | None) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"])
+        env_name = f"{env_prefix(cls)}{key.upper()}"
+        where = env_name if env_name in os.environ else (str(path) if path else "defaults")
+        if error["type"] == "extra_forbidden":
+            known = ", ".join(sorted(cls.model_fields))
+            lines.append(f"{where}: unknown key '{key}' (known keys: {known})")
+        elif error["type"] == "missing":
+            lines.append(
+                f"{where}: key '{key}' is required: set it in the config file or as {env_name}"
+            )
+        elif not key:
+            lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        else:
+            value = error.get("input")
+            shown = "" if "secret" in key or isinstance(value, dict) else f" (got {value!r})"
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: key '{key}': {message}{shown}")
+    return "; ".join(lines)

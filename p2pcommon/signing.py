@@ -1,0 +1,273 @@
+"""HTTP Message Signatures (RFC 9421) with the shared secret, per DESIGN §1.
+
+Requests carry ``Content-Digest`` (RFC 9530) and one signature labelled
+``sig`` over ``("@method" "@path" "content-digest")`` with ``created``,
+``nonce``, ``keyid="p2p"`` and ``alg="hmac-sha256"``.  Answers are signed the
+same way over ``("@status" "content-digest")``, echoing the request's nonce.
+
+Everything here is pure (the caller passes ``now``), so that the registry,
+p2pd and the tests share one implementation and a fake clock works.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from http_message_signatures import (
+    ContentDigest,
+    HTTPMessageSignaturesException,
+    HTTPMessageSigner,
+    HTTPMessageVerifier,
+    HTTPSignatureKeyResolver,
+    algorithms,
+)
+
+KEY_ID: Final = "p2p"
+LABEL: Final = "sig"
+ALGORITHM: Final = "hmac-sha256"
+REQUEST_COMPONENTS: Final = ("@method", "@path", "content-digest")
+RESPONSE_COMPONENTS: Final = ("@status", "content-digest")
+REQUIRED_PARAMETERS: Final = frozenset({"created", "nonce", "keyid", "alg"})
+#: How far ``created`` may be from the verifier's clock, either way (seconds).
+MAX_SKEW: Final = 60
+#: Nonces longer than this are refused, which bounds the replay cache.
+MAX_NONCE_LENGTH: Final = 64
+#: The shortest shared secret accepted anywhere.
+MIN_SECRET_LENGTH: Final = 8
+
+# The reasons a request is refused with 401; the wording is part of the API.
+MISSING_SIGNATURE: Final = "missing signature"
+BAD_SIGNATURE: Final = "bad signature"
+STALE: Final = "stale"
+REPLAYED: Final = "replayed"
+DIGEST_MISMATCH: Final = "digest mismatch"
+
+_HINTS: Final = {
+    MISSING_SIGNATURE: "sign the request with the network's shared secret (DESIGN §1)",
+    BAD_SIGNATURE: "check that this peer's secret is the same as the registry's",
+    STALE: f"the signature's created time is more than {MAX_SKEW} s from the registry's clock: "
+    "check that both clocks are synchronised (NTP)",
+    REPLAYED: "this nonce was already used: every request needs a fresh nonce",
+    DIGEST_MISMATCH: "Content-Digest is missing or does not match the body",
+}
+
+
+class AuthError(Exception):
+    """A message failed authentication; ``reason`` is one of the five reasons above."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.hint = _HINTS.get(reason, "")
+
+
+class _Headers:
+    """Read-only header view in wire order, as the library's resolvers expect."""
+
+    def __init__(self, fields: Iterable[tuple[str, str]]) -> None:
+        self._fields = list(fields)
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        return iter(self._fields)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name for name, _ in self._fields))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and any(n.lower() == name.lower() for n, _ in self._fields)
+
+    def get(self, name: str) -> str | None:
+        values = [v for n, v in self._fields if n.lower() == name]
+        return ", ".join(values) if values else None
+
+
+@dataclass
+class _Request:
+    method: str
+    url: str
+    headers: Any
+
+
+@dataclass
+class _Response:
+    status_code: int
+    headers: Any
+    request: None = None
+
+
+class _SecretResolver(HTTPSignatureKeyResolver):
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def resolve_private_key(self, key_id: str) -> bytes:
+        return self._key
+
+    def resolve_public_key(self, key_id: str) -> bytes | None:
+        return self._key if key_id == KEY_ID else None
+
+
+class _Verifier(HTTPMessageVerifier):
+    # The library's own clock checks are disabled: Signer checks ``created``
+    # against the caller's ``now`` after the MAC verified, so "stale" is only
+    # ever reported for authentic messages.
+    max_clock_skew = datetime.timedelta(days=365 * 100)
+
+
+def new_nonce() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def content_digest(body: bytes) -> str:
+    value: str = ContentDigest.create(body)
+    return value
+
+
+def _datetime(now: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(int(now), tz=datetime.UTC)
+
+
+def _as_str_fields(headers: Iterable[tuple[str | bytes, str | bytes]]) -> list[tuple[str, str]]:
+    return [
+        (
+            n.decode("ascii") if isinstance(n, bytes) else n,
+            v.decode("latin-1") if isinstance(v, bytes) else v,
+        )
+        for n, v in headers
+    ]
+
+
+@dataclass(frozen=True)
+class Verified:
+    nonce: str
+    created: int
+
+
+class Signer:
+    """Signs and verifies messages with one shared secret."""
+
+    def __init__(self, secret: str) -> None:
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"the shared secret must have at least {MIN_SECRET_LENGTH} characters")
+        resolver = _SecretResolver(secret.encode("utf-8"))
+        self._signer = HTTPMessageSigner(
+            signature_algorithm=algorithms.HMAC_SHA256, key_resolver=resolver
+        )
+        self._verifier = _Verifier(
+            signature_algorithm=algorithms.HMAC_SHA256, key_resolver=resolver
+        )
+
+    # -- requests ---------------------------------------------------------
+
+    def sign_request(
+        self, method: str, path: str, body: bytes, *, now: float, nonce: str | None = None
+    ) -> tuple[dict[str, str], str]:
+        """Headers to send (Content-Digest, Signature-Input, Signature) and the nonce used."""
+        nonce = nonce or new_nonce()
+        headers: dict[str, str] = {}
+        message = _Request(method=method, url=f"http://registry{path}", headers=headers)
+        self._signer.sign(
+            message,
+            key_id=KEY_ID,
+            created=_datetime(now),
+            nonce=nonce,
+            label=LABEL,
+            covered_component_ids=REQUEST_COMPONENTS,
+            body=body,
+        )
+        return headers, nonce
+
+    def verify_request(
+        self,
+        method: str,
+        path: str,
+        headers: Iterable[tuple[str | bytes, str | bytes]],
+        body: bytes,
+        *,
+        now: float,
+    ) -> Verified:
+        """Check a request's digest and signature; raise AuthError with the reason.
+
+        Replay detection needs shared state, so the caller checks the returned
+        nonce against its cache.
+        """
+        view = _Headers(_as_str_fields(headers))
+        self._check_digest(view, body)
+        message = _Request(method=method, url=f"http://registry{path}", headers=view)
+        return self._verify(message, REQUEST_COMPONENTS, now=now)
+
+    # -- responses --------------------------------------------------------
+
+    def sign_response(self, status: int, body: bytes, *, nonce: str, now: float) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        self._signer.sign(
+            _Response(status_code=status, headers=headers),
+            key_id=KEY_ID,
+            created=_datetime(now),
+            nonce=nonce,
+            label=LABEL,
+            covered_component_ids=RESPONSE_COMPONENTS,
+            body=body,
+        )
+        return headers
+
+    def verify_response(
+        self,
+        status: int,
+        headers: Iterable[tuple[str | bytes, str | bytes]],
+        body: bytes,
+        *,
+        nonce: str,
+        now: float,
+    ) -> None:
+        """Check an answer is ours, fresh and answers the request with ``nonce``."""
+        view = _Headers(_as_str_fields(headers))
+        self._check_digest(view, body)
+        verified = self._verify(
+            _Response(status_code=status, headers=view), RESPONSE_COMPONENTS, now=now
+        )
+        if not hmac.compare_digest(verified.nonce, nonce):
+            raise AuthError(BAD_SIGNATURE, "the answer does not echo our nonce")
+
+    # -- shared -----------------------------------------------------------
+
+    @staticmethod
+    def _check_digest(view: _Headers, body: bytes) -> None:
+        value = view.get("content-digest")
+        if value is None:
+            raise AuthError(DIGEST_MISMATCH, "no Content-Digest")
+        try:
+            ContentDigest.verify(value, body)
+        except HTTPMessageSignaturesException as exc:
+            raise AuthError(DIGEST_MISMATCH, str(exc)) from None
+
+    def _verify(
+        self, message: _Request | _Response, components: tuple[str, ...], *, now: float
+    ) -> Verified:
+        if "signature-input" not in message.headers and "signature" not in message.headers:
+            raise AuthError(MISSING_SIGNATURE)
+        try:
+            results = self._verifier.verify(message, max_age=None, require_components=components)
+        except HTTPMessageSignaturesException as exc:
+            raise AuthError(BAD_SIGNATURE, str(exc)) from None
+        (result,) = results
+        params = result.parameters
+        if result.label != LABEL:
+            raise AuthError(BAD_SIGNATURE, f"signature label must be {LABEL!r}")
+        missing = REQUIRED_PARAMETERS - params.keys()
+        if missing:
+            raise AuthError(BAD_SIGNATURE, f"missing parameters: {', '.join(sorted(missing))}")
+        if params["keyid"] != KEY_ID or params["alg"] != ALGORITHM:
+            raise AuthError(BAD_SIGNATURE, "unexpected keyid or alg")
+        nonce = params["nonce"]
+        created = params["created"]
+        assert isinstance(nonce, str) and isinstance(created, int)  # checked by the library
+        if not nonce or len(nonce) > MAX_NONCE_LENGTH:
+            raise AuthError(BAD_SIGNATURE, "nonce is empty or too long")
+        if abs(now - created) > MAX_SKEW:
+            raise AuthError(STALE, f"created {created} is {now - created:+.0f} s from now")
+        return Verified(nonce=nonce, created=created)

@@ -1,0 +1,1 @@
+"""p2pd: the peer daemon."""

@@ -1,0 +1,212 @@
+"""The registry's HTTP API (DESIGN §2): routing, authentication, answers.
+
+Transport-free: it turns a parsed ``Request`` into a ``Response`` and never
+touches a socket, so the HTTP glue and the tests can drive it alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from p2pcommon.httpserver import Request, Response, error_response, json_response
+from p2pcommon.identity import peer_id_from_pem, short_id
+from p2pcommon.models import Lease, MemberRequest, RegisterRequest, join_host_port
+from p2pcommon.signing import MAX_SKEW, REPLAYED, AuthError, Signer
+from registryd.guards import FailureLimiter
+from registryd.metrics import RegistryMetrics
+from registryd.store import Store, StoreError
+
+log = logging.getLogger("registryd")
+
+
+@dataclass
+class Answer:
+    status: int
+    payload: object
+
+
+def _error(status: int, error: str, message: str) -> Answer:
+    return Answer(status, {"error": error, "message": message})
+
+
+Body = TypeVar("Body", bound=BaseModel)
+Action = Callable[[Request, float], Awaitable[Answer]]
+
+
+class RegistryApp:
+    def __init__(
+        self,
+        signer: Signer,
+        store: Store,
+        metrics: RegistryMetrics,
+        *,
+        limiter: FailureLimiter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._signer = signer
+        self._store = store
+        self._metrics = metrics
+        self._limiter = limiter or FailureLimiter()
+        self._clock = clock
+        # path -> (method, action); None marks the routes that need no signature.
+        self._routes: dict[str, tuple[str, Action | None]] = {
+            "/register": ("POST", self._register),
+            "/heartbeat": ("POST", self._heartbeat),
+            "/leave": ("POST", self._leave),
+            "/clients": ("GET", self._clients),
+            "/healthz": ("GET", None),
+            "/metrics": ("GET", None),
+        }
+
+    @property
+    def lease(self) -> Lease:
+        ttl = self._store.ttl
+        return Lease(ttl=ttl, heartbeat_interval=ttl / 3)
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        path = request.path
+        route = self._routes.get(path)
+        if route is None:
+            response = error_response(404, "not found", f"no route {path}; see the README's API")
+            path = "other"
+        elif request.method != route[0]:
+            response = error_response(405, "method not allowed", f"{path} takes {route[0]}")
+            response.headers.append(("Allow", route[0]))
+        elif path == "/healthz":
+            response = json_response(200, {"status": "ok"})
+        elif path == "/metrics":
+            with contextlib.suppress(StoreError):
+                self._metrics.members.set(await self._store.count(self._clock()))
+            body, content_type = self._metrics.render()
+            response = Response(200, body, [("Content-Type", content_type)])
+        else:
+            action = route[1]
+            assert action is not None
+            try:
+                response = await self._authenticated(request, action)
+            except StoreError as exc:
+                log.warning("store unavailable: %s", exc)
+                response = error_response(
+                    503,
+                    "store unavailable",
+                    "the registry's store does not answer; try another registry or retry later",
+                    [("Retry-After", "5")],
+                )
+        self._metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    async def _authenticated(self, request: Request, action: Action) -> Response:
+        now = self._clock()
+        try:
+            verified = self._signer.verify_request(
+                request.method, request.path, request.headers, request.body, now=now
+            )
+            expires = verified.created + MAX_SKEW + 1
+            if not await self._store.remember_nonce(verified.nonce, expires, now):
+                raise AuthError(REPLAYED)
+        except AuthError as err:
+            return self._refuse(request, err, now)
+        answer = await action(request, now)
+        body = json.dumps(answer.payload, separators=(",", ":")).encode()
+        headers = self._signer.sign_response(answer.status, body, nonce=verified.nonce, now=now)
+        return Response(
+            answer.status, body, [("Content-Type", "application/json"), *headers.items()]
+        )
+
+    def _refuse(self, request: Request, err: AuthError, now: float) -> Response:
+        host = request.client_host
+        retry_after = self._limiter.retry_after(host, now)
+        self._limiter.record_failure(host, now)
+        self._metrics.auth_failures.labels(err.reason).inc()
+        if retry_after is not None:
+            self._metrics.rate_limited.inc()
+            return error_response(
+                429,
+                "too many failures",
+                f"too many refused requests from this address; retry in {retry_after} s",
+                [("Retry-After", str(retry_after))],
+            )
+        log.info("refused %s %s from %s: %s", request.method, request.path, host, err)
+        return error_response(401, err.reason, err.hint)
+
+    # -- actions ----------------------------------------------------------
+
+    async def _register(self, request: Request, now: float) -> Answer:
+        parsed = _parse(RegisterRequest, request.body)
+        if isinstance(parsed, Answer):
+            return parsed
+        try:
+            cert_id = peer_id_from_pem(parsed.cert)
+        except ValueError as exc:
+            return _error(400, "bad certificate", f"field 'cert': {exc}")
+        if cert_id != parsed.id:
+            return _error(
+                400,
+                "id mismatch",
+                "field 'id' must be the lowercase unpadded base32 SHA-256 of the certificate's DER",
+            )
+        addresses = parsed.addresses or [join_host_port(request.client_host, parsed.port)]
+        new = await self._store.register(parsed.id, parsed.name, parsed.cert, tuple(addresses), now)
+        self._metrics.registrations.inc()
+        if new:
+            log.info(
+                "registered %s (%s) at %s", short_id(parsed.id), parsed.name, ", ".join(addresses)
+            )
+        return Answer(200, self.lease.model_dump())
+
+    async def _heartbeat(self, request: Request, now: float) -> Answer:
+        parsed = _parse(MemberRequest, request.body)
+        if isinstance(parsed, Answer):
+            return parsed
+        if not await self._store.renew(parsed.id, now):
+            return _error(404, "unknown member", "this id has no live lease: register again")
+        self._metrics.heartbeats.inc()
+        return Answer(200, self.lease.model_dump())
+
+    async def _leave(self, request: Request, now: float) -> Answer:
+        parsed = _parse(MemberRequest, request.body)
+        if isinstance(parsed, Answer):
+            return parsed
+        if not await self._store.leave(parsed.id):
+            return _error(404, "unknown member", "this id is not registered")
+        self._metrics.leaves.inc()
+        log.info("%s left", short_id(parsed.id))
+        return Answer(200, {"ok": True})
+
+    async def _clients(self, request: Request, now: float) -> Answer:
+        members = await self._store.members(now)
+        return Answer(
+            200,
+            {
+                "clients": [
+                    {
+                        "id": m.id,
+                        "name": m.name,
+                        "addresses": list(m.addresses),
+                        "cert": m.cert,
+                        "last_seen": round(m.last_seen, 3),
+                    }
+                    for m in members
+                ]
+            },
+        )
+
+
+def _parse(model: type[Body], body: bytes) -> Body | Answer:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            return _error(400, "bad request", "the body must be a JSON object")
+        field = ".".join(str(part) for part in first["loc"]) or "body"
+        return _error(400, "bad request", f"field '{field}': {first['msg']}")

@@ -1,0 +1,158 @@
+"""registryd: the command line and the trio glue around RegistryApp."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import ssl
+import sys
+import time
+from typing import Any
+
+import trio
+
+from p2pcommon import __version__
+from p2pcommon.httpserver import HttpServer, Limits
+from p2pcommon.models import split_host_port
+from p2pcommon.service import Notifier, setup_logging, wait_for_termination
+from p2pcommon.settings import ConfigError, load_settings
+from p2pcommon.signing import Signer
+from registryd.app import RegistryApp
+from registryd.config import DEFAULT_PATH, RegistrySettings
+from registryd.guards import FailureLimiter
+from registryd.metrics import RegistryMetrics
+from registryd.store import MemoryStore, Store
+
+log = logging.getLogger("registryd")
+
+#: Seconds that requests in flight get to finish after SIGTERM.
+SHUTDOWN_DEADLINE = 5.0
+
+
+class StartupError(Exception):
+    """The registry cannot start for a reason outside its configuration."""
+
+
+def make_store(settings: RegistrySettings) -> Store:
+    if settings.store == "memory":
+        return MemoryStore(settings.peer_ttl)
+    from registryd.redis_store import RedisStore
+
+    return RedisStore(settings.store, settings.peer_ttl)
+
+
+def _ssl_context(settings: RegistrySettings) -> ssl.SSLContext:
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"keys 'tls_cert'/'tls_key': cannot load them: {exc}") from None
+    return context
+
+
+async def _open_listeners(settings: RegistrySettings) -> list[trio.abc.Listener[Any]]:
+    host, port = split_host_port(settings.listen)
+    try:
+        listeners: list[trio.abc.Listener[Any]] = list(
+            await trio.open_tcp_listeners(port, host=host)
+        )
+    except OSError as exc:
+        hint = " (is another registryd running?)" if exc.errno == errno.EADDRINUSE else ""
+        raise StartupError(f"cannot listen on {settings.listen}: {exc.strerror}{hint}") from None
+    if settings.tls_cert is not None:
+        context = _ssl_context(settings)
+        listeners = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
+    return listeners
+
+
+async def _expire_loop(store: Store, metrics: RegistryMetrics) -> None:
+    # A tenth of the ttl keeps /metrics and the logs close to the truth;
+    # /clients never shows an expired member whatever this period is.
+    period = min(1.0, store.ttl / 10)
+    while True:
+        await trio.sleep(period)
+        gone = await store.expire(time.time())
+        for member_id in gone:
+            log.info("%s expired: no heartbeat for %g s", member_id[:7], store.ttl)
+        metrics.expiries.inc(len(gone))
+
+
+async def serve(
+    settings: RegistrySettings,
+    secret: str,
+    *,
+    task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the registry until SIGTERM/SIGINT, then shut down gracefully."""
+    notifier = Notifier()
+    store = make_store(settings)
+    try:
+        metrics = RegistryMetrics()
+        app = RegistryApp(Signer(secret), store, metrics, limiter=FailureLimiter())
+        limits = Limits(
+            max_body_bytes=settings.max_body,
+            idle_timeout=settings.idle_timeout,
+            request_timeout=settings.request_timeout,
+        )
+        server = HttpServer(app.handle, limits)
+        listeners = await _open_listeners(settings)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run, listeners)
+            nursery.start_soon(_expire_loop, store, metrics)
+            nursery.start_soon(notifier.keep_watchdog_fed)
+            scheme = "https" if settings.tls_cert else "http"
+            status = f"serving on {scheme}://{settings.listen} (store: {_store_name(settings)})"
+            log.info("%s, peer_ttl %g s", status, settings.peer_ttl)
+            notifier.ready(status)
+            task_status.started(listeners)
+            signal_name = await wait_for_termination()
+            log.info("stopping on %s", signal_name)
+            notifier.stopping()
+            await server.shutdown(SHUTDOWN_DEADLINE)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()
+    log.info("stopped")
+
+
+def _store_name(settings: RegistrySettings) -> str:
+    # A Redis URL may carry a password: show only its scheme and host.
+    if settings.store == "memory":
+        return "memory"
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(settings.store)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="registryd", description="The p2pd registry: who is online, never any file."
+    )
+    parser.add_argument("--config", metavar="FILE", help=f"TOML config (default {DEFAULT_PATH})")
+    parser.add_argument("--version", action="version", version=f"registryd {__version__}")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        settings, _ = load_settings(
+            RegistrySettings, explicit_path=args.config, default_path=DEFAULT_PATH
+        )
+        secret = settings.resolve_secret()
+        trio.run(serve, settings, secret)
+    except ConfigError as exc:
+        print(f"registryd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"registryd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
