@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import hmac
+import math
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -196,9 +197,8 @@ class Signer:
         nonce against its cache.
         """
         view = _Headers(_as_str_fields(headers))
-        self._check_digest(view, body)
         message = _Request(method=method, url=f"http://registry{path}", headers=view)
-        return self._verify(message, REQUEST_COMPONENTS, now=now)
+        return self._verify(message, REQUEST_COMPONENTS, body, now=now)
 
     # -- responses --------------------------------------------------------
 
@@ -226,9 +226,8 @@ class Signer:
     ) -> None:
         """Check an answer is ours, fresh and answers the request with ``nonce``."""
         view = _Headers(_as_str_fields(headers))
-        self._check_digest(view, body)
         verified = self._verify(
-            _Response(status_code=status, headers=view), RESPONSE_COMPONENTS, now=now
+            _Response(status_code=status, headers=view), RESPONSE_COMPONENTS, body, now=now
         )
         if not hmac.compare_digest(verified.nonce, nonce):
             raise AuthError(BAD_SIGNATURE, "the answer does not echo our nonce")
@@ -246,10 +245,18 @@ class Signer:
             raise AuthError(DIGEST_MISMATCH, str(exc)) from None
 
     def _verify(
-        self, message: _Request | _Response, components: tuple[str, ...], *, now: float
+        self,
+        message: _Request | _Response,
+        components: tuple[str, ...],
+        body: bytes,
+        *,
+        now: float,
     ) -> Verified:
-        if "signature-input" not in message.headers and "signature" not in message.headers:
+        headers: _Headers = message.headers
+        if "signature-input" not in headers and "signature" not in headers:
             raise AuthError(MISSING_SIGNATURE)
+        # The digest is checked before the MAC: it is cheap and needs no secret.
+        self._check_digest(headers, body)
         try:
             results = self._verifier.verify(message, max_age=None, require_components=components)
         except HTTPMessageSignaturesException as exc:
@@ -268,6 +275,7 @@ class Signer:
         assert isinstance(nonce, str) and isinstance(created, int)  # checked by the library
         if not nonce or len(nonce) > MAX_NONCE_LENGTH:
             raise AuthError(BAD_SIGNATURE, "nonce is empty or too long")
-        if abs(now - created) > MAX_SKEW:
+        # ``created`` is whole seconds, so compare whole seconds.
+        if abs(math.floor(now) - created) > MAX_SKEW:
             raise AuthError(STALE, f"created {created} is {now - created:+.0f} s from now")
         return Verified(nonce=nonce, created=created)

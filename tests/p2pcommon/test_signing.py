@@ -1,0 +1,189 @@
+"""Our signing against the http-message-signatures package, both ways, and every refusal."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from http_message_signatures import (
+    HTTPMessageSigner,
+    HTTPMessageVerifier,
+    HTTPSignatureKeyResolver,
+    algorithms,
+)
+
+from p2pcommon import signing
+from p2pcommon.signing import AuthError, Signer
+
+SECRET = "network-secret-for-tests"
+BODY = b'{"id":"x"}'
+
+
+class Keys(HTTPSignatureKeyResolver):
+    def resolve_private_key(self, key_id: str) -> bytes:
+        return SECRET.encode()
+
+    def resolve_public_key(self, key_id: str) -> bytes:
+        return SECRET.encode()
+
+
+@dataclass
+class Message:
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Answer:
+    status_code: int
+    headers: dict[str, str] = field(default_factory=dict)
+    request: None = None
+
+
+def library_signed(
+    *,
+    components: tuple[str, ...] = ("@method", "@path", "content-digest"),
+    nonce: str | None = "abc123",
+    created: float | None = None,
+    label: str = "sig",
+    key_id: str = "p2p",
+    body: bytes | None = BODY,
+) -> Message:
+    message = Message("POST", "http://registry.example/heartbeat")
+    signer = HTTPMessageSigner(signature_algorithm=algorithms.HMAC_SHA256, key_resolver=Keys())
+    signer.sign(
+        message,
+        key_id=key_id,
+        nonce=nonce,
+        label=label,
+        created=datetime.datetime.fromtimestamp(created or time.time(), tz=datetime.UTC),
+        covered_component_ids=components,
+        body=body,
+    )
+    return message
+
+
+def with_digest(message: Message) -> Message:
+    message.headers["Content-Digest"] = signing.content_digest(BODY)
+    return message
+
+
+def verify(message: Message, body: bytes = BODY, now: float | None = None) -> signing.Verified:
+    return Signer(SECRET).verify_request(
+        message.method, "/heartbeat", message.headers.items(), body, now=now or time.time()
+    )
+
+
+def test_our_request_signature_verifies_with_the_package_verifier() -> None:
+    headers, nonce = Signer(SECRET).sign_request("POST", "/heartbeat", BODY, now=time.time())
+    message = Message("POST", "http://anyhost:7000/heartbeat", headers)
+    verifier = HTTPMessageVerifier(signature_algorithm=algorithms.HMAC_SHA256, key_resolver=Keys())
+    (result,) = verifier.verify(
+        message,
+        require_components=("@method", "@path", "content-digest"),
+        body=BODY,
+    )
+    assert result.label == "sig"
+    assert result.parameters["keyid"] == "p2p"
+    assert result.parameters["alg"] == "hmac-sha256"
+    assert result.nonce == nonce
+    assert headers["Content-Digest"].startswith("sha-256=:")
+
+
+def test_a_request_signed_by_the_package_verifies_with_ours() -> None:
+    verified = verify(library_signed())
+    assert verified.nonce == "abc123"
+
+
+def test_empty_body_still_carries_a_content_digest() -> None:
+    headers, _ = Signer(SECRET).sign_request("GET", "/clients", b"", now=time.time())
+    assert headers["Content-Digest"] == "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:"
+    Signer(SECRET).verify_request("GET", "/clients", headers.items(), b"", now=time.time())
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: Message("POST", "http://r/heartbeat"), "missing signature"),
+        (lambda: library_signed(body=b'{"id":"y"}'), "digest mismatch"),
+        (lambda: library_signed(components=("@method", "@path"), body=None), "digest mismatch"),
+        (
+            lambda: with_digest(library_signed(components=("@method", "@path"), body=None)),
+            "bad signature",
+        ),
+        (lambda: library_signed(components=("@method", "content-digest")), "bad signature"),
+        (lambda: library_signed(nonce=None), "bad signature"),
+        (lambda: library_signed(label="other"), "bad signature"),
+        (lambda: library_signed(key_id="someone-else"), "bad signature"),
+        (lambda: library_signed(created=time.time() - 61), "stale"),
+        (lambda: library_signed(created=time.time() + 61), "stale"),
+    ],
+    ids=[
+        "no-signature",
+        "body-changed",
+        "no-digest",
+        "digest-not-covered",
+        "path-not-covered",
+        "no-nonce",
+        "wrong-label",
+        "wrong-keyid",
+        "too-old",
+        "from-the-future",
+    ],
+)
+def test_refusals_name_their_reason(make: object, reason: str) -> None:
+    message = make()  # type: ignore[operator]
+    with pytest.raises(AuthError) as caught:
+        verify(message)
+    assert caught.value.reason == reason
+    assert caught.value.hint
+
+
+def test_a_wrong_secret_is_a_bad_signature() -> None:
+    headers, _ = Signer("another-secret-entirely").sign_request(
+        "POST", "/heartbeat", BODY, now=time.time()
+    )
+    with pytest.raises(AuthError) as caught:
+        verify(Message("POST", "http://r/heartbeat", headers))
+    assert caught.value.reason == "bad signature"
+
+
+def test_the_method_and_path_are_covered() -> None:
+    headers, _ = Signer(SECRET).sign_request("POST", "/leave", BODY, now=time.time())
+    with pytest.raises(AuthError) as caught:
+        verify(Message("POST", "http://r/heartbeat", headers))
+    assert caught.value.reason == "bad signature"
+
+
+def test_created_within_sixty_seconds_either_way_is_accepted() -> None:
+    now = time.time()
+    for offset in (-60, 60):
+        headers, _ = Signer(SECRET).sign_request("POST", "/heartbeat", BODY, now=now + offset)
+        verify(Message("POST", "http://r/heartbeat", headers), now=now)
+
+
+def test_answers_are_signed_over_status_and_digest_with_the_request_nonce() -> None:
+    signer = Signer(SECRET)
+    now = time.time()
+    headers = signer.sign_response(200, b'{"ok":true}', nonce="n-1", now=now)
+    assert '"@status" "content-digest"' in headers["Signature-Input"]
+    signer.verify_response(200, headers.items(), b'{"ok":true}', nonce="n-1", now=now)
+    # The package's verifier agrees.
+    verifier = HTTPMessageVerifier(signature_algorithm=algorithms.HMAC_SHA256, key_resolver=Keys())
+    (result,) = verifier.verify(Answer(200, headers), body=b'{"ok":true}')
+    assert result.nonce == "n-1"
+    for status, body, nonce in [
+        (404, b'{"ok":true}', "n-1"),
+        (200, b"{}", "n-1"),
+        (200, b'{"ok":true}', "n-2"),
+    ]:
+        with pytest.raises(AuthError):
+            signer.verify_response(status, headers.items(), body, nonce=nonce, now=now)
+
+
+def test_a_too_short_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 8"):
+        Signer("short")

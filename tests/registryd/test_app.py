@@ -1,0 +1,232 @@
+"""The registry API without sockets: RegistryApp driven by requests and a fake clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from p2pcommon.httpserver import Request, Response
+from p2pcommon.signing import Signer
+from registryd.app import RegistryApp
+from registryd.metrics import RegistryMetrics
+from registryd.store import MemoryStore
+from tests.support import SECRET, Peer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def app(clock: Clock) -> RegistryApp:
+    return RegistryApp(Signer(SECRET), MemoryStore(30.0), RegistryMetrics(), clock=clock)
+
+
+def signed(
+    method: str,
+    path: str,
+    payload: Any = None,
+    *,
+    now: float,
+    host: str = "192.0.2.10",
+    secret: str = SECRET,
+) -> Request:
+    body = b"" if payload is None else json.dumps(payload).encode()
+    headers, _ = Signer(secret).sign_request(method, path, body, now=now)
+    return Request(
+        method=method,
+        target=path,
+        headers=[(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        body=body,
+        client_host=host,
+    )
+
+
+def payload(response: Response) -> Any:
+    return json.loads(response.body)
+
+
+async def register(app: RegistryApp, peer: Peer, now: float, **extra: Any) -> Response:
+    body = {"id": peer.id, "name": peer.name, "cert": peer.cert, "port": 7070, **extra}
+    return await app.handle(signed("POST", "/register", body, now=now))
+
+
+async def listed(app: RegistryApp, now: float) -> list[dict[str, Any]]:
+    response = await app.handle(signed("GET", "/clients", now=now))
+    assert response.status == 200
+    clients: list[dict[str, Any]] = payload(response)["clients"]
+    return clients
+
+
+async def test_register_answers_the_lease(app: RegistryApp, clock: Clock) -> None:
+    response = await register(app, Peer.new(), clock.now)
+    assert response.status == 200
+    assert payload(response) == {"ttl": 30.0, "heartbeat_interval": 10.0}
+
+
+async def test_source_address_is_recorded_when_none_is_advertised(
+    app: RegistryApp, clock: Clock
+) -> None:
+    alice, bob = Peer.new("alice"), Peer.new("bob")
+    await register(app, alice, clock.now)
+    await register(app, bob, clock.now, addresses=["peer.example:7171", "[2001:db8::1]:7070"])
+    by_name = {c["name"]: c for c in await listed(app, clock.now)}
+    assert by_name["alice"]["addresses"] == ["192.0.2.10:7070"]
+    assert by_name["bob"]["addresses"] == ["peer.example:7171", "[2001:db8::1]:7070"]
+    assert by_name["alice"]["cert"] == alice.cert
+    assert by_name["alice"]["id"] == alice.id
+    assert by_name["alice"]["last_seen"] == pytest.approx(clock.now)
+
+
+async def test_an_id_that_is_not_the_hash_of_the_cert_is_refused(
+    app: RegistryApp, clock: Clock
+) -> None:
+    alice, mallory = Peer.new("alice"), Peer.new("mallory")
+    body = {"id": alice.id, "name": "mallory", "cert": mallory.cert, "port": 7070}
+    response = await app.handle(signed("POST", "/register", body, now=clock.now))
+    assert response.status == 400
+    assert payload(response)["error"] == "id mismatch"
+    assert await listed(app, clock.now) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "x", "cert": "c", "port": 1}, "id"),
+        ({"id": "A" * 52, "name": "x", "cert": "c", "port": 1}, "id"),
+        ("not an object", "body"),
+        ({"id": "a" * 52, "name": "x", "cert": "c", "port": 0}, "port"),
+        (
+            {"id": "a" * 52, "name": "x", "cert": "c", "port": 1, "addresses": ["nope"]},
+            "addresses.0",
+        ),
+        ({"id": "a" * 52, "name": "", "cert": "c", "port": 1}, "name"),
+    ],
+)
+async def test_malformed_register_names_the_field(
+    app: RegistryApp, clock: Clock, body: Any, field: str
+) -> None:
+    response = await app.handle(signed("POST", "/register", body, now=clock.now))
+    assert response.status == 400
+    assert f"field '{field}'" in payload(response)["message"]
+
+
+async def test_invalid_json_is_a_400(app: RegistryApp, clock: Clock) -> None:
+    request = signed("POST", "/heartbeat", None, now=clock.now)
+    headers, _ = Signer(SECRET).sign_request("POST", "/heartbeat", b"{nope", now=clock.now)
+    request.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    request.body = b"{nope"
+    response = await app.handle(request)
+    assert response.status == 400
+    assert "JSON" in payload(response)["message"]
+
+
+async def test_lease_lifecycle_with_a_fake_clock(app: RegistryApp, clock: Clock) -> None:
+    peer = Peer.new()
+    await register(app, peer, clock.now)
+    clock.now += 25
+    beat = await app.handle(signed("POST", "/heartbeat", {"id": peer.id}, now=clock.now))
+    assert beat.status == 200
+    clock.now += 25  # 50 s after registering, 25 s after the heartbeat
+    assert [c["id"] for c in await listed(app, clock.now)] == [peer.id]
+    clock.now += 5
+    assert await listed(app, clock.now) == []
+    late = await app.handle(signed("POST", "/heartbeat", {"id": peer.id}, now=clock.now))
+    assert late.status == 404
+    assert "register again" in payload(late)["message"]
+
+
+async def test_leave_removes_at_once_and_unknown_leave_is_404(
+    app: RegistryApp, clock: Clock
+) -> None:
+    peer = Peer.new()
+    await register(app, peer, clock.now)
+    left = await app.handle(signed("POST", "/leave", {"id": peer.id}, now=clock.now))
+    assert left.status == 200
+    assert await listed(app, clock.now) == []
+    again = await app.handle(signed("POST", "/leave", {"id": peer.id}, now=clock.now))
+    assert again.status == 404
+
+
+async def test_answers_are_signed_with_the_request_nonce(app: RegistryApp, clock: Clock) -> None:
+    signer = Signer(SECRET)
+    headers, nonce = signer.sign_request("GET", "/clients", b"", now=clock.now)
+    request = Request(
+        "GET", "/clients", [(k.lower().encode(), v.encode()) for k, v in headers.items()], b"", "h"
+    )
+    response = await app.handle(request)
+    signer.verify_response(
+        response.status, response.headers, response.body, nonce=nonce, now=clock.now
+    )
+
+
+async def test_replay_is_refused_within_the_window(app: RegistryApp, clock: Clock) -> None:
+    request = signed("GET", "/clients", now=clock.now)
+    assert (await app.handle(request)).status == 200
+    clock.now += 30
+    replay = await app.handle(request)
+    assert replay.status == 401
+    assert payload(replay)["error"] == "replayed"
+    clock.now += 31  # now stale rather than replayed
+    assert payload(await app.handle(request))["error"] == "stale"
+
+
+async def test_failures_are_rate_limited_per_address(app: RegistryApp, clock: Clock) -> None:
+    statuses = []
+    for _ in range(25):
+        bad = signed("GET", "/clients", now=clock.now, host="203.0.113.5", secret="wrong-secret!")
+        response = await app.handle(bad)
+        statuses.append(response.status)
+    assert statuses[:20] == [401] * 20
+    assert set(statuses[20:]) == {429}
+    limited = await app.handle(
+        signed("GET", "/clients", now=clock.now, host="203.0.113.5", secret="wrong-secret!")
+    )
+    assert dict(limited.headers)["Retry-After"] == "60"
+    # A correctly signed request from the same address still gets through ...
+    good = await app.handle(signed("GET", "/clients", now=clock.now, host="203.0.113.5"))
+    assert good.status == 200
+    # ... and another address is not slowed.
+    other = await app.handle(
+        signed("GET", "/clients", now=clock.now, host="203.0.113.6", secret="wrong-secret!")
+    )
+    assert other.status == 401
+    clock.now += 61
+    later = await app.handle(
+        signed("GET", "/clients", now=clock.now, host="203.0.113.5", secret="wrong-secret!")
+    )
+    assert later.status == 401
+
+
+async def test_unknown_route_and_wrong_method(app: RegistryApp, clock: Clock) -> None:
+    assert (await app.handle(signed("GET", "/nope", now=clock.now))).status == 404
+    wrong = await app.handle(signed("GET", "/register", now=clock.now))
+    assert wrong.status == 405
+    assert ("Allow", "POST") in wrong.headers
+
+
+async def test_metrics_count_events_and_hold_no_secret(app: RegistryApp, clock: Clock) -> None:
+    peer = Peer.new()
+    await register(app, peer, clock.now)
+    await app.handle(signed("POST", "/heartbeat", {"id": peer.id}, now=clock.now))
+    await app.handle(signed("GET", "/clients", now=clock.now, secret="wrong-secret!"))
+    response = await app.handle(Request("GET", "/metrics", [], b"", "h"))
+    text = response.body.decode()
+    assert "registry_members 1.0" in text
+    assert "registry_registrations_total 1.0" in text
+    assert "registry_heartbeats_total 1.0" in text
+    assert 'registry_auth_failures_total{reason="bad signature"} 1.0' in text
+    assert 'registry_request_duration_seconds_bucket{le="0.005",route="/register"}' in text
+    assert SECRET not in text
+    assert peer.id not in text

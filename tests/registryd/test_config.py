@@ -1,0 +1,136 @@
+"""registryd's configuration: file, environment, secret sources, and the errors' wording."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from p2pcommon.settings import ConfigError, load_settings
+from registryd.config import RegistrySettings
+from registryd.main import main
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("REGISTRYD_") or name == "CREDENTIALS_DIRECTORY":
+            monkeypatch.delenv(name)
+
+
+def load(path: Path) -> RegistrySettings:
+    settings, _ = load_settings(RegistrySettings, explicit_path=str(path), default_path="/x")
+    return settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "registryd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_from_design(tmp_path: Path) -> None:
+    settings = load(write(tmp_path, 'secret = "0123456789abcdef"\n'))
+    assert settings.listen == "0.0.0.0:7000"
+    assert settings.peer_ttl == 30
+    assert settings.store == "memory"
+    assert settings.resolve_secret() == "0123456789abcdef"
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGISTRYD_PEER_TTL", "12")
+    settings = load(write(tmp_path, "peer_ttl = 90\n"))
+    assert settings.peer_ttl == 12
+
+
+def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGISTRYD_CONFIG", str(write(tmp_path, 'listen = "127.0.0.1:9000"\n')))
+    settings, path = load_settings(RegistrySettings, explicit_path=None, default_path="/x")
+    assert settings.listen == "127.0.0.1:9000"
+    assert path == tmp_path / "registryd.toml"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("peer_tll = 30\n", "unknown key 'peer_tll'"),
+        ('peer_ttl = "soon"\n', "key 'peer_ttl'"),
+        ("peer_ttl = -1\n", "key 'peer_ttl'"),
+        ('listen = "nowhere"\n', "key 'listen'"),
+        ('listen = "127.0.0.1:99999"\n', "key 'listen'"),
+        ('store = "mysql://x"\n', "key 'store'"),
+        ('tls_cert = "/etc/c.pem"\n', "'tls_cert' and 'tls_key'"),
+        ('secret = "abcdefghij"\nsecret_file = "/s"\n', "only one of 'secret' and 'secret_file'"),
+        ("peer_ttl = [\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")) as caught:
+        load(path)
+    assert str(path) in str(caught.value)
+
+
+def test_unknown_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGISTRYD_PEERTTL", "3")
+    with pytest.raises(ConfigError, match="REGISTRYD_PEERTTL"):
+        load_settings(RegistrySettings, explicit_path=None, default_path="/nonexistent")
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGISTRYD_PEER_TTL", "zero")
+    with pytest.raises(ConfigError, match="REGISTRYD_PEER_TTL: key 'peer_ttl'"):
+        load_settings(RegistrySettings, explicit_path=None, default_path="/nonexistent")
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.toml")
+
+
+def test_secret_from_file_is_stripped(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("from-a-file-secret\n")
+    settings = load(write(tmp_path, f'secret_file = "{tmp_path / "secret"}"\n'))
+    assert settings.resolve_secret() == "from-a-file-secret"
+
+
+def test_unreadable_secret_file_names_the_key(tmp_path: Path) -> None:
+    settings = load(write(tmp_path, f'secret_file = "{tmp_path / "missing"}"\n'))
+    with pytest.raises(ConfigError, match="key 'secret_file': cannot read"):
+        settings.resolve_secret()
+
+
+def test_secret_from_systemd_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "secret").write_text("credential-secret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert load(write(tmp_path, "")).resolve_secret() == "credential-secret"
+
+
+@pytest.mark.parametrize("secret", ["", "short"])
+def test_empty_or_short_secret_is_refused(tmp_path: Path, secret: str) -> None:
+    settings = load(write(tmp_path, f'secret = "{secret}"\n'))
+    with pytest.raises(ConfigError, match="key 'secret'.*at least 8"):
+        settings.resolve_secret()
+
+
+def test_no_secret_at_all_refuses_to_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no shared secret"):
+        load(write(tmp_path, "")).resolve_secret()
+
+
+def test_main_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, 'secret = "abcdefghijkl"\npeer_ttl = "x"\n')
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("registryd: configuration error:")
+    assert "key 'peer_ttl'" in err
+    assert "abcdefghijkl" not in err
+
+
+def test_secret_value_never_appears_in_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, "secret = 12345678901\n")
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert "12345678901" not in str(caught.value)
