@@ -214,6 +214,17 @@ class HttpServer:
             return None
         if not isinstance(head, h11.Request):
             raise _Closing(error_response(400, "bad request", "expected a request"))
+        # h11 only bounds a head that arrives in pieces; one that came in a
+        # single read is measured here.
+        head_size = len(head.target) + sum(len(n) + len(v) + 4 for n, v in head.headers)
+        if head_size > self.limits.max_header_bytes:
+            raise _Closing(
+                error_response(
+                    431,
+                    "header section too large",
+                    f"the request line and headers are limited to {self.limits.max_header_bytes} bytes",
+                )
+            )
         for name, value in head.headers:
             if name == b"content-length" and int(value) > self.limits.max_body_bytes:
                 raise _Closing(_too_large(self.limits.max_body_bytes))

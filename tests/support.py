@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import shutil
 import signal
@@ -10,11 +11,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -157,3 +159,17 @@ def run_registryd(
 
 def redis_server_path() -> str | None:
     return shutil.which("redis-server")
+
+
+#: How long a test waits for a real process to show a change, at most.
+WAIT_LIMIT = 10.0
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], *, what: str) -> None:
+    """Poll a real process's observable state: time has to pass, no event reaches us."""
+    with trio.move_on_after(WAIT_LIMIT):
+        for _ in itertools.count():
+            if await check():
+                return
+            await trio.sleep(0.05)
+    raise AssertionError(f"timed out after {WAIT_LIMIT} s waiting for {what}")
