@@ -1,0 +1,89 @@
+"""The registry client: failover across registries, and answers it must not trust."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pcommon.backoff import Backoff
+from p2pcommon.httpserver import HttpServer, Request, Response, json_response
+from p2pcommon.models import RegisterRequest
+from p2pcommon.registry_client import RegistryClient, RegistryUnavailable
+from tests.support import SECRET, Peer, RunningRegistry, free_port, run_registryd
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[RunningRegistry]:
+    with run_registryd(tmp_path) as running:
+        yield running
+
+
+def registration(peer: Peer) -> RegisterRequest:
+    return RegisterRequest(id=peer.id, name=peer.name, cert=peer.cert, port=7070)
+
+
+async def test_fails_over_from_a_dead_registry_and_sticks_to_the_live_one(
+    registry: RunningRegistry,
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with RegistryClient([dead, registry.url], SECRET) as client:
+        await client.register(registration(Peer.new()))
+        assert client.current_url == registry.url
+        assert len(await client.clients()) == 1
+
+
+async def test_a_registry_with_another_secret_is_skipped(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    with run_registryd(tmp_path, {"REGISTRYD_SECRET": "a-different-network"}) as foreign:
+        async with RegistryClient([foreign.url, registry.url], SECRET) as client:
+            await client.register(registration(Peer.new()))
+            assert client.current_url == registry.url
+
+
+async def test_unsigned_answers_are_ignored(registry: RunningRegistry) -> None:
+    async def impostor(request: Request) -> Response:
+        return json_response(200, {"clients": []})
+
+    server = HttpServer(impostor)
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        await nursery.start(server.run, listeners)
+        port = listeners[0].socket.getsockname()[1]
+        impostor_url = f"http://127.0.0.1:{port}"
+        async with RegistryClient([impostor_url], SECRET) as alone:
+            with pytest.raises(RegistryUnavailable, match="not signed with our secret"):
+                await alone.clients()
+        async with RegistryClient([impostor_url, registry.url], SECRET) as client:
+            await client.register(registration(Peer.new()))
+            assert [m.name for m in await client.clients()] == ["alice"]
+        await server.shutdown(1)
+
+
+async def test_all_down_reports_every_registry_after_backing_off() -> None:
+    urls = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    backoff = Backoff(base=0.01, cap=0.02, rng=random.Random(7))
+    async with RegistryClient(urls, SECRET, backoff=backoff) as client:
+        with pytest.raises(RegistryUnavailable) as caught:
+            await client.clients(rounds=3)
+    assert len(caught.value.failures) == 2
+    assert all(url in str(caught.value) for url in urls)
+    assert backoff.attempt == 2  # slept between the three rounds
+
+
+def test_backoff_is_full_jitter_under_a_doubling_ceiling() -> None:
+    backoff = Backoff(base=0.5, cap=8.0, rng=random.Random(1))
+    ceilings = []
+    for _ in range(8):
+        ceiling = backoff.ceiling()
+        assert 0 <= backoff.next_delay() <= ceiling
+        ceilings.append(ceiling)
+    assert ceilings == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
+    backoff.reset()
+    assert backoff.ceiling() == 0.5
+    delays = [Backoff(base=1, cap=1, rng=random.Random(s)).next_delay() for s in range(50)]
+    assert min(delays) < 0.2 and max(delays) > 0.8  # spread over the whole range
