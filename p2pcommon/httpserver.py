@@ -222,7 +222,7 @@ class HttpServer:
                 error_response(
                     431,
                     "header section too large",
-                    f"the request line and headers are limited to {self.limits.max_header_bytes} bytes",
+                    f"request line and headers are limited to {self.limits.max_header_bytes} bytes",
                 )
             )
         for name, value in head.headers:
