@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -42,6 +42,8 @@ class Request:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     client_host: str
+    #: Who the transport authenticated (e.g. a TLS client certificate's peer id).
+    client_id: str | None = None
 
     @property
     def path(self) -> str:
@@ -58,9 +60,14 @@ class Response:
     status: int
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: A body too large to hold in memory: ``length`` bytes produced by ``stream``.
+    stream: AsyncIterable[bytes] | None = None
+    length: int = 0
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: Turns an accepted stream into (stream to speak HTTP on, client id), or None to drop it.
+Admit = Callable[[trio.abc.Stream], Awaitable[tuple[trio.abc.Stream, str | None] | None]]
 
 
 def json_response(status: int, payload: Any, headers: Sequence[tuple[str, str]] = ()) -> Response:
@@ -97,8 +104,11 @@ def peer_host(stream: trio.abc.Stream) -> str:
 
 
 class HttpServer:
-    def __init__(self, handler: Handler, limits: Limits | None = None) -> None:
+    def __init__(
+        self, handler: Handler, limits: Limits | None = None, *, admit: Admit | None = None
+    ) -> None:
         self._handler = handler
+        self._admit = admit
         self.limits = limits or Limits()
         self._connections: set[_Connection] = set()
         self._accepting = trio.CancelScope()
@@ -144,9 +154,21 @@ class HttpServer:
         h11conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         try:
             with conn.scope:
-                await self._serve_requests(stream, h11conn, conn, client_host)
+                client_id = None
+                if self._admit is not None:
+                    admitted = None
+                    with trio.move_on_after(self.limits.request_timeout):
+                        admitted = await self._admit(stream)
+                    if admitted is None:
+                        return
+                    stream, client_id = admitted
+                await self._serve_requests(stream, h11conn, conn, client_host, client_id)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:
+            # One connection's failure (a file that vanished mid-body, a bug)
+            # must not take the server down with it.
+            log.exception("connection from %s failed", client_host)
         finally:
             self._connections.discard(conn)
             if self._closing and not self._connections:
@@ -159,6 +181,7 @@ class HttpServer:
         h11conn: h11.Connection,
         conn: _Connection,
         client_host: str,
+        client_id: str | None,
     ) -> None:
         while not self._closing:
             conn.idle = True
@@ -174,6 +197,7 @@ class HttpServer:
                 return
             if request is None:
                 return
+            request.client_id = client_id
             conn.idle = False
             try:
                 response = await self._handler(request)
@@ -271,15 +295,35 @@ class HttpServer:
 
     @staticmethod
     async def _send(stream: trio.abc.Stream, h11conn: h11.Connection, response: Response) -> None:
-        headers = [*response.headers, ("Content-Length", str(len(response.body)))]
+        length = response.length if response.stream is not None else len(response.body)
+        headers = [*response.headers, ("Content-Length", str(length))]
         head = h11conn.send(
             h11.Response(
                 status_code=response.status, headers=headers, reason=_phrase(response.status)
             )
         )
+        assert head is not None
+        if response.stream is not None:
+            try:
+                await stream.send_all(head)
+                async for chunk in response.stream:
+                    # Content-Length framing adds nothing around the data: send it uncopied.
+                    pieces = h11conn.send_with_data_passthrough(h11.Data(data=chunk))
+                    for piece in pieces or ():
+                        await stream.send_all(piece)
+            finally:
+                aclose = getattr(response.stream, "aclose", None)
+                if aclose is not None:
+                    with trio.CancelScope(shield=True):
+                        await aclose()
+            tail = h11conn.send(h11.EndOfMessage())
+            assert tail is not None
+            if tail:
+                await stream.send_all(tail)
+            return
         body = h11conn.send(h11.Data(data=response.body)) if response.body else b""
         tail = h11conn.send(h11.EndOfMessage())
-        assert head is not None and body is not None and tail is not None
+        assert body is not None and tail is not None
         if len(response.body) <= JOIN_LIMIT:
             await stream.send_all(head + body + tail)
         else:

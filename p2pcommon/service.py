@@ -73,3 +73,10 @@ async def wait_for_termination() -> str:
         async for signum in signals:
             return signal.Signals(signum).name
     raise AssertionError("signal receiver ended")
+
+
+def unwrap_group(exc: BaseException) -> BaseException:
+    """The single error inside nested exception groups (trio nurseries wrap what escapes)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

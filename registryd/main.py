@@ -15,7 +15,7 @@ import trio
 from p2pcommon import __version__
 from p2pcommon.httpserver import HttpServer, Limits
 from p2pcommon.models import split_host_port
-from p2pcommon.service import Notifier, setup_logging, wait_for_termination
+from p2pcommon.service import Notifier, setup_logging, unwrap_group, wait_for_termination
 from p2pcommon.settings import ConfigError, load_settings
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
@@ -143,14 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         secret = settings.resolve_secret()
         trio.run(serve, settings, secret)
-    except ConfigError as exc:
-        print(f"registryd: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except StartupError as exc:
-        print(f"registryd: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as exc:
+        cause = unwrap_group(exc)
+        if isinstance(cause, ConfigError):
+            print(f"registryd: configuration error: {cause}", file=sys.stderr)
+            return 2
+        if isinstance(cause, StartupError):
+            print(f"registryd: {cause}", file=sys.stderr)
+            return 1
+        if isinstance(cause, KeyboardInterrupt):
+            return 130
+        raise
     return 0
 
 

@@ -1,0 +1,77 @@
+"""The other members as last listed by the registry: admission and PEER lookup.
+
+Pure: the registry loop feeds it, the peer server and the control socket read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from p2pcommon.identity import short_id
+from p2pcommon.models import Member
+
+
+class PeerLookupError(Exception):
+    """PEER names no member, or more than one; ``candidates`` lists the latter."""
+
+    def __init__(self, message: str, candidates: list[Member] | None = None) -> None:
+        super().__init__(message)
+        self.candidates = candidates or []
+
+
+@dataclass
+class Members:
+    own_id: str
+    _by_id: dict[str, Member]
+    generation: int = 0
+
+    @classmethod
+    def empty(cls, own_id: str) -> Members:
+        return cls(own_id, {})
+
+    def update(self, members: Iterable[Member]) -> bool:
+        """Replace the list (without ourselves); True if who is a member changed."""
+        fresh = {m.id: m for m in members if m.id != self.own_id}
+        changed = fresh.keys() != self._by_id.keys()
+        self._by_id = fresh
+        if changed:
+            self.generation += 1
+        return changed
+
+    def others(self) -> list[Member]:
+        return sorted(self._by_id.values(), key=lambda m: (m.name, m.id))
+
+    def certs(self) -> dict[str, str]:
+        return {m.id: m.cert for m in self._by_id.values()}
+
+    def is_member(self, peer_id: str | None) -> bool:
+        return peer_id is not None and peer_id in self._by_id
+
+    def get(self, peer_id: str) -> Member | None:
+        return self._by_id.get(peer_id)
+
+    def resolve(self, peer: str) -> Member:
+        """A member by name, full id or unique id prefix."""
+        if peer in self._by_id:
+            return self._by_id[peer]
+        named = [m for m in self._by_id.values() if m.name == peer]
+        if len(named) == 1:
+            return named[0]
+        prefixed = (
+            [m for m in self._by_id.values() if m.id.startswith(peer.lower())] if peer else []
+        )
+        matches = named or prefixed
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise PeerLookupError(
+                f"no member named or prefixed {peer!r}; `p2pctl peers` lists who is online"
+            )
+        listed = ", ".join(
+            f"{m.name} ({short_id(m.id)})" for m in sorted(matches, key=lambda m: m.id)
+        )
+        raise PeerLookupError(
+            f"{peer!r} matches {len(matches)} members: {listed}; give more of the id",
+            sorted(matches, key=lambda m: m.id),
+        )

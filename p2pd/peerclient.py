@@ -1,0 +1,144 @@
+"""The downloader's side of the peer protocol: HTTP/1.1 over mutual TLS with h11.
+
+A connection is made to one member: its certificate from the registry is the
+only trust anchor, and the presented certificate's hash must be the member's
+id (DESIGN §1).  Addresses are tried in the order the registry lists them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import trio
+
+from p2pcommon.models import Member, split_host_port
+from p2pd.identity import Identity
+from p2pd.tls import PeerMismatch, client_context, presented_id
+
+CONNECT_TIMEOUT = 5.0
+RECEIVE_SIZE = 256 * 1024
+MAX_LISTING = 256 * 1024 * 1024
+
+
+class PeerUnreachable(Exception):
+    """No address of the member answered with the member's certificate."""
+
+
+@dataclass
+class Head:
+    status: int
+    headers: dict[str, str]
+
+
+class PeerConnection:
+    """One kept-alive connection to one member; requests run one at a time."""
+
+    def __init__(self, member: Member, stream: trio.SSLStream[trio.abc.Stream]) -> None:
+        self.member = member
+        self._stream = stream
+        self._h11 = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, identity: Identity, member: Member) -> PeerConnection:
+        context = client_context(identity, member.cert)
+        failures = []
+        for address in member.addresses:
+            host, port = split_host_port(address)
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    tcp = await trio.open_tcp_stream(host, port)
+                    tls = trio.SSLStream(tcp, context)
+                    await tls.do_handshake()
+                if presented_id(tls) != member.id:
+                    await trio.aclose_forcefully(tls)
+                    raise PeerMismatch(f"{address} presented another member's certificate")
+                return cls(member, tls)
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError, PeerMismatch) as exc:
+                reason = exc.__cause__ or exc
+                failures.append(f"{address}: {reason or type(exc).__name__}")
+        raise PeerUnreachable(
+            f"cannot reach {member.name}: " + "; ".join(failures or ["no address"])
+        )
+
+    @property
+    def reusable(self) -> bool:
+        return self._h11.our_state is h11.IDLE and self._h11.their_state is h11.IDLE
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self._stream)
+
+    async def request(self, target: str, headers: dict[str, str] | None = None) -> Head:
+        """Send a GET and read the answer's head; read the body with ``body()``."""
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+        fields = [("Host", "peer"), *(headers or {}).items()]
+        data = self._h11.send(h11.Request(method="GET", target=target, headers=fields))
+        end = self._h11.send(h11.EndOfMessage())
+        assert data is not None and end is not None
+        await self._stream.send_all(data + end)
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Response):
+                return Head(
+                    event.status_code,
+                    {n.decode("latin-1"): v.decode("latin-1") for n, v in event.headers},
+                )
+            if not isinstance(event, h11.InformationalResponse):
+                raise PeerUnreachable(f"unexpected answer from {self.member.name}: {event!r}")
+
+    async def body_chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise PeerUnreachable(f"{self.member.name} closed the connection mid-answer")
+
+    async def body(self, limit: int) -> bytes:
+        chunks, size = [], 0
+        async for chunk in self.body_chunks():
+            size += len(chunk)
+            if size > limit:
+                raise PeerUnreachable(f"{self.member.name} sent more than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _next_event(self) -> Any:
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise PeerUnreachable(f"{self.member.name} spoke bad HTTP: {exc}") from None
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except trio.BrokenResourceError as exc:
+                raise PeerUnreachable(f"{self.member.name}: {exc.__cause__ or exc}") from None
+            self._h11.receive_data(bytes(data))
+
+
+class PeerRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def fetch_listing(identity: Identity, member: Member) -> dict[str, Any]:
+    """GET /files from ``member``: ``{"generation", "files"}``."""
+    connection = await PeerConnection.open(identity, member)
+    try:
+        head = await connection.request("/files")
+        body = await connection.body(MAX_LISTING)
+    finally:
+        await connection.aclose()
+    if head.status != 200:
+        raise PeerRefused(head.status, f"{member.name} answered {head.status}: {body[:200]!r}")
+    listing: dict[str, Any] = json.loads(body)
+    return listing
