@@ -44,7 +44,10 @@ class Daemon:
 
     async def run(self) -> None:
         settings = self.settings
-        identity, new = await trio.to_thread.run_sync(load_or_create, settings.state_dir)
+        try:
+            identity, new = await trio.to_thread.run_sync(load_or_create, settings.state_dir)
+        except (ValueError, OSError) as exc:
+            raise StartupError(f"identity in {settings.state_dir}: {exc}") from None
         log.info(
             "%s identity %s (%s)",
             "created" if new else "using",
