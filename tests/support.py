@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 from cryptography import x509
@@ -173,3 +175,122 @@ async def wait_until(check: Callable[[], Awaitable[bool]], *, what: str) -> None
                 return
             await trio.sleep(0.05)
     raise AssertionError(f"timed out after {WAIT_LIMIT} s waiting for {what}")
+
+
+@dataclass
+class RunningPeer:
+    name: str
+    process: subprocess.Popen[str]
+    log_path: Path
+    notify: NotifySocket
+    socket_path: Path
+    share_dir: Path
+    download_dir: Path
+    state_dir: Path
+    config_path: Path
+    port: int
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the real p2pctl against this peer's control socket."""
+        return subprocess.run(
+            [str(VENV_BIN / "p2pctl"), "--socket", str(self.socket_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def ctl_json(self, *args: str) -> Any:
+        result = self.ctl("--json", *args)
+        assert result.returncode == 0, f"p2pctl {' '.join(args)}: {result.stderr}"
+        return json.loads(result.stdout)
+
+    async def actl_json(self, *args: str) -> Any:
+        """p2pctl --json from an async test, without blocking the trio loop."""
+        result = await trio.run_process(
+            [str(VENV_BIN / "p2pctl"), "--socket", str(self.socket_path), "--json", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert result.returncode == 0, f"p2pctl {' '.join(args)}: {result.stderr.decode()}"
+        return json.loads(result.stdout)
+
+
+def p2pd_config(
+    base: Path, name: str, registries: list[str], port: int, extra: str = ""
+) -> tuple[Path, Path, Path, Path, Path]:
+    root = base / name
+    share, downloads, state = root / "share", root / "downloads", root / "state"
+    for folder in (share, downloads, state):
+        folder.mkdir(parents=True, exist_ok=True)
+    # AF_UNIX paths are short: keep the socket under /tmp.
+    socket_path = Path(tempfile.mkdtemp(prefix="p2pd-", dir="/tmp")) / "control.sock"
+    config = root / "p2pd.toml"
+    config.write_text(
+        f"name = {json.dumps(name)}\n"
+        f'share_dir = "{share}"\n'
+        f'download_dir = "{downloads}"\n'
+        f'state_dir = "{state}"\n'
+        f'control_socket = "{socket_path}"\n'
+        f'listen = "127.0.0.1:{port}"\n'
+        f"registries = {json.dumps(registries)}\n"
+        f"secret = {json.dumps(SECRET)}\n" + extra
+    )
+    return config, share, downloads, state, socket_path
+
+
+@contextmanager
+def run_p2pd(
+    base: Path,
+    name: str,
+    registries: list[str],
+    *,
+    extra_config: str = "",
+    port: int | None = None,
+    extra_env: Mapping[str, str] = {},
+) -> Iterator[RunningPeer]:
+    """Start the real p2pd with its own folders; wait for READY=1; SIGTERM it afterwards."""
+    port = port or free_port()
+    config, share, downloads, state, socket_path = p2pd_config(
+        base, name, registries, port, extra_config
+    )
+    log_path = base / f"{name}.log"
+    notify = NotifySocket()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("P2PD_", "NOTIFY_"))}
+    env.update(extra_env)
+    env["NOTIFY_SOCKET"] = notify.path
+    with log_path.open("a") as log_file:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "p2pd"), "--config", str(config)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    peer = RunningPeer(
+        name, process, log_path, notify, socket_path, share, downloads, state, config, port
+    )
+    try:
+        try:
+            notify.wait_for("READY", "1", timeout=60)
+        except TimeoutError:
+            raise AssertionError(f"p2pd {name} sent no READY=1:\n{peer.log()}") from None
+        yield peer
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        notify.close()
+        shutil.rmtree(socket_path.parent, ignore_errors=True)
