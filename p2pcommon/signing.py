@@ -171,15 +171,7 @@ class Signer:
         nonce = nonce or new_nonce()
         headers: dict[str, str] = {}
         message = _Request(method=method, url=f"http://registry{path}", headers=headers)
-        self._signer.sign(
-            message,
-            key_id=KEY_ID,
-            created=_datetime(now),
-            nonce=nonce,
-            label=LABEL,
-            covered_component_ids=REQUEST_COMPONENTS,
-            body=body,
-        )
+        self._sign(message, REQUEST_COMPONENTS, body, nonce=nonce, now=now)
         return headers, nonce
 
     def verify_request(
@@ -204,15 +196,8 @@ class Signer:
 
     def sign_response(self, status: int, body: bytes, *, nonce: str, now: float) -> dict[str, str]:
         headers: dict[str, str] = {}
-        self._signer.sign(
-            _Response(status_code=status, headers=headers),
-            key_id=KEY_ID,
-            created=_datetime(now),
-            nonce=nonce,
-            label=LABEL,
-            covered_component_ids=RESPONSE_COMPONENTS,
-            body=body,
-        )
+        message = _Response(status_code=status, headers=headers)
+        self._sign(message, RESPONSE_COMPONENTS, body, nonce=nonce, now=now)
         return headers
 
     def verify_response(
@@ -233,6 +218,25 @@ class Signer:
             raise AuthError(BAD_SIGNATURE, "the answer does not echo our nonce")
 
     # -- shared -----------------------------------------------------------
+
+    def _sign(
+        self,
+        message: _Request | _Response,
+        components: tuple[str, ...],
+        body: bytes,
+        *,
+        nonce: str,
+        now: float,
+    ) -> None:
+        self._signer.sign(
+            message,
+            key_id=KEY_ID,
+            created=_datetime(now),
+            nonce=nonce,
+            label=LABEL,
+            covered_component_ids=components,
+            body=body,
+        )
 
     @staticmethod
     def _check_digest(view: _Headers, body: bytes) -> None:

@@ -49,11 +49,11 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def create_identity(key_path: Path, cert_path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
+def build_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """A self-signed certificate for ``key``; its hash is the peer id."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2pd peer")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -64,6 +64,11 @@ def create_identity(key_path: Path, cert_path: Path) -> None:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
+
+
+def create_identity(key_path: Path, cert_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = build_certificate(key)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import json
 import os
@@ -19,32 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from p2pcommon.identity import peer_id_from_pem
+from p2pd.identity import build_certificate
 
 SECRET = "test-secret-of-the-network"
 VENV_BIN = Path(sys.executable).parent
 
 
-def make_cert_pem(common_name: str = "p2pd") -> str:
-    """A fresh EC P-256 self-signed certificate, as p2pd makes its own."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
+def make_cert_pem() -> str:
+    """A fresh certificate made by p2pd's own code, as a daemon makes it."""
+    cert = build_certificate(ec.generate_private_key(ec.SECP256R1()))
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
@@ -56,7 +42,7 @@ class Peer:
 
     @classmethod
     def new(cls, name: str = "alice") -> Peer:
-        cert = make_cert_pem(name)
+        cert = make_cert_pem()
         return cls(id=peer_id_from_pem(cert), cert=cert, name=name)
 
 
@@ -130,29 +116,34 @@ def run_registryd(
     config = tmp_path / f"registryd-{port}.toml"
     config.write_text("")
     log_path = tmp_path / f"registryd-{port}.log"
+    command = [str(VENV_BIN / "registryd"), "--config", str(config)]
+    with daemon_process(command, registryd_env(port, extra_env), log_path) as (process, notify):
+        yield RunningRegistry(f"http://127.0.0.1:{port}", process, log_path, notify)
+
+
+@contextmanager
+def daemon_process(
+    command: list[str], env: dict[str, str], log_path: Path, ready_timeout: float = 30
+) -> Iterator[tuple[subprocess.Popen[str], NotifySocket]]:
+    """Run a daemon with its own NOTIFY_SOCKET until READY=1; SIGTERM (then SIGKILL) it after."""
     notify = NotifySocket()
-    env = registryd_env(port, extra_env)
-    env["NOTIFY_SOCKET"] = notify.path
-    with log_path.open("w") as log_file:
+    env = {**env, "NOTIFY_SOCKET": notify.path}
+    with log_path.open("a") as log_file:
         process = subprocess.Popen(
-            [str(VENV_BIN / "registryd"), "--config", str(config)],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            text=True,
+            command, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
         )
-    running = RunningRegistry(f"http://127.0.0.1:{port}", process, log_path, notify)
     try:
         try:
-            notify.wait_for("READY", "1")
+            notify.wait_for("READY", "1", timeout=ready_timeout)
         except TimeoutError:
-            raise AssertionError(f"registryd sent no READY=1:\n{running.log()}") from None
-        yield running
+            name = Path(command[0]).name
+            raise AssertionError(f"{name} sent no READY=1:\n{log_path.read_text()}") from None
+        yield process, notify
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -263,34 +254,13 @@ def run_p2pd(
         base, name, registries, port, extra_config
     )
     log_path = base / f"{name}.log"
-    notify = NotifySocket()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("P2PD_", "NOTIFY_"))}
     env.update(extra_env)
-    env["NOTIFY_SOCKET"] = notify.path
-    with log_path.open("a") as log_file:
-        process = subprocess.Popen(
-            [str(VENV_BIN / "p2pd"), "--config", str(config)],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    peer = RunningPeer(
-        name, process, log_path, notify, socket_path, share, downloads, state, config, port
-    )
+    command = [str(VENV_BIN / "p2pd"), "--config", str(config)]
     try:
-        try:
-            notify.wait_for("READY", "1", timeout=60)
-        except TimeoutError:
-            raise AssertionError(f"p2pd {name} sent no READY=1:\n{peer.log()}") from None
-        yield peer
+        with daemon_process(command, env, log_path, ready_timeout=60) as (process, notify):
+            yield RunningPeer(
+                name, process, log_path, notify, socket_path, share, downloads, state, config, port
+            )
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        notify.close()
         shutil.rmtree(socket_path.parent, ignore_errors=True)
