@@ -37,7 +37,7 @@ class Head:
 class PeerConnection:
     """One kept-alive connection to one member; requests run one at a time."""
 
-    def __init__(self, member: Member, stream: trio.SSLStream[trio.abc.Stream]) -> None:
+    def __init__(self, member: Member, stream: trio.SSLStream[Any]) -> None:
         self.member = member
         self._stream = stream
         self._h11 = h11.Connection(h11.CLIENT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterable
+from typing import Any
 
 import trio
 
@@ -47,7 +48,7 @@ def client_context(identity: Identity, member_cert: str) -> ssl.SSLContext:
     return context
 
 
-def presented_id(stream: trio.SSLStream[trio.abc.Stream]) -> str:
+def presented_id(stream: trio.SSLStream[Any]) -> str:
     der = stream.getpeercert(binary_form=True)
     if not der:
         raise PeerMismatch("the peer presented no certificate")
