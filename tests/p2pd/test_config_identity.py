@@ -12,7 +12,6 @@ from p2pcommon.identity import peer_id_from_pem
 from p2pcommon.settings import ConfigError, load_settings
 from p2pd.config import PeerSettings, check_folders
 from p2pd.identity import load_or_create
-from p2pd.main import main
 
 
 @pytest.fixture(autouse=True)
@@ -106,13 +105,6 @@ def test_share_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "share").write_text("")
     with pytest.raises(ConfigError, match="is not a directory"):
         check_folders(settings)
-
-
-def test_main_exits_2_on_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_config(tmp_path, "upload_slots = 'many'\n")
-    assert main(["--config", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "key 'upload_slots'" in err and str(path) in err
 
 
 def test_identity_is_created_private_and_reused(tmp_path: Path) -> None:
