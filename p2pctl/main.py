@@ -1,13 +1,248 @@
-"""p2pctl entry point (the commands land with issue 4)."""
+"""p2pctl: talk to p2pd over its control socket (JSON-RPC 2.0, one object per line).
+
+Standard library only, so that it starts fast: every command is a process.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import socket
 import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+DEFAULT_SOCKET = "/run/p2pd/control.sock"
+
+# Exit statuses (DESIGN §5), in one place.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+class CtlError(Exception):
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def unreachable(path: str, exc: OSError) -> CtlError:
+    why = {
+        "FileNotFoundError": "no such socket",
+        "PermissionError": "permission denied (join the p2pd group: sudo usermod -aG p2pd $USER)",
+        "ConnectionRefusedError": "nothing is listening",
+    }.get(type(exc).__name__, exc.strerror or str(exc))
+    return CtlError(
+        f"cannot reach p2pd at {path}: {why}.\n"
+        "Start the service with `sudo systemctl start p2pd`, or point at another daemon "
+        "with --socket PATH or P2PD_SOCKET.",
+        EXIT_UNREACHABLE,
+    )
+
+
+class Client:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.connect(path)
+        except OSError as exc:
+            raise unreachable(path, exc) from None
+        self._file = self._sock.makefile("rb")
+        self._next_id = 0
+
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any],
+        on_notify: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Any:
+        self._next_id += 1
+        message = {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params}
+        try:
+            self._sock.sendall(json.dumps(message).encode() + b"\n")
+            while True:
+                line = self._file.readline()
+                if not line:
+                    raise CtlError(f"p2pd at {self.path} closed the connection", EXIT_FAILED)
+                answer = json.loads(line)
+                if "id" not in answer:
+                    if on_notify is not None:
+                        on_notify(answer.get("params", {}))
+                    continue
+                if "error" in answer:
+                    raise _refused(answer["error"])
+                return answer["result"]
+        except OSError as exc:
+            raise CtlError(
+                f"lost the connection to p2pd at {self.path}: {exc}", EXIT_FAILED
+            ) from None
+
+
+def _refused(error: dict[str, Any]) -> CtlError:
+    message = str(error.get("message", "the daemon refused"))
+    if error.get("code") == -32601:
+        message += " (is p2pd older than this p2pctl?)"
+    candidates = (error.get("data") or {}).get("candidates") or []
+    for candidate in candidates:
+        message += f"\n  {candidate.get('id', '')[:7]}  {candidate.get('name', '')}"
+    return CtlError(message, EXIT_FAILED)
+
+
+# -- human output -------------------------------------------------------------
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def ago(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    seconds = max(0, time.time() - timestamp)
+    if seconds < 60:
+        return f"{seconds:.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def table(
+    headers: Sequence[str], rows: list[list[str]], right: frozenset[int] = frozenset()
+) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def show_status(status: dict[str, Any]) -> str:
+    registered = "yes" if status.get("registered") else (status.get("registry_error") or "no")
+    lines = [
+        ("name", f"{status['name']} ({status['id'][:7]})"),
+        (
+            "registered",
+            f"{registered}" + (f" with {status['registry']}" if status.get("registry") else ""),
+        ),
+        ("peers", str(status.get("peers", "?"))),
+        ("shared files", f"{status['shared_files']} in {status.get('share_dir', '?')}"),
+        ("downloads to", str(status.get("download_dir", "?"))),
+        ("listening on", status["listen"]),
+        (
+            "uploads",
+            f"{status.get('uploads_active', 0)} of {status.get('upload_slots', '?')} slots",
+        ),
+        ("version", status["version"]),
+    ]
+    if status.get("warning"):
+        lines.insert(0, ("WARNING", status["warning"]))
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
+
+
+def show_peers(peers: list[dict[str, Any]]) -> str:
+    rows = [
+        [p["id"][:7], p["name"], ", ".join(p["addresses"]), ago(p.get("last_seen"))] for p in peers
+    ]
+    return table(["ID", "NAME", "ADDRESSES", "SEEN"], rows)
+
+
+def show_files(files: list[dict[str, Any]]) -> str:
+    rows = [[human_size(f["size"]), f["sha256"][:12], f["path"]] for f in files]
+    return table(["SIZE", "SHA256", "PATH"], rows, right=frozenset({0}))
+
+
+EMPTY = {
+    "peers": "no other members online",
+    "ls": "the peer shares no files",
+    "shared": "this daemon shares no files",
+}
+
+
+# -- commands -----------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="p2pctl", description="Control p2pd, the p2p file-sharing daemon."
+    )
+    top.add_argument(
+        "--socket", default=os.environ.get("P2PD_SOCKET", DEFAULT_SOCKET), help="control socket"
+    )
+    top.add_argument("--json", action="store_true", help="print one JSON document")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("status", help="this daemon's state")
+    commands.add_parser("peers", help="the other members online")
+    commands.add_parser("ls", help="files shared by a member").add_argument("peer", metavar="PEER")
+    commands.add_parser("shared", help="files this daemon shares")
+    commands.add_parser("rescan", help="rescan the shared folder now")
+    fetch = commands.add_parser("fetch", help="download a file from a member")
+    fetch.add_argument("peer", metavar="PEER")
+    fetch.add_argument("file", metavar="FILE")
+    fetch.add_argument("--detach", action="store_true", help="return the transfer id at once")
+    commands.add_parser("downloads", help="transfers in progress")
+    commands.add_parser("history", help="finished transfers")
+    commands.add_parser("cancel", help="cancel a transfer").add_argument("id", metavar="ID")
+    return top
+
+
+def run(args: argparse.Namespace) -> None:
+    client = Client(args.socket)
+    command = args.command
+    params: dict[str, Any] = {}
+    if command == "ls":
+        params = {"peer": args.peer}
+    elif command == "fetch":
+        params = {"peer": args.peer, "path": args.file, "detach": args.detach}
+    elif command == "cancel":
+        params = {"id": args.id}
+    result = client.call(command, params)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    if isinstance(result, list) and not result and command in EMPTY:
+        print(EMPTY[command], file=sys.stderr)
+    elif command == "status":
+        print(show_status(result))
+    elif command == "peers":
+        print(show_peers(result))
+    elif command in ("ls", "shared"):
+        print(show_files(result))
+    elif command == "rescan":
+        print(f"{result['shared_files']} files shared (generation {result['generation']})")
+    else:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    if command == "fetch" and isinstance(result, dict) and result.get("status") not in (None, "ok"):
+        raise CtlError(f"fetch failed: {result.get('error')}", EXIT_FAILED)
+
+
+def fail(message: str, status: int) -> NoReturn:
+    print(f"p2pctl: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("p2pctl: not built yet (issue 4).", file=sys.stderr)
-    return 1
+    args = parser().parse_args(argv)  # exits 2 on usage errors
+    try:
+        run(args)
+    except CtlError as exc:
+        fail(str(exc), exc.exit_status)
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -51,13 +51,19 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
 
 def build_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     """A self-signed certificate for ``key``; its hash is the peer id."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2pd peer")])
+    # Every member's certificate is a trust anchor of the others' servers; OpenSSL
+    # finds anchors by subject, so each subject must be unique, hence the key id in it.
+    key_id = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"p2pd peer {key_id.digest.hex()[:16]}")]
+    )
     now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
+        .add_extension(key_id, critical=False)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + VALIDITY)
@@ -80,6 +86,7 @@ def create_identity(key_path: Path, cert_path: Path) -> None:
 
 def load_or_create(state_dir: Path) -> tuple[Identity, bool]:
     """The identity in ``state_dir``, created when neither file exists; and whether it is new."""
+    state_dir.mkdir(parents=True, exist_ok=True)
     key_path, cert_path = state_dir / KEY_FILE, state_dir / CERT_FILE
     new = not key_path.exists() and not cert_path.exists()
     if new:

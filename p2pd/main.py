@@ -1,13 +1,51 @@
-"""p2pd entry point (the daemon lands with issue 4)."""
+"""p2pd: the command line around the daemon."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+from p2pcommon import __version__
+from p2pcommon.service import setup_logging, unwrap_group
+from p2pcommon.settings import ConfigError, load_settings
+from p2pd.config import DEFAULT_PATH, PeerSettings, check_folders
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("p2pd: the peer daemon is not built yet (issue 4); registryd is.", file=sys.stderr)
-    return 1
+    parser = argparse.ArgumentParser(
+        prog="p2pd", description="The p2pd peer daemon: shares a folder with the members."
+    )
+    parser.add_argument("--config", metavar="FILE", help=f"TOML config (default {DEFAULT_PATH})")
+    parser.add_argument("--version", action="version", version=f"p2pd {__version__}")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        settings, _ = load_settings(
+            PeerSettings, explicit_path=args.config, default_path=DEFAULT_PATH
+        )
+        secret = settings.resolve_secret()
+        check_folders(settings)
+    except ConfigError as exc:
+        print(f"p2pd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    # Imported only once the configuration is known good: a config error
+    # should answer fast, without loading TLS, watchdog and HTTP machinery.
+    import trio
+
+    from p2pd.control import ControlSocketInUse
+    from p2pd.daemon import Daemon, StartupError
+
+    try:
+        trio.run(Daemon(settings, secret).run)
+    except BaseException as exc:
+        cause = unwrap_group(exc)
+        if isinstance(cause, KeyboardInterrupt):
+            return 130
+        if not isinstance(cause, StartupError | ControlSocketInUse):
+            raise
+        print(f"p2pd: {cause}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -133,11 +134,17 @@ def daemon_process(
             command, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
         )
     try:
-        try:
-            notify.wait_for("READY", "1", timeout=ready_timeout)
-        except TimeoutError:
-            name = Path(command[0]).name
-            raise AssertionError(f"{name} sent no READY=1:\n{log_path.read_text()}") from None
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            try:
+                notify.wait_for("READY", "1", timeout=0.5)
+                break
+            except TimeoutError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    name = Path(command[0]).name
+                    raise AssertionError(
+                        f"{name} sent no READY=1:\n{log_path.read_text()}"
+                    ) from None
         yield process, notify
     finally:
         if process.poll() is None:

@@ -1,0 +1,145 @@
+"""The control socket: JSON-RPC 2.0 over a Unix stream socket, one object per line.
+
+A method is ``async (params, notify) -> result``; ``notify(method, params)``
+sends a notification to the calling connection while the call runs (e.g. a
+fetch's progress).  Calls on one connection run one after another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import logging
+import os
+import socket as stdlib_socket
+import stat
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pd import jsonrpc
+from p2pd.jsonrpc import RpcError
+
+log = logging.getLogger("p2pd.control")
+
+Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
+Method = Callable[[dict[str, Any], Notify], Awaitable[Any]]
+MAX_CONNECTIONS = 64
+
+
+class ControlSocketInUse(Exception):
+    """The control socket's path is taken by a live daemon or by something else."""
+
+
+def _prepare_path(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ControlSocketInUse(
+            f"control_socket {path} exists and is not a socket: remove it or set another path"
+        )
+    probe = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ControlSocketInUse(
+                f"cannot check control_socket {path}: {exc.strerror}"
+            ) from None
+        path.unlink(missing_ok=True)  # stale: left by a daemon that died
+    else:
+        raise ControlSocketInUse(
+            f"another p2pd is running on {path}: stop it first (sudo systemctl stop p2pd), "
+            "or give this one another control_socket"
+        )
+    finally:
+        probe.close()
+
+
+class ControlServer:
+    def __init__(
+        self, socket_path: Path, methods: Mapping[str, Method], *, group: str | None = "p2pd"
+    ) -> None:
+        self.socket_path = socket_path
+        self._methods = methods
+        self._group = group
+        self._limit = trio.CapacityLimiter(MAX_CONNECTIONS)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        path = self.socket_path
+        _prepare_path(path)
+        sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+        await sock.bind(str(path))
+        inode = path.stat().st_ino
+        try:
+            os.chmod(path, 0o660)
+            self._give_to_group(path)
+            sock.listen(MAX_CONNECTIONS)
+            task_status.started()
+            await trio.serve_listeners(self._serve, [trio.SocketListener(sock)])
+        finally:
+            # Remove the socket only if it is still ours.
+            with contextlib.suppress(OSError):
+                if path.stat().st_ino == inode:
+                    path.unlink()
+
+    def _give_to_group(self, path: Path) -> None:
+        if self._group is None:
+            return
+        try:
+            gid = grp.getgrnam(self._group).gr_gid
+            os.chown(path, -1, gid)
+        except (KeyError, PermissionError):
+            pass  # no such group, or not ours to give: root and the owner still may connect
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        async with self._limit, stream:
+            lines = jsonrpc.LineBuffer()
+            while True:
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    return
+                if not data:
+                    return
+                try:
+                    calls = lines.feed(data)
+                except jsonrpc.LineTooLong as exc:
+                    await stream.send_all(jsonrpc.error(None, jsonrpc.INVALID_REQUEST, str(exc)))
+                    return
+                for line in calls:
+                    answer = await self._answer(line, stream)
+                    if answer:
+                        await stream.send_all(answer)
+
+    async def _answer(self, line: bytes, stream: trio.SocketStream) -> bytes:
+        try:
+            call = jsonrpc.parse_call(line)
+        except RpcError as exc:
+            return jsonrpc.error(exc.call_id, exc.code, exc.message)
+        method = self._methods.get(call.method)
+        if method is None:
+            error = jsonrpc.error(call.id, jsonrpc.METHOD_NOT_FOUND, f"no method {call.method!r}")
+            return b"" if call.notification else error
+
+        async def notify(name: str, params: dict[str, Any]) -> None:
+            await stream.send_all(jsonrpc.notification(name, params))
+
+        try:
+            value = await method(call.params, notify)
+        except RpcError as exc:
+            answer = jsonrpc.error(call.id, exc.code, exc.message, exc.data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception:
+            log.exception("control method %s failed", call.method)
+            answer = jsonrpc.error(call.id, jsonrpc.INTERNAL_ERROR, "internal error: see the log")
+        else:
+            answer = jsonrpc.result(call.id, value)
+        return b"" if call.notification else answer

@@ -1,0 +1,195 @@
+"""The daemon: wires identity, share, peer server, registry link and control socket."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Any
+
+import trio
+
+from p2pcommon import __version__
+from p2pcommon.httpserver import Limits
+from p2pcommon.models import RegisterRequest, split_host_port
+from p2pcommon.registry_client import RegistryClient
+from p2pcommon.service import Notifier, wait_for_termination
+from p2pd.config import PeerSettings
+from p2pd.control import ControlServer, Method, Notify
+from p2pd.identity import load_or_create
+from p2pd.jsonrpc import OPERATION_FAILED, RpcError
+from p2pd.members import Members, PeerLookupError
+from p2pd.peerclient import PeerRefused, PeerUnreachable, fetch_listing
+from p2pd.peerserver import PeerServer, status_fields
+from p2pd.registry_link import RegistryLink
+from p2pd.share import Share
+from p2pd.tls import ServerContexts
+
+log = logging.getLogger("p2pd")
+
+SHUTDOWN_DEADLINE = 5.0
+#: Seconds between STATUS= updates to systemd.
+STATUS_PERIOD = 5.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start for a reason outside its configuration."""
+
+
+class Daemon:
+    def __init__(self, settings: PeerSettings, secret: str) -> None:
+        self.settings = settings
+        self._secret = secret
+        self.notifier = Notifier()
+
+    async def run(self) -> None:
+        settings = self.settings
+        try:
+            identity, new = await trio.to_thread.run_sync(load_or_create, settings.state_dir)
+        except (ValueError, OSError) as exc:
+            raise StartupError(f"identity in {settings.state_dir}: {exc}") from None
+        log.info(
+            "%s identity %s (%s)",
+            "created" if new else "using",
+            identity.short_id,
+            identity.cert_path,
+        )
+        self.identity = identity
+        self.members = Members.empty(identity.id)
+        self.share = Share(settings.share_dir, settings.state_dir)
+        self.server = PeerServer(
+            self.share,
+            self.members,
+            ServerContexts(identity),
+            upload_slots=settings.upload_slots,
+            rate_limit=settings.upload_rate_limit,
+            limits=Limits(max_body_bytes=0, idle_timeout=60.0, request_timeout=15.0),
+        )
+        registration = RegisterRequest(
+            id=identity.id,
+            name=settings.name,
+            cert=identity.cert_pem,
+            port=settings.listen_port,
+            addresses=settings.advertise,
+        )
+        async with RegistryClient(settings.registries, self._secret) as client:
+            self.link = RegistryLink(
+                client,
+                registration,
+                self.members,
+                heartbeat_interval=settings.heartbeat_interval,
+                on_change=self._update_status,
+            )
+            control = ControlServer(settings.control_socket, self.methods())
+            async with trio.open_nursery() as nursery:
+                await nursery.start(control.run)
+                listeners = await self._listen()
+                self.notifier.status("indexing the share")
+                await nursery.start(self.share.run)
+                await nursery.start(self.server.http.run, listeners)
+                nursery.start_soon(self.link.run)
+                nursery.start_soon(self.notifier.keep_watchdog_fed)
+                nursery.start_soon(self._status_loop)
+                log.info(
+                    "serving %d files from %s on %s; control socket %s",
+                    len(self.share.index),
+                    settings.share_dir,
+                    settings.listen,
+                    settings.control_socket,
+                )
+                self.notifier.ready(self.status_line())
+                signal_name = await wait_for_termination()
+                log.info("stopping on %s", signal_name)
+                self.notifier.stopping()
+                await self.link.leave()
+                await self.server.http.shutdown(SHUTDOWN_DEADLINE)
+                nursery.cancel_scope.cancel()
+        log.info("stopped")
+
+    async def _listen(self) -> list[trio.SocketListener]:
+        host, port = split_host_port(self.settings.listen)
+        try:
+            return await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            hint = " (is another p2pd running?)" if exc.errno == errno.EADDRINUSE else ""
+            raise StartupError(
+                f"cannot listen on {self.settings.listen} (key 'listen'): {exc.strerror}{hint}"
+            ) from None
+
+    # -- status -------------------------------------------------------------
+
+    def status_line(self) -> str:
+        registered = "registered" if self.link.registered else (self.link.error or "not registered")
+        return (
+            f"{registered}; {len(self.members.others())} peers; "
+            f"{len(self.share.index)} shared files; {self.server.stats.active} uploads"
+        )
+
+    def _update_status(self) -> None:
+        self.notifier.status(self.status_line())
+
+    async def _status_loop(self) -> None:
+        while True:
+            await trio.sleep(STATUS_PERIOD)
+            self._update_status()
+
+    # -- control methods ----------------------------------------------------
+
+    def methods(self) -> dict[str, Method]:
+        return {
+            "status": self.rpc_status,
+            "peers": self.rpc_peers,
+            "ls": self.rpc_ls,
+            "shared": self.rpc_shared,
+            "rescan": self.rpc_rescan,
+        }
+
+    async def rpc_status(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "id": self.identity.id,
+            "name": settings.name,
+            "registered": self.link.registered,
+            "listen": settings.listen,
+            "shared_files": len(self.share.index),
+            "version": __version__,
+            "registry": self.link.registry_url,
+            "registry_error": self.link.error,
+            "peers": len(self.members.others()),
+            "share_dir": str(settings.share_dir),
+            "download_dir": str(settings.download_dir),
+            "watching": self.share.watching,
+            "warning": self.share.warning,
+            **status_fields(self.server),
+        }
+
+    async def rpc_peers(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
+        return [
+            {"id": m.id, "name": m.name, "addresses": m.addresses, "last_seen": m.last_seen}
+            for m in self.members.others()
+        ]
+
+    async def rpc_ls(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
+        peer = params.get("peer")
+        if not isinstance(peer, str) or not peer:
+            raise RpcError(-32602, "ls needs params {'peer': NAME, ID or ID-PREFIX}")
+        member = self._resolve(peer)
+        try:
+            listing = await fetch_listing(self.identity, member)
+        except (PeerUnreachable, PeerRefused) as exc:
+            raise RpcError(OPERATION_FAILED, str(exc)) from None
+        files: list[dict[str, Any]] = listing["files"]
+        return files
+
+    async def rpc_shared(self, params: dict[str, Any], notify: Notify) -> list[dict[str, object]]:
+        return [entry.to_json() for entry in self.share.index.listing()]
+
+    async def rpc_rescan(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
+        await self.share.rescan()
+        return {"shared_files": len(self.share.index), "generation": self.share.index.generation}
+
+    def _resolve(self, peer: str) -> Any:
+        try:
+            return self.members.resolve(peer)
+        except PeerLookupError as exc:
+            data = {"candidates": [{"id": m.id, "name": m.name} for m in exc.candidates]}
+            raise RpcError(OPERATION_FAILED, str(exc), data) from None

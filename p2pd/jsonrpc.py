@@ -1,0 +1,108 @@
+"""JSON-RPC 2.0 framing for the control socket: one JSON object per line. Pure, no I/O."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+#: Application errors: the daemon refused or the operation failed.
+OPERATION_FAILED = 1
+
+MAX_LINE = 1024 * 1024
+
+
+class RpcError(Exception):
+    def __init__(
+        self, code: int, message: str, data: Any = None, *, call_id: int | str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+        #: The id of the call it answers, when the call got that far.
+        self.call_id = call_id
+
+
+class LineTooLong(Exception):
+    pass
+
+
+class LineBuffer:
+    """Splits a byte stream into lines, refusing to buffer more than ``MAX_LINE``."""
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self._pending = bytearray()
+        self._limit = limit
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._pending += data
+        *lines, rest = self._pending.split(b"\n")
+        self._pending = bytearray(rest)
+        if len(self._pending) > self._limit:
+            raise LineTooLong(f"a request line is longer than {self._limit} bytes")
+        return [bytes(line) for line in lines if line.strip()]
+
+
+@dataclass(frozen=True)
+class Call:
+    id: int | str | None
+    method: str
+    params: dict[str, Any]
+    notification: bool
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def result(call_id: int | str | None, value: Any) -> bytes:
+    return _encode({"jsonrpc": "2.0", "id": call_id, "result": value})
+
+
+def error(call_id: int | str | None, code: int, message: str, data: Any = None) -> bytes:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        body["data"] = data
+    return _encode({"jsonrpc": "2.0", "id": call_id, "error": body})
+
+
+def notification(method: str, params: dict[str, Any]) -> bytes:
+    return _encode({"jsonrpc": "2.0", "method": method, "params": params})
+
+
+def request(call_id: int | str, method: str, params: dict[str, Any]) -> bytes:
+    return _encode({"jsonrpc": "2.0", "id": call_id, "method": method, "params": params})
+
+
+def parse_call(line: bytes) -> Call:
+    """The call on one line; RpcError (with the id when known) for anything malformed."""
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise RpcError(PARSE_ERROR, "parse error: not valid JSON") from None
+    if isinstance(message, list):
+        raise RpcError(INVALID_REQUEST, "batches are not supported: send one call per line")
+    if not isinstance(message, dict):
+        raise RpcError(INVALID_REQUEST, "a call must be a JSON object")
+    call_id = message.get("id")
+    if call_id is not None and (isinstance(call_id, bool) or not isinstance(call_id, int | str)):
+        raise RpcError(INVALID_REQUEST, "id must be a string or an integer")
+    method = message.get("method")
+    if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
+        raise RpcError(
+            INVALID_REQUEST, 'a call needs "jsonrpc": "2.0" and a string "method"', call_id=call_id
+        )
+    params = message.get("params", {})
+    if isinstance(params, list) and not params:
+        params = {}
+    if not isinstance(params, dict):
+        raise RpcError(
+            INVALID_PARAMS, "params must be an object of named parameters", call_id=call_id
+        )
+    return Call(call_id, method, params, notification="id" not in message)

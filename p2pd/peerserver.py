@@ -1,0 +1,282 @@
+"""The peer-to-peer server (DESIGN §3): the share over HTTP/1.1 and mutual TLS.
+
+Only members get in: the TLS handshake accepts the current members'
+certificates, and every request is checked against the member list again,
+so a member that left is refused on a kept-alive connection too.  Only
+indexed files are served; targets are validated before any lookup.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import unquote
+
+import trio
+
+from p2pcommon.httpserver import (
+    HttpServer,
+    Limits,
+    Request,
+    Response,
+    error_response,
+)
+from p2pd.index import FileEntry
+from p2pd.members import Members
+from p2pd.ratelimit import TokenBucket
+from p2pd.share import Share
+from p2pd.tls import ServerContexts, presented_id
+
+log = logging.getLogger("p2pd.server")
+
+FILES_PREFIX = "/files/"
+MAX_TARGET = 4096
+CHUNK = 1024 * 1024
+#: Seconds a request waits for an upload slot before 503.
+SLOT_WAIT = 2.0
+HANDSHAKE_TIMEOUT = 10.0
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class BadTarget(ValueError):
+    pass
+
+
+def decode_file_target(target: str) -> str:
+    """The relative path named by ``/files/<path>``; BadTarget for any unsafe spelling."""
+    raw = target.split("?", 1)[0]
+    if len(raw) > MAX_TARGET:
+        raise BadTarget("the target is too long")
+    encoded = raw[len(FILES_PREFIX) :]
+    try:
+        path = unquote(encoded, errors="strict")
+    except UnicodeDecodeError:
+        raise BadTarget("the path is not UTF-8") from None
+    if "%" in encoded and re.search(r"%(?![0-9A-Fa-f]{2})", encoded):
+        raise BadTarget("bad percent-encoding")
+    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        raise BadTarget("the path must be relative, '/'-separated, without NUL")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise BadTarget("the path has an empty, '.' or '..' segment")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise BadTarget("the path has control characters")
+    return path
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """(first, last) inclusive for a single byte range; None to serve everything.
+
+    Raises ValueError when the range cannot be satisfied (416).
+    """
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None  # multiple or other-unit ranges: a server may ignore Range
+    first_text, last_text = match.groups()
+    if not first_text and not last_text:
+        return None
+    if not first_text:
+        suffix = int(last_text)
+        if suffix == 0:
+            raise ValueError("empty suffix range")
+        return max(0, size - suffix), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if first >= size or last < first:
+        raise ValueError("range outside the file")
+    return first, min(last, size - 1)
+
+
+def repr_digest(sha256_hex: str) -> str:
+    return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode()}:"
+
+
+@dataclass
+class UploadStats:
+    active: int = 0
+    served_bytes: int = 0
+    served_files: int = 0
+    refused_busy: int = 0
+
+
+class PeerServer:
+    def __init__(
+        self,
+        share: Share,
+        members: Members,
+        contexts: ServerContexts,
+        *,
+        upload_slots: int,
+        rate_limit: int,
+        limits: Limits | None = None,
+    ) -> None:
+        self._share = share
+        self._members = members
+        self._contexts = contexts
+        self._slots = trio.Semaphore(upload_slots)
+        self.upload_slots = upload_slots
+        self.bucket = TokenBucket(rate_limit) if rate_limit else None
+        self.stats = UploadStats()
+        self.http = HttpServer(self.handle, limits or Limits(max_body_bytes=0), admit=self._admit)
+        self._listing_cache: tuple[int, bytes] | None = None
+
+    async def _admit(self, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, str | None] | None:
+        context = self._contexts.current(self._members.certs())
+        tls = trio.SSLStream(stream, context, server_side=True)
+        try:
+            await tls.do_handshake()
+            peer_id = presented_id(tls)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as exc:
+            log.info("refused a TLS handshake: %s", exc.__cause__ or exc)
+            await trio.aclose_forcefully(tls)
+            return None
+        return tls, peer_id
+
+    async def handle(self, request: Request) -> Response:
+        if not self._members.is_member(request.client_id):
+            return error_response(403, "not a member", "this certificate is not a current member")
+        if request.method != "GET":
+            return error_response(405, "method not allowed", "only GET", [("Allow", "GET")])
+        path = request.path
+        if path == "/files":
+            return self._listing(request)
+        if not path.startswith(FILES_PREFIX):
+            return error_response(404, "not found", "see DESIGN §3 for the routes")
+        try:
+            relative = decode_file_target(request.target)
+        except BadTarget as exc:
+            return error_response(400, "bad target", str(exc))
+        entry = self._share.index.get(relative)
+        if entry is None:
+            return error_response(404, "not found", "no such file in this share")
+        return await self._file(request, entry)
+
+    def release_slot(self) -> None:
+        self._slots.release()
+
+    def _listing(self, request: Request) -> Response:
+        index = self._share.index
+        etag = f'"{index.generation}"'
+        if request.header(b"if-none-match") == etag.encode():
+            return Response(304, headers=[("ETag", etag)])
+        cached = self._listing_cache
+        if cached is None or cached[0] != index.generation:
+            files = [entry.to_json() for entry in index.listing()]
+            body = json.dumps(
+                {"generation": index.generation, "files": files}, separators=(",", ":")
+            ).encode()
+            cached = self._listing_cache = (index.generation, body)
+        return Response(200, cached[1], [("Content-Type", "application/json"), ("ETag", etag)])
+
+    async def _file(self, request: Request, entry: FileEntry) -> Response:
+        headers = [("Repr-Digest", repr_digest(entry.sha256)), ("Accept-Ranges", "bytes")]
+        first, last, status = 0, entry.size - 1, 200
+        range_header = request.header(b"range")
+        if range_header is not None and entry.size > 0:
+            try:
+                chosen = parse_range(range_header.decode("latin-1"), entry.size)
+            except ValueError:
+                return error_response(
+                    416,
+                    "range not satisfiable",
+                    f"the file has {entry.size} bytes",
+                    [("Content-Range", f"bytes */{entry.size}"), *headers],
+                )
+            if chosen is not None:
+                first, last = chosen
+                status = 206
+                headers.append(("Content-Range", f"bytes {first}-{last}/{entry.size}"))
+        acquired = False
+        with trio.move_on_after(SLOT_WAIT):
+            await self._slots.acquire()
+            acquired = True
+        if not acquired:
+            self.stats.refused_busy += 1
+            return error_response(
+                503, "busy", "all upload slots are in use; retry shortly", [("Retry-After", "5")]
+            )
+        try:
+            handle = await trio.to_thread.run_sync(
+                _open_unchanged, self._share.disk_path(entry), entry
+            )
+        except OSError as exc:
+            self._slots.release()
+            log.warning("cannot serve %s: %s", entry.path, exc)
+            return error_response(
+                503, "file changing", "the file is changing; retry shortly", [("Retry-After", "1")]
+            )
+        length = last - first + 1 if entry.size else 0
+        body = FileBody(self, handle, first, length)
+        return Response(
+            status,
+            headers=[("Content-Type", "application/octet-stream"), *headers],
+            stream=body,
+            length=length,
+        )
+
+
+class FileBody:
+    """The bytes of one upload; holds an upload slot and the open file until closed.
+
+    The HTTP layer calls ``aclose`` whether or not the body was sent, so the
+    slot is returned even when the client vanishes before the first byte.
+    """
+
+    def __init__(self, server: PeerServer, handle: BinaryIO, offset: int, length: int) -> None:
+        self._server = server
+        self._handle = handle
+        self._offset = offset
+        self._remaining = length
+        self._closed = False
+        server.stats.active += 1
+
+    def __aiter__(self) -> FileBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._remaining <= 0:
+            self._server.stats.served_files += 1
+            raise StopAsyncIteration
+        size = min(CHUNK, self._remaining)
+        bucket = self._server.bucket
+        if bucket is not None:
+            await bucket.take(size)
+        chunk = await trio.to_thread.run_sync(os.pread, self._handle.fileno(), size, self._offset)
+        if not chunk:
+            raise OSError(f"{self._handle.name} shrank while being served")
+        self._offset += len(chunk)
+        self._remaining -= len(chunk)
+        self._server.stats.served_bytes += len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._server.stats.active -= 1
+            self._server.release_slot()
+            self._handle.close()
+
+
+def _open_unchanged(path: Path, entry: FileEntry) -> BinaryIO:
+    """Open an indexed file, refusing one whose size changed since it was indexed."""
+    handle = path.open("rb")
+    stat = os.fstat(handle.fileno())
+    if stat.st_size != entry.size:
+        handle.close()
+        raise OSError(f"{path} changed since it was indexed")
+    return handle
+
+
+def status_fields(server: PeerServer) -> dict[str, Any]:
+    return {
+        "upload_slots": server.upload_slots,
+        "uploads_active": server.stats.active,
+        "upload_rate_limit": server.bucket.rate if server.bucket else 0,
+        "served_bytes": server.stats.served_bytes,
+    }

@@ -1,0 +1,123 @@
+"""Pure pieces of p2pd: target decoding, ranges, digests, members, the token bucket."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from p2pcommon.models import Member
+from p2pd.members import Members, PeerLookupError
+from p2pd.peerserver import BadTarget, decode_file_target, parse_range, repr_digest
+from p2pd.ratelimit import TokenBucket
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("/files/a.txt", "a.txt"),
+        ("/files/dir/sub/b.bin", "dir/sub/b.bin"),
+        ("/files/caf%C3%A9%20menu.txt", "café menu.txt"),
+        ("/files/with%3Fquestion", "with?question"),
+        ("/files/x.txt?ignored=1", "x.txt"),
+    ],
+)
+def test_file_targets_decode_to_relative_paths(target: str, path: str) -> None:
+    assert decode_file_target(target) == path
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/files/../etc/passwd",
+        "/files/a/../../etc/passwd",
+        "/files/%2e%2e/etc/passwd",
+        "/files/%2E%2E%2Fetc%2Fpasswd",
+        "/files/a/%2e%2e/%2e%2e/x",
+        "/files//etc/passwd",
+        "/files/%2Fetc%2Fpasswd",
+        "/files/a%00.txt",
+        "/files/a\\..\\b",
+        "/files/a%5C..%5Cb",
+        "/files/./a",
+        "/files/",
+        "/files/%zz",
+        "/files/%ff%fe",
+        "/files/" + "a" * 5000,
+        "/files/a%0Ab",
+    ],
+)
+def test_traversal_and_malformed_spellings_are_refused(target: str) -> None:
+    with pytest.raises(BadTarget):
+        decode_file_target(target)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-99", (0, 99)),
+        ("bytes=100-", (100, 999)),
+        ("bytes=-10", (990, 999)),
+        ("bytes=990-5000", (990, 999)),
+        ("bytes=-5000", (0, 999)),
+        ("bytes=0-1,5-6", None),
+        ("items=0-1", None),
+    ],
+)
+def test_ranges(header: str, expected: tuple[int, int] | None) -> None:
+    assert parse_range(header, 1000) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=5-4", "bytes=-0"])
+def test_unsatisfiable_ranges(header: str) -> None:
+    with pytest.raises(ValueError):
+        parse_range(header, 1000)
+
+
+def test_repr_digest_is_rfc9530_sha256() -> None:
+    digest = hashlib.sha256(b"hello").digest()
+    assert repr_digest(digest.hex()) == f"sha-256=:{base64.b64encode(digest).decode()}:"
+
+
+def member(member_id: str, name: str) -> Member:
+    return Member(id=member_id, name=name, addresses=["127.0.0.1:1"], cert="PEM", last_seen=0)
+
+
+def test_members_exclude_ourselves_and_resolve_by_name_id_or_prefix() -> None:
+    members = Members.empty("self" + "a" * 48)
+    changed = members.update(
+        [
+            member("self" + "a" * 48, "me"),
+            member("abcde" + "a" * 47, "alice"),
+            member("abcdf" + "b" * 47, "bob"),
+            member("zzz" + "c" * 49, "bob"),
+        ]
+    )
+    assert changed
+    assert [m.name for m in members.others()] == ["alice", "bob", "bob"]
+    assert members.resolve("alice").name == "alice"
+    assert members.resolve("abcde").name == "alice"
+    assert members.resolve("zzz").id.startswith("zzz")
+    assert members.resolve("abcdf" + "b" * 47).name == "bob"
+    with pytest.raises(PeerLookupError) as ambiguous:
+        members.resolve("abcd")
+    assert len(ambiguous.value.candidates) == 2
+    with pytest.raises(PeerLookupError) as by_name:
+        members.resolve("bob")
+    assert len(by_name.value.candidates) == 2
+    with pytest.raises(PeerLookupError, match="no member"):
+        members.resolve("carol")
+    assert not members.is_member("self" + "a" * 48)
+    assert not members.update(members.others())
+
+
+def test_token_bucket_spreads_bytes_at_the_rate() -> None:
+    bucket = TokenBucket(rate=1000, burst=1000, clock=lambda: 0.0)
+    assert bucket.reserve(1000, now=0.0) == 0  # the burst
+    assert bucket.reserve(500, now=0.0) == pytest.approx(0.5)
+    # A second uploader queues behind the first: the rate is global.
+    assert bucket.reserve(500, now=0.0) == pytest.approx(1.0)
+    assert bucket.reserve(0, now=1.0) == 0
+    assert bucket.reserve(1000, now=2.0) == 0  # refilled, never above the burst
+    assert bucket.reserve(1, now=2.0) == pytest.approx(0.001)
