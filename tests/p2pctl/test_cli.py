@@ -1,0 +1,111 @@
+"""The real p2pctl against a control server with canned answers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from p2pd.control import ControlServer, Notify
+from p2pd.jsonrpc import RpcError
+from tests.support import VENV_BIN
+
+BOB = {"id": "b" * 52, "name": "bob", "addresses": ["10.0.0.2:7070"], "last_seen": 1.0}
+FILES = [{"path": "docs/a.txt", "size": 1536, "mtime": 1.0, "sha256": "c" * 64}]
+STATUS = {
+    "id": "a" * 52,
+    "name": "alice",
+    "registered": False,
+    "registry_error": "not registered: connection refused",
+    "registry": None,
+    "listen": "0.0.0.0:7070",
+    "shared_files": 3,
+    "version": "0.1.0",
+    "peers": 1,
+    "warning": None,
+}
+
+
+async def status(params: dict[str, Any], notify: Notify) -> Any:
+    return STATUS
+
+
+async def peers(params: dict[str, Any], notify: Notify) -> Any:
+    return [BOB]
+
+
+async def ls(params: dict[str, Any], notify: Notify) -> Any:
+    if params["peer"] == "b":
+        raise RpcError(
+            1,
+            "'b' matches 2 members",
+            {"candidates": [{"id": "b" * 52, "name": "bob"}, {"id": "bz" + "a" * 50, "name": "x"}]},
+        )
+    return FILES
+
+
+async def shared(params: dict[str, Any], notify: Notify) -> Any:
+    return []
+
+
+@pytest.fixture
+def socket_path() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="cli-", dir="/tmp"))
+    yield folder / "control.sock"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def p2pctl(socket_path: Path, *args: str) -> trio.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [str(VENV_BIN / "p2pctl"), "--socket", str(socket_path), *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+
+
+async def test_commands_json_and_human(socket_path: Path) -> None:
+    methods = {"status": status, "peers": peers, "ls": ls, "shared": shared}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ControlServer(socket_path, methods).run)
+        result = await p2pctl(socket_path, "--json", "peers")
+        assert (result.returncode, json.loads(result.stdout)) == (0, [BOB])
+        result = await p2pctl(socket_path, "--json", "ls", "bob")
+        assert json.loads(result.stdout) == FILES
+        result = await p2pctl(socket_path, "--json", "status")
+        assert json.loads(result.stdout) == STATUS
+        result = await p2pctl(socket_path, "--json", "shared")
+        assert (result.stdout, result.returncode) == (b"[]\n", 0)
+
+        human = (await p2pctl(socket_path, "peers")).stdout.decode()
+        assert human.splitlines()[0].split() == ["ID", "NAME", "ADDRESSES", "SEEN"]
+        assert "bbbbbbb  bob" in human and "b" * 8 not in human
+        human = (await p2pctl(socket_path, "ls", "bob")).stdout.decode()
+        assert "1.5 KiB" in human and "docs/a.txt" in human
+        human = (await p2pctl(socket_path, "status")).stdout.decode()
+        assert "not registered: connection refused" in human
+        empty = await p2pctl(socket_path, "shared")
+        assert b"shares no files" in empty.stderr
+
+        ambiguous = await p2pctl(socket_path, "ls", "b")
+        assert ambiguous.returncode == 1
+        assert b"matches 2 members" in ambiguous.stderr and b"bzaaaaa" in ambiguous.stderr
+        assert ambiguous.stdout == b""
+        unknown = await p2pctl(socket_path, "downloads")
+        assert unknown.returncode == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_exit_codes_for_usage_and_unreachable_daemon(socket_path: Path) -> None:
+    usage = await p2pctl(socket_path, "ls")
+    assert usage.returncode == 2
+    down = await p2pctl(socket_path, "status")
+    assert down.returncode == 3
+    assert str(socket_path).encode() in down.stderr
+    assert b"systemctl start p2pd" in down.stderr
