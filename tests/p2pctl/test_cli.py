@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +62,7 @@ def socket_path() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-async def p2pctl(socket_path: Path, *args: str) -> trio.CompletedProcess[bytes]:
+async def p2pctl(socket_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     return await trio.run_process(
         [str(VENV_BIN / "p2pctl"), "--socket", str(socket_path), *args],
         capture_stdout=True,
