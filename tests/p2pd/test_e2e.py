@@ -284,3 +284,24 @@ def test_main_exits_2_on_config_errors(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "key 'upload_slots'" in err and str(path) in err
+
+
+async def test_serving_without_a_registry_says_why(tmp_path: Path) -> None:
+    from tests.support import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    with run_p2pd(tmp_path, "lonely", [dead]) as lonely:
+        (lonely.share_dir / "a.txt").write_bytes(b"a")
+
+        async def explained() -> bool:
+            status = await lonely.actl_json("status")
+            return (
+                status["registered"] is False
+                and str(status["registry_error"]).startswith("not registered:")
+                and status["shared_files"] == 1
+            )
+
+        await wait_until(explained, what="status to explain why it is not registered")
+        human = lonely.ctl("status")
+        assert human.returncode == 0
+        assert "not registered:" in human.stdout
