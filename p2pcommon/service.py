@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -11,6 +12,20 @@ import sdnotify
 import trio
 
 log = logging.getLogger(__name__)
+
+
+def daemon_arguments(
+    prog: str, description: str, default_config: str, argv: list[str] | None
+) -> argparse.Namespace:
+    """The command line every daemon here shares: --config and --version; then logging."""
+    from p2pcommon import __version__
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", metavar="FILE", help=f"TOML config (default {default_config})")
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
+    args = parser.parse_args(argv)
+    setup_logging()
+    return args
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from p2pcommon import __version__
-from p2pcommon.service import setup_logging, unwrap_group
+from p2pcommon.service import daemon_arguments, unwrap_group
 from p2pcommon.settings import ConfigError, load_settings
 from p2pd.config import DEFAULT_PATH, PeerSettings, check_folders
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="p2pd", description="The p2pd peer daemon: shares a folder with the members."
+    args = daemon_arguments(
+        "p2pd", "The p2pd peer daemon: shares a folder with the members.", DEFAULT_PATH, argv
     )
-    parser.add_argument("--config", metavar="FILE", help=f"TOML config (default {DEFAULT_PATH})")
-    parser.add_argument("--version", action="version", version=f"p2pd {__version__}")
-    args = parser.parse_args(argv)
-    setup_logging()
     try:
         settings, _ = load_settings(
             PeerSettings, explicit_path=args.config, default_path=DEFAULT_PATH

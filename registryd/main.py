@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import ssl
@@ -12,10 +11,14 @@ from typing import Any
 
 import trio
 
-from p2pcommon import __version__
 from p2pcommon.httpserver import HttpServer, Limits
 from p2pcommon.models import split_host_port
-from p2pcommon.service import Notifier, setup_logging, unwrap_group, wait_for_termination
+from p2pcommon.service import (
+    Notifier,
+    daemon_arguments,
+    unwrap_group,
+    wait_for_termination,
+)
 from p2pcommon.settings import ConfigError, load_settings
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
@@ -130,13 +133,9 @@ def _store_name(settings: RegistrySettings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="registryd", description="The p2pd registry: who is online, never any file."
+    args = daemon_arguments(
+        "registryd", "The p2pd registry: who is online, never any file.", DEFAULT_PATH, argv
     )
-    parser.add_argument("--config", metavar="FILE", help=f"TOML config (default {DEFAULT_PATH})")
-    parser.add_argument("--version", action="version", version=f"registryd {__version__}")
-    args = parser.parse_args(argv)
-    setup_logging()
     try:
         settings, _ = load_settings(
             RegistrySettings, explicit_path=args.config, default_path=DEFAULT_PATH
