@@ -165,10 +165,72 @@ def show_files(files: list[dict[str, Any]]) -> str:
     return table(["SIZE", "SHA256", "PATH"], rows, right=frozenset({0}))
 
 
+def show_downloads(transfers: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            t["id"],
+            t["state"],
+            f"{human_size(t['bytes_done'])} / {human_size(t['size'])}",
+            f"{human_size(t.get('rate', 0))}/s",
+            t["remote_path"],
+        ]
+        for t in transfers
+    ]
+    return table(["ID", "STATE", "DONE", "RATE", "FILE"], rows)
+
+
+def show_history(outcomes: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            ago(o.get("finished_at")),
+            o["status"],
+            human_size(o["size"]),
+            o.get("peer_name") or o["peer_id"][:7],
+            o["path"] + (f"  ({o['error']})" if o.get("error") else ""),
+        ]
+        for o in outcomes
+    ]
+    return table(["WHEN", "STATUS", "SIZE", "FROM", "PATH"], rows)
+
+
+def fetch(client: Client, args: argparse.Namespace, params: dict[str, Any]) -> Any:
+    """Wait for the transfer, drawing progress on a terminal; Ctrl-C cancels it."""
+    shown: dict[str, Any] = {}
+    draw = sys.stderr.isatty() and not args.json
+
+    def progress(update: dict[str, Any]) -> None:
+        shown.update(update)
+        if draw:
+            size, done, rate = update["size"], update["bytes_done"], update.get("rate") or 0
+            width = 30
+            filled = int(width * done / size) if size else width
+            eta = f"{(size - done) / rate:.0f}s" if rate else "?"
+            bar = "#" * filled + "-" * (width - filled)
+            sys.stderr.write(
+                f"\r[{bar}] {human_size(done)} / {human_size(size)}  "
+                f"{human_size(rate)}/s  ETA {eta}   "
+            )
+            sys.stderr.flush()
+
+    try:
+        result = client.call("fetch", params, on_notify=progress)
+    except KeyboardInterrupt:
+        if "id" in shown:
+            Client(args.socket).call("cancel", {"id": shown["id"]})
+            raise CtlError(f"cancelled transfer {shown['id']}", EXIT_FAILED) from None
+        raise
+    finally:
+        if draw and shown:
+            sys.stderr.write("\n")
+    return result
+
+
 EMPTY = {
     "peers": "no other members online",
     "ls": "the peer shares no files",
     "shared": "this daemon shares no files",
+    "downloads": "no transfer in progress",
+    "history": "no transfer yet",
 }
 
 
@@ -209,9 +271,17 @@ def run(args: argparse.Namespace) -> None:
         params = {"peer": args.peer, "path": args.file, "detach": args.detach}
     elif command == "cancel":
         params = {"id": args.id}
-    result = client.call(command, params)
+    if command == "fetch" and not args.detach:
+        result = fetch(client, args, params)
+    else:
+        result = client.call(command, params)
+    failed = (
+        command == "fetch" and isinstance(result, dict) and result.get("status") not in (None, "ok")
+    )
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
+        if failed:
+            raise CtlError(f"fetch failed: {result.get('error')}", EXIT_FAILED)
         return
     if isinstance(result, list) and not result and command in EMPTY:
         print(EMPTY[command], file=sys.stderr)
@@ -223,10 +293,20 @@ def run(args: argparse.Namespace) -> None:
         print(show_files(result))
     elif command == "rescan":
         print(f"{result['shared_files']} files shared (generation {result['generation']})")
+    elif command == "fetch":
+        if failed:
+            raise CtlError(f"fetch failed: {result.get('error')}", EXIT_FAILED)
+        if "status" not in result:
+            print(f"transfer {result['id']} started: `p2pctl downloads` shows it")
+        else:
+            size = human_size(result["size"])
+            print(f"{result['path']}  {size}  sha256 {result['sha256']} verified")
+    elif command == "downloads":
+        print(show_downloads(result))
+    elif command == "history":
+        print(show_history(result))
     else:
         print(json.dumps(result, indent=2, ensure_ascii=False))
-    if command == "fetch" and isinstance(result, dict) and result.get("status") not in (None, "ok"):
-        raise CtlError(f"fetch failed: {result.get('error')}", EXIT_FAILED)
 
 
 def fail(message: str, status: int) -> NoReturn:

@@ -15,6 +15,8 @@ from p2pcommon.registry_client import RegistryClient
 from p2pcommon.service import Notifier, wait_for_termination
 from p2pd.config import PeerSettings
 from p2pd.control import ControlServer, Method, Notify
+from p2pd.downloads import Downloads
+from p2pd.history import History
 from p2pd.identity import load_or_create
 from p2pd.jsonrpc import OPERATION_FAILED, RpcError
 from p2pd.members import Members, PeerLookupError
@@ -29,6 +31,8 @@ log = logging.getLogger("p2pd")
 SHUTDOWN_DEADLINE = 5.0
 #: Seconds between STATUS= updates to systemd.
 STATUS_PERIOD = 5.0
+#: Seconds between progress notifications to a waiting `p2pctl fetch`.
+PROGRESS_PERIOD = 0.5
 
 
 class StartupError(Exception):
@@ -71,6 +75,9 @@ class Daemon:
             port=settings.listen_port,
             addresses=settings.advertise,
         )
+        history = await trio.to_thread.run_sync(History, settings.state_dir / "history.sqlite3")
+        self.history = history
+        self.downloads = Downloads(identity, self.members, settings.download_dir, history)
         async with RegistryClient(settings.registries, self._secret) as client:
             self.link = RegistryLink(
                 client,
@@ -87,6 +94,7 @@ class Daemon:
                 await nursery.start(self.share.run)
                 await nursery.start(self.server.http.run, listeners)
                 nursery.start_soon(self.link.run)
+                await nursery.start(self.downloads.run)
                 nursery.start_soon(self.notifier.keep_watchdog_fed)
                 nursery.start_soon(self._status_loop)
                 log.info(
@@ -121,7 +129,8 @@ class Daemon:
         registered = "registered" if self.link.registered else (self.link.error or "not registered")
         return (
             f"{registered}; {len(self.members.others())} peers; "
-            f"{len(self.share.index)} shared files; {self.server.stats.active} uploads"
+            f"{len(self.share.index)} shared files; {self.server.stats.active} uploads; "
+            f"{len(self.downloads.active)} downloads"
         )
 
     def _update_status(self) -> None:
@@ -141,6 +150,10 @@ class Daemon:
             "ls": self.rpc_ls,
             "shared": self.rpc_shared,
             "rescan": self.rpc_rescan,
+            "fetch": self.rpc_fetch,
+            "downloads": self.rpc_downloads,
+            "history": self.rpc_history,
+            "cancel": self.rpc_cancel,
         }
 
     async def rpc_status(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
@@ -186,6 +199,50 @@ class Daemon:
     async def rpc_rescan(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
         await self.share.rescan()
         return {"shared_files": len(self.share.index), "generation": self.share.index.generation}
+
+    async def rpc_fetch(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
+        peer, path = params.get("peer"), params.get("path")
+        if not isinstance(peer, str) or not isinstance(path, str) or not peer or not path:
+            raise RpcError(-32602, "fetch needs params {'peer': PEER, 'path': FILE}")
+        member = self._resolve(peer)
+        try:
+            listing = await fetch_listing(self.identity, member)
+        except (PeerUnreachable, PeerRefused) as exc:
+            raise RpcError(OPERATION_FAILED, str(exc)) from None
+        entry = next((f for f in listing["files"] if f["path"] == path.lstrip("/")), None)
+        if entry is None:
+            raise RpcError(
+                OPERATION_FAILED,
+                f"{member.name} does not share {path!r}: `p2pctl ls {member.name}` lists its files",
+            )
+        try:
+            transfer = await self.downloads.start(member, entry)
+        except ValueError as exc:
+            raise RpcError(OPERATION_FAILED, f"refusing {path!r}: {exc}") from None
+        if params.get("detach"):
+            return {"id": transfer.queued.id}
+        while not transfer.done.is_set():
+            await notify("progress", transfer.to_json())
+            with trio.move_on_after(PROGRESS_PERIOD):
+                await transfer.done.wait()
+        assert transfer.outcome is not None
+        return transfer.outcome.to_json()
+
+    async def rpc_downloads(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
+        return [t.to_json() for t in self.downloads.active.values()]
+
+    async def rpc_history(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
+        outcomes = await trio.to_thread.run_sync(self.history.outcomes)
+        return [o.to_json() for o in outcomes]
+
+    async def rpc_cancel(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
+        transfer_id = params.get("id")
+        if not isinstance(transfer_id, str) or not self.downloads.cancel(transfer_id):
+            raise RpcError(
+                OPERATION_FAILED,
+                f"no transfer {transfer_id!r} in progress: `p2pctl downloads` lists them",
+            )
+        return {"id": transfer_id, "cancelled": True}
 
     def _resolve(self, peer: str) -> Any:
         try:
