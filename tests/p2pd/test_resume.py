@@ -1,0 +1,151 @@
+"""Robust transfers: resume after a killed daemon, another source, cancel, disk full."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.p2pd.test_e2e import FAST, wait_for_peer
+from tests.support import RunningPeer, run_p2pd, run_registryd, wait_until
+
+SIZE = 48 * 1024 * 1024
+# Slow enough to kill a transfer in the middle, fast enough for a test.
+THROTTLE = FAST + f"upload_rate_limit = {12 * 1024 * 1024}\n"
+
+
+def share_big(root: Path, name: str, data: bytes) -> None:
+    share = root / name / "share"
+    share.mkdir(parents=True)
+    (share / "big.bin").write_bytes(data)
+
+
+async def progress_of(peer: RunningPeer, transfer_id: str) -> int:
+    for transfer in await peer.actl_json("downloads"):
+        if transfer["id"] == transfer_id:
+            return int(transfer["bytes_done"])
+    return -1
+
+
+async def wait_for_bytes(peer: RunningPeer, transfer_id: str, at_least: int) -> None:
+    async def far_enough() -> bool:
+        return await progress_of(peer, transfer_id) >= at_least
+
+    await wait_until(far_enough, what=f"transfer {transfer_id} to pass {at_least} bytes")
+
+
+async def outcome_of(peer: RunningPeer, transfer_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    async def finished() -> bool:
+        for outcome in await peer.actl_json("history"):
+            if outcome["id"] == transfer_id:
+                found.update(outcome)
+                return True
+        return False
+
+    await wait_until(finished, what=f"transfer {transfer_id} to finish")
+    return found
+
+
+async def test_resume_after_the_downloader_is_killed(tmp_path: Path) -> None:
+    data = os.urandom(SIZE)
+    share_big(tmp_path, "bob", data)
+    with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry:
+        urls = [registry.url]
+        with run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob:
+            with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
+                await wait_for_peer(alice, "bob")
+                await wait_for_peer(bob, "alice")
+                started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
+                await wait_for_bytes(alice, started["id"], int(SIZE * 0.6))
+                alice.stop(signal.SIGKILL)
+                partials = [p for p in alice.download_dir.iterdir() if p.name.startswith(".")]
+                assert len(partials) == 1 and not (alice.download_dir / "big.bin").exists()
+            with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
+                outcome = await outcome_of(alice, started["id"])
+                assert outcome["status"] == "ok", outcome
+                assert (alice.download_dir / "big.bin").read_bytes() == data
+                served = (await bob.actl_json("status"))["served_bytes"]
+                # From scratch it would have been more than 1.6 x SIZE.
+                assert served < 1.5 * SIZE
+
+
+async def test_another_member_with_the_same_bytes_takes_over(tmp_path: Path) -> None:
+    data = os.urandom(SIZE)
+    share_big(tmp_path, "bob", data)
+    share_big(tmp_path, "carol", data)
+    with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry:
+        urls = [registry.url]
+        with (
+            run_p2pd(tmp_path, "carol", urls, extra_config=THROTTLE) as carol,
+            run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob,
+            run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice,
+        ):
+            for peer in (bob, carol):
+                await wait_for_peer(alice, peer.name)
+                await wait_for_peer(peer, "alice")
+            started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
+            await wait_for_bytes(alice, started["id"], int(SIZE * 0.5))
+            bob.stop(signal.SIGKILL)
+            outcome = await outcome_of(alice, started["id"])
+            assert outcome["status"] == "ok", outcome
+            assert outcome["peer_id"] == (await carol.actl_json("status"))["id"]
+            assert (alice.download_dir / "big.bin").read_bytes() == data
+            assert (await carol.actl_json("status"))["served_bytes"] < 0.6 * SIZE
+
+
+async def test_cancel_removes_the_partial_and_records_it(tmp_path: Path) -> None:
+    share_big(tmp_path, "bob", os.urandom(SIZE))
+    with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry:
+        urls = [registry.url]
+        with (
+            run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob,
+            run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice,
+        ):
+            await wait_for_peer(alice, "bob")
+            await wait_for_peer(bob, "alice")
+            started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
+            await wait_for_bytes(alice, started["id"], 1)
+            cancelled = await alice.actl_json("cancel", started["id"])
+            assert cancelled == {"id": started["id"], "cancelled": True}
+            outcome = await outcome_of(alice, started["id"])
+            assert outcome["status"] == "cancelled"
+            assert list(alice.download_dir.iterdir()) == []
+            assert alice.ctl("cancel", "nothing").returncode == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+async def test_disk_full_fails_cleanly(tmp_path: Path) -> None:
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    share_big(tmp_path, "bob", os.urandom(8 * 1024 * 1024))
+    small = tmp_path / "alice" / "downloads"
+    small.mkdir(parents=True)
+    mounted = await trio.run_process(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip("this machine refuses to mount a tmpfs (no CAP_SYS_ADMIN in this sandbox)")
+    try:
+        with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry:
+            urls = [registry.url]
+            with (
+                run_p2pd(tmp_path, "bob", urls, extra_config=FAST) as bob,
+                run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice,
+            ):
+                await wait_for_peer(alice, "bob")
+                await wait_for_peer(bob, "alice")
+                result = alice.ctl("--json", "fetch", "bob", "big.bin")
+                assert result.returncode == 1
+                assert "disk full" in result.stderr
+                assert list(small.iterdir()) == []
+                (outcome,) = await alice.actl_json("history")
+                assert outcome["status"] == "failed" and "disk full" in outcome["error"]
+    finally:
+        await trio.run_process(["umount", "-l", str(small)], check=False)
