@@ -34,8 +34,7 @@ bench: venv
 	$(BIN)/python bench/registry_load.py
 
 demo: venv
-	@echo "make demo: not yet — the peer-to-peer transfer lands with issue 5."
-	@echo "Meanwhile: $(BIN)/registryd --help"
+	bash scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
