@@ -48,7 +48,15 @@ class Changed(Retry):
 
 
 class Fatal(Exception):
-    """The transfer cannot succeed; the message is the reason in the history."""
+    """The transfer cannot succeed; the message is the reason in the history.
+
+    The partial file is removed unless ``keep_partial``: bytes of a member that
+    only went away are worth keeping for the next fetch of the same content.
+    """
+
+    def __init__(self, reason: str, *, keep_partial: bool = False) -> None:
+        super().__init__(reason)
+        self.keep_partial = keep_partial
 
 
 @dataclass
@@ -199,15 +207,16 @@ class Downloads:
         return True
 
     async def _run_transfer(self, transfer: Transfer) -> None:
-        status, error = "failed", None
+        status, error, keep_partial = "failed", None, False
         with transfer.cancel_scope:
             try:
                 await self._attempts(transfer)
-                status = "ok"
+                status, keep_partial = "ok", True
             except Fatal as exc:
-                error = str(exc)
+                error, keep_partial = str(exc), exc.keep_partial
         if transfer.cancel_scope.cancelled_caught:
-            status, error = "cancelled", "cancelled by the user"
+            status, error, keep_partial = "cancelled", "cancelled by the user", False
+        if not keep_partial:
             partial = partial_path(self._dir, transfer.queued.sha256)
             await trio.to_thread.run_sync(lambda: partial.unlink(missing_ok=True))
         with trio.CancelScope(shield=True):
@@ -280,7 +289,7 @@ class Downloads:
                 raise Fatal(reason)
             transfer.state = "waiting"
             await trio.sleep(backoff.next_delay())
-        raise Fatal(f"gave up after {MAX_ATTEMPTS} attempts: {reason}")
+        raise Fatal(f"gave up after {MAX_ATTEMPTS} attempts: {reason}", keep_partial=True)
 
     async def _attempt(self, transfer: Transfer, member: Member) -> None:
         queued = transfer.queued

@@ -149,3 +149,24 @@ async def test_disk_full_fails_cleanly(tmp_path: Path) -> None:
                 assert outcome["status"] == "failed" and "disk full" in outcome["error"]
     finally:
         await trio.run_process(["umount", "-l", str(small)], check=False)
+
+
+async def test_a_file_changed_at_the_source_fails_with_the_reason(tmp_path: Path) -> None:
+    share_big(tmp_path, "bob", os.urandom(SIZE))
+    with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry:
+        urls = [registry.url]
+        with run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob:
+            with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
+                await wait_for_peer(alice, "bob")
+                await wait_for_peer(bob, "alice")
+                started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
+                await wait_for_bytes(alice, started["id"], 1)
+                alice.stop(signal.SIGKILL)
+            replacement = bob.share_dir / ".big.new"
+            replacement.write_bytes(os.urandom(SIZE))
+            replacement.rename(bob.share_dir / "big.bin")
+            with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
+                outcome = await outcome_of(alice, started["id"])
+                assert outcome["status"] == "failed"
+                assert "changed since it was listed" in outcome["error"]
+                assert list(alice.download_dir.iterdir()) == []
