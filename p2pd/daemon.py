@@ -10,7 +10,7 @@ import trio
 
 from p2pcommon import __version__
 from p2pcommon.httpserver import Limits
-from p2pcommon.models import RegisterRequest, split_host_port
+from p2pcommon.models import Member, RegisterRequest, split_host_port
 from p2pcommon.registry_client import RegistryClient
 from p2pcommon.service import Notifier, wait_for_termination
 from p2pd.config import PeerSettings
@@ -185,12 +185,7 @@ class Daemon:
         peer = params.get("peer")
         if not isinstance(peer, str) or not peer:
             raise RpcError(-32602, "ls needs params {'peer': NAME, ID or ID-PREFIX}")
-        member = self._resolve(peer)
-        try:
-            listing = await fetch_listing(self.identity, member)
-        except (PeerUnreachable, PeerRefused) as exc:
-            raise RpcError(OPERATION_FAILED, str(exc)) from None
-        files: list[dict[str, Any]] = listing["files"]
+        _, files = await self._files_of(peer)
         return files
 
     async def rpc_shared(self, params: dict[str, Any], notify: Notify) -> list[dict[str, object]]:
@@ -204,12 +199,8 @@ class Daemon:
         peer, path = params.get("peer"), params.get("path")
         if not isinstance(peer, str) or not isinstance(path, str) or not peer or not path:
             raise RpcError(-32602, "fetch needs params {'peer': PEER, 'path': FILE}")
-        member = self._resolve(peer)
-        try:
-            listing = await fetch_listing(self.identity, member)
-        except (PeerUnreachable, PeerRefused) as exc:
-            raise RpcError(OPERATION_FAILED, str(exc)) from None
-        entry = next((f for f in listing["files"] if f["path"] == path.lstrip("/")), None)
+        member, files = await self._files_of(peer)
+        entry = next((f for f in files if f["path"] == path.lstrip("/")), None)
         if entry is None:
             raise RpcError(
                 OPERATION_FAILED,
@@ -244,7 +235,17 @@ class Daemon:
             )
         return {"id": transfer_id, "cancelled": True}
 
-    def _resolve(self, peer: str) -> Any:
+    async def _files_of(self, peer: str) -> tuple[Member, list[dict[str, Any]]]:
+        """The member PEER names and its listing, or the RpcError that explains why not."""
+        member = self._resolve(peer)
+        try:
+            listing = await fetch_listing(self.identity, member)
+        except (PeerUnreachable, PeerRefused) as exc:
+            raise RpcError(OPERATION_FAILED, str(exc)) from None
+        files: list[dict[str, Any]] = listing["files"]
+        return member, files
+
+    def _resolve(self, peer: str) -> Member:
         try:
             return self.members.resolve(peer)
         except PeerLookupError as exc:

@@ -74,6 +74,14 @@ async def wait_for_peer(peer: RunningPeer, name: str) -> None:
     await wait_until(sees, what=f"{peer.name} to see {name}")
 
 
+async def meet(*peers: RunningPeer) -> None:
+    """Wait until every peer lists every other (each admits the others' certificates)."""
+    for peer in peers:
+        for other in peers:
+            if other is not peer:
+                await wait_for_peer(peer, other.name)
+
+
 async def listing(peer: RunningPeer, other: str) -> dict[str, str]:
     entries: list[dict[str, Any]] = await peer.actl_json("ls", other)
     return {e["path"]: e["sha256"] for e in entries}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.p2pd.test_e2e import FAST, wait_for_peer
+from tests.p2pd.test_e2e import FAST, meet
 from tests.support import RunningPeer, run_p2pd, run_registryd, wait_until
 
 SIZE = 48 * 1024 * 1024
@@ -60,8 +60,7 @@ async def test_resume_after_the_downloader_is_killed(tmp_path: Path) -> None:
         urls = [registry.url]
         with run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob:
             with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
-                await wait_for_peer(alice, "bob")
-                await wait_for_peer(bob, "alice")
+                await meet(alice, bob)
                 started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
                 await wait_for_bytes(alice, started["id"], int(SIZE * 0.6))
                 alice.stop(signal.SIGKILL)
@@ -87,9 +86,7 @@ async def test_another_member_with_the_same_bytes_takes_over(tmp_path: Path) -> 
             run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob,
             run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice,
         ):
-            for peer in (bob, carol):
-                await wait_for_peer(alice, peer.name)
-                await wait_for_peer(peer, "alice")
+            await meet(alice, bob, carol)
             started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
             await wait_for_bytes(alice, started["id"], int(SIZE * 0.5))
             bob.stop(signal.SIGKILL)
@@ -108,8 +105,7 @@ async def test_cancel_removes_the_partial_and_records_it(tmp_path: Path) -> None
             run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob,
             run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice,
         ):
-            await wait_for_peer(alice, "bob")
-            await wait_for_peer(bob, "alice")
+            await meet(alice, bob)
             started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
             await wait_for_bytes(alice, started["id"], 1)
             cancelled = await alice.actl_json("cancel", started["id"])
@@ -139,8 +135,7 @@ async def test_disk_full_fails_cleanly(tmp_path: Path) -> None:
                 run_p2pd(tmp_path, "bob", urls, extra_config=FAST) as bob,
                 run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice,
             ):
-                await wait_for_peer(alice, "bob")
-                await wait_for_peer(bob, "alice")
+                await meet(alice, bob)
                 result = alice.ctl("--json", "fetch", "bob", "big.bin")
                 assert result.returncode == 1
                 assert "disk full" in result.stderr
@@ -157,8 +152,7 @@ async def test_a_file_changed_at_the_source_fails_with_the_reason(tmp_path: Path
         urls = [registry.url]
         with run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob:
             with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
-                await wait_for_peer(alice, "bob")
-                await wait_for_peer(bob, "alice")
+                await meet(alice, bob)
                 started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
                 await wait_for_bytes(alice, started["id"], 1)
                 alice.stop(signal.SIGKILL)

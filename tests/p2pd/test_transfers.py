@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.p2pd.test_e2e import FAST, Network, wait_for_peer
+from tests.p2pd.test_e2e import FAST, Network, meet
 from tests.support import run_p2pd, run_registryd
 
 NAMES = ["empty", "docs/deep/nested.bin", "Grüße – ☃.txt", "big.bin"]
@@ -39,8 +39,7 @@ def digest(path: Path) -> str:
 
 async def test_fetch_lands_verified_at_the_relative_path(network: Network) -> None:
     alice, bob = network.alice, network.bob
-    await wait_for_peer(alice, "bob")
-    await wait_for_peer(bob, "alice")
+    await meet(alice, bob)
     bob_id = (await bob.actl_json("status"))["id"]
     for name in NAMES:
         outcome: dict[str, Any] = await alice.actl_json("fetch", "bob", name)
@@ -71,8 +70,7 @@ async def test_fetch_lands_verified_at_the_relative_path(network: Network) -> No
 
 async def test_existing_names_are_never_overwritten(network: Network) -> None:
     alice, bob = network.alice, network.bob
-    await wait_for_peer(alice, "bob")
-    await wait_for_peer(bob, "alice")
+    await meet(alice, bob)
     taken = alice.download_dir / "Grüße – ☃.txt"
     taken.write_text("mine, different")
     outcome = await alice.actl_json("fetch", "bob", "Grüße – ☃.txt")
@@ -91,8 +89,7 @@ async def test_existing_names_are_never_overwritten(network: Network) -> None:
 
 async def test_unknown_file_and_detach(network: Network) -> None:
     alice, bob = network.alice, network.bob
-    await wait_for_peer(alice, "bob")
-    await wait_for_peer(bob, "alice")
+    await meet(alice, bob)
     missing = alice.ctl("fetch", "bob", "nope.txt")
     assert missing.returncode == 1
     assert "does not share 'nope.txt'" in missing.stderr
@@ -104,8 +101,7 @@ async def test_unknown_file_and_detach(network: Network) -> None:
 
 async def test_history_survives_a_restart(network: Network, tmp_path: Path) -> None:
     alice, bob = network.alice, network.bob
-    await wait_for_peer(alice, "bob")
-    await wait_for_peer(bob, "alice")
+    await meet(alice, bob)
     await alice.actl_json("fetch", "bob", "empty")
     assert alice.stop() == 0
     with run_p2pd(tmp_path, "alice", [network.registry.url], extra_config=FAST) as again:
