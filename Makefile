@@ -30,8 +30,10 @@ pytest: venv
 
 test: lint typecheck pytest
 
+# Needs nginx and curl for the reference (apt-get install nginx-light curl).
 bench: venv
 	$(BIN)/python bench/registry_load.py
+	$(BIN)/python bench/transfer.py
 
 demo: venv
 	bash scripts/demo.sh

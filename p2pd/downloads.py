@@ -36,7 +36,7 @@ from p2pd.transfer import Progress, destination, free_name, numbered, partial_pa
 log = logging.getLogger("p2pd.downloads")
 
 MAX_ATTEMPTS = 6
-WRITE_BLOCK = 4 * 1024 * 1024
+WRITE_BLOCK = 2 * 1024 * 1024
 
 
 class Retry(Exception):
@@ -348,10 +348,11 @@ class Downloads:
         pending_size = 0
 
         def flush(blocks: list[bytes], at: int) -> None:
-            data = b"".join(blocks)
+            # Block by block: joining them first would double the memory held.
             handle.seek(at)
-            handle.write(data)
-            digest.update(data)
+            for block in blocks:
+                handle.write(block)
+                digest.update(block)
 
         try:
             async for chunk in connection.body_chunks():
