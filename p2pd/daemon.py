@@ -20,7 +20,7 @@ from p2pd.history import History
 from p2pd.identity import load_or_create
 from p2pd.jsonrpc import OPERATION_FAILED, RpcError
 from p2pd.members import Members, PeerLookupError
-from p2pd.peerclient import PeerRefused, PeerUnreachable, fetch_listing
+from p2pd.peerclient import PeerPool, PeerRefused, PeerUnreachable
 from p2pd.peerserver import PeerServer, status_fields
 from p2pd.registry_link import RegistryLink
 from p2pd.share import Share
@@ -77,7 +77,8 @@ class Daemon:
         )
         history = await trio.to_thread.run_sync(History, settings.state_dir / "history.sqlite3")
         self.history = history
-        self.downloads = Downloads(identity, self.members, settings.download_dir, history)
+        self.pool = PeerPool(identity)
+        self.downloads = Downloads(self.pool, self.members, settings.download_dir, history)
         async with RegistryClient(settings.registries, self._secret) as client:
             self.link = RegistryLink(
                 client,
@@ -111,6 +112,8 @@ class Daemon:
                 await self.link.leave()
                 await self.server.http.shutdown(SHUTDOWN_DEADLINE)
                 nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await self.pool.aclose()
         log.info("stopped")
 
     async def _listen(self) -> list[trio.SocketListener]:
@@ -239,7 +242,7 @@ class Daemon:
         """The member PEER names and its listing, or the RpcError that explains why not."""
         member = self._resolve(peer)
         try:
-            listing = await fetch_listing(self.identity, member)
+            listing = await self.pool.listing(member)
         except (PeerUnreachable, PeerRefused) as exc:
             raise RpcError(OPERATION_FAILED, str(exc)) from None
         files: list[dict[str, Any]] = listing["files"]

@@ -27,9 +27,8 @@ import trio
 from p2pcommon.backoff import Backoff
 from p2pcommon.models import Member
 from p2pd.history import History, Outcome, Queued
-from p2pd.identity import Identity
 from p2pd.members import Members
-from p2pd.peerclient import PeerConnection, PeerUnreachable, fetch_listing
+from p2pd.peerclient import PeerConnection, PeerPool, PeerRefused, PeerUnreachable
 from p2pd.peerserver import repr_digest
 from p2pd.transfer import Progress, destination, free_name, numbered, partial_path
 
@@ -145,13 +144,13 @@ def _fatal_os_error(exc: OSError, where: Path) -> Fatal:
 class Downloads:
     def __init__(
         self,
-        identity: Identity,
+        pool: PeerPool,
         members: Members,
         download_dir: Path,
         history: History,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._identity = identity
+        self._pool = pool
         self._members = members
         self._dir = download_dir
         self._history = history
@@ -263,9 +262,9 @@ class Downloads:
             if member.id == queued.peer_id:
                 continue
             try:
-                listing = await fetch_listing(self._identity, member)
-            except Exception:  # noqa: BLE001 - an unreachable alternative is no source
-                continue
+                listing = await self._pool.listing(member)
+            except (PeerUnreachable, PeerRefused, ValueError):
+                continue  # an unreachable alternative is no source
             if any(f.get("sha256") == queued.sha256 for f in listing.get("files", [])):
                 sources.append(member)
         return sources
@@ -304,13 +303,15 @@ class Downloads:
         if queued.size and offset >= queued.size:
             await self._verify_and_place(transfer, partial, digest)  # complete before a restart
             return
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            connection = await PeerConnection.open(self._identity, member)
+            connection, head = await self._pool.request(
+                member, "/files/" + quote(queued.remote_path), headers
+            )
         except PeerUnreachable as exc:
             raise Retry(str(exc)) from None
+        completed = False
         try:
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            head = await connection.request("/files/" + quote(queued.remote_path), headers)
             if head.status == 200 and offset:
                 digest, offset = hashlib.sha256(), 0  # the member ignored Range: start over
             elif head.status not in (200, 206):
@@ -323,10 +324,14 @@ class Downloads:
                 )
             transfer.state = "downloading"
             await self._receive(transfer, connection, partial, offset, digest)
+            completed = True
         except PeerUnreachable as exc:
             raise Retry(f"connection lost: {exc}") from None
         finally:
-            await connection.aclose()
+            if completed:
+                await self._pool.release(connection)
+            else:
+                await connection.aclose()
         await self._verify_and_place(transfer, partial, digest)
 
     async def _receive(

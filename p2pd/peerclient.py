@@ -28,6 +28,12 @@ class PeerUnreachable(Exception):
     """No address of the member answered with the member's certificate."""
 
 
+class PeerRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass
 class Head:
     status: int
@@ -124,21 +130,79 @@ class PeerConnection:
             self._h11.receive_data(bytes(data))
 
 
-class PeerRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+class PeerPool:
+    """Kept-alive connections per member, and each member's last listing by ETag.
 
+    Small transfers are dominated by TCP and TLS set-up; reusing a connection
+    and answering a listing with 304 make them cheap.  A pooled connection the
+    member closed meanwhile is replaced once, transparently.
+    """
 
-async def fetch_listing(identity: Identity, member: Member) -> dict[str, Any]:
-    """GET /files from ``member``: ``{"generation", "files"}``."""
-    connection = await PeerConnection.open(identity, member)
-    try:
-        head = await connection.request("/files")
-        body = await connection.body(MAX_LISTING)
-    finally:
-        await connection.aclose()
-    if head.status != 200:
-        raise PeerRefused(head.status, f"{member.name} answered {head.status}: {body[:200]!r}")
-    listing: dict[str, Any] = json.loads(body)
-    return listing
+    def __init__(self, identity: Identity, max_idle_per_member: int = 4) -> None:
+        self._identity = identity
+        self._max_idle = max_idle_per_member
+        self._idle: dict[str, list[PeerConnection]] = {}
+        self._listings: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    async def acquire(self, member: Member) -> tuple[PeerConnection, bool]:
+        """A connection to ``member`` and whether it was reused."""
+        idle = self._idle.get(member.id, [])
+        while idle:
+            connection = idle.pop()
+            if connection.member.cert == member.cert and connection.reusable:
+                return connection, True
+            await connection.aclose()
+        return await PeerConnection.open(self._identity, member), False
+
+    async def release(self, connection: PeerConnection) -> None:
+        idle = self._idle.setdefault(connection.member.id, [])
+        if connection.reusable and len(idle) < self._max_idle:
+            idle.append(connection)
+        else:
+            await connection.aclose()
+
+    async def request(
+        self, member: Member, target: str, headers: dict[str, str] | None = None
+    ) -> tuple[PeerConnection, Head]:
+        """Send a GET on a pooled connection; the caller reads the body, then releases."""
+        connection, reused = await self.acquire(member)
+        try:
+            return connection, await connection.request(target, headers)
+        except PeerUnreachable:
+            await connection.aclose()
+            if not reused:
+                raise
+        # The member closed the kept-alive connection meanwhile: one fresh try.
+        connection = await PeerConnection.open(self._identity, member)
+        try:
+            return connection, await connection.request(target, headers)
+        except BaseException:
+            await connection.aclose()
+            raise
+
+    async def listing(self, member: Member) -> dict[str, Any]:
+        """GET /files from ``member``: ``{"generation", "files"}``, revalidated by ETag."""
+        cached = self._listings.get(member.id)
+        headers = {"If-None-Match": cached[0]} if cached else {}
+        connection, head = await self.request(member, "/files", headers)
+        try:
+            body = await connection.body(MAX_LISTING)
+        except BaseException:
+            await connection.aclose()
+            raise
+        await self.release(connection)
+        if head.status == 304 and cached is not None:
+            return cached[1]
+        if head.status != 200:
+            raise PeerRefused(head.status, f"{member.name} answered {head.status}: {body[:200]!r}")
+        listing: dict[str, Any] = json.loads(body)
+        etag = head.headers.get("etag")
+        if etag:
+            self._listings[member.id] = (etag, listing)
+        return listing
+
+    async def aclose(self) -> None:
+        for connections in self._idle.values():
+            for connection in connections:
+                await connection.aclose()
+        self._idle.clear()
