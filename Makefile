@@ -34,6 +34,7 @@ test: lint typecheck pytest
 bench: venv
 	$(BIN)/python bench/registry_load.py
 	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/index_scale.py
 
 demo: venv
 	bash scripts/demo.sh
