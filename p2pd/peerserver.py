@@ -31,7 +31,7 @@ from p2pd.index import FileEntry
 from p2pd.members import Members
 from p2pd.ratelimit import TokenBucket
 from p2pd.share import Share
-from p2pd.tls import ServerContexts, presented_id
+from p2pd.tls import PeerMismatch, ServerContexts, presented_id
 
 log = logging.getLogger("p2pd.server")
 
@@ -132,7 +132,7 @@ class PeerServer:
         try:
             await tls.do_handshake()
             peer_id = presented_id(tls)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError, PeerMismatch) as exc:
             log.info("refused a TLS handshake: %s", exc.__cause__ or exc)
             await trio.aclose_forcefully(tls)
             return None

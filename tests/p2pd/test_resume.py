@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,18 @@ def share_big(root: Path, name: str, data: bytes) -> None:
     share = root / name / "share"
     share.mkdir(parents=True)
     (share / "big.bin").write_bytes(data)
+
+
+@asynccontextmanager
+async def members(tmp_path: Path, **configs: str) -> AsyncIterator[dict[str, RunningPeer]]:
+    """A registry and one p2pd per keyword (name=extra config), started in order, met."""
+    with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry, ExitStack() as stack:
+        peers = {
+            name: stack.enter_context(run_p2pd(tmp_path, name, [registry.url], extra_config=extra))
+            for name, extra in configs.items()
+        }
+        await meet(*peers.values())
+        yield peers
 
 
 async def progress_of(peer: RunningPeer, transfer_id: str) -> int:
@@ -79,41 +93,30 @@ async def test_another_member_with_the_same_bytes_takes_over(tmp_path: Path) -> 
     data = os.urandom(SIZE)
     share_big(tmp_path, "bob", data)
     share_big(tmp_path, "carol", data)
-    with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry:
-        urls = [registry.url]
-        with (
-            run_p2pd(tmp_path, "carol", urls, extra_config=THROTTLE) as carol,
-            run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob,
-            run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice,
-        ):
-            await meet(alice, bob, carol)
-            started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
-            await wait_for_bytes(alice, started["id"], int(SIZE * 0.5))
-            bob.stop(signal.SIGKILL)
-            outcome = await outcome_of(alice, started["id"])
-            assert outcome["status"] == "ok", outcome
-            assert outcome["peer_id"] == (await carol.actl_json("status"))["id"]
-            assert (alice.download_dir / "big.bin").read_bytes() == data
-            assert (await carol.actl_json("status"))["served_bytes"] < 0.6 * SIZE
+    async with members(tmp_path, carol=THROTTLE, bob=THROTTLE, alice=FAST) as peers:
+        alice, bob, carol = peers["alice"], peers["bob"], peers["carol"]
+        started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
+        await wait_for_bytes(alice, started["id"], int(SIZE * 0.5))
+        bob.stop(signal.SIGKILL)
+        outcome = await outcome_of(alice, started["id"])
+        assert outcome["status"] == "ok", outcome
+        assert outcome["peer_id"] == (await carol.actl_json("status"))["id"]
+        assert (alice.download_dir / "big.bin").read_bytes() == data
+        assert (await carol.actl_json("status"))["served_bytes"] < 0.6 * SIZE
 
 
 async def test_cancel_removes_the_partial_and_records_it(tmp_path: Path) -> None:
     share_big(tmp_path, "bob", os.urandom(SIZE))
-    with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry:
-        urls = [registry.url]
-        with (
-            run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob,
-            run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice,
-        ):
-            await meet(alice, bob)
-            started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
-            await wait_for_bytes(alice, started["id"], 1)
-            cancelled = await alice.actl_json("cancel", started["id"])
-            assert cancelled == {"id": started["id"], "cancelled": True}
-            outcome = await outcome_of(alice, started["id"])
-            assert outcome["status"] == "cancelled"
-            assert list(alice.download_dir.iterdir()) == []
-            assert alice.ctl("cancel", "nothing").returncode == 1
+    async with members(tmp_path, bob=THROTTLE, alice=FAST) as peers:
+        alice = peers["alice"]
+        started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
+        await wait_for_bytes(alice, started["id"], 1)
+        cancelled = await alice.actl_json("cancel", started["id"])
+        assert cancelled == {"id": started["id"], "cancelled": True}
+        outcome = await outcome_of(alice, started["id"])
+        assert outcome["status"] == "cancelled"
+        assert list(alice.download_dir.iterdir()) == []
+        assert alice.ctl("cancel", "nothing").returncode == 1
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
@@ -129,19 +132,14 @@ async def test_disk_full_fails_cleanly(tmp_path: Path) -> None:
     if mounted.returncode != 0:
         pytest.skip("this machine refuses to mount a tmpfs (no CAP_SYS_ADMIN in this sandbox)")
     try:
-        with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry:
-            urls = [registry.url]
-            with (
-                run_p2pd(tmp_path, "bob", urls, extra_config=FAST) as bob,
-                run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice,
-            ):
-                await meet(alice, bob)
-                result = alice.ctl("--json", "fetch", "bob", "big.bin")
-                assert result.returncode == 1
-                assert "disk full" in result.stderr
-                assert list(small.iterdir()) == []
-                (outcome,) = await alice.actl_json("history")
-                assert outcome["status"] == "failed" and "disk full" in outcome["error"]
+        async with members(tmp_path, bob=FAST, alice=FAST) as peers:
+            alice = peers["alice"]
+            result = alice.ctl("--json", "fetch", "bob", "big.bin")
+            assert result.returncode == 1
+            assert "disk full" in result.stderr
+            assert list(small.iterdir()) == []
+            (outcome,) = await alice.actl_json("history")
+            assert outcome["status"] == "failed" and "disk full" in outcome["error"]
     finally:
         await trio.run_process(["umount", "-l", str(small)], check=False)
 
