@@ -6,6 +6,7 @@ Standard library only, so that it starts fast: every command is a process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -216,7 +217,10 @@ def fetch(client: Client, args: argparse.Namespace, params: dict[str, Any]) -> A
         result = client.call("fetch", params, on_notify=progress)
     except KeyboardInterrupt:
         if "id" in shown:
-            Client(args.socket).call("cancel", {"id": shown["id"]})
+            canceller = Client(args.socket)
+            for transfer_id in str(shown["id"]).split(","):
+                with contextlib.suppress(CtlError):  # that one had finished already
+                    canceller.call("cancel", {"id": transfer_id})
             raise CtlError(f"cancelled transfer {shown['id']}", EXIT_FAILED) from None
         raise
     finally:
@@ -253,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("rescan", help="rescan the shared folder now")
     fetch = commands.add_parser("fetch", help="download a file from a member")
     fetch.add_argument("peer", metavar="PEER")
-    fetch.add_argument("file", metavar="FILE")
+    fetch.add_argument("file", metavar="FILE", help="a file, or a folder ending in '/'")
     fetch.add_argument("--detach", action="store_true", help="return the transfer id at once")
     commands.add_parser("downloads", help="transfers in progress")
     commands.add_parser("history", help="finished transfers")
@@ -275,13 +279,13 @@ def run(args: argparse.Namespace) -> None:
         result = fetch(client, args, params)
     else:
         result = client.call(command, params)
-    failed = (
-        command == "fetch" and isinstance(result, dict) and result.get("status") not in (None, "ok")
-    )
+    outcomes = (result if isinstance(result, list) else [result]) if command == "fetch" else []
+    failures = [o for o in outcomes if o.get("status") not in (None, "ok")]
+    failed = bool(failures)
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         if failed:
-            raise CtlError(f"fetch failed: {result.get('error')}", EXIT_FAILED)
+            raise CtlError(f"fetch failed: {failures[0].get('error')}", EXIT_FAILED)
         return
     if isinstance(result, list) and not result and command in EMPTY:
         print(EMPTY[command], file=sys.stderr)
@@ -294,13 +298,14 @@ def run(args: argparse.Namespace) -> None:
     elif command == "rescan":
         print(f"{result['shared_files']} files shared (generation {result['generation']})")
     elif command == "fetch":
+        for outcome in outcomes:
+            if "status" not in outcome:
+                print(f"transfer {outcome['id']} started: `p2pctl downloads` shows it")
+            elif outcome["status"] == "ok":
+                size = human_size(outcome["size"])
+                print(f"{outcome['path']}  {size}  sha256 {outcome['sha256']} verified")
         if failed:
-            raise CtlError(f"fetch failed: {result.get('error')}", EXIT_FAILED)
-        if "status" not in result:
-            print(f"transfer {result['id']} started: `p2pctl downloads` shows it")
-        else:
-            size = human_size(result["size"])
-            print(f"{result['path']}  {size}  sha256 {result['sha256']} verified")
+            raise CtlError(f"fetch failed: {failures[0].get('error')}", EXIT_FAILED)
     elif command == "downloads":
         print(show_downloads(result))
     elif command == "history":

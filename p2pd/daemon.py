@@ -15,7 +15,7 @@ from p2pcommon.registry_client import RegistryClient
 from p2pcommon.service import Notifier, wait_for_termination
 from p2pd.config import PeerSettings
 from p2pd.control import ControlServer, Method, Notify
-from p2pd.downloads import Downloads
+from p2pd.downloads import Downloads, Transfer
 from p2pd.history import History
 from p2pd.identity import load_or_create
 from p2pd.jsonrpc import OPERATION_FAILED, RpcError
@@ -198,29 +198,36 @@ class Daemon:
         await self.share.rescan()
         return {"shared_files": len(self.share.index), "generation": self.share.index.generation}
 
-    async def rpc_fetch(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
+    async def rpc_fetch(self, params: dict[str, Any], notify: Notify) -> Any:
+        """One file (an outcome object), or a whole folder ending in '/' (a list of them)."""
         peer, path = params.get("peer"), params.get("path")
         if not isinstance(peer, str) or not isinstance(path, str) or not peer or not path:
             raise RpcError(-32602, "fetch needs params {'peer': PEER, 'path': FILE}")
         member, files = await self._files_of(peer)
-        entry = next((f for f in files if f["path"] == path.lstrip("/")), None)
-        if entry is None:
+        wanted = path.lstrip("/")
+        folder = wanted.endswith("/")
+        entries = [
+            f for f in files if (f["path"].startswith(wanted) if folder else f["path"] == wanted)
+        ]
+        if not entries:
             raise RpcError(
                 OPERATION_FAILED,
                 f"{member.name} does not share {path!r}: `p2pctl ls {member.name}` lists its files",
             )
         try:
-            transfer = await self.downloads.start(member, entry)
+            transfers = [await self.downloads.start(member, entry) for entry in entries]
         except ValueError as exc:
             raise RpcError(OPERATION_FAILED, f"refusing {path!r}: {exc}") from None
         if params.get("detach"):
-            return {"id": transfer.queued.id}
-        while not transfer.done.is_set():
-            await notify("progress", transfer.to_json())
+            ids = [{"id": t.queued.id} for t in transfers]
+            return ids if folder else ids[0]
+        while not all(t.done.is_set() for t in transfers):
+            await notify("progress", _combined_progress(transfers))
             with trio.move_on_after(PROGRESS_PERIOD):
-                await transfer.done.wait()
-        assert transfer.outcome is not None
-        return transfer.outcome.to_json()
+                for transfer in transfers:
+                    await transfer.done.wait()
+        outcomes = [t.outcome.to_json() for t in transfers if t.outcome is not None]
+        return outcomes if folder else outcomes[0]
 
     async def rpc_downloads(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
         return [t.to_json() for t in self.downloads.active.values()]
@@ -254,3 +261,16 @@ class Daemon:
         except PeerLookupError as exc:
             data = {"candidates": [{"id": m.id, "name": m.name} for m in exc.candidates]}
             raise RpcError(OPERATION_FAILED, str(exc), data) from None
+
+
+def _combined_progress(transfers: list[Transfer]) -> dict[str, Any]:
+    if len(transfers) == 1:
+        return transfers[0].to_json()
+    return {
+        "id": ",".join(t.queued.id for t in transfers),
+        "size": sum(t.queued.size for t in transfers),
+        "bytes_done": sum(t.progress.bytes_done for t in transfers),
+        "rate": sum(t.progress.rate for t in transfers),
+        "files": len(transfers),
+        "files_done": sum(t.done.is_set() for t in transfers),
+    }

@@ -35,6 +35,8 @@ from p2pd.transfer import Progress, destination, free_name, numbered, partial_pa
 log = logging.getLogger("p2pd.downloads")
 
 MAX_ATTEMPTS = 6
+#: Transfers running at once; the others wait their turn in state "queued".
+CONCURRENT_TRANSFERS = 8
 WRITE_BLOCK = 2 * 1024 * 1024
 
 
@@ -156,6 +158,7 @@ class Downloads:
         self._history = history
         self._clock = clock
         self.active: dict[str, Transfer] = {}
+        self._running = trio.CapacityLimiter(CONCURRENT_TRANSFERS)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -208,11 +211,12 @@ class Downloads:
     async def _run_transfer(self, transfer: Transfer) -> None:
         status, error, keep_partial = "failed", None, False
         with transfer.cancel_scope:
-            try:
-                await self._attempts(transfer)
-                status, keep_partial = "ok", True
-            except Fatal as exc:
-                error, keep_partial = str(exc), exc.keep_partial
+            async with self._running:
+                try:
+                    await self._attempts(transfer)
+                    status, keep_partial = "ok", True
+                except Fatal as exc:
+                    error, keep_partial = str(exc), exc.keep_partial
         if transfer.cancel_scope.cancelled_caught:
             status, error, keep_partial = "cancelled", "cancelled by the user", False
         if not keep_partial:

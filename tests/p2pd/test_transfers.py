@@ -107,3 +107,13 @@ async def test_history_survives_a_restart(network: Network, tmp_path: Path) -> N
     with run_p2pd(tmp_path, "alice", [network.registry.url], extra_config=FAST) as again:
         history = await again.actl_json("history")
         assert [h["remote_path"] for h in history] == ["empty"]
+
+
+async def test_a_whole_folder(network: Network) -> None:
+    alice, bob = network.alice, network.bob
+    await meet(alice, bob)
+    outcomes = await alice.actl_json("fetch", "bob", "docs/")
+    assert [o["remote_path"] for o in outcomes] == ["docs/deep/nested.bin"]
+    assert outcomes[0]["status"] == "ok"
+    landed = alice.download_dir / "docs" / "deep" / "nested.bin"
+    assert digest(landed) == digest(bob.share_dir / "docs" / "deep" / "nested.bin")
