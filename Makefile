@@ -35,6 +35,7 @@ bench: venv
 	$(BIN)/python bench/registry_load.py
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/index_scale.py
+	$(BIN)/python -m bench.small_files
 
 demo: venv
 	bash scripts/demo.sh
