@@ -94,11 +94,6 @@ def _hash_file(path: Path, limit: int) -> tuple[Any, int]:
     return digest, done
 
 
-def _sync(handle: Any) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
 def _same_content(path: Path, sha256: str) -> bool:
     try:
         return path.is_file() and _hash_file(path, path.stat().st_size)[0].hexdigest() == sha256
@@ -346,42 +341,49 @@ class Downloads:
         offset: int,
         digest: Any,
     ) -> None:
-        try:
-            handle = await trio.to_thread.run_sync(
-                lambda: open(partial, "r+b" if offset else "wb")  # noqa: SIM115
-            )
-        except OSError as exc:
-            raise _fatal_os_error(exc, partial) from None
+        """Write the body at ``offset``, hashing it; the file is opened by the first write.
+
+        Blocks are handed to a worker thread 2 MiB at a time, so that a small
+        file costs one thread hop for opening, writing, fsync and closing.
+        """
+        handle: Any = None
         done = offset
         pending: list[bytes] = []
         pending_size = 0
 
-        def flush(blocks: list[bytes], at: int) -> None:
-            # Block by block: joining them first would double the memory held.
+        def write(blocks: list[bytes], at: int, last: bool) -> None:
+            nonlocal handle
+            if handle is None:
+                handle = open(partial, "r+b" if offset else "wb")  # noqa: SIM115
             handle.seek(at)
+            # Block by block: joining them first would double the memory held.
             for block in blocks:
                 handle.write(block)
                 digest.update(block)
+            if last:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+                handle = None
 
         try:
             async for chunk in connection.body_chunks():
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= WRITE_BLOCK:
-                    await trio.to_thread.run_sync(flush, pending, done)
+                    await trio.to_thread.run_sync(write, pending, done, False)
                     done += pending_size
                     pending, pending_size = [], 0
                     transfer.progress.update(done, trio.current_time())
-            if pending:
-                await trio.to_thread.run_sync(flush, pending, done)
-                done += pending_size
+            await trio.to_thread.run_sync(write, pending, done, True)
+            done += pending_size
             transfer.progress.update(done, trio.current_time())
-            await trio.to_thread.run_sync(_sync, handle)
         except OSError as exc:
             await trio.to_thread.run_sync(lambda: partial.unlink(missing_ok=True))
             raise _fatal_os_error(exc, self._dir) from None
         finally:
-            await trio.to_thread.run_sync(handle.close)
+            if handle is not None:
+                await trio.to_thread.run_sync(handle.close)
 
     async def _verify_and_place(self, transfer: Transfer, partial: Path, digest: Any) -> None:
         queued = transfer.queued

@@ -7,7 +7,10 @@ here blocks; the daemon calls them through ``trio.to_thread``.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,19 +59,28 @@ class Queued:
 
 
 class History:
-    def __init__(self, db_path: Path) -> None:
-        self._db_path = db_path
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+    """One SQLite connection, used from worker threads one at a time."""
 
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self._db_path, timeout=10)
+    def __init__(self, db_path: Path) -> None:
+        self._db = sqlite3.connect(db_path, timeout=10, check_same_thread=False)
+        self._lock = threading.Lock()
         # WAL with synchronous=NORMAL: one fsync per checkpoint instead of two per
         # commit. A crash of the daemon loses nothing; a power cut may lose the
         # last records, never corrupt the file.
-        connection.execute("PRAGMA synchronous=NORMAL")
-        return connection
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """The connection, inside a transaction, for one thread at a time."""
+        with self._lock, self._db:
+            yield self._db
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
     def enqueue(self, item: Queued) -> None:
         with self._connect() as db:
