@@ -8,7 +8,8 @@ id (DESIGN §1).  Addresses are tried in the order the registry lists them.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,8 +50,10 @@ class PeerConnection:
         self._h11 = h11.Connection(h11.CLIENT)
 
     @classmethod
-    async def open(cls, identity: Identity, member: Member) -> PeerConnection:
-        context = client_context(identity, member.cert)
+    async def open(
+        cls, identity: Identity, member: Member, context: ssl.SSLContext | None = None
+    ) -> PeerConnection:
+        context = context or client_context(identity, member.cert)
         failures = []
         for address in member.addresses:
             host, port = split_host_port(address)
@@ -72,7 +75,9 @@ class PeerConnection:
 
     @property
     def reusable(self) -> bool:
-        return self._h11.our_state is h11.IDLE and self._h11.their_state is h11.IDLE
+        """Between requests: fresh, or the last exchange completed on both sides."""
+        states = (self._h11.our_state, self._h11.their_state)
+        return states in ((h11.IDLE, h11.IDLE), (h11.DONE, h11.DONE))
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self._stream)
@@ -138,11 +143,19 @@ class PeerPool:
     member closed meanwhile is replaced once, transparently.
     """
 
-    def __init__(self, identity: Identity, max_idle_per_member: int = 4) -> None:
+    def __init__(self, identity: Identity, max_idle_per_member: int = 16) -> None:
         self._identity = identity
         self._max_idle = max_idle_per_member
         self._idle: dict[str, list[PeerConnection]] = {}
         self._listings: dict[str, tuple[str, dict[str, Any]]] = {}
+        # Building a context loads our key and the member's certificate: do it once.
+        self._contexts: dict[str, ssl.SSLContext] = {}
+
+    def _open(self, member: Member) -> Awaitable[PeerConnection]:
+        context = self._contexts.get(member.cert)
+        if context is None:
+            context = self._contexts[member.cert] = client_context(self._identity, member.cert)
+        return PeerConnection.open(self._identity, member, context)
 
     async def acquire(self, member: Member) -> tuple[PeerConnection, bool]:
         """A connection to ``member`` and whether it was reused."""
@@ -152,7 +165,7 @@ class PeerPool:
             if connection.member.cert == member.cert and connection.reusable:
                 return connection, True
             await connection.aclose()
-        return await PeerConnection.open(self._identity, member), False
+        return await self._open(member), False
 
     async def release(self, connection: PeerConnection) -> None:
         idle = self._idle.setdefault(connection.member.id, [])
@@ -173,7 +186,7 @@ class PeerPool:
             if not reused:
                 raise
         # The member closed the kept-alive connection meanwhile: one fresh try.
-        connection = await PeerConnection.open(self._identity, member)
+        connection = await self._open(member)
         try:
             return connection, await connection.request(target, headers)
         except BaseException:

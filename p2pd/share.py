@@ -22,7 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
@@ -31,6 +43,19 @@ from p2pd.index import FileEntry, ShareIndex
 log = logging.getLogger("p2pd.share")
 
 HASH_BLOCK = 1024 * 1024
+# Only changes: without a filter inotify also reports every open and read, and
+# serving a file would wake the watcher for each upload.
+CHANGE_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirModifiedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
 INOTIFY_HINT = (
     "the inotify watch limit is reached, so changes are found by rescanning every {interval:g} s; "
     "raise it with `sysctl fs.inotify.max_user_watches=524288` and keep it with "
@@ -195,7 +220,9 @@ class Share:
 
         observer = self._observer_factory()
         try:
-            observer.schedule(_Forward(poke), str(self.root), recursive=True)
+            observer.schedule(
+                _Forward(poke), str(self.root), recursive=True, event_filter=CHANGE_EVENTS
+            )
             observer.start()
             self.watching = True
         except OSError as exc:
