@@ -167,6 +167,10 @@ class PeerPool:
             await connection.aclose()
         return await self._open(member), False
 
+    def idle(self, member_id: str) -> int:
+        """How many kept-alive connections to the member wait for reuse."""
+        return len(self._idle.get(member_id, []))
+
     async def release(self, connection: PeerConnection) -> None:
         idle = self._idle.setdefault(connection.member.id, [])
         if connection.reusable and len(idle) < self._max_idle:

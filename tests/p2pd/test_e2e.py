@@ -17,7 +17,7 @@ from p2pcommon.models import Member, RegisterRequest
 from p2pcommon.registry_client import RegistryClient
 from p2pd.identity import Identity, load_or_create
 from p2pd.main import main
-from p2pd.peerclient import PeerConnection, PeerUnreachable
+from p2pd.peerclient import PeerConnection, PeerPool, PeerUnreachable
 from tests.p2pd.test_config_identity import write_config
 from tests.support import (
     SECRET,
@@ -313,3 +313,22 @@ async def test_serving_without_a_registry_says_why(tmp_path: Path) -> None:
         human = lonely.ctl("status")
         assert human.returncode == 0
         assert "not registered:" in human.stdout
+
+
+async def test_connections_and_listings_are_reused(network: Network, tmp_path: Path) -> None:
+    me, bob = await registered_outsider(network, tmp_path)
+    pool = PeerPool(me)
+    try:
+        first = await pool.listing(bob)
+        assert pool.idle(bob.id) == 1
+        again = await pool.listing(bob)  # revalidated with If-None-Match: 304
+        assert again is first
+        assert pool.idle(bob.id) == 1  # the same connection served both
+        (network.bob.share_dir / "fresh.txt").write_bytes(b"fresh")
+
+        async def relisted() -> bool:
+            return any(f["path"] == "fresh.txt" for f in (await pool.listing(bob))["files"])
+
+        await wait_until(relisted, what="the new file in a revalidated listing")
+    finally:
+        await pool.aclose()
