@@ -154,6 +154,8 @@ class Downloads:
         self._clock = clock
         self.active: dict[str, Transfer] = {}
         self._running = trio.CapacityLimiter(CONCURRENT_TRANSFERS)
+        # Transfers of the same bytes share one partial file: one at a time.
+        self._same_bytes: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -205,13 +207,17 @@ class Downloads:
 
     async def _run_transfer(self, transfer: Transfer) -> None:
         status, error, keep_partial = "failed", None, False
+        sha256 = transfer.queued.sha256
+        lock = self._same_bytes.setdefault(sha256, trio.Lock())
         with transfer.cancel_scope:
-            async with self._running:
+            async with lock, self._running:
                 try:
                     await self._attempts(transfer)
                     status, keep_partial = "ok", True
                 except Fatal as exc:
                     error, keep_partial = str(exc), exc.keep_partial
+        if not lock.locked() and not lock.statistics().tasks_waiting:
+            self._same_bytes.pop(sha256, None)
         if transfer.cancel_scope.cancelled_caught:
             status, error, keep_partial = "cancelled", "cancelled by the user", False
         if not keep_partial:

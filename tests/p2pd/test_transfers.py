@@ -25,6 +25,7 @@ def network(tmp_path: Path) -> Iterator[Network]:
         (share / "docs" / "deep" / "nested.bin").write_bytes(os.urandom(200_000))
         (share / "Grüße – ☃.txt").write_text("non-ASCII\n")
         (share / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024 + 7))
+        (share / "docs" / "copy.bin").write_bytes((share / "docs/deep/nested.bin").read_bytes())
         urls = [registry.url]
         with (
             run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice,
@@ -112,8 +113,10 @@ async def test_history_survives_a_restart(network: Network, tmp_path: Path) -> N
 async def test_a_whole_folder(network: Network) -> None:
     alice, bob = network.alice, network.bob
     await meet(alice, bob)
+    # Two files with the same bytes: they share a partial file, one after the other.
     outcomes = await alice.actl_json("fetch", "bob", "docs/")
-    assert [o["remote_path"] for o in outcomes] == ["docs/deep/nested.bin"]
-    assert outcomes[0]["status"] == "ok"
-    landed = alice.download_dir / "docs" / "deep" / "nested.bin"
-    assert digest(landed) == digest(bob.share_dir / "docs" / "deep" / "nested.bin")
+    assert sorted(o["remote_path"] for o in outcomes) == ["docs/copy.bin", "docs/deep/nested.bin"]
+    assert {o["status"] for o in outcomes} == {"ok"}
+    original = digest(bob.share_dir / "docs" / "deep" / "nested.bin")
+    assert digest(alice.download_dir / "docs" / "deep" / "nested.bin") == original
+    assert digest(alice.download_dir / "docs" / "copy.bin") == original
