@@ -281,12 +281,16 @@ def run(args: argparse.Namespace) -> None:
         result = client.call(command, params)
     outcomes = (result if isinstance(result, list) else [result]) if command == "fetch" else []
     failures = [o for o in outcomes if o.get("status") not in (None, "ok")]
-    failed = bool(failures)
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
-        if failed:
-            raise CtlError(f"fetch failed: {failures[0].get('error')}", EXIT_FAILED)
-        return
+    else:
+        show(command, result, outcomes)
+    if failures:
+        raise CtlError(f"fetch failed: {failures[0].get('error')}", EXIT_FAILED)
+
+
+def show(command: str, result: Any, outcomes: list[dict[str, Any]]) -> None:
+    """Human output of a command's result."""
     if isinstance(result, list) and not result and command in EMPTY:
         print(EMPTY[command], file=sys.stderr)
     elif command == "status":
@@ -304,8 +308,6 @@ def run(args: argparse.Namespace) -> None:
             elif outcome["status"] == "ok":
                 size = human_size(outcome["size"])
                 print(f"{outcome['path']}  {size}  sha256 {outcome['sha256']} verified")
-        if failed:
-            raise CtlError(f"fetch failed: {failures[0].get('error')}", EXIT_FAILED)
     elif command == "downloads":
         print(show_downloads(result))
     elif command == "history":
