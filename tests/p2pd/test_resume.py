@@ -67,21 +67,27 @@ async def outcome_of(peer: RunningPeer, transfer_id: str) -> dict[str, Any]:
     return found
 
 
+async def killed_mid_transfer(tmp_path: Path, urls: list[str], bob: RunningPeer, at: int) -> str:
+    """Start alice, fetch bob's big.bin detached, SIGKILL alice after ``at`` bytes: the id."""
+    with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
+        await meet(alice, bob)
+        started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
+        await wait_for_bytes(alice, started["id"], at)
+        alice.stop(signal.SIGKILL)
+        partials = [p for p in alice.download_dir.iterdir() if p.name.startswith(".")]
+        assert len(partials) == 1 and not (alice.download_dir / "big.bin").exists()
+    return str(started["id"])
+
+
 async def test_resume_after_the_downloader_is_killed(tmp_path: Path) -> None:
     data = os.urandom(SIZE)
     share_big(tmp_path, "bob", data)
     with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry:
         urls = [registry.url]
         with run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob:
+            transfer_id = await killed_mid_transfer(tmp_path, urls, bob, int(SIZE * 0.6))
             with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
-                await meet(alice, bob)
-                started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
-                await wait_for_bytes(alice, started["id"], int(SIZE * 0.6))
-                alice.stop(signal.SIGKILL)
-                partials = [p for p in alice.download_dir.iterdir() if p.name.startswith(".")]
-                assert len(partials) == 1 and not (alice.download_dir / "big.bin").exists()
-            with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
-                outcome = await outcome_of(alice, started["id"])
+                outcome = await outcome_of(alice, transfer_id)
                 assert outcome["status"] == "ok", outcome
                 assert (alice.download_dir / "big.bin").read_bytes() == data
                 served = (await bob.actl_json("status"))["served_bytes"]
@@ -149,16 +155,12 @@ async def test_a_file_changed_at_the_source_fails_with_the_reason(tmp_path: Path
     with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry:
         urls = [registry.url]
         with run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob:
-            with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
-                await meet(alice, bob)
-                started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
-                await wait_for_bytes(alice, started["id"], 1)
-                alice.stop(signal.SIGKILL)
+            transfer_id = await killed_mid_transfer(tmp_path, urls, bob, 1)
             replacement = bob.share_dir / ".big.new"
             replacement.write_bytes(os.urandom(SIZE))
             replacement.rename(bob.share_dir / "big.bin")
             with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
-                outcome = await outcome_of(alice, started["id"])
+                outcome = await outcome_of(alice, transfer_id)
                 assert outcome["status"] == "failed"
                 assert "changed since it was listed" in outcome["error"]
                 assert list(alice.download_dir.iterdir()) == []

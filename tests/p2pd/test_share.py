@@ -5,7 +5,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -140,12 +143,20 @@ async def wait_for(share: Share, path: str, digest: str | None) -> None:
             await share.changed()
 
 
-async def test_changes_reach_the_index(tmp_path: Path) -> None:
+@asynccontextmanager
+async def running_share(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Share, Path]]:
+    """A Share of a fresh folder, indexed and being kept current; stopped afterwards."""
     root = tmp_path / "share"
     root.mkdir()
-    share = Share(root, tmp_path)
+    share = Share(root, tmp_path, **options)
     async with trio.open_nursery() as nursery:
         await nursery.start(share.run)
+        yield share, root
+        nursery.cancel_scope.cancel()
+
+
+async def test_changes_reach_the_index(tmp_path: Path) -> None:
+    async with running_share(tmp_path) as (share, root):
         assert share.watching and share.warning is None
         (root / "new.txt").write_bytes(b"one")
         await wait_for(share, "new.txt", sha(b"one"))
@@ -161,15 +172,10 @@ async def test_changes_reach_the_index(tmp_path: Path) -> None:
         (root / "sub" / "f").write_bytes(b"f")
         await wait_for(share, "sub/f", sha(b"f"))
         assert share.index.get("sub/.partial") is None
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_file_written_in_chunks_is_indexed_with_its_final_hash(tmp_path: Path) -> None:
-    root = tmp_path / "share"
-    root.mkdir()
-    share = Share(root, tmp_path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(share.run)
+    async with running_share(tmp_path) as (share, root):
         chunks = [os.urandom(64 * 1024) for _ in range(8)]
         with (root / "big.bin").open("wb") as f:
             for chunk in chunks:
@@ -177,7 +183,6 @@ async def test_a_file_written_in_chunks_is_indexed_with_its_final_hash(tmp_path:
                 f.flush()
                 await trio.lowlevel.checkpoint()
         await wait_for(share, "big.bin", sha(b"".join(chunks)))
-        nursery.cancel_scope.cancel()
 
 
 class FullInotify:
@@ -191,26 +196,22 @@ class FullInotify:
 
 
 async def test_inotify_limit_falls_back_to_rescans(tmp_path: Path) -> None:
-    root = tmp_path / "share"
-    root.mkdir()
-    share = Share(root, tmp_path, poll_interval=0.2, observer_factory=FullInotify)  # type: ignore[arg-type]
-    async with trio.open_nursery() as nursery:
-        await nursery.start(share.run)
+    async with running_share(tmp_path, poll_interval=0.2, observer_factory=FullInotify) as (
+        share,
+        root,
+    ):
         assert not share.watching
         assert share.warning is not None
         assert "fs.inotify.max_user_watches" in share.warning
         (root / "late.txt").write_bytes(b"late")
         await wait_for(share, "late.txt", sha(b"late"))
-        nursery.cancel_scope.cancel()
 
 
 async def test_rescan_on_demand(tmp_path: Path) -> None:
-    root = tmp_path / "share"
-    root.mkdir()
-    share = Share(root, tmp_path, poll_interval=3600, observer_factory=FullInotify)  # type: ignore[arg-type]
-    async with trio.open_nursery() as nursery:
-        await nursery.start(share.run)
+    async with running_share(tmp_path, poll_interval=3600, observer_factory=FullInotify) as (
+        share,
+        root,
+    ):
         (root / "x").write_bytes(b"x")
         await share.rescan()
         assert share.index.get("x") is not None
-        nursery.cancel_scope.cancel()
