@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint format typecheck pytest bench demo clean
+.PHONY: venv test lint format typecheck pytest bench demo clean install uninstall
 
 venv: $(STAMP)
 
@@ -39,6 +39,16 @@ bench: venv
 
 demo: venv
 	bash scripts/demo.sh
+
+# As root: the package in /opt/p2pd, commands in /usr/local/bin, the units,
+# the user p2pd, and /etc/p2pd.toml + /etc/registryd.toml where absent.
+# WHEELHOUSE=DIR installs offline from wheels built with `pip wheel -w DIR .`.
+install:
+	bash scripts/install.sh $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE))
+
+# Removes what install put in place; keeps config, secrets and data.
+uninstall:
+	bash scripts/install.sh --uninstall
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

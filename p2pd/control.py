@@ -94,7 +94,10 @@ class ControlServer:
             return
         try:
             gid = grp.getgrnam(self._group).gr_gid
-            os.chown(path, -1, gid)
+            # Under systemd (Group=p2pd) it is ours already, and chown is
+            # outside the unit's system-call filter.
+            if path.stat().st_gid != gid:
+                os.chown(path, -1, gid)
         except (KeyError, PermissionError):
             pass  # no such group, or not ours to give: root and the owner still may connect
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -13,7 +15,8 @@ from p2pcommon.httpserver import Limits
 from p2pcommon.models import Member, RegisterRequest, split_host_port
 from p2pcommon.registry_client import RegistryClient
 from p2pcommon.service import Notifier, wait_for_termination
-from p2pd.config import PeerSettings
+from p2pcommon.settings import ConfigError
+from p2pd.config import LIVE_KEYS, PeerSettings, changed_keys
 from p2pd.control import ControlServer, Method, Notify
 from p2pd.downloads import Downloads, Transfer
 from p2pd.history import History
@@ -39,10 +42,15 @@ class StartupError(Exception):
     """The daemon cannot start for a reason outside its configuration."""
 
 
+#: Reads the configuration again: new settings and secret, or ConfigError.
+Reloader = Callable[[], tuple[PeerSettings, str]]
+
+
 class Daemon:
-    def __init__(self, settings: PeerSettings, secret: str) -> None:
+    def __init__(self, settings: PeerSettings, secret: str, reload: Reloader | None = None) -> None:
         self.settings = settings
         self._secret = secret
+        self._reload = reload
         self.notifier = Notifier()
 
     async def run(self) -> None:
@@ -68,7 +76,7 @@ class Daemon:
             rate_limit=settings.upload_rate_limit,
             limits=Limits(max_body_bytes=0, idle_timeout=60.0, request_timeout=15.0),
         )
-        registration = RegisterRequest(
+        self.registration = registration = RegisterRequest(
             id=identity.id,
             name=settings.name,
             cert=identity.cert_pem,
@@ -90,6 +98,8 @@ class Daemon:
             control = ControlServer(settings.control_socket, self.methods())
             async with trio.open_nursery() as nursery:
                 await nursery.start(control.run)
+                # Before READY=1: an early SIGHUP must not kill the daemon.
+                await nursery.start(self._reload_on_hangup)
                 listeners = await self._listen()
                 self.notifier.status("indexing the share")
                 await nursery.start(self.share.run)
@@ -125,6 +135,54 @@ class Daemon:
             raise StartupError(
                 f"cannot listen on {self.settings.listen} (key 'listen'): {exc.strerror}{hint}"
             ) from None
+
+    # -- reload -------------------------------------------------------------
+
+    async def _reload_on_hangup(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+            task_status.started()
+            async for _ in hangups:
+                self.notifier.send(RELOADING="1", STATUS="reloading the configuration")
+                await self.reload()
+                self.notifier.ready(self.status_line())
+
+    async def reload(self) -> None:
+        """Apply what can change while running; say what needs a restart. Never dies."""
+        if self._reload is None:
+            return
+        try:
+            new, secret = await trio.to_thread.run_sync(self._reload)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        changed = changed_keys(self.settings, new)
+        if secret != self._secret:
+            changed.add("secret")
+        live = changed & LIVE_KEYS
+        if live:
+            self.settings = self.settings.model_copy(update={k: getattr(new, k) for k in live})
+            self._apply(live)
+        if later := sorted(changed - live):
+            log.warning(
+                "reload: %s changed; that takes a restart: systemctl restart p2pd",
+                ", ".join(later),
+            )
+        await self.share.rescan()
+        log.info("reloaded: %s", ", ".join(sorted(live)) if live else "no live key changed")
+
+    def _apply(self, keys: set[str]) -> None:
+        settings = self.settings
+        if "upload_rate_limit" in keys:
+            self.server.set_rate_limit(settings.upload_rate_limit)
+        if "heartbeat_interval" in keys:
+            self.link.set_heartbeat_interval(settings.heartbeat_interval)
+        if keys & {"name", "advertise"}:
+            self.registration = self.registration.model_copy(
+                update={"name": settings.name, "addresses": settings.advertise}
+            )
+            self.link.update_registration(self.registration)
 
     # -- status -------------------------------------------------------------
 

@@ -10,15 +10,25 @@ from p2pd.config import DEFAULT_PATH, PeerSettings, check_folders
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] in ("config", "install"):
+        from p2pd.admin import admin_command
+
+        return admin_command(words)
     args = daemon_arguments(
         "p2pd", "The p2pd peer daemon: shares a folder with the members.", DEFAULT_PATH, argv
     )
-    try:
+
+    def load() -> tuple[PeerSettings, str]:
         settings, _ = load_settings(
             PeerSettings, explicit_path=args.config, default_path=DEFAULT_PATH
         )
         secret = settings.resolve_secret()
         check_folders(settings)
+        return settings, secret
+
+    try:
+        settings, secret = load()
     except ConfigError as exc:
         print(f"p2pd: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -30,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from p2pd.daemon import Daemon, StartupError
 
     try:
-        trio.run(Daemon(settings, secret).run)
+        trio.run(Daemon(settings, secret, reload=load).run)
     except BaseException as exc:
         cause = unwrap_group(exc)
         if isinstance(cause, KeyboardInterrupt):

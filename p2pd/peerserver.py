@@ -126,6 +126,10 @@ class PeerServer:
         self.http = HttpServer(self.handle, limits or Limits(max_body_bytes=0), admit=self._admit)
         self._listing_cache: tuple[int, bytes] | None = None
 
+    def set_rate_limit(self, rate: int) -> None:
+        """Applies to the next chunk of every upload, including those under way."""
+        self.bucket = TokenBucket(rate) if rate else None
+
     async def _admit(self, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, str | None] | None:
         context = self._contexts.current(self._members.certs())
         tls = trio.SSLStream(stream, context, server_side=True)

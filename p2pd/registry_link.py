@@ -49,13 +49,28 @@ class RegistryLink:
         self.registered = False
         self.error: str | None = "not registered yet"
         self.registered_since: float | None = None
+        self._session = trio.CancelScope()
 
     @property
     def registry_url(self) -> str | None:
         return self._client.current_url if self.registered else None
 
+    def set_heartbeat_interval(self, seconds: float) -> None:
+        self._own_interval = seconds
+        self._session.cancel()
+
+    def update_registration(self, registration: RegisterRequest) -> None:
+        """Register again at once with a new name or addresses (a config reload)."""
+        self._registration = registration
+        self._session.cancel()
+
     async def run(self) -> None:
-        interval = self._own_interval
+        while True:
+            # Cancelled to start over with a changed registration or interval.
+            with trio.CancelScope() as self._session:
+                await self._session_loop()
+
+    async def _session_loop(self) -> None:
         while True:
             try:
                 lease = await self._client.register(self._registration)

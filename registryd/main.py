@@ -133,6 +133,11 @@ def _store_name(settings: RegistrySettings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] in ("config",):
+        from registryd.admin import admin_command
+
+        return admin_command(words)
     args = daemon_arguments(
         "registryd", "The p2pd registry: who is online, never any file.", DEFAULT_PATH, argv
     )
