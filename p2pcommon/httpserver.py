@@ -8,8 +8,10 @@ Handlers are plain ``async (Request) -> Response`` callables.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -297,6 +299,8 @@ class HttpServer:
     async def _send(stream: trio.abc.Stream, h11conn: h11.Connection, response: Response) -> None:
         length = response.length if response.stream is not None else len(response.body)
         headers = [*response.headers, ("Content-Length", str(length))]
+        if not any(name.lower() == "date" for name, _ in response.headers):
+            headers.append(("Date", http_date(time.time())))
         head = h11conn.send(
             h11.Response(
                 status_code=response.status, headers=headers, reason=_phrase(response.status)
@@ -330,6 +334,28 @@ class HttpServer:
             await stream.send_all(head)
             await stream.send_all(body)
             await stream.send_all(tail)
+
+
+class _HttpDate:
+    """The ``Date`` header value, formatted once per second (RFC 9110 §6.6.1).
+
+    Clients compare it with their own clock (``p2pctl doctor`` measures the
+    skew that would make signatures stale), so every answer carries one.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._value = email.utils.formatdate(second, usegmt=True)
+            self._second = second
+        return self._value
+
+
+http_date = _HttpDate()
 
 
 def _phrase(status: int) -> bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -45,15 +46,20 @@ def unreachable(path: str, exc: OSError) -> CtlError:
 
 
 class Client:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, timeout: float | None = None) -> None:
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
         try:
             self._sock.connect(path)
         except OSError as exc:
             raise unreachable(path, exc) from None
         self._file = self._sock.makefile("rb")
         self._next_id = 0
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
 
     def call(
         self,
@@ -262,7 +268,46 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("downloads", help="transfers in progress")
     commands.add_parser("history", help="finished transfers")
     commands.add_parser("cancel", help="cancel a transfer").add_argument("id", metavar="ID")
+    doctor = commands.add_parser("doctor", help="check that p2pd can run here, and how to fix it")
+    doctor.add_argument(
+        "--config", metavar="PATH", help="p2pd's config (default: $P2PD_CONFIG or /etc/p2pd.toml)"
+    )
+    doctor.add_argument("--user", default="p2pd", help="the user p2pd runs as (default: p2pd)")
     return top
+
+
+DOCTOR_MARKS = {"ok": "ok", "warning": "WARN", "problem": "FAIL", "skipped": "skip"}
+
+
+def daemon_status(path: str) -> dict[str, Any] | None:
+    """The status of a p2pd answering on ``path``, or None if none answers."""
+    try:
+        client = Client(path, timeout=2)
+    except CtlError:
+        return None
+    try:
+        status = client.call("status", {})
+    except (CtlError, ValueError):  # ValueError: not JSON, so not p2pd
+        return None
+    finally:
+        client.close()
+    return status if isinstance(status, dict) else None
+
+
+def doctor(args: argparse.Namespace) -> int:
+    # Imported here: pydantic and httpx would slow every other command's start.
+    from p2pd.doctor import run_checks
+
+    results = run_checks(args.config, args.user, [args.socket], daemon_status)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in results], indent=2, ensure_ascii=False))
+    else:
+        width = max(len(r.check) for r in results)
+        for result in results:
+            print(f"{DOCTOR_MARKS[result.status]:<4}  {result.check:<{width}}  {result.message}")
+            if result.fix and result.status in ("problem", "warning"):
+                print(f"{'':6}fix: {result.fix}")
+    return EXIT_FAILED if any(r.status == "problem" for r in results) else EXIT_OK
 
 
 def run(args: argparse.Namespace) -> None:
@@ -324,6 +369,8 @@ def fail(message: str, status: int) -> NoReturn:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)  # exits 2 on usage errors
     try:
+        if args.command == "doctor":
+            return doctor(args)
         run(args)
     except CtlError as exc:
         fail(str(exc), exc.exit_status)
