@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SUITE = "bookworm"
-PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-venv,make"
+# procps: /bin/kill for ExecReload=, as on any standard Debian.
+PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-venv,make,procps"
 CACHE_DIR = Path(os.environ.get("P2PD_TEST_CACHE", "/var/cache/p2pd-test"))
 MIRROR = os.environ.get("P2PD_TEST_MIRROR", "http://deb.debian.org/debian")
 INNER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
