@@ -141,6 +141,17 @@ def install_dropin(config: str | None, unit_dir: Path) -> None:
         print("next: systemctl restart p2pd", file=sys.stderr)
 
 
+def dropin_problem(settings: PeerSettings, unit_dir: Path = Path(DROPIN_DIR)) -> str | None:
+    """Why the installed service could not use the configured folders, or None."""
+    try:
+        current = (unit_dir / DROPIN_NAME).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return f"{unit_dir / DROPIN_NAME} is missing: the service cannot reach the folders"
+    if current != folders_dropin(settings):
+        return f"{unit_dir / DROPIN_NAME} does not match the folders in the config"
+    return None
+
+
 def _within(path: PurePosixPath, root: PurePosixPath) -> bool:
     return path == root or root in path.parents
 

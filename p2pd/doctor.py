@@ -68,9 +68,10 @@ def run_checks(
     results = [config]
     if settings is None or secret is None:
         why = "needs a valid config first (see the 'config' check)"
-        names = ("folders", "inotify", "registry", "clock", "listen")
+        names = ("folders", "service", "inotify", "registry", "clock", "listen")
         return results + [CheckResult(name, "skipped", why) for name in names]
     results += check_folders(settings, user_name, path)
+    results.append(check_service(settings, path))
     results.append(check_inotify(settings.share_dir, inotify_limit_path))
     skews: list[tuple[str, float, str]] = []
     for url in settings.registries:
@@ -99,6 +100,18 @@ def check_config(path: str) -> tuple[CheckResult, PeerSettings | None, str | Non
         return CheckResult("config", "problem", str(exc), fix), None, None
     ok = CheckResult("config", "ok", f"{path} is valid and names a usable secret")
     return ok, settings, secret
+
+
+def check_service(settings: PeerSettings, path: str) -> CheckResult:
+    from p2pd.admin import DROPIN_DIR, dropin_problem
+
+    if not (Path(DROPIN_DIR).parent / "p2pd.service").exists():
+        return CheckResult("service", "skipped", "p2pd is not installed as a service here")
+    problem = dropin_problem(settings)
+    if problem is None:
+        return CheckResult("service", "ok", "the unit's drop-in opens the configured folders")
+    fix = f"sudo p2pd install --config {path} && sudo systemctl restart p2pd"
+    return CheckResult("service", "problem", problem, fix)
 
 
 # -- folders --------------------------------------------------------------------------

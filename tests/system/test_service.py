@@ -151,6 +151,9 @@ def test_enable_now_serves_and_group_members_use_p2pctl(container: Container) ->
     denied = container.run("p2pctl", "status", user="bob", check=False)
     assert denied.returncode == 3
     assert "usermod -aG p2pd" in denied.stderr
+    # The health check finds nothing to fix in a fresh install.
+    doctor = container.run("p2pctl", "doctor", check=False)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     # READY=1 came with a one-line STATUS= summary.
     summary = container.show("p2pd", "StatusText")["StatusText"]
     assert "registered" in summary and "shared files" in summary
