@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterable
-from typing import Any
-
-import trio
+from typing import Any, Protocol
 
 from p2pcommon.identity import peer_id_from_der
 from p2pd.identity import Identity
@@ -48,7 +46,11 @@ def client_context(identity: Identity, member_cert: str) -> ssl.SSLContext:
     return context
 
 
-def presented_id(stream: trio.SSLStream[Any]) -> str:
+class PresentsCertificate(Protocol):
+    def getpeercert(self, binary_form: bool = ...) -> Any: ...
+
+
+def presented_id(stream: PresentsCertificate) -> str:
     der = stream.getpeercert(binary_form=True)
     if not der:
         raise PeerMismatch("the peer presented no certificate")

@@ -123,6 +123,10 @@ def test_make_install_writes_config_units_and_account(container: Container) -> N
     container.run("sh", "-c", "echo '# edited' >> /etc/p2pd.toml")
     container.run("make", "-C", "/src", "install", "WHEELHOUSE=/wheels")
     assert "# edited" in container.run("cat", "/etc/p2pd.toml").stdout
+    # Installed, the units are clean in systemd's own eyes.
+    for unit in ("p2pd.service", "registryd.service"):
+        verify = container.run("systemd-analyze", "verify", f"/etc/systemd/system/{unit}")
+        assert verify.stdout + verify.stderr == "", f"{unit}: {verify.stderr}"
     dropin = container.run("cat", "/etc/systemd/system/p2pd.service.d/folders.conf").stdout
     assert "ReadWritePaths=-/srv/p2pd/downloads" in dropin
 
