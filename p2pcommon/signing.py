@@ -11,6 +11,7 @@ p2pd and the tests share one implementation and a fake clock works.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hmac
 import math
@@ -154,7 +155,8 @@ class Signer:
     def __init__(self, secret: str) -> None:
         if len(secret) < MIN_SECRET_LENGTH:
             raise ValueError(f"the shared secret must have at least {MIN_SECRET_LENGTH} characters")
-        resolver = _SecretResolver(secret.encode("utf-8"))
+        self._key = secret.encode("utf-8")
+        resolver = _SecretResolver(self._key)
         self._signer = HTTPMessageSigner(
             signature_algorithm=algorithms.HMAC_SHA256, key_resolver=resolver
         )
@@ -228,7 +230,13 @@ class Signer:
         nonce: str,
         now: float,
     ) -> None:
-        self._signer.sign(
+        # prepare() builds the signature base and sets Content-Digest; the MAC
+        # and the two headers are then set here rather than by apply(), which
+        # would parse and rebuild the base we just built to check that the
+        # message did not change meanwhile (it cannot: it is ours, in hand) —
+        # half of the signing cost, measured under registry load.  A test
+        # checks the headers are byte for byte those of the library's sign().
+        prepared = self._signer.prepare(
             message,
             key_id=KEY_ID,
             created=_datetime(now),
@@ -237,6 +245,9 @@ class Signer:
             covered_component_ids=components,
             body=body,
         )
+        mac = hmac.digest(self._key, prepared.signature_base, "sha256")
+        message.headers["Signature-Input"] = f"{LABEL}={prepared.signature_params}"
+        message.headers["Signature"] = f"{LABEL}=:{base64.b64encode(mac).decode('ascii')}:"
 
     @staticmethod
     def _check_digest(view: _Headers, body: bytes) -> None:

@@ -187,3 +187,25 @@ def test_answers_are_signed_over_status_and_digest_with_the_request_nonce() -> N
 def test_a_too_short_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 8"):
         Signer("short")
+
+
+def test_our_signing_writes_exactly_what_the_library_would() -> None:
+    from http_message_signatures import HTTPMessageSigner, algorithms
+
+    from p2pcommon.signing import REQUEST_COMPONENTS, _Request, _SecretResolver
+
+    ours, _ = Signer(SECRET).sign_request("POST", "/heartbeat", b'{"id":"x"}', now=1e9, nonce="n")
+    theirs: dict[str, str] = {}
+    library = HTTPMessageSigner(
+        signature_algorithm=algorithms.HMAC_SHA256, key_resolver=_SecretResolver(SECRET.encode())
+    )
+    library.sign(
+        _Request(method="POST", url="http://registry/heartbeat", headers=theirs),
+        key_id="p2p",
+        created=datetime.datetime.fromtimestamp(1e9, tz=datetime.UTC),
+        nonce="n",
+        label="sig",
+        covered_component_ids=REQUEST_COMPONENTS,
+        body=b'{"id":"x"}',
+    )
+    assert ours == theirs
