@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,12 +86,33 @@ def check_and_write(
     print(f"wrote {path}", file=sys.stderr)
 
 
-def add_output_arguments(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument(
+def add_init_command(commands: Any, default_output: str) -> argparse.ArgumentParser:
+    """``config init`` under ``commands``, with the options every daemon's has."""
+    name = Path(default_output).name
+    config = commands.add_parser("config", help="configuration files")
+    config_commands = config.add_subparsers(dest="action", required=True)
+    init: argparse.ArgumentParser = config_commands.add_parser(
+        "init", help=f"write a first, commented {name}"
+    )
+    init.add_argument(
         "--output",
         "-o",
-        default=default,
+        default=default_output,
         metavar="FILE",
-        help=f"where to write (default {default}; - for stdout)",
+        help=f"where to write (default {default_output}; - for stdout)",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing file")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    return init
+
+
+def run_admin(prog: str, action: Callable[[], None]) -> int:
+    """Run an administration command; its errors become a message and an exit status."""
+    try:
+        action()
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{prog}: {exc.filename or ''}: {exc.strerror} (run as root?)", file=sys.stderr)
+        return 1
+    return 0

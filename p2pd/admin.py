@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
-from p2pcommon.configfile import Key, add_output_arguments, check_and_write, render
+from p2pcommon.configfile import Key, add_init_command, check_and_write, render, run_admin
 from p2pcommon.settings import ConfigError, load_settings
 from p2pd.config import DEFAULT_PATH, PeerSettings
 
@@ -32,9 +32,7 @@ def admin_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="p2pd", description="p2pd administration")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    config = commands.add_parser("config", help="configuration files")
-    config_commands = config.add_subparsers(dest="action", required=True)
-    init = config_commands.add_parser("init", help="write a first, commented /etc/p2pd.toml")
+    init = add_init_command(commands, os.environ.get("P2PD_CONFIG", DEFAULT_PATH))
     init.add_argument("--share", required=True, metavar="DIR", help="folder shared with members")
     init.add_argument("--downloads", required=True, metavar="DIR", help="where downloads land")
     init.add_argument(
@@ -47,7 +45,6 @@ def admin_command(argv: list[str]) -> int:
     init.add_argument("--secret-file", required=True, metavar="FILE", help="the shared secret")
     init.add_argument("--name", help="display name (default: the host name)")
     init.add_argument("--listen", help="peer server address host:port (default 0.0.0.0:7070)")
-    add_output_arguments(init, os.environ.get("P2PD_CONFIG", DEFAULT_PATH))
 
     install = commands.add_parser(
         "install", help=f"write {DROPIN_DIR}/{DROPIN_NAME} for the configured folders"
@@ -56,18 +53,12 @@ def admin_command(argv: list[str]) -> int:
     install.add_argument("--unit-dir", default=DROPIN_DIR, metavar="DIR", help=argparse.SUPPRESS)
 
     args = parser.parse_args(argv)
-    try:
-        if args.command == "config":
-            check_and_write(config_text(args), PeerSettings, args.output, force=args.force)
-        else:
-            install_dropin(args.config, Path(args.unit_dir))
-    except ConfigError as exc:
-        print(f"p2pd: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"p2pd: {exc.filename or ''}: {exc.strerror} (run as root?)", file=sys.stderr)
-        return 1
-    return 0
+    if args.command == "config":
+        text = config_text(args)
+        return run_admin(
+            "p2pd", lambda: check_and_write(text, PeerSettings, args.output, force=args.force)
+        )
+    return run_admin("p2pd", lambda: install_dropin(args.config, Path(args.unit_dir)))
 
 
 def config_text(args: argparse.Namespace) -> str:

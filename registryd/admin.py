@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from p2pcommon.configfile import Key, add_output_arguments, check_and_write, render
-from p2pcommon.settings import ConfigError
+from p2pcommon.configfile import Key, add_init_command, check_and_write, render, run_admin
 from registryd.config import DEFAULT_PATH, RegistrySettings
 
 
 def admin_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="registryd", description="registryd administration")
     commands = parser.add_subparsers(dest="command", required=True)
-    config = commands.add_parser("config", help="configuration files")
-    config_commands = config.add_subparsers(dest="action", required=True)
-    init = config_commands.add_parser("init", help="write a first, commented /etc/registryd.toml")
+    init = add_init_command(commands, os.environ.get("REGISTRYD_CONFIG", DEFAULT_PATH))
     init.add_argument("--listen", help="address host:port (default 0.0.0.0:7000)")
     init.add_argument(
         "--secret-file",
@@ -25,17 +21,12 @@ def admin_command(argv: list[str]) -> int:
     )
     init.add_argument("--store", help="'memory' or a redis:// URL shared by several registries")
     init.add_argument("--peer-ttl", type=float, metavar="SECONDS", help="lease of a member")
-    add_output_arguments(init, os.environ.get("REGISTRYD_CONFIG", DEFAULT_PATH))
     args = parser.parse_args(argv)
-    try:
-        check_and_write(config_text(args), RegistrySettings, args.output, force=args.force)
-    except ConfigError as exc:
-        print(f"registryd: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"registryd: {exc.filename or ''}: {exc.strerror} (run as root?)", file=sys.stderr)
-        return 1
-    return 0
+    text = config_text(args)
+    return run_admin(
+        "registryd",
+        lambda: check_and_write(text, RegistrySettings, args.output, force=args.force),
+    )
 
 
 def config_text(args: argparse.Namespace) -> str:
