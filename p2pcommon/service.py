@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 import sdnotify
 import trio
@@ -80,6 +81,25 @@ class Notifier:
         while True:
             self.send(WATCHDOG="1")
             await trio.sleep(interval)
+
+
+async def reload_on_hangup(
+    reload: Callable[[], Awaitable[None]],
+    notifier: Notifier,
+    status: Callable[[], str],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``reload`` on each SIGHUP (``systemctl reload``), with systemd's RELOADING=1.
+
+    Start it before READY=1: until the receiver is installed, a SIGHUP kills.
+    """
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        task_status.started()
+        async for _ in hangups:
+            notifier.send(RELOADING="1", STATUS="reloading the configuration")
+            await reload()
+            notifier.ready(status())
 
 
 async def wait_for_termination() -> str:

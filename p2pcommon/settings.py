@@ -86,6 +86,12 @@ class SharedSettings(BaseSettings):
         return secret
 
 
+def changed_keys(old: SharedSettings, new: SharedSettings) -> set[str]:
+    """The keys whose values differ: what a reload would change."""
+    before, after = old.model_dump(), new.model_dump()
+    return {key for key in before if before[key] != after[key]}
+
+
 def _reason(exc: BaseException) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 

@@ -110,8 +110,3 @@ def check_folders(settings: PeerSettings) -> None:
 #: Keys a running daemon takes over on SIGHUP (`systemctl reload p2pd`);
 #: a change to any other key waits for a restart.
 LIVE_KEYS = frozenset({"name", "advertise", "heartbeat_interval", "upload_rate_limit"})
-
-
-def changed_keys(old: PeerSettings, new: PeerSettings) -> set[str]:
-    before, after = old.model_dump(), new.model_dump()
-    return {key for key in before if before[key] != after[key]}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -14,9 +13,9 @@ from p2pcommon import __version__
 from p2pcommon.httpserver import Limits
 from p2pcommon.models import Member, RegisterRequest, split_host_port
 from p2pcommon.registry_client import RegistryClient
-from p2pcommon.service import Notifier, wait_for_termination
-from p2pcommon.settings import ConfigError
-from p2pd.config import LIVE_KEYS, PeerSettings, changed_keys
+from p2pcommon.service import Notifier, reload_on_hangup, wait_for_termination
+from p2pcommon.settings import ConfigError, changed_keys
+from p2pd.config import LIVE_KEYS, PeerSettings
 from p2pd.control import ControlServer, Method, Notify
 from p2pd.downloads import Downloads, Transfer
 from p2pd.history import History
@@ -99,7 +98,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(control.run)
                 # Before READY=1: an early SIGHUP must not kill the daemon.
-                await nursery.start(self._reload_on_hangup)
+                await nursery.start(reload_on_hangup, self.reload, self.notifier, self.status_line)
                 listeners = await self._listen()
                 self.notifier.status("indexing the share")
                 await nursery.start(self.share.run)
@@ -137,16 +136,6 @@ class Daemon:
             ) from None
 
     # -- reload -------------------------------------------------------------
-
-    async def _reload_on_hangup(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        with trio.open_signal_receiver(signal.SIGHUP) as hangups:
-            task_status.started()
-            async for _ in hangups:
-                self.notifier.send(RELOADING="1", STATUS="reloading the configuration")
-                await self.reload()
-                self.notifier.ready(self.status_line())
 
     async def reload(self) -> None:
         """Apply what can change while running; say what needs a restart. Never dies."""

@@ -7,6 +7,7 @@ import logging
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -16,10 +17,11 @@ from p2pcommon.models import split_host_port
 from p2pcommon.service import (
     Notifier,
     daemon_arguments,
+    reload_on_hangup,
     unwrap_group,
     wait_for_termination,
 )
-from p2pcommon.settings import ConfigError, load_settings
+from p2pcommon.settings import ConfigError, changed_keys, load_settings
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
 from registryd.config import DEFAULT_PATH, RegistrySettings
@@ -83,9 +85,36 @@ async def _expire_loop(store: Store, metrics: RegistryMetrics) -> None:
         metrics.expiries.inc(len(gone))
 
 
+#: Reads the configuration again: new settings and secret, or ConfigError.
+Reloader = Callable[[], tuple[RegistrySettings, str]]
+
+
+async def check_reload(settings: RegistrySettings, secret: str, load: Reloader) -> None:
+    """On SIGHUP: check the file now, so that a restart will not fail on it.
+
+    registryd applies its configuration at start only (members re-register by
+    themselves after a restart), so a reload never changes the running one.
+    """
+    try:
+        new, new_secret = await trio.to_thread.run_sync(load)
+    except ConfigError as exc:
+        log.error("reload: the config has an error; fix it before any restart: %s", exc)
+        return
+    changed = changed_keys(settings, new) | ({"secret"} if new_secret != secret else set())
+    if changed:
+        log.warning(
+            "reload: %s changed; registryd applies its config at start: "
+            "systemctl restart registryd (members register again by themselves)",
+            ", ".join(sorted(changed)),
+        )
+    else:
+        log.info("reload: the config is valid and unchanged")
+
+
 async def serve(
     settings: RegistrySettings,
     secret: str,
+    reload: Reloader | None = None,
     *,
     task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -108,6 +137,13 @@ async def serve(
             nursery.start_soon(notifier.keep_watchdog_fed)
             scheme = "https" if settings.tls_cert else "http"
             status = f"serving on {scheme}://{settings.listen} (store: {_store_name(settings)})"
+            if reload is not None:
+                await nursery.start(
+                    reload_on_hangup,
+                    lambda: check_reload(settings, secret, reload),
+                    notifier,
+                    lambda: status,
+                )
             log.info("%s, peer_ttl %g s", status, settings.peer_ttl)
             notifier.ready(status)
             task_status.started(listeners)
@@ -141,12 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     args = daemon_arguments(
         "registryd", "The p2pd registry: who is online, never any file.", DEFAULT_PATH, argv
     )
-    try:
+
+    def load() -> tuple[RegistrySettings, str]:
         settings, _ = load_settings(
             RegistrySettings, explicit_path=args.config, default_path=DEFAULT_PATH
         )
-        secret = settings.resolve_secret()
-        trio.run(serve, settings, secret)
+        return settings, settings.resolve_secret()
+
+    try:
+        settings, secret = load()
+        trio.run(serve, settings, secret, load)
     except BaseException as exc:
         cause = unwrap_group(exc)
         if isinstance(cause, ConfigError):

@@ -97,6 +97,14 @@ class RunningRegistry:
         return self.process.wait(timeout=timeout)
 
 
+def reload(daemon: RunningRegistry | RunningPeer) -> None:
+    """SIGHUP, as `systemctl reload` sends it; wait for the RELOADING=1 … READY=1 pair."""
+    daemon.notify.messages.clear()
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.notify.wait_for("RELOADING", "1")
+    daemon.notify.wait_for("READY", "1")
+
+
 def registryd_env(port: int, extra: Mapping[str, str] = {}) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRYD_", "NOTIFY_"))}
     env.update({"REGISTRYD_SECRET": SECRET, "REGISTRYD_LISTEN": f"127.0.0.1:{port}"})

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import trio
 
 from tests.p2pd.test_e2e import FAST, peers_of
-from tests.support import RunningPeer, run_p2pd, run_registryd, wait_until
-
-
-def reload(peer: RunningPeer) -> None:
-    """SIGHUP, then wait for systemd's RELOADING=1 … READY=1 pair."""
-    peer.notify.messages.clear()
-    peer.process.send_signal(signal.SIGHUP)
-    peer.notify.wait_for("RELOADING", "1")
-    peer.notify.wait_for("READY", "1")
+from tests.support import reload, run_p2pd, run_registryd, wait_until
 
 
 async def test_reload_applies_live_keys_and_names_the_rest(tmp_path: Path) -> None:
