@@ -204,6 +204,8 @@ def test_reload_rereads_the_config_without_a_restart(container: Container) -> No
         ),
     )
     assert main_pid(container) == before
+    container.run("systemctl", "reload", "registryd")
+    assert is_active(container, "registryd")
 
 
 def test_share_under_home_works_through_the_dropin(container: Container) -> None:
