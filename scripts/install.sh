@@ -104,7 +104,11 @@ fi
 # 5. The units, and the drop-in that opens the configured folders.
 install -m 0644 "$src/systemd/p2pd.service" "$src/systemd/registryd.service" "$unitdir/"
 "$bindir/p2pd" install --config /etc/p2pd.toml
-if systemd_running; then systemctl daemon-reload; fi
+if systemd_running; then
+    systemctl daemon-reload
+    # An upgrade takes effect at once where the services run; nothing starts otherwise.
+    systemctl try-restart registryd.service p2pd.service
+fi
 
 say ""
 say "Installed. Next:"

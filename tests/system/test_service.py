@@ -222,6 +222,14 @@ def test_share_under_home_works_through_the_dropin(container: Container) -> None
     assert [entry["path"] for entry in shared] == ["a.txt"]
 
 
+def test_an_upgrade_restarts_the_running_services(container: Container) -> None:
+    before = main_pid(container)
+    container.run("make", "-C", "/src", "install", "WHEELHOUSE=/wheels")
+    container.wait_for("p2pd to run again", lambda: is_active(container))
+    assert main_pid(container) != before
+    container.wait_for("p2pd to register again", lambda: registered(container))
+
+
 def test_stop_is_clean_and_leaves_the_registry(container: Container) -> None:
     container.wait_for("p2pd to register", lambda: registered(container))
     peer_id = json.loads(container.run("p2pctl", "--json", "status").stdout)["id"]
