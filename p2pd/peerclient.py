@@ -106,7 +106,8 @@ class PeerConnection:
         while True:
             event = await self._next_event()
             if isinstance(event, h11.Data):
-                yield bytes(event.data)
+                # A fresh buffer h11 no longer holds: no copy needed.
+                yield event.data
             elif isinstance(event, h11.EndOfMessage):
                 return
             else:
