@@ -94,7 +94,10 @@ def check_config(path: str) -> tuple[CheckResult, PeerSettings | None, str | Non
         secret = settings.resolve_secret()
     except ConfigError as exc:
         if not Path(path).exists():
-            fix = f"create {path} (see the README, 'Running a peer'), or pass --config PATH"
+            fix = f"create {path} (`sudo p2pd config init …`, see the README), or pass --config"
+        elif "Permission denied" in str(exc):
+            # The installed secret is for root and the group p2pd only.
+            fix = "run `sudo p2pctl doctor`, or join the group: sudo usermod -aG p2pd $USER"
         else:
             fix = f"edit {path} (or the P2PD_* variable named) as the message says"
         return CheckResult("config", "problem", str(exc), fix), None, None

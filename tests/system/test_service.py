@@ -155,6 +155,9 @@ def test_enable_now_serves_and_group_members_use_p2pctl(container: Container) ->
     denied = container.run("p2pctl", "status", user="bob", check=False)
     assert denied.returncode == 3
     assert "usermod -aG p2pd" in denied.stderr
+    doctor_as_bob = container.run("p2pctl", "doctor", user="bob", check=False)
+    assert doctor_as_bob.returncode == 1
+    assert "sudo p2pctl doctor" in doctor_as_bob.stdout  # the secret is not bob's to read
     # The health check finds nothing to fix in a fresh install.
     doctor = container.run("p2pctl", "doctor", check=False)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
