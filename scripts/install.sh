@@ -66,8 +66,14 @@ if [ -n "$wheelhouse" ]; then
     # (pip wheel --wheel-dir DIR .).
     "$prefix/bin/pip" install --quiet --no-index --find-links "$wheelhouse" --upgrade p2pd
 else
+    # Built from a copy: pip builds in the tree it is given, and root-owned
+    # build/ and *.egg-info left in the user's clone would break `make venv`.
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    tar -C "$src" --exclude=./.venv --exclude=./.git --exclude=./build --exclude='*.egg-info' \
+        -cf - . | tar -C "$build" -xf -
     "$prefix/bin/pip" install --quiet --upgrade pip
-    "$prefix/bin/pip" install --quiet --upgrade "$src"
+    "$prefix/bin/pip" install --quiet --upgrade "$build"
 fi
 install -m 0644 "$src/README.md" "$prefix/README.md"
 for command in "${commands[@]}"; do
