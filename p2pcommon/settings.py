@@ -86,10 +86,14 @@ class SharedSettings(BaseSettings):
         return secret
 
 
-def changed_keys(old: SharedSettings, new: SharedSettings) -> set[str]:
-    """The keys whose values differ: what a reload would change."""
+def changed_keys(
+    old: SharedSettings, old_secret: str, new: SharedSettings, new_secret: str
+) -> set[str]:
+    """What a reload would change: the keys whose values differ, and "secret"
+    when the secret's text did (a secret_file may keep its path, not its content)."""
     before, after = old.model_dump(), new.model_dump()
-    return {key for key in before if before[key] != after[key]}
+    changed = {key for key in before if before[key] != after[key]}
+    return changed | {"secret"} if new_secret != old_secret else changed
 
 
 def _reason(exc: BaseException) -> str:

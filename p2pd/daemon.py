@@ -146,9 +146,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        changed = changed_keys(self.settings, new)
-        if secret != self._secret:
-            changed.add("secret")
+        changed = changed_keys(self.settings, self._secret, new, secret)
         live = changed & LIVE_KEYS
         if live:
             self.settings = self.settings.model_copy(update={k: getattr(new, k) for k in live})

@@ -26,6 +26,7 @@ import httpx
 from p2pcommon.models import split_host_port
 from p2pcommon.settings import ConfigError, load_settings
 from p2pcommon.signing import MAX_SKEW, AuthError, Signer
+from p2pd.admin import DROPIN_DIR, UNIT_STATE_DIR, dropin_problem
 from p2pd.config import DEFAULT_PATH, PeerSettings
 
 Status = Literal["ok", "warning", "problem", "skipped"]
@@ -36,8 +37,6 @@ INOTIFY_WARNING_SHARE = 0.8
 REGISTRY_TIMEOUT = 3.0
 #: Half the signatures' tolerance: drift beyond it is worth fixing before it breaks.
 CLOCK_WARNING = MAX_SKEW / 2
-#: The unit's StateDirectory=: systemd creates it at start, as the service user.
-SYSTEMD_STATE_DIR = Path("/var/lib/p2pd")
 
 # os.access's flags have the values of one class's rwx bits in st_mode.
 READ, WRITE, SEARCH = os.R_OK, os.W_OK, os.X_OK
@@ -106,8 +105,6 @@ def check_config(path: str) -> tuple[CheckResult, PeerSettings | None, str | Non
 
 
 def check_service(settings: PeerSettings, path: str) -> CheckResult:
-    from p2pd.admin import DROPIN_DIR, dropin_problem
-
     if not (Path(DROPIN_DIR).parent / "p2pd.service").exists():
         return CheckResult("service", "skipped", "p2pd is not installed as a service here")
     problem = dropin_problem(settings)
@@ -224,7 +221,7 @@ class FolderAccess:
 
     def writable_problems(self, key: str, folder: Path) -> Iterator[Found]:
         folder = folder.resolve()
-        if folder == SYSTEMD_STATE_DIR and not folder.exists():
+        if folder == Path(UNIT_STATE_DIR) and not folder.exists():
             return  # systemd creates it as the service user (StateDirectory=p2pd)
         # A missing folder is created by p2pd: then its nearest ancestor must be writable.
         target = next(p for p in (folder, *folder.parents) if p.exists())

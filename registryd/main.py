@@ -100,7 +100,7 @@ async def check_reload(settings: RegistrySettings, secret: str, load: Reloader) 
     except ConfigError as exc:
         log.error("reload: the config has an error; fix it before any restart: %s", exc)
         return
-    changed = changed_keys(settings, new) | ({"secret"} if new_secret != secret else set())
+    changed = changed_keys(settings, secret, new, new_secret)
     if changed:
         log.warning(
             "reload: %s changed; registryd applies its config at start: "
