@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import sdnotify
 import trio
@@ -102,12 +104,29 @@ async def reload_on_hangup(
             notifier.ready(status())
 
 
-async def wait_for_termination() -> str:
-    """Block until SIGTERM or SIGINT; returns the signal's name."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
+class Termination:
+    """SIGTERM and SIGINT, caught from the moment the receiver is opened.
+
+    Open it first thing (``with termination_signals() as termination:``):
+    until trio's receiver is installed, a SIGTERM takes the default action
+    and kills the process without a goodbye, which a busy machine makes
+    likely during a slow start.
+    """
+
+    def __init__(self, signals: Any) -> None:
+        self._signals = signals
+
+    async def wait(self) -> str:
+        """Block until SIGTERM or SIGINT (including one that came already); its name."""
+        async for signum in self._signals:
             return signal.Signals(signum).name
-    raise AssertionError("signal receiver ended")
+        raise AssertionError("signal receiver ended")
+
+
+@contextlib.contextmanager
+def termination_signals() -> Iterator[Termination]:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        yield Termination(signals)
 
 
 def unwrap_group(exc: BaseException) -> BaseException:

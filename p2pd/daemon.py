@@ -13,7 +13,7 @@ from p2pcommon import __version__
 from p2pcommon.httpserver import Limits
 from p2pcommon.models import Member, RegisterRequest, split_host_port
 from p2pcommon.registry_client import RegistryClient
-from p2pcommon.service import Notifier, reload_on_hangup, wait_for_termination
+from p2pcommon.service import Notifier, Termination, reload_on_hangup, termination_signals
 from p2pcommon.settings import ConfigError, changed_keys
 from p2pd.config import LIVE_KEYS, PeerSettings
 from p2pd.control import ControlServer, Method, Notify
@@ -53,6 +53,12 @@ class Daemon:
         self.notifier = Notifier()
 
     async def run(self) -> None:
+        # First thing: until trio's receivers are installed, SIGTERM and SIGHUP
+        # kill the process without a goodbye to the registry.
+        with termination_signals() as termination:
+            await self._run(termination)
+
+    async def _run(self, termination: Termination) -> None:
         settings = self.settings
         try:
             identity, new = await trio.to_thread.run_sync(load_or_create, settings.state_dir)
@@ -115,7 +121,7 @@ class Daemon:
                     settings.control_socket,
                 )
                 self.notifier.ready(self.status_line())
-                signal_name = await wait_for_termination()
+                signal_name = await termination.wait()
                 log.info("stopping on %s", signal_name)
                 self.notifier.stopping()
                 await self.link.leave()

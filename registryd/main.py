@@ -16,10 +16,11 @@ from p2pcommon.httpserver import HttpServer, Limits
 from p2pcommon.models import split_host_port
 from p2pcommon.service import (
     Notifier,
+    Termination,
     daemon_arguments,
     reload_on_hangup,
+    termination_signals,
     unwrap_group,
-    wait_for_termination,
 )
 from p2pcommon.settings import ConfigError, changed_keys, load_settings
 from p2pcommon.signing import Signer
@@ -120,6 +121,19 @@ async def serve(
 ) -> None:
     """Run the registry until SIGTERM/SIGINT, then shut down gracefully."""
     notifier = Notifier()
+    # Before any slow start-up work: until then a SIGTERM kills without a goodbye.
+    with termination_signals() as termination:
+        await _serve(settings, secret, reload, notifier, termination, task_status)
+
+
+async def _serve(
+    settings: RegistrySettings,
+    secret: str,
+    reload: Reloader | None,
+    notifier: Notifier,
+    termination: Termination,
+    task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]],
+) -> None:
     store = make_store(settings)
     try:
         metrics = RegistryMetrics()
@@ -147,7 +161,7 @@ async def serve(
             log.info("%s, peer_ttl %g s", status, settings.peer_ttl)
             notifier.ready(status)
             task_status.started(listeners)
-            signal_name = await wait_for_termination()
+            signal_name = await termination.wait()
             log.info("stopping on %s", signal_name)
             notifier.stopping()
             await server.shutdown(SHUTDOWN_DEADLINE)
