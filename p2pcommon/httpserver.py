@@ -20,6 +20,8 @@ from typing import Any
 import h11
 import trio
 
+from p2pcommon.boundary import failure_boundary
+
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 64 * 1024
@@ -33,8 +35,15 @@ class Limits:
     max_body_bytes: int = 64 * 1024
     #: Seconds a kept-alive connection may wait for its next request.
     idle_timeout: float = 30.0
-    #: Seconds from a request's first byte to its last.
+    #: Seconds from a request's first byte to its last (and for a TLS handshake).
     request_timeout: float = 10.0
+    #: Seconds one write may wait for a client that stopped reading; then the
+    #: connection (and what it holds, e.g. an upload slot) is let go.
+    send_timeout: float = 30.0
+    #: Connections served at once, in all and from one address.  Past either
+    #: bound the longest-idle connection makes room, or the newcomer is closed.
+    max_connections: int = 1024
+    max_per_address: int = 256
 
 
 @dataclass
@@ -93,16 +102,64 @@ class _Closing(Exception):
 @dataclass(eq=False)
 class _Connection:
     scope: trio.CancelScope
+    host: str
     idle: bool = True
+    #: When it last became idle (accepted, or done with a request).
+    idle_since: float = 0.0
 
 
 def peer_host(stream: trio.abc.Stream) -> str:
+    """The client's address; OSError if it is gone already (a reset right after connect)."""
     while isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
     if isinstance(stream, trio.SocketStream):
         name = stream.socket.getpeername()
         return str(name[0]) if isinstance(name, tuple) else "unix"
     return "unknown"
+
+
+class _ConnectionTable:
+    """The live connections, by address, with the bounds of ``Limits``. No I/O."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self.all: set[_Connection] = set()
+        self._by_host: dict[str, set[_Connection]] = {}
+
+    def admit(self, conn: _Connection) -> bool:
+        """Add ``conn``, evicting the longest-idle connection where a bound is reached.
+
+        Idle connections are cheap for an attacker to hold and worthless to
+        keep, so they make room; busy ones are bounded by the request timeout.
+        False (refuse the newcomer) only when everything is busy.
+        """
+        same_host = self._by_host.get(conn.host, set())
+        for crowd, bound in (
+            (same_host, self._limits.max_per_address),
+            (self.all, self._limits.max_connections),
+        ):
+            if len(crowd) >= bound and not self._evict_idlest(crowd):
+                return False
+        self.all.add(conn)
+        self._by_host.setdefault(conn.host, set()).add(conn)
+        return True
+
+    def _evict_idlest(self, crowd: set[_Connection]) -> bool:
+        idle = [c for c in crowd if c.idle]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.idle_since)
+        victim.scope.cancel()
+        self.discard(victim)
+        return True
+
+    def discard(self, conn: _Connection) -> None:
+        self.all.discard(conn)
+        same_host = self._by_host.get(conn.host)
+        if same_host is not None:
+            same_host.discard(conn)
+            if not same_host:
+                del self._by_host[conn.host]
 
 
 class HttpServer:
@@ -112,7 +169,7 @@ class HttpServer:
         self._handler = handler
         self._admit = admit
         self.limits = limits or Limits()
-        self._connections: set[_Connection] = set()
+        self._table = _ConnectionTable(self.limits)
         self._accepting = trio.CancelScope()
         self._closing = False
         self._drained = trio.Event()
@@ -138,44 +195,69 @@ class HttpServer:
         """Stop accepting, close idle connections, give busy ones ``deadline`` seconds."""
         self._closing = True
         self._accepting.cancel()
-        for conn in list(self._connections):
+        for conn in list(self._table.all):
             if conn.idle:
                 conn.scope.cancel()
-        if not self._connections:
+        if not self._table.all:
             self._drained.set()
         with trio.move_on_after(deadline):
             await self._drained.wait()
-        for conn in list(self._connections):
+        for conn in list(self._table.all):
             conn.scope.cancel()
 
+    @property
+    def connection_count(self) -> int:
+        return len(self._table.all)
+
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve HTTP/1.1 on one accepted stream until it closes."""
-        conn = _Connection(trio.CancelScope())
-        self._connections.add(conn)
-        client_host = peer_host(stream)
-        h11conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        """Serve HTTP/1.1 on one accepted stream until it closes; never raises.
+
+        This is the failure boundary of one connection: trio's serve_listeners
+        lets a handler's exception end the whole server, so everything,
+        including the first look at the socket (a client that connected and
+        reset at once makes getpeername fail), happens inside it.
+        """
+        conn: _Connection | None = None
+        client_host = "unknown"
         try:
-            with conn.scope:
-                client_id = None
-                if self._admit is not None:
-                    admitted = None
-                    with trio.move_on_after(self.limits.request_timeout):
-                        admitted = await self._admit(stream)
-                    if admitted is None:
+            with failure_boundary("connection", "a connection", log):
+                try:
+                    client_host = peer_host(stream)
+                    conn = _Connection(
+                        trio.CancelScope(), client_host, idle_since=trio.current_time()
+                    )
+                    if not self._table.admit(conn):
+                        log.warning(
+                            "refused a connection from %s: too many connections", client_host
+                        )
+                        conn = None
                         return
-                    stream, client_id = admitted
-                await self._serve_requests(stream, h11conn, conn, client_host, client_id)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        except Exception:
-            # One connection's failure (a file that vanished mid-body, a bug)
-            # must not take the server down with it.
-            log.exception("connection from %s failed", client_host)
+                    with conn.scope:
+                        await self._serve_connection(stream, conn, client_host)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                    pass  # the client went away or stopped reading: nothing to answer
+                except OSError as exc:
+                    log.info("connection from %s ended: %s", client_host, exc.strerror or exc)
         finally:
-            self._connections.discard(conn)
-            if self._closing and not self._connections:
+            if conn is not None:
+                self._table.discard(conn)
+            if self._closing and not self._table.all:
                 self._drained.set()
             await trio.aclose_forcefully(stream)
+
+    async def _serve_connection(
+        self, stream: trio.abc.Stream, conn: _Connection, client_host: str
+    ) -> None:
+        h11conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        client_id = None
+        if self._admit is not None:
+            admitted = None
+            with trio.move_on_after(self.limits.request_timeout):
+                admitted = await self._admit(stream)
+            if admitted is None:
+                return
+            stream, client_id = admitted
+        await self._serve_requests(stream, h11conn, conn, client_host, client_id)
 
     async def _serve_requests(
         self,
@@ -209,9 +291,12 @@ class HttpServer:
             if self._closing:
                 response.headers.append(("Connection", "close"))
             await self._send(stream, h11conn, response)
+            # An idle keep-alive connection must not hold its last answer's memory.
+            del response, request
             if h11conn.our_state is not h11.DONE or h11conn.their_state is not h11.DONE:
                 return
             h11conn.start_next_cycle()
+            conn.idle_since = trio.current_time()
 
     async def _receive_request(
         self,
@@ -295,8 +380,10 @@ class HttpServer:
         data = await stream.receive_some(RECEIVE_SIZE)
         h11conn.receive_data(bytes(data))
 
-    @staticmethod
-    async def _send(stream: trio.abc.Stream, h11conn: h11.Connection, response: Response) -> None:
+    async def _send(
+        self, stream: trio.abc.Stream, h11conn: h11.Connection, response: Response
+    ) -> None:
+        out = _DeadlineStream(stream, self.limits.send_timeout)
         length = response.length if response.stream is not None else len(response.body)
         headers = [*response.headers, ("Content-Length", str(length))]
         if not any(name.lower() == "date" for name, _ in response.headers):
@@ -309,12 +396,12 @@ class HttpServer:
         assert head is not None
         if response.stream is not None:
             try:
-                await stream.send_all(head)
+                await out.send_all(head)
                 async for chunk in response.stream:
                     # Content-Length framing adds nothing around the data: send it uncopied.
                     pieces = h11conn.send_with_data_passthrough(h11.Data(data=chunk))
                     for piece in pieces or ():
-                        await stream.send_all(piece)
+                        await out.send_all(piece)
             finally:
                 aclose = getattr(response.stream, "aclose", None)
                 if aclose is not None:
@@ -323,17 +410,29 @@ class HttpServer:
             tail = h11conn.send(h11.EndOfMessage())
             assert tail is not None
             if tail:
-                await stream.send_all(tail)
+                await out.send_all(tail)
             return
         body = h11conn.send(h11.Data(data=response.body)) if response.body else b""
         tail = h11conn.send(h11.EndOfMessage())
         assert body is not None and tail is not None
         if len(response.body) <= JOIN_LIMIT:
-            await stream.send_all(head + body + tail)
+            await out.send_all(head + body + tail)
         else:
-            await stream.send_all(head)
-            await stream.send_all(body)
-            await stream.send_all(tail)
+            await out.send_all(head)
+            await out.send_all(body)
+            await out.send_all(tail)
+
+
+class _DeadlineStream:
+    """``send_all`` that fails with TooSlowError when the client stops reading."""
+
+    def __init__(self, stream: trio.abc.Stream, timeout: float) -> None:
+        self._stream = stream
+        self._timeout = timeout
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with trio.fail_after(self._timeout):
+            await self._stream.send_all(data)
 
 
 class _HttpDate:

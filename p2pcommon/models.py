@@ -5,13 +5,24 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+
+from p2pcommon.paths import MAX_PATH_BYTES, check_relpath
 
 PEER_ID_PATTERN = r"^[a-z2-7]{52}$"
 MAX_CERT_LENGTH = 16 * 1024
 MAX_ADDRESSES = 16
 
 PeerId = Annotated[str, StringConstraints(pattern=PEER_ID_PATTERN)]
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -106,3 +117,36 @@ class Clients(_Body):
 class ErrorBody(_Body):
     error: str
     message: str = ""
+
+
+# -- the peer protocol (DESIGN §3) --------------------------------------------
+
+RelPath = Annotated[
+    str, StringConstraints(max_length=MAX_PATH_BYTES), AfterValidator(check_relpath)
+]
+
+
+class SharedFile(_Body):
+    """One entry of a member's listing: checked by the rule the server serves by."""
+
+    path: RelPath
+    size: Annotated[int, Field(ge=0, strict=True)]
+    mtime: float
+    sha256: Sha256
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": self.path, "size": self.size, "mtime": self.mtime, "sha256": self.sha256}
+
+
+class Listing(_Body):
+    """``GET /files``: parsed once at the edge, with jiter's bounded nesting."""
+
+    generation: Annotated[int, Field(ge=0)] = 0
+    files: list[SharedFile]
+
+
+def validation_reason(exc: ValidationError) -> str:
+    """The first problem of a pydantic ValidationError, in one line naming the field."""
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"

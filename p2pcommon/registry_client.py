@@ -12,15 +12,25 @@ import json
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import trio
+from pydantic import BaseModel, ValidationError
 
 from p2pcommon.backoff import Backoff
-from p2pcommon.models import Clients, Lease, Member, MemberRequest, RegisterRequest
+from p2pcommon.models import (
+    Clients,
+    Lease,
+    Member,
+    MemberRequest,
+    RegisterRequest,
+    validation_reason,
+)
 from p2pcommon.signing import AuthError, Signer
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class RegistryError(Exception):
@@ -46,6 +56,17 @@ class RegistryRefused(RegistryError):
 
 class UnknownMember(RegistryRefused):
     """The registry does not know this id (any more): register again."""
+
+
+class InvalidAnswer(RegistryError):
+    """A registry's answer, signed with our secret, is not what the API says."""
+
+
+def _parse(model: type[Body], content: bytes, what: str) -> Body:
+    try:
+        return model.model_validate_json(content)
+    except ValidationError as exc:
+        raise InvalidAnswer(f"the registry's {what} is invalid: {validation_reason(exc)}") from None
 
 
 def _error_fields(content: bytes) -> tuple[str, str]:
@@ -102,12 +123,12 @@ class RegistryClient:
 
     async def register(self, request: RegisterRequest, *, rounds: int = 1) -> Lease:
         content = await self._call("POST", "/register", request.model_dump(), rounds=rounds)
-        return Lease.model_validate_json(content)
+        return _parse(Lease, content, "lease")
 
     async def heartbeat(self, member_id: str, *, rounds: int = 1) -> Lease:
         payload = MemberRequest(id=member_id).model_dump()
         content = await self._call("POST", "/heartbeat", payload, rounds=rounds)
-        return Lease.model_validate_json(content)
+        return _parse(Lease, content, "lease")
 
     async def leave(self, member_id: str, *, rounds: int = 1) -> None:
         payload = MemberRequest(id=member_id).model_dump()
@@ -115,7 +136,7 @@ class RegistryClient:
 
     async def clients(self, *, rounds: int = 1) -> list[Member]:
         content = await self._call("GET", "/clients", None, rounds=rounds)
-        return Clients.model_validate_json(content).clients
+        return _parse(Clients, content, "member list").clients
 
     # -- transport --------------------------------------------------------
 

@@ -8,11 +8,13 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import sdnotify
 import trio
+
+from p2pcommon.boundary import failure_boundary
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +91,36 @@ async def reload_on_hangup(
     reload: Callable[[], Awaitable[None]],
     notifier: Notifier,
     status: Callable[[], str],
+    hangups: AsyncIterator[int] | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``reload`` on each SIGHUP (``systemctl reload``), with systemd's RELOADING=1.
 
-    Start it before READY=1: until the receiver is installed, a SIGHUP kills.
+    Until a receiver is installed a SIGHUP kills: pass ``hangups``, a receiver
+    opened first thing, or start this before any slow start-up work.
     """
-    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+    if hangups is None:
+        with trio.open_signal_receiver(signal.SIGHUP) as receiver:
+            task_status.started()
+            await _reload_each(receiver, reload, notifier, status)
+    else:
         task_status.started()
-        async for _ in hangups:
-            notifier.send(RELOADING="1", STATUS="reloading the configuration")
+        await _reload_each(hangups, reload, notifier, status)
+
+
+async def _reload_each(
+    hangups: AsyncIterator[int],
+    reload: Callable[[], Awaitable[None]],
+    notifier: Notifier,
+    status: Callable[[], str],
+) -> None:
+    async for _ in hangups:
+        notifier.send(RELOADING="1", STATUS="reloading the configuration")
+        # A failed reload keeps the running configuration and the daemon.
+        with failure_boundary("reload", "reloading the configuration", log):
             await reload()
-            notifier.ready(status())
+        notifier.ready(status())
 
 
 class Termination:

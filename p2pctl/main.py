@@ -45,8 +45,13 @@ def unreachable(path: str, exc: OSError) -> CtlError:
     )
 
 
+#: Seconds p2pctl waits for any line from the daemon (a waiting fetch gets
+#: progress twice a second, and the daemon bounds every exchange with a peer).
+ANSWER_TIMEOUT = 60.0
+
+
 class Client:
-    def __init__(self, path: str, timeout: float | None = None) -> None:
+    def __init__(self, path: str, timeout: float | None = ANSWER_TIMEOUT) -> None:
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
@@ -75,7 +80,15 @@ class Client:
                 line = self._file.readline()
                 if not line:
                     raise CtlError(f"p2pd at {self.path} closed the connection", EXIT_FAILED)
-                answer = json.loads(line)
+                try:
+                    answer = json.loads(line)
+                except ValueError:
+                    raise CtlError(
+                        f"{self.path} answered something that is not JSON-RPC: is it p2pd's?",
+                        EXIT_FAILED,
+                    ) from None
+                if not isinstance(answer, dict):
+                    raise CtlError(f"{self.path} answered an unexpected message", EXIT_FAILED)
                 if "id" not in answer:
                     if on_notify is not None:
                         on_notify(answer.get("params", {}))
@@ -83,6 +96,12 @@ class Client:
                 if "error" in answer:
                     raise _refused(answer["error"])
                 return answer["result"]
+        except TimeoutError:
+            raise CtlError(
+                f"p2pd at {self.path} did not answer within {self._sock.gettimeout():g} s; "
+                "it may be overloaded or stuck: see `journalctl -u p2pd`",
+                EXIT_FAILED,
+            ) from None
         except OSError as exc:
             raise CtlError(
                 f"lost the connection to p2pd at {self.path}: {exc}", EXIT_FAILED

@@ -15,11 +15,13 @@ import os
 import socket as stdlib_socket
 import stat
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from p2pcommon.boundary import describe, failure_boundary, failures
 from p2pd import jsonrpc
 from p2pd.jsonrpc import RpcError
 
@@ -28,6 +30,28 @@ log = logging.getLogger("p2pd.control")
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 Method = Callable[[dict[str, Any], Notify], Awaitable[Any]]
 MAX_CONNECTIONS = 64
+#: Seconds a client may stay connected without sending a call.
+IDLE_TIMEOUT = 60.0
+#: Seconds one answer may wait for a client that stopped reading.
+SEND_TIMEOUT = 10.0
+
+_TOO_MANY = jsonrpc.error(
+    None,
+    jsonrpc.OPERATION_FAILED,
+    f"p2pd is busy with {MAX_CONNECTIONS} control clients; retry in a moment",
+)
+
+
+@dataclass(eq=False)
+class _Client:
+    scope: trio.CancelScope
+    idle: bool = True
+    idle_since: float = 0.0
+
+
+async def _send(stream: trio.abc.Stream, data: bytes) -> None:
+    with trio.fail_after(SEND_TIMEOUT):
+        await stream.send_all(data)
 
 
 class ControlSocketInUse(Exception):
@@ -69,7 +93,7 @@ class ControlServer:
         self.socket_path = socket_path
         self._methods = methods
         self._group = group
-        self._limit = trio.CapacityLimiter(MAX_CONNECTIONS)
+        self._clients: set[_Client] = set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         path = self.socket_path
@@ -80,7 +104,7 @@ class ControlServer:
         try:
             os.chmod(path, 0o660)
             self._give_to_group(path)
-            sock.listen(MAX_CONNECTIONS)
+            sock.listen(2 * MAX_CONNECTIONS)
             task_status.started()
             await trio.serve_listeners(self._serve, [trio.SocketListener(sock)])
         finally:
@@ -102,24 +126,52 @@ class ControlServer:
             pass  # no such group, or not ours to give: root and the owner still may connect
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        async with self._limit, stream:
-            lines = jsonrpc.LineBuffer()
-            while True:
-                try:
-                    data = await stream.receive_some(65536)
-                except trio.BrokenResourceError:
+        """One control client, inside its own failure boundary: never ends the daemon."""
+        client = _Client(trio.CancelScope(), idle_since=trio.current_time())
+        try:
+            with failure_boundary("control client", "a control client", log):
+                if not self._admit(client):
+                    await _send(stream, _TOO_MANY)
                     return
-                if not data:
-                    return
-                try:
-                    calls = lines.feed(data)
-                except jsonrpc.LineTooLong as exc:
-                    await stream.send_all(jsonrpc.error(None, jsonrpc.INVALID_REQUEST, str(exc)))
-                    return
-                for line in calls:
-                    answer = await self._answer(line, stream)
-                    if answer:
-                        await stream.send_all(answer)
+                with client.scope:
+                    await self._converse(stream, client)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            pass  # the client went away (Ctrl-C, kill) or stopped reading: its loss alone
+        finally:
+            self._clients.discard(client)
+            await trio.aclose_forcefully(stream)
+
+    def _admit(self, client: _Client) -> bool:
+        """Make room by closing the longest-idle client; False if every client is busy."""
+        if len(self._clients) >= MAX_CONNECTIONS:
+            idle = [c for c in self._clients if c.idle]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c.idle_since)
+            oldest.scope.cancel()
+            self._clients.discard(oldest)
+        self._clients.add(client)
+        return True
+
+    async def _converse(self, stream: trio.SocketStream, client: _Client) -> None:
+        lines = jsonrpc.LineBuffer()
+        while True:
+            client.idle, client.idle_since = True, trio.current_time()
+            data = b""
+            with trio.move_on_after(IDLE_TIMEOUT):
+                data = await stream.receive_some(65536)
+            if not data:
+                return  # closed by the client, or idle too long
+            client.idle = False
+            try:
+                calls = lines.feed(data)
+            except jsonrpc.LineTooLong as exc:
+                await _send(stream, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, str(exc)))
+                return
+            for line in calls:
+                answer = await self._answer(line, stream)
+                if answer:
+                    await _send(stream, answer)
 
     async def _answer(self, line: bytes, stream: trio.SocketStream) -> bytes:
         try:
@@ -132,16 +184,18 @@ class ControlServer:
             return b"" if call.notification else error
 
         async def notify(name: str, params: dict[str, Any]) -> None:
-            await stream.send_all(jsonrpc.notification(name, params))
+            await _send(stream, jsonrpc.notification(name, params))
 
         try:
             value = await method(call.params, notify)
         except RpcError as exc:
             answer = jsonrpc.error(call.id, exc.code, exc.message, exc.data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise
-        except Exception:
-            log.exception("control method %s failed", call.method)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            raise  # the client is gone: nobody to answer
+        except Exception as exc:
+            failures["control method"] += 1
+            log.error("control method %s failed: %s", call.method, describe(exc))
+            log.debug("control method %s failed", call.method, exc_info=True)
             answer = jsonrpc.error(call.id, jsonrpc.INTERNAL_ERROR, "internal error: see the log")
         else:
             answer = jsonrpc.result(call.id, value)

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
+import signal
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
 
 from p2pcommon import __version__
+from p2pcommon.boundary import failures, keep_running
 from p2pcommon.httpserver import Limits
-from p2pcommon.models import Member, RegisterRequest, split_host_port
+from p2pcommon.models import Listing, Member, RegisterRequest, split_host_port
 from p2pcommon.registry_client import RegistryClient
 from p2pcommon.service import Notifier, Termination, reload_on_hangup, termination_signals
 from p2pcommon.settings import ConfigError, changed_keys
 from p2pd.config import LIVE_KEYS, PeerSettings
 from p2pd.control import ControlServer, Method, Notify
 from p2pd.downloads import Downloads, Transfer
-from p2pd.history import History
+from p2pd.history import History, HistoryUnavailable
 from p2pd.identity import load_or_create
 from p2pd.jsonrpc import OPERATION_FAILED, RpcError
 from p2pd.members import Members, PeerLookupError
-from p2pd.peerclient import PeerPool, PeerRefused, PeerUnreachable
+from p2pd.peerclient import InvalidListing, PeerPool, PeerRefused, PeerUnreachable
 from p2pd.peerserver import PeerServer, status_fields
 from p2pd.registry_link import RegistryLink
 from p2pd.share import Share
@@ -55,10 +57,13 @@ class Daemon:
     async def run(self) -> None:
         # First thing: until trio's receivers are installed, SIGTERM and SIGHUP
         # kill the process without a goodbye to the registry.
-        with termination_signals() as termination:
-            await self._run(termination)
+        with (
+            termination_signals() as termination,
+            trio.open_signal_receiver(signal.SIGHUP) as hangups,
+        ):
+            await self._run(termination, hangups)
 
-    async def _run(self, termination: Termination) -> None:
+    async def _run(self, termination: Termination, hangups: AsyncIterator[int]) -> None:
         settings = self.settings
         try:
             identity, new = await trio.to_thread.run_sync(load_or_create, settings.state_dir)
@@ -88,10 +93,14 @@ class Daemon:
             port=settings.listen_port,
             addresses=settings.advertise,
         )
-        history = await trio.to_thread.run_sync(History, settings.state_dir / "history.sqlite3")
-        self.history = history
+        self.history = history = History(settings.state_dir / "history.sqlite3")
         self.pool = PeerPool(identity)
         self.downloads = Downloads(self.pool, self.members, settings.download_dir, history)
+        try:
+            await trio.to_thread.run_sync(history.check)
+        except HistoryUnavailable as exc:
+            # Sharing and downloading work without it; status says why.
+            self.downloads.history_failed(exc)
         async with RegistryClient(settings.registries, self._secret) as client:
             self.link = RegistryLink(
                 client,
@@ -103,15 +112,19 @@ class Daemon:
             control = ControlServer(settings.control_socket, self.methods())
             async with trio.open_nursery() as nursery:
                 await nursery.start(control.run)
-                # Before READY=1: an early SIGHUP must not kill the daemon.
-                await nursery.start(reload_on_hangup, self.reload, self.notifier, self.status_line)
+                # A SIGHUP that came during start-up is applied now.
+                await nursery.start(
+                    reload_on_hangup, self.reload, self.notifier, self.status_line, hangups
+                )
                 listeners = await self._listen()
+                nursery.start_soon(self.notifier.keep_watchdog_fed)
                 self.notifier.status("indexing the share")
+                # Returns once the share is indexed or after a bounded wait: a large
+                # first scan goes on in the background, serving what is hashed.
                 await nursery.start(self.share.run)
                 await nursery.start(self.server.http.run, listeners)
-                nursery.start_soon(self.link.run)
+                nursery.start_soon(keep_running, "registry link", self.link.run)
                 await nursery.start(self.downloads.run)
-                nursery.start_soon(self.notifier.keep_watchdog_fed)
                 nursery.start_soon(self._status_loop)
                 log.info(
                     "serving %d files from %s on %s; control socket %s",
@@ -191,9 +204,11 @@ class Daemon:
         self.notifier.status(self.status_line())
 
     async def _status_loop(self) -> None:
-        while True:
+        async def one_round() -> None:
             await trio.sleep(STATUS_PERIOD)
             self._update_status()
+
+        await keep_running("status", one_round)
 
     # -- control methods ----------------------------------------------------
 
@@ -226,6 +241,9 @@ class Daemon:
             "download_dir": str(settings.download_dir),
             "watching": self.share.watching,
             "warning": self.share.warning,
+            "history_error": self.downloads.history_error,
+            # Units of work that failed and were contained, by kind (see the log).
+            "failures": dict(failures),
             **status_fields(self.server),
         }
 
@@ -239,8 +257,8 @@ class Daemon:
         peer = params.get("peer")
         if not isinstance(peer, str) or not peer:
             raise RpcError(-32602, "ls needs params {'peer': NAME, ID or ID-PREFIX}")
-        _, files = await self._files_of(peer)
-        return files
+        _, listing = await self._files_of(peer)
+        return [entry.to_json() for entry in listing.files]
 
     async def rpc_shared(self, params: dict[str, Any], notify: Notify) -> list[dict[str, object]]:
         return [entry.to_json() for entry in self.share.index.listing()]
@@ -254,11 +272,11 @@ class Daemon:
         peer, path = params.get("peer"), params.get("path")
         if not isinstance(peer, str) or not isinstance(path, str) or not peer or not path:
             raise RpcError(-32602, "fetch needs params {'peer': PEER, 'path': FILE}")
-        member, files = await self._files_of(peer)
+        member, listing = await self._files_of(peer)
         wanted = path.lstrip("/")
         folder = wanted.endswith("/")
         entries = [
-            f for f in files if (f["path"].startswith(wanted) if folder else f["path"] == wanted)
+            f for f in listing.files if (f.path.startswith(wanted) if folder else f.path == wanted)
         ]
         if not entries:
             raise RpcError(
@@ -284,8 +302,16 @@ class Daemon:
         return [t.to_json() for t in self.downloads.active.values()]
 
     async def rpc_history(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
-        outcomes = await trio.to_thread.run_sync(self.history.outcomes)
-        return [o.to_json() for o in outcomes]
+        try:
+            outcomes = await trio.to_thread.run_sync(self.history.outcomes)
+        except HistoryUnavailable as exc:
+            raise RpcError(
+                OPERATION_FAILED, f"cannot read the history: {exc}; check state_dir's disk"
+            ) from None
+        # Outcomes that could not be written while the history was failing.
+        recorded = {o.id for o in outcomes}
+        recent = [o for o in self.downloads.unrecorded if o.id not in recorded]
+        return [o.to_json() for o in sorted(recent + outcomes, key=lambda o: -o.finished_at)]
 
     async def rpc_cancel(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
         transfer_id = params.get("id")
@@ -296,15 +322,14 @@ class Daemon:
             )
         return {"id": transfer_id, "cancelled": True}
 
-    async def _files_of(self, peer: str) -> tuple[Member, list[dict[str, Any]]]:
+    async def _files_of(self, peer: str) -> tuple[Member, Listing]:
         """The member PEER names and its listing, or the RpcError that explains why not."""
         member = self._resolve(peer)
         try:
             listing = await self.pool.listing(member)
-        except (PeerUnreachable, PeerRefused) as exc:
+        except (PeerUnreachable, PeerRefused, InvalidListing) as exc:
             raise RpcError(OPERATION_FAILED, str(exc)) from None
-        files: list[dict[str, Any]] = listing["files"]
-        return member, files
+        return member, listing
 
     def _resolve(self, peer: str) -> Member:
         try:

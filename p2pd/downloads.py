@@ -14,6 +14,8 @@ import hashlib
 import itertools
 import logging
 import os
+import random
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -25,24 +27,47 @@ from urllib.parse import quote
 import trio
 
 from p2pcommon.backoff import Backoff
-from p2pcommon.models import Member
+from p2pcommon.boundary import describe, failure_boundary, failures
+from p2pcommon.models import SHA256_PATTERN, Member, SharedFile
+from p2pcommon.paths import UnsafePath, check_relpath
 from p2pcommon.service import unwrap_group
-from p2pd.history import History, Outcome, Queued
+from p2pd.history import History, HistoryUnavailable, Outcome, Queued
 from p2pd.members import Members
-from p2pd.peerclient import PeerConnection, PeerPool, PeerRefused, PeerUnreachable
+from p2pd.peerclient import (
+    InvalidListing,
+    PeerConnection,
+    PeerPool,
+    PeerRefused,
+    PeerUnreachable,
+)
 from p2pd.peerserver import repr_digest
 from p2pd.transfer import Progress, destination, free_name, numbered, partial_path
 
 log = logging.getLogger("p2pd.downloads")
 
 MAX_ATTEMPTS = 6
+#: Looking for other members with the same bytes: how many are asked (at
+#: most), how many at once, and for how long in all.
+MAX_ALTERNATES_ASKED = 32
+ALTERNATES_AT_ONCE = 8
+ALTERNATES_DEADLINE = 5.0
+#: Outcomes kept in memory while the history cannot be written.
+UNRECORDED_KEPT = 100
+_SHA256 = re.compile(SHA256_PATTERN)
 #: Transfers running at once; the others wait their turn in state "queued".
 CONCURRENT_TRANSFERS = 8
 WRITE_BLOCK = 1024 * 1024
 
 
 class Retry(Exception):
-    """This attempt failed; another (maybe from another member) may succeed."""
+    """This attempt failed; another (maybe from another member) may succeed.
+
+    ``final``: the member refused in a way that asking again cannot change.
+    """
+
+    def __init__(self, reason: str, *, final: bool = False) -> None:
+        super().__init__(reason)
+        self.final = final
 
 
 class Changed(Retry):
@@ -67,7 +92,9 @@ class Transfer:
     dest: Path
     progress: Progress
     state: str = "queued"
+    #: The member of the current (last) attempt: not always the one asked first.
     peer_id: str = ""
+    peer_name: str = ""
     done: trio.Event = field(default_factory=trio.Event)
     outcome: Outcome | None = None
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -93,6 +120,32 @@ def _hash_file(path: Path, limit: int) -> tuple[Any, int]:
             digest.update(block)
             done += len(block)
     return digest, done
+
+
+def _resume_state(partial: Path, size: int) -> tuple[Any, int]:
+    """The hash state and length of the bytes already in the partial file."""
+    if not partial.exists():
+        return hashlib.sha256(), 0
+    return _hash_file(partial, size)
+
+
+def _close_quietly(handle: Any) -> None:
+    try:
+        handle.close()
+    except OSError as exc:  # a failed flush: the attempt already failed, or fails at verify
+        log.warning("closing %s: %s", handle.name, exc.strerror or exc)
+
+
+def _check_queued(queued: Queued) -> None:
+    """Refuse a queued transfer whose fields are unsafe (one persisted by an older version)."""
+    if not _SHA256.fullmatch(queued.sha256):
+        raise Fatal("the member listed an invalid sha256; nothing was downloaded")
+    try:
+        check_relpath(queued.remote_path)
+    except UnsafePath as exc:
+        raise Fatal(f"refusing {queued.remote_path!r}: {exc}") from None
+    if queued.size < 0:
+        raise Fatal("the member listed a negative size; nothing was downloaded")
 
 
 def _same_content(path: Path, sha256: str) -> bool:
@@ -158,45 +211,64 @@ class Downloads:
         # Transfers of the same bytes share one partial file: one at a time.
         self._same_bytes: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
+        #: Why the history cannot be written now, for status; None when it can.
+        self.history_error: str | None = None
+        self.unrecorded: list[Outcome] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run transfers until cancelled; resumes the persisted queue first."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for queued in await trio.to_thread.run_sync(self._history.queued):
+            try:
+                queue = await trio.to_thread.run_sync(self._history.queued)
+            except HistoryUnavailable as exc:
+                self.history_failed(exc)
+                queue = []
+            for queued in queue:
                 log.info("resuming %s from %s", queued.remote_path, queued.peer_name)
                 self._launch(queued)
             task_status.started()
             await trio.sleep_forever()
 
-    async def start(self, member: Member, entry: dict[str, Any]) -> Transfer:
+    async def start(self, member: Member, entry: SharedFile) -> Transfer:
         queued = Queued(
             id=secrets.token_hex(4),
             peer_id=member.id,
             peer_name=member.name,
-            remote_path=str(entry["path"]),
-            sha256=str(entry["sha256"]),
-            size=int(entry["size"]),
+            remote_path=entry.path,
+            sha256=entry.sha256,
+            size=entry.size,
             started_at=self._clock(),
         )
         dest = destination(self._dir, queued.remote_path)
         existing = await trio.to_thread.run_sync(_existing_copy, dest, queued.sha256)
         if existing is not None:
             transfer = Transfer(queued, existing, Progress(queued.size, queued.size), state="done")
-            transfer.peer_id = member.id
+            transfer.peer_id, transfer.peer_name = member.id, member.name
             await self._finish(transfer, "ok", None, recorded=False)
             return transfer
-        await trio.to_thread.run_sync(self._history.enqueue, queued)
+        try:
+            await trio.to_thread.run_sync(self._history.enqueue, queued)
+        except HistoryUnavailable as exc:
+            # The transfer is worth more than its resumability after a restart.
+            self.history_failed(exc)
         return self._launch(queued)
 
     def _launch(self, queued: Queued) -> Transfer:
         assert self._nursery is not None
-        transfer = Transfer(
-            queued, destination(self._dir, queued.remote_path), Progress(queued.size)
-        )
+        try:
+            dest = destination(self._dir, queued.remote_path)
+        except ValueError:
+            dest = self._dir  # refused by _check_queued before any use
+        transfer = Transfer(queued, dest, Progress(queued.size))
         self.active[queued.id] = transfer
         self._nursery.start_soon(self._run_transfer, transfer)
         return transfer
+
+    def history_failed(self, exc: HistoryUnavailable) -> None:
+        if self.history_error != str(exc):
+            log.error("%s; transfers go on, but are not recorded", exc)
+        self.history_error = str(exc)
 
     def cancel(self, transfer_id: str) -> bool:
         transfer = self.active.get(transfer_id)
@@ -207,25 +279,51 @@ class Downloads:
         return True
 
     async def _run_transfer(self, transfer: Transfer) -> None:
-        status, error, keep_partial = "failed", None, False
+        """One transfer, start to outcome, inside its own failure boundary."""
         sha256 = transfer.queued.sha256
+        status: str = "cancelled"
+        error: str | None = "cancelled by the user"
         lock = self._same_bytes.setdefault(sha256, trio.Lock())
         with transfer.cancel_scope:
             async with lock, self._running:
+                # Only the holder of the lock touches the shared partial file:
+                # cancelling a transfer that waits its turn must not delete it.
+                finished, keep_partial = False, False
                 try:
-                    await self._attempts(transfer)
-                    status, keep_partial = "ok", True
-                except Fatal as exc:
-                    error, keep_partial = str(exc), exc.keep_partial
+                    status, error, keep_partial = await self._outcome_of(transfer)
+                    finished = True
+                finally:
+                    if not keep_partial and (finished or transfer.cancel_scope.cancel_called):
+                        with trio.CancelScope(shield=True):
+                            await self._discard_partial(sha256)
         if not lock.locked() and not lock.statistics().tasks_waiting:
             self._same_bytes.pop(sha256, None)
-        if transfer.cancel_scope.cancelled_caught:
-            status, error, keep_partial = "cancelled", "cancelled by the user", False
-        if not keep_partial:
-            partial = partial_path(self._dir, transfer.queued.sha256)
-            await trio.to_thread.run_sync(lambda: partial.unlink(missing_ok=True))
         with trio.CancelScope(shield=True):
             await self._finish(transfer, status, error)
+
+    async def _outcome_of(self, transfer: Transfer) -> tuple[str, str | None, bool]:
+        """(status, error, keep the partial file) of running the transfer's attempts."""
+        try:
+            _check_queued(transfer.queued)
+            await self._attempts(transfer)
+            return "ok", None, True
+        except Fatal as exc:
+            return "failed", str(exc), exc.keep_partial
+        except Exception as exc:
+            # A bug or an unforeseen fault ends this transfer, never the daemon.
+            failures["transfer"] += 1
+            log.error("transfer %s failed: %s", transfer.queued.id, describe(exc))
+            log.debug("transfer %s failed", transfer.queued.id, exc_info=True)
+            return "failed", f"internal error: {describe(exc)}", True
+
+    async def _discard_partial(self, sha256: str) -> None:
+        if not _SHA256.fullmatch(sha256):
+            return
+        partial = partial_path(self._dir, sha256)
+        try:
+            await trio.to_thread.run_sync(lambda: partial.unlink(missing_ok=True))
+        except OSError as exc:  # e.g. download_dir remounted read-only
+            log.warning("cannot remove %s: %s", partial, exc.strerror or exc)
 
     async def _finish(
         self, transfer: Transfer, status: str, error: str | None, recorded: bool = True
@@ -239,7 +337,7 @@ class Downloads:
             path=str(transfer.dest),
             remote_path=queued.remote_path,
             peer_id=transfer.peer_id or queued.peer_id,
-            peer_name=queued.peer_name,
+            peer_name=transfer.peer_name or queued.peer_name,
             sha256=queued.sha256,
             size=queued.size,
             status=status,
@@ -248,7 +346,14 @@ class Downloads:
             finished_at=finished,
             bytes_per_second=transfer.progress.bytes_done / elapsed if recorded else 0.0,
         )
-        await trio.to_thread.run_sync(self._history.finish, transfer.outcome)
+        try:
+            await trio.to_thread.run_sync(self._history.finish, transfer.outcome)
+        except HistoryUnavailable as exc:
+            self.history_failed(exc)
+            self.unrecorded.append(transfer.outcome)
+            del self.unrecorded[:-UNRECORDED_KEPT]
+        else:
+            self.history_error = None
         self.active.pop(queued.id, None)
         log.info(
             "%s %s from %s: %s",
@@ -259,52 +364,76 @@ class Downloads:
         )
         transfer.done.set()
 
-    async def _sources(self, transfer: Transfer) -> list[Member]:
-        """The chosen member first, then others that list the same sha256."""
+    async def _alternates(self, transfer: Transfer) -> list[tuple[Member, str]]:
+        """Other members listing the same bytes, each with its own path for them.
+
+        Asked concurrently, a bounded number at a time, under one short
+        deadline: a silent or hostile member costs seconds, not the transfer.
+        """
         queued = transfer.queued
-        first = self._members.get(queued.peer_id)
-        sources = [first] if first is not None else []
-        for member in self._members.others():
-            if member.id == queued.peer_id:
-                continue
-            try:
-                listing = await self._pool.listing(member)
-            except (PeerUnreachable, PeerRefused, ValueError):
-                continue  # an unreachable alternative is no source
-            if any(f.get("sha256") == queued.sha256 for f in listing.get("files", [])):
-                sources.append(member)
-        return sources
+        others = [m for m in self._members.others() if m.id != queued.peer_id]
+        if len(others) > MAX_ALTERNATES_ASKED:
+            others = random.sample(others, MAX_ALTERNATES_ASKED)
+        found: list[tuple[Member, str]] = []
+        limiter = trio.CapacityLimiter(ALTERNATES_AT_ONCE)
+
+        async def ask(member: Member) -> None:
+            async with limiter:
+                with failure_boundary("source lookup", f"asking {member.name}", log):
+                    try:
+                        listing = await self._pool.listing(member)
+                    except (PeerUnreachable, PeerRefused, InvalidListing) as exc:
+                        log.info("transfer %s: no source: %s", queued.id, exc)
+                        return
+                    for entry in listing.files:
+                        if entry.sha256 == queued.sha256 and entry.size == queued.size:
+                            found.append((member, entry.path))
+                            return
+
+        with trio.move_on_after(ALTERNATES_DEADLINE):
+            async with trio.open_nursery() as nursery:
+                for member in others:
+                    nursery.start_soon(ask, member)
+        return found
 
     async def _attempts(self, transfer: Transfer) -> None:
+        """The chosen member first; after it fails, any member with the same bytes."""
+        queued = transfer.queued
         backoff = Backoff(base=0.5, cap=10.0)
-        reason = f"{transfer.queued.peer_name} is offline"
-        for _ in range(MAX_ATTEMPTS):
+        reason = f"{queued.peer_name} is offline"
+        for round_number in range(MAX_ATTEMPTS):
+            first = self._members.get(queued.peer_id)
+            sources = [(first, queued.remote_path)] if first is not None else []
+            if round_number or not sources:
+                sources += await self._alternates(transfer)
             changed_everywhere = None
-            for member in await self._sources(transfer):
+            for member, remote_path in sources:
                 try:
-                    await self._attempt(transfer, member)
+                    await self._attempt(transfer, member, remote_path)
                     return
                 except Retry as exc:
                     reason = f"{member.name}: {exc}"
                     changed_everywhere = (
                         isinstance(exc, Changed) and changed_everywhere is not False
                     )
-                    log.info("transfer %s: %s", transfer.queued.id, reason)
+                    log.info("transfer %s: %s", queued.id, reason)
+                    if exc.final:
+                        raise Fatal(reason) from None
             if changed_everywhere:
                 raise Fatal(reason)
             transfer.state = "waiting"
             await trio.sleep(backoff.next_delay())
         raise Fatal(f"gave up after {MAX_ATTEMPTS} attempts: {reason}", keep_partial=True)
 
-    async def _attempt(self, transfer: Transfer, member: Member) -> None:
+    async def _attempt(self, transfer: Transfer, member: Member, remote_path: str) -> None:
         queued = transfer.queued
         partial = partial_path(self._dir, queued.sha256)
         transfer.state = "connecting"
-        transfer.peer_id = member.id
-        offset = 0
-        digest: Any = hashlib.sha256()
-        if await trio.to_thread.run_sync(partial.exists):
-            digest, offset = await trio.to_thread.run_sync(_hash_file, partial, queued.size)
+        transfer.peer_id, transfer.peer_name = member.id, member.name
+        try:
+            digest, offset = await trio.to_thread.run_sync(_resume_state, partial, queued.size)
+        except OSError as exc:
+            raise _fatal_os_error(exc, partial) from None
         transfer.progress.update(offset, trio.current_time())
         if queued.size and offset >= queued.size:
             await self._verify_and_place(transfer, partial, digest)  # complete before a restart
@@ -312,7 +441,7 @@ class Downloads:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
             connection, head = await self._pool.request(
-                member, "/files/" + quote(queued.remote_path), headers
+                member, "/files/" + quote(remote_path), headers
             )
         except PeerUnreachable as exc:
             raise Retry(str(exc)) from None
@@ -322,10 +451,13 @@ class Downloads:
                 digest, offset = hashlib.sha256(), 0  # the member ignored Range: start over
             elif head.status not in (200, 206):
                 body = await connection.body(65536)
-                raise Retry(f"answered {head.status}: {body[:200].decode(errors='replace')}")
+                text = body[:200].decode(errors="replace")
+                # A 4xx other than 404/408/429 will not change by asking again.
+                final = 400 <= head.status < 500 and head.status not in (404, 408, 429)
+                raise Retry(f"answered {head.status}: {text}", final=final)
             if head.headers.get("repr-digest") != repr_digest(queued.sha256):
                 raise Changed(
-                    f"{queued.remote_path} changed since it was listed (sha256 differs now): "
+                    f"{remote_path} changed since it was listed (sha256 differs now): "
                     "list it again and fetch the new version"
                 )
             transfer.state = "downloading"
@@ -402,18 +534,20 @@ class Downloads:
             # One task failed and the other was cancelled: handle the failure itself.
             error = unwrap_group(group)
             if isinstance(error, OSError):
-                await trio.to_thread.run_sync(lambda: partial.unlink(missing_ok=True))
+                await self._discard_partial(transfer.queued.sha256)
                 raise _fatal_os_error(error, self._dir) from None
             raise error from None
         finally:
             if handle is not None:
-                await trio.to_thread.run_sync(handle.close)
+                # Shielded: a handle left open in a cancelled scope leaks until GC.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_close_quietly, handle)
 
     async def _verify_and_place(self, transfer: Transfer, partial: Path, digest: Any) -> None:
         queued = transfer.queued
         if transfer.progress.bytes_done != queued.size or digest.hexdigest() != queued.sha256:
             # Never resume from bytes that do not hash right.
-            await trio.to_thread.run_sync(lambda: partial.unlink(missing_ok=True))
+            await self._discard_partial(queued.sha256)
             raise Retry("hash mismatch: the bytes received are not the listed file; discarded")
         transfer.state = "placing"
         try:

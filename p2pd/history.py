@@ -58,29 +58,64 @@ class Queued:
     started_at: float
 
 
+class HistoryUnavailable(Exception):
+    """The history's SQLite file cannot be read or written now (disk full, read-only, …)."""
+
+
 class History:
-    """One SQLite connection, used from worker threads one at a time."""
+    """One SQLite connection, used from worker threads one at a time.
+
+    A fault of the file (state_dir full, read-only or corrupt) is reported as
+    HistoryUnavailable by the call that met it, never fatal: the connection
+    is opened again at the next call, so the history recovers by itself once
+    the cause is gone.
+    """
 
     def __init__(self, db_path: Path) -> None:
-        self._db = sqlite3.connect(db_path, timeout=10, check_same_thread=False)
+        self._path = db_path
+        self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        # WAL with synchronous=NORMAL: one fsync per checkpoint instead of two per
-        # commit. A crash of the daemon loses nothing; a power cut may lose the
-        # last records, never corrupt the file.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, timeout=10, check_same_thread=False)
+        try:
+            # WAL with synchronous=NORMAL: one fsync per checkpoint instead of two per
+            # commit. A crash of the daemon loses nothing; a power cut may lose the
+            # last records, never corrupt the file.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            with db:
+                db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """The connection, inside a transaction, for one thread at a time."""
-        with self._lock, self._db:
-            yield self._db
+        with self._lock:
+            try:
+                if self._db is None:
+                    self._db = self._open()
+                with self._db:
+                    yield self._db
+            except (sqlite3.Error, OSError) as exc:
+                if self._db is not None and not isinstance(exc, sqlite3.IntegrityError):
+                    self._db.close()
+                    self._db = None
+                raise HistoryUnavailable(f"history {self._path}: {exc}") from None
+
+    def check(self) -> None:
+        """Open (and create) the file now; HistoryUnavailable if it cannot be."""
+        with self._connect():
+            pass
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def enqueue(self, item: Queued) -> None:
         with self._connect() as db:

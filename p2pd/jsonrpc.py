@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,9 @@ INTERNAL_ERROR = -32603
 OPERATION_FAILED = 1
 
 MAX_LINE = 1024 * 1024
+#: Nesting of arrays and objects in a call; no method takes more than a few.
+MAX_DEPTH = 32
+_OPENERS = re.compile(rb"[\[{]")
 
 
 class RpcError(Exception):
@@ -58,7 +62,9 @@ class Call:
 
 
 def _encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    # ASCII escapes: any str, even one holding a lone surrogate from a strange
+    # file name, encodes; every JSON reader decodes it back.
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 def result(call_id: int | str | None, value: Any) -> bytes:
@@ -82,9 +88,11 @@ def request(call_id: int | str, method: str, params: dict[str, Any]) -> bytes:
 
 def parse_call(line: bytes) -> Call:
     """The call on one line; RpcError (with the id when known) for anything malformed."""
+    if _too_deep(line):
+        raise RpcError(PARSE_ERROR, f"parse error: nested deeper than {MAX_DEPTH} levels")
     try:
         message = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise RpcError(PARSE_ERROR, "parse error: not valid JSON") from None
     if isinstance(message, list):
         raise RpcError(INVALID_REQUEST, "batches are not supported: send one call per line")
@@ -106,3 +114,32 @@ def parse_call(line: bytes) -> Call:
             INVALID_PARAMS, "params must be an object of named parameters", call_id=call_id
         )
     return Call(call_id, method, params, notification="id" not in message)
+
+
+def _too_deep(line: bytes) -> bool:
+    """Whether brackets nest deeper than MAX_DEPTH (counted outside strings), before parsing.
+
+    A cheap pre-check keeps the parser's recursion bounded: a few thousand
+    ``[`` would otherwise raise RecursionError deep inside json.
+    """
+    if len(_OPENERS.findall(line, 0, MAX_LINE)) <= MAX_DEPTH:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False

@@ -7,7 +7,6 @@ id (DESIGN §1).  Addresses are tried in the order the registry lists them.
 
 from __future__ import annotations
 
-import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -15,15 +14,22 @@ from typing import Any, cast
 
 import h11
 import trio
+from pydantic import ValidationError
 
-from p2pcommon.models import Member, split_host_port
+from p2pcommon.models import Listing, Member, split_host_port, validation_reason
 from p2pd.identity import Identity
 from p2pd.tls import PeerMismatch, client_context, presented_id
 from p2pd.tlsstream import BatchedTLSStream
 
 CONNECT_TIMEOUT = 5.0
+#: Seconds a member may stay silent while we wait for bytes, or stop reading ours.
+READ_TIMEOUT = 20.0
+WRITE_TIMEOUT = 20.0
+#: Seconds a whole listing exchange may take (a member dribbling bytes is cut off).
+LISTING_TIMEOUT = 30.0
 RECEIVE_SIZE = 256 * 1024
-MAX_LISTING = 256 * 1024 * 1024
+#: A listing of ~400 000 files; more is refused rather than held in memory.
+MAX_LISTING = 64 * 1024 * 1024
 
 
 class PeerUnreachable(Exception):
@@ -34,6 +40,10 @@ class PeerRefused(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class InvalidListing(Exception):
+    """A member answered GET /files with something that is not a valid listing."""
 
 
 @dataclass
@@ -57,8 +67,8 @@ class PeerConnection:
         context = context or client_context(identity, member.cert)
         failures = []
         for address in member.addresses:
-            host, port = split_host_port(address)
             try:
+                host, port = split_host_port(address)
                 with trio.fail_after(CONNECT_TIMEOUT):
                     tcp = await trio.open_tcp_stream(host, port)
                     tls = BatchedTLSStream(tcp, context)
@@ -67,7 +77,13 @@ class PeerConnection:
                     await trio.aclose_forcefully(tls)
                     raise PeerMismatch(f"{address} presented another member's certificate")
                 return cls(member, tls)
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError, PeerMismatch) as exc:
+            except (
+                OSError,
+                ValueError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,
+                PeerMismatch,
+            ) as exc:
                 reason = exc.__cause__ or exc
                 failures.append(f"{address}: {reason or type(exc).__name__}")
         raise PeerUnreachable(
@@ -91,7 +107,13 @@ class PeerConnection:
         data = self._h11.send(h11.Request(method="GET", target=target, headers=fields))
         end = self._h11.send(h11.EndOfMessage())
         assert data is not None and end is not None
-        await self._stream.send_all(data + end)
+        try:
+            with trio.fail_after(WRITE_TIMEOUT):
+                await self._stream.send_all(data + end)
+        except trio.TooSlowError:
+            raise PeerUnreachable(f"{self.member.name} stopped reading our request") from None
+        except trio.BrokenResourceError as exc:
+            raise PeerUnreachable(f"{self.member.name}: {exc.__cause__ or exc}") from None
         while True:
             event = await self._next_event()
             if isinstance(event, h11.Response):
@@ -131,7 +153,12 @@ class PeerConnection:
             if event is not h11.NEED_DATA:
                 return event
             try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+                with trio.fail_after(READ_TIMEOUT):
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+            except trio.TooSlowError:
+                raise PeerUnreachable(
+                    f"{self.member.name} sent nothing for {READ_TIMEOUT:g} s"
+                ) from None
             except trio.BrokenResourceError as exc:
                 raise PeerUnreachable(f"{self.member.name}: {exc.__cause__ or exc}") from None
             # h11 takes any bytes-like object; a copy to bytes would cost 1 GiB per GiB.
@@ -150,14 +177,20 @@ class PeerPool:
         self._identity = identity
         self._max_idle = max_idle_per_member
         self._idle: dict[str, list[PeerConnection]] = {}
-        self._listings: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._listings: dict[str, tuple[str, Listing]] = {}
         # Building a context loads our key and the member's certificate: do it once.
         self._contexts: dict[str, ssl.SSLContext] = {}
 
     def _open(self, member: Member) -> Awaitable[PeerConnection]:
         context = self._contexts.get(member.cert)
         if context is None:
-            context = self._contexts[member.cert] = client_context(self._identity, member.cert)
+            try:
+                context = client_context(self._identity, member.cert)
+            except (ssl.SSLError, ValueError) as exc:
+                raise PeerUnreachable(
+                    f"{member.name}'s certificate from the registry is unusable: {exc}"
+                ) from None
+            self._contexts[member.cert] = context
         return PeerConnection.open(self._identity, member, context)
 
     async def acquire(self, member: Member) -> tuple[PeerConnection, bool]:
@@ -200,22 +233,37 @@ class PeerPool:
             await connection.aclose()
             raise
 
-    async def listing(self, member: Member) -> dict[str, Any]:
-        """GET /files from ``member``: ``{"generation", "files"}``, revalidated by ETag."""
+    async def listing(self, member: Member) -> Listing:
+        """GET /files from ``member``, validated, revalidated by ETag.
+
+        PeerUnreachable if it does not answer in time, PeerRefused for an
+        error status, InvalidListing for an answer that is not a listing.
+        """
         cached = self._listings.get(member.id)
         headers = {"If-None-Match": cached[0]} if cached else {}
-        connection, head = await self.request(member, "/files", headers)
         try:
-            body = await connection.body(MAX_LISTING)
-        except BaseException:
-            await connection.aclose()
-            raise
+            with trio.fail_after(LISTING_TIMEOUT):
+                connection, head = await self.request(member, "/files", headers)
+                try:
+                    body = await connection.body(MAX_LISTING)
+                except BaseException:
+                    await connection.aclose()
+                    raise
+        except trio.TooSlowError:
+            raise PeerUnreachable(
+                f"{member.name} did not send its listing within {LISTING_TIMEOUT:g} s"
+            ) from None
         await self.release(connection)
         if head.status == 304 and cached is not None:
             return cached[1]
         if head.status != 200:
             raise PeerRefused(head.status, f"{member.name} answered {head.status}: {body[:200]!r}")
-        listing: dict[str, Any] = json.loads(body)
+        try:
+            listing = Listing.model_validate_json(body)
+        except ValidationError as exc:
+            raise InvalidListing(
+                f"{member.name} sent an invalid listing: {validation_reason(exc)}"
+            ) from None
         etag = head.headers.get("etag")
         if etag:
             self._listings[member.id] = (etag, listing)

@@ -327,7 +327,7 @@ async def test_connections_and_listings_are_reused(network: Network, tmp_path: P
         (network.bob.share_dir / "fresh.txt").write_bytes(b"fresh")
 
         async def relisted() -> bool:
-            return any(f["path"] == "fresh.txt" for f in (await pool.listing(bob))["files"])
+            return any(f.path == "fresh.txt" for f in (await pool.listing(bob)).files)
 
         await wait_until(relisted, what="the new file in a revalidated listing")
     finally:
