@@ -241,7 +241,10 @@ class Downloads:
             started_at=self._clock(),
         )
         dest = destination(self._dir, queued.remote_path)
-        existing = await trio.to_thread.run_sync(_existing_copy, dest, queued.sha256)
+        try:
+            existing = await trio.to_thread.run_sync(_existing_copy, dest, queued.sha256)
+        except OSError as exc:
+            raise ValueError(f"cannot look at {dest}: {exc.strerror or exc}") from None
         if existing is not None:
             transfer = Transfer(queued, existing, Progress(queued.size, queued.size), state="done")
             transfer.peer_id, transfer.peer_name = member.id, member.name

@@ -171,3 +171,63 @@ async def test_a_path_that_is_not_a_socket_is_refused(socket_path: Path) -> None
     with pytest.raises(ControlSocketInUse, match="is not a socket"):
         await ControlServer(socket_path, {}).run()
     assert await path.read_text() == "a user's file"
+
+
+# -- staying up: deep nesting, strange text, clients that vanish or idle ---------
+
+
+@pytest.mark.parametrize("line", [b"[" * 5000, b'{"a":' * 5000, b"[" * 100 + b"]" * 100])
+def test_deep_nesting_is_a_parse_error_not_a_recursion(line: bytes) -> None:
+    with pytest.raises(RpcError) as caught:
+        parse_call(line)
+    assert caught.value.code == -32700
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    params = {"path": "[" * 100 + '\\"{' * 50}
+    call = parse_call(jsonrpc.request(1, "ls", params))
+    assert call.params == params
+
+
+def test_any_text_encodes_even_a_lone_surrogate_from_a_file_name() -> None:
+    line = jsonrpc.result(1, [{"path": "caf\udce9.txt"}])
+    assert json.loads(line)["result"] == [{"path": "caf\udce9.txt"}]
+
+
+async def forever(params: dict[str, Any], notify: Notify) -> Any:
+    while True:
+        await notify("progress", {"padding": "x" * 4096})
+        await trio.sleep(0.01)
+
+
+async def test_a_client_that_vanishes_mid_call_ends_only_its_call(socket_path: Path) -> None:
+    server = ControlServer(socket_path, {"forever": forever, "echo": echo})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        for _ in range(3):  # as Ctrl-C or kill -9 of a waiting `p2pctl fetch`
+            stream = await trio.open_unix_socket(str(socket_path))
+            await stream.send_all(jsonrpc.request(1, "forever", {}))
+            await stream.receive_some(100)
+            sock = stream.socket
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            await stream.aclose()
+        # A client that asks and closes before reading the answer.
+        stream = await trio.open_unix_socket(str(socket_path))
+        await stream.send_all(jsonrpc.request(2, "echo", {"x": 1}))
+        await stream.aclose()
+        answers = await exchange(socket_path, [jsonrpc.request(3, "echo", {"ok": 1})], answers=1)
+        assert answers[0]["result"] == {"ok": 1}
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_clients_make_room_so_a_call_never_hangs(socket_path: Path) -> None:
+    server = ControlServer(socket_path, {"echo": echo})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        idle = [await trio.open_unix_socket(str(socket_path)) for _ in range(100)]
+        with trio.fail_after(10):
+            answers = await exchange(socket_path, [jsonrpc.request(1, "echo", {"a": 1})], 1)
+        assert answers[0]["result"] == {"a": 1}
+        for stream in idle:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
