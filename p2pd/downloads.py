@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import itertools
 import logging
 import os
 import random
@@ -33,6 +32,12 @@ from p2pcommon.paths import UnsafePath, check_relpath
 from p2pcommon.service import unwrap_group
 from p2pd.history import History, HistoryUnavailable, Outcome, Queued
 from p2pd.members import Members
+from p2pd.partial import (
+    close_quietly,
+    existing_copy,
+    place,
+    resume_state,
+)
 from p2pd.peerclient import (
     InvalidListing,
     PeerConnection,
@@ -41,7 +46,7 @@ from p2pd.peerclient import (
     PeerUnreachable,
 )
 from p2pd.peerserver import repr_digest
-from p2pd.transfer import Progress, destination, free_name, numbered, partial_path
+from p2pd.transfer import Progress, destination, partial_path
 
 log = logging.getLogger("p2pd.downloads")
 
@@ -112,30 +117,6 @@ class Transfer:
         }
 
 
-def _hash_file(path: Path, limit: int) -> tuple[Any, int]:
-    digest = hashlib.sha256()
-    done = 0
-    with path.open("rb") as f:
-        while done < limit and (block := f.read(min(WRITE_BLOCK, limit - done))):
-            digest.update(block)
-            done += len(block)
-    return digest, done
-
-
-def _resume_state(partial: Path, size: int) -> tuple[Any, int]:
-    """The hash state and length of the bytes already in the partial file."""
-    if not partial.exists():
-        return hashlib.sha256(), 0
-    return _hash_file(partial, size)
-
-
-def _close_quietly(handle: Any) -> None:
-    try:
-        handle.close()
-    except OSError as exc:  # a failed flush: the attempt already failed, or fails at verify
-        log.warning("closing %s: %s", handle.name, exc.strerror or exc)
-
-
 def _check_queued(queued: Queued) -> None:
     """Refuse a queued transfer whose fields are unsafe (one persisted by an older version)."""
     if not _SHA256.fullmatch(queued.sha256):
@@ -146,42 +127,6 @@ def _check_queued(queued: Queued) -> None:
         raise Fatal(f"refusing {queued.remote_path!r}: {exc}") from None
     if queued.size < 0:
         raise Fatal("the member listed a negative size; nothing was downloaded")
-
-
-def _same_content(path: Path, sha256: str) -> bool:
-    try:
-        return path.is_file() and _hash_file(path, path.stat().st_size)[0].hexdigest() == sha256
-    except OSError:
-        return False
-
-
-def _existing_copy(dest: Path, sha256: str) -> Path | None:
-    """``dest`` or one of its numbered siblings, if it already holds these bytes."""
-    for number in itertools.count():
-        candidate = numbered(dest, number)
-        if not candidate.exists():
-            return None
-        if _same_content(candidate, sha256):
-            return candidate
-    raise AssertionError("unreachable")
-
-
-def _place(partial: Path, dest: Path) -> Path:
-    """Link the verified partial file to a free name next to ``dest``; never overwrite."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        target = free_name(dest, lambda p: p.exists() or p.is_symlink())
-        try:
-            os.link(partial, target)
-        except FileExistsError:
-            continue  # taken since we looked: take the next one
-        partial.unlink()
-        directory = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        return target
 
 
 def _fatal_os_error(exc: OSError, where: Path) -> Fatal:
@@ -242,7 +187,7 @@ class Downloads:
         )
         dest = destination(self._dir, queued.remote_path)
         try:
-            existing = await trio.to_thread.run_sync(_existing_copy, dest, queued.sha256)
+            existing = await trio.to_thread.run_sync(existing_copy, dest, queued.sha256)
         except OSError as exc:
             raise ValueError(f"cannot look at {dest}: {exc.strerror or exc}") from None
         if existing is not None:
@@ -434,12 +379,12 @@ class Downloads:
         transfer.state = "connecting"
         transfer.peer_id, transfer.peer_name = member.id, member.name
         try:
-            digest, offset = await trio.to_thread.run_sync(_resume_state, partial, queued.size)
+            digest, offset = await trio.to_thread.run_sync(resume_state, partial, queued.size)
         except OSError as exc:
             raise _fatal_os_error(exc, partial) from None
         transfer.progress.update(offset, trio.current_time())
         if queued.size and offset >= queued.size:
-            await self._verify_and_place(transfer, partial, digest)  # complete before a restart
+            await self._verify_andplace(transfer, partial, digest)  # complete before a restart
             return
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
@@ -473,7 +418,7 @@ class Downloads:
                 await self._pool.release(connection)
             else:
                 await connection.aclose()
-        await self._verify_and_place(transfer, partial, digest)
+        await self._verify_andplace(transfer, partial, digest)
 
     async def _receive(
         self,
@@ -544,9 +489,9 @@ class Downloads:
             if handle is not None:
                 # Shielded: a handle left open in a cancelled scope leaks until GC.
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_close_quietly, handle)
+                    await trio.to_thread.run_sync(close_quietly, handle)
 
-    async def _verify_and_place(self, transfer: Transfer, partial: Path, digest: Any) -> None:
+    async def _verify_andplace(self, transfer: Transfer, partial: Path, digest: Any) -> None:
         queued = transfer.queued
         if transfer.progress.bytes_done != queued.size or digest.hexdigest() != queued.sha256:
             # Never resume from bytes that do not hash right.
@@ -554,6 +499,6 @@ class Downloads:
             raise Retry("hash mismatch: the bytes received are not the listed file; discarded")
         transfer.state = "placing"
         try:
-            transfer.dest = await trio.to_thread.run_sync(_place, partial, transfer.dest)
+            transfer.dest = await trio.to_thread.run_sync(place, partial, transfer.dest)
         except OSError as exc:
             raise _fatal_os_error(exc, transfer.dest) from None
