@@ -132,7 +132,11 @@ def _check_queued(queued: Queued) -> None:
 def _fatal_os_error(exc: OSError, where: Path) -> Fatal:
     if exc.errno == errno.ENOSPC:
         return Fatal(f"disk full writing {where}: free some space and fetch again")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno == errno.EROFS:
+        return Fatal(
+            f"{where} is on a read-only file system: remount it read-write and fetch again"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
         return Fatal(f"permission denied writing {where}: {exc.strerror}")
     return Fatal(f"cannot write {where}: {exc.strerror or exc}")
 
