@@ -9,6 +9,7 @@ orders the sources (environment over file) and words the errors.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -55,35 +56,84 @@ class SharedSettings(BaseSettings):
             raise ValueError("set only one of 'secret' and 'secret_file'")
         return self
 
-    def resolve_secret(self) -> str:
-        """The shared secret from ``secret``, ``secret_file`` or the systemd credential."""
-        prefix = env_prefix(type(self))
+    def secret_source(self) -> tuple[str, Path | None]:
+        """Where the secret comes from, as errors name it, and its file (None: inline).
+
+        The systemd credential wins over the config: under the unit only the
+        credential is readable (the file behind it is root's alone), and a
+        config written before the units passed it may still name that file.
+        """
+        credential = credential_file()
+        if credential is not None:
+            return f"systemd credential '{CREDENTIAL}'", credential
         if self.secret is not None:
-            key, secret = "secret", self.secret.get_secret_value()
+            return "key 'secret'", None
+        if self.secret_file is not None:
+            return "key 'secret_file'", self.secret_file
+        prefix = env_prefix(type(self))
+        raise ConfigError(
+            "no shared secret: set 'secret' or 'secret_file' in the config file "
+            f"(or {prefix}SECRET / {prefix}SECRET_FILE), or run under systemd with the "
+            f"credential '{CREDENTIAL}' (LoadCredential={CREDENTIAL}:FILE); all members and "
+            "registries must use the same secret"
+        )
+
+    def resolve_secret(self) -> str:
+        """The shared secret: the systemd credential if present, else the config's."""
+        source, path = self.secret_source()
+        if path is None:
+            inline = self.secret.get_secret_value() if self.secret is not None else ""
+            secret = checked_secret(source, inline)
         else:
-            path = self.secret_file
-            key = "secret_file"
-            if path is None:
-                credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-                if credentials and (Path(credentials) / "secret").exists():
-                    path, key = Path(credentials) / "secret", "systemd credential 'secret'"
-            if path is None:
-                raise ConfigError(
-                    "no shared secret: set 'secret' or 'secret_file' in the config file "
-                    f"(or {prefix}SECRET / {prefix}SECRET_FILE); all members and registries "
-                    "must use the same secret"
-                )
-            try:
-                secret = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"key '{key}': cannot read {path}: {_reason(exc)}") from None
-        if len(secret) < MIN_SECRET_LENGTH:
-            raise ConfigError(
-                f"key '{key}': the shared secret is {'empty' if not secret else 'too short'} "
-                f"({len(secret)} characters); use at least {MIN_SECRET_LENGTH}, "
-                "for example the output of `openssl rand -hex 16`"
+            secret = read_secret(source, path)
+        named = [key for key in ("secret", "secret_file") if getattr(self, key) is not None]
+        if source.startswith("systemd") and named:
+            # Said at every load: whoever edits that key should learn it has no effect here.
+            log_for(type(self)).info(
+                "shared secret from the %s; '%s' in the config is not used under systemd",
+                source,
+                named[0],
             )
+        else:
+            log_for(type(self)).info("shared secret from %s", source)
         return secret
+
+
+#: The name of the systemd credential that carries the shared secret (LoadCredential=).
+CREDENTIAL = "secret"
+
+
+def credential_file() -> Path | None:
+    """``$CREDENTIALS_DIRECTORY/secret`` when systemd passed the credential, else None."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / CREDENTIAL
+    return path if path.exists() else None
+
+
+def read_secret(source: str, path: Path) -> str:
+    """The secret in ``path``; ConfigError naming ``source`` when unreadable or too short."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read {path}: {_reason(exc)}") from None
+    return checked_secret(source, text)
+
+
+def checked_secret(source: str, secret: str) -> str:
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"{source}: the shared secret is {'empty' if not secret else 'too short'} "
+            f"({len(secret)} characters); use at least {MIN_SECRET_LENGTH}, "
+            "for example the output of `openssl rand -hex 16`"
+        )
+    return secret
+
+
+def log_for(cls: type[SharedSettings]) -> logging.Logger:
+    """The daemon's own logger ("p2pd", "registryd"), named after its prefix."""
+    return logging.getLogger(env_prefix(cls).removesuffix("_").lower() or __name__)
 
 
 def changed_keys(

@@ -26,6 +26,8 @@ UNIT_STATE_DIR = PurePosixPath("/var/lib/p2pd")
 UNIT_RUNTIME_DIR = PurePosixPath("/run/p2pd")
 #: Hidden by ProtectHome=yes; visible again only through bind mounts.
 HOME_ROOTS = (PurePosixPath("/home"), PurePosixPath("/root"), PurePosixPath("/run/user"))
+#: The file the unit passes as the credential 'secret' (LoadCredential= in p2pd.service).
+SERVICE_SECRET = PurePosixPath("/etc/p2pd/secret")
 
 
 def admin_command(argv: list[str]) -> int:
@@ -42,7 +44,12 @@ def admin_command(argv: list[str]) -> int:
         metavar="URL",
         help="registry URL; repeat for fail-over",
     )
-    init.add_argument("--secret-file", required=True, metavar="FILE", help="the shared secret")
+    init.add_argument(
+        "--secret-file",
+        metavar="FILE",
+        help=f"the shared secret, for p2pd run by hand; the service gets {SERVICE_SECRET} "
+        "as its systemd credential, so leave this out for it",
+    )
     init.add_argument("--name", help="display name (default: the host name)")
     init.add_argument("--listen", help="peer server address host:port (default 0.0.0.0:7070)")
 
@@ -73,8 +80,11 @@ def config_text(args: argparse.Namespace) -> str:
         Key("registries", "Registry URLs, tried in order.", list(args.registry)),
         Key(
             "secret_file",
-            "The secret shared by all members and registries (or set 'secret' inline).",
+            "The secret shared by all members and registries (or set 'secret' inline).\n"
+            f"The service does not need it: it gets {SERVICE_SECRET} (root's alone) as\n"
+            "the systemd credential 'secret', which wins over this key.",
             args.secret_file,
+            example="/path/to/secret",
         ),
         Key("listen", "Peer server address.", args.listen, "0.0.0.0:7070"),
         Key(

@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from p2pcommon.models import split_host_port
-from p2pcommon.settings import ConfigError, load_settings
+from p2pcommon.settings import ConfigError, load_settings, read_secret
 from p2pcommon.signing import MAX_SKEW, AuthError, Signer
-from p2pd.admin import DROPIN_DIR, UNIT_STATE_DIR, dropin_problem
+from p2pd.admin import DROPIN_DIR, SERVICE_SECRET, UNIT_STATE_DIR, dropin_problem
 from p2pd.config import DEFAULT_PATH, PeerSettings
 
 Status = Literal["ok", "warning", "problem", "skipped"]
@@ -60,15 +60,17 @@ def run_checks(
     ask_daemon: AskDaemon,
     *,
     inotify_limit_path: Path = INOTIFY_LIMIT_PATH,
+    service_secret: Path = Path(SERVICE_SECRET),
 ) -> list[CheckResult]:
     """All checks in order; those that need the config are skipped when it is bad."""
     path = config_path or os.environ.get("P2PD_CONFIG") or DEFAULT_PATH
-    config, settings, secret = check_config(path)
+    config, settings, secret = check_config(path, service_secret)
     results = [config]
     if settings is None or secret is None:
         why = "needs a valid config first (see the 'config' check)"
-        names = ("folders", "service", "inotify", "registry", "clock", "listen")
+        names = ("secret", "folders", "service", "inotify", "registry", "clock", "listen")
         return results + [CheckResult(name, "skipped", why) for name in names]
+    results.append(check_secret(settings, path, service_secret, service_installed()))
     results += check_folders(settings, user_name, path)
     results.append(check_service(settings, path))
     results.append(check_inotify(settings.share_dir, inotify_limit_path))
@@ -87,16 +89,22 @@ def run_checks(
     return results
 
 
-def check_config(path: str) -> tuple[CheckResult, PeerSettings | None, str | None]:
+def check_config(
+    path: str, service_secret: Path = Path(SERVICE_SECRET)
+) -> tuple[CheckResult, PeerSettings | None, str | None]:
     try:
         settings, _ = load_settings(PeerSettings, explicit_path=path, default_path=DEFAULT_PATH)
-        secret = settings.resolve_secret()
+        source, secret_path = secret_source(settings, service_secret)
+        if source == SERVICE_SOURCE and secret_path is not None:
+            secret = read_secret(source, secret_path)
+        else:
+            secret = settings.resolve_secret()
     except ConfigError as exc:
         if not Path(path).exists():
             fix = f"create {path} (`sudo p2pd config init …`, see the README), or pass --config"
         elif "Permission denied" in str(exc):
-            # The installed secret is for root and the group p2pd only.
-            fix = "run `sudo p2pctl doctor`, or join the group: sudo usermod -aG p2pd $USER"
+            # The secret is root's alone; the service gets it as a systemd credential.
+            fix = "run `sudo p2pctl doctor`: only root may read the shared secret"
         else:
             fix = f"edit {path} (or the P2PD_* variable named) as the message says"
         return CheckResult("config", "problem", str(exc), fix), None, None
@@ -104,8 +112,100 @@ def check_config(path: str) -> tuple[CheckResult, PeerSettings | None, str | Non
     return ok, settings, secret
 
 
+SERVICE_SOURCE = "the service's credential file"
+
+
+def secret_source(settings: PeerSettings, service_secret: Path) -> tuple[str, Path | None]:
+    """As ``settings.secret_source()``, but where the config names no secret, the
+    file the unit passes as the credential: what p2pd.service would use."""
+    try:
+        return settings.secret_source()
+    except ConfigError as none_named:
+        try:
+            service_secret.stat()
+        except FileNotFoundError:
+            message = f"{none_named}; nor is there {service_secret} for the service's credential"
+            raise ConfigError(message) from None
+        except OSError:
+            pass  # there, but not ours to look at: reading it says so
+        return SERVICE_SOURCE, service_secret
+
+
+def service_installed() -> bool:
+    return (Path(DROPIN_DIR).parent / "p2pd.service").exists()
+
+
+def check_secret(
+    settings: PeerSettings, config: str, service_secret: Path, installed: bool
+) -> CheckResult:
+    """Whoever can read the secret can sign registry requests: only root and the
+    services may (the group p2pd gives the control socket, not the secret)."""
+    source, path = secret_source(settings, service_secret)
+    if source.startswith("systemd"):
+        return CheckResult("secret", "ok", "the secret comes from the systemd credential")
+    if path is None and "P2PD_SECRET" in os.environ:
+        return CheckResult("secret", "ok", "the secret comes from P2PD_SECRET")
+    found: list[Found] = []
+    if path is None:
+        found += exposed(Path(config), f"{config}, which holds the secret inline,", (
+            f"move the secret to {service_secret} (mode 600, owner root) and delete 'secret' "
+            f"from {config}; or, where only its owner runs p2pd: sudo chmod 600 {config}"
+        ))  # fmt: skip
+    else:
+        found += exposed(path, f"the secret {path}", f"sudo chmod 600 {path}")
+    if installed and path != service_secret:
+        try:
+            service_secret.stat()
+        except FileNotFoundError:
+            found.append((
+                f"the unit loads its credential 'secret' from {service_secret}, which is "
+                "missing: p2pd.service cannot start",
+                f"copy the network's secret there: sudo install -m 600 -o root -g root "
+                f"FILE {service_secret}",
+            ))  # fmt: skip
+        except OSError:
+            pass
+        else:
+            found += exposed(service_secret, f"the secret {service_secret}", (
+                f"sudo chmod 600 {service_secret}"
+            ))  # fmt: skip
+    if found:
+        messages, fixes = zip(*found, strict=True)
+        return CheckResult("secret", "problem", "; ".join(messages), "; ".join(fixes))
+    where = f"{config} (inline)" if path is None else str(path)
+    if installed and path != service_secret:
+        key = "secret" if path is None else "secret_file"
+        message = f"the service uses {service_secret} (its systemd credential), not '{key}' "
+        message += f"in {config} ({where}): p2pctl doctor checked the registry with the latter"
+        fix = f"delete '{key}' from {config} if both should be the same secret"
+        return CheckResult("secret", "warning", message, fix)
+    return CheckResult("secret", "ok", f"{where} is readable by its owner only")
+
+
+def exposed(path: Path, what: str, fix: str) -> list[Found]:
+    """Why ``path`` lets others read the secret, with ``fix``; [] when it does not."""
+    try:
+        info = path.stat()
+    except OSError:
+        return []  # the config check has said why it cannot be read
+    if not info.st_mode & 0o077:
+        return []
+    try:
+        group = grp.getgrgid(info.st_gid).gr_name
+    except KeyError:
+        group = str(info.st_gid)
+    who = [
+        *([f"the group {group}"] if info.st_mode & 0o070 else []),
+        *(["everyone"] if info.st_mode & 0o007 else []),
+    ]
+    mode = f"{info.st_mode & 0o777:04o}"
+    message = f"{what} is open to {' and '.join(who)} (mode {mode}): "
+    message += "whoever reads it can sign registry requests as a member"
+    return [(message, fix)]
+
+
 def check_service(settings: PeerSettings, path: str) -> CheckResult:
-    if not (Path(DROPIN_DIR).parent / "p2pd.service").exists():
+    if not service_installed():
         return CheckResult("service", "skipped", "p2pd is not installed as a service here")
     problem = dropin_problem(settings)
     if problem is None:

@@ -90,20 +90,30 @@ elif ! id p2pd >/dev/null 2>&1; then
 fi
 
 # 3. The shared secret, made once; the registry on this host gets the same one.
-install -d -m 0750 -g p2pd /etc/p2pd
+# It is root's alone: the services get it as the systemd credential 'secret'
+# (LoadCredential=), and the group p2pd gives the control socket, not the secret.
+install -d -m 0700 -o root -g root /etc/p2pd
 if [ ! -s /etc/p2pd/secret ]; then
-    (umask 0027 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > /etc/p2pd/secret)
-    chgrp p2pd /etc/p2pd/secret
+    (umask 0077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > /etc/p2pd/secret)
     say "made a new shared secret in /etc/p2pd/secret (every member and registry needs it)"
+fi
+# An install before the credential left it 0640 root:p2pd, readable by every p2pctl user.
+was=$(stat -c '%a %U:%G' /etc/p2pd/secret)
+if [ "$was" != "600 root:root" ]; then
+    chmod 0600 /etc/p2pd/secret # first: the group's read ends before the owner changes
+    chown root:root /etc/p2pd/secret
+    say "made /etc/p2pd/secret root's alone (mode 0600 root:root, was $was):"
+    say "  p2pd now gets it as a systemd credential; the group p2pd no longer reads it"
 fi
 install -d -m 0700 /etc/registryd
 [ -s /etc/registryd/secret ] || install -m 0600 /etc/p2pd/secret /etc/registryd/secret
 
-# 4. Config files, only where there are none.
+# 4. Config files, only where there are none. p2pd's names no secret: the unit
+# passes /etc/p2pd/secret as its credential (an older one naming that file works too).
 if [ ! -e /etc/p2pd.toml ]; then
     install -d -o p2pd -g p2pd -m 2775 "$share" "$downloads"
     "$bindir/p2pd" config init --share "$share" --downloads "$downloads" \
-        --registry http://127.0.0.1:7000 --secret-file /etc/p2pd/secret --output /etc/p2pd.toml
+        --registry http://127.0.0.1:7000 --output /etc/p2pd.toml
 fi
 [ -e /etc/registryd.toml ] || "$bindir/registryd" config init --output /etc/registryd.toml
 
@@ -121,4 +131,5 @@ say "Installed. Next:"
 say "  1. edit /etc/p2pd.toml (folders, registries); then: sudo p2pd install"
 say "  2. sudo systemctl enable --now registryd p2pd   (registryd only on the registry host)"
 say "  3. sudo usermod -aG p2pd \$USER, log in again, then: p2pctl status"
+say "     (the group gives p2pctl, not the secret: that stays root's)"
 say "  p2pctl doctor checks the setup and says what to fix."

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from p2pd.config import PeerSettings
 from p2pd.doctor import (
     READ,
     SEARCH,
@@ -23,8 +24,10 @@ from p2pd.doctor import (
     FolderAccess,
     UserIds,
     access_of,
+    check_config,
     check_inotify,
     check_listen,
+    check_secret,
     classify_skew,
     clock_result,
     may_access,
@@ -34,8 +37,11 @@ from p2pd.doctor import (
 from tests.support import SECRET, VENV_BIN, RunningRegistry, free_port, run_registryd
 
 #: Where the service is installed, `p2pd install` has run for another config.
-SERVICE_HERE = "problem" if Path("/etc/systemd/system/p2pd.service").exists() else "skipped"
-CHECKS = ["config", "folders", "service", "inotify", "registry", "clock", "listen"]
+INSTALLED_HERE = Path("/etc/systemd/system/p2pd.service").exists()
+SERVICE_HERE = "problem" if INSTALLED_HERE else "skipped"
+#: There, the service uses /etc/p2pd/secret, not the secret in the test's config.
+SECRET_HERE = "warning" if INSTALLED_HERE else "ok"
+CHECKS = ["config", "secret", "folders", "service", "inotify", "registry", "clock", "listen"]
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +64,17 @@ def write_config(
         f'listen = "127.0.0.1:{port or free_port()}"\n'
         f"registries = {json.dumps(registries)}\n" + extra
     )
+    config.chmod(0o600)  # it may hold the secret inline
     return config
 
 
 def doctor(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """The real p2pctl, checking as this user, with no daemon on its socket."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PD_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("P2PD_") and k != "CREDENTIALS_DIRECTORY"
+    }
     command = [str(VENV_BIN / "p2pctl"), "--socket", str(config.parent / "none.sock"), *options]
     command += ["doctor", "--config", str(config), "--user", getpass.getuser()]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=30)
@@ -82,7 +93,7 @@ def test_a_good_install_passes_every_check(registry: RunningRegistry, tmp_path: 
     status, results = doctor_json(config)
     assert status == 0
     # This machine runs the tests, not the service: the unit check has nothing to see.
-    expected = {**dict.fromkeys(CHECKS, "ok"), "service": SERVICE_HERE}
+    expected = {**dict.fromkeys(CHECKS, "ok"), "service": SERVICE_HERE, "secret": SECRET_HERE}
     assert {name: r["status"] for name, r in results.items()} == expected
     assert "accepted our signature" in results["registry"]["message"]
     assert "Date header" in results["clock"]["message"]
@@ -90,7 +101,7 @@ def test_a_good_install_passes_every_check(registry: RunningRegistry, tmp_path: 
     human = doctor(config)
     assert human.returncode == 0
     lines = human.stdout.splitlines()
-    marks = {"ok": "ok", "skipped": "skip"}
+    marks = {"ok": "ok", "skipped": "skip", "warning": "WARN"}
     assert [line.split()[:2] for line in lines] == [[marks[expected[n]], n] for n in CHECKS]
 
 
@@ -151,6 +162,26 @@ def test_a_missing_share_dir_is_named(registry: RunningRegistry, tmp_path: Path)
     assert f"share_dir {tmp_path / 'share'} does not exist" in results["folders"]["message"]
     assert "sudo mkdir -p" in results["folders"]["fix"]
     assert results["inotify"]["status"] == "skipped"
+
+
+def test_a_secret_file_open_to_the_group_is_a_problem_with_its_fix(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    # What an install before the secret went root-only left: 0640, group p2pd.
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    secret.chmod(0o640)
+    config = write_config(tmp_path, [registry.url], extra=f'secret_file = "{secret}"\n')
+    status, results = doctor_json(config)
+    assert status == 1
+    assert results["secret"]["status"] == "problem"
+    assert f"the secret {secret} is open to the group" in results["secret"]["message"]
+    assert "(mode 0640)" in results["secret"]["message"]
+    assert results["secret"]["fix"] == f"sudo chmod 600 {secret}"
+    # The secret is still usable: the other checks go on.
+    assert results["registry"]["status"] == "ok"
+    secret.chmod(0o600)
+    assert doctor_json(config)[1]["secret"]["status"] == SECRET_HERE
 
 
 def test_a_usage_error_exits_2() -> None:
@@ -310,3 +341,103 @@ def test_listen_is_ok_when_our_daemon_holds_the_port() -> None:
         f"p2pd is running and listening on 0.0.0.0:{port}",
     )
     assert asked == sockets
+
+
+# -- the secret: root's and the services' only -----------------------------------------
+
+
+def settings_with(tmp_path: Path, **keys: object) -> PeerSettings:
+    (tmp_path / "share").mkdir(exist_ok=True)
+    base = {
+        "share_dir": tmp_path / "share",
+        "download_dir": tmp_path / "downloads",
+        "registries": ["http://127.0.0.1:7000"],
+    }
+    return PeerSettings.model_validate({**base, **keys})
+
+
+@pytest.fixture
+def no_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("P2PD_") or name == "CREDENTIALS_DIRECTORY":
+            monkeypatch.delenv(name)
+
+
+def private_file(path: Path, mode: int = 0o600) -> Path:
+    path.write_text(SECRET)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.usefixtures("no_credential")
+def test_secret_modes_open_to_group_or_others_are_problems(tmp_path: Path) -> None:
+    secret = private_file(tmp_path / "secret")
+    settings = settings_with(tmp_path, secret_file=secret)
+    service = tmp_path / "service-secret"
+    result = check_secret(settings, "/etc/p2pd.toml", service, installed=False)
+    assert (result.status, result.message) == ("ok", f"{secret} is readable by its owner only")
+    for mode, who in ((0o640, "the group"), (0o604, "everyone"), (0o644, "the group")):
+        secret.chmod(mode)
+        result = check_secret(settings, "/etc/p2pd.toml", service, installed=False)
+        assert result.status == "problem"
+        assert f"open to {who}" in result.message and f"(mode {mode:04o})" in result.message
+        assert result.fix == f"sudo chmod 600 {secret}"
+
+
+@pytest.mark.usefixtures("no_credential")
+def test_an_inline_secret_in_a_readable_config_is_a_problem(tmp_path: Path) -> None:
+    config = tmp_path / "p2pd.toml"
+    config.write_text("")
+    config.chmod(0o644)
+    settings = settings_with(tmp_path, secret=SECRET)
+    result = check_secret(settings, str(config), tmp_path / "none", installed=False)
+    assert result.status == "problem"
+    assert f"{config}, which holds the secret inline, is open to the group" in result.message
+    assert "and everyone (mode 0644)" in result.message
+    assert "delete 'secret'" in result.fix
+
+
+@pytest.mark.usefixtures("no_credential")
+def test_under_the_installed_unit_the_credential_file_is_what_counts(tmp_path: Path) -> None:
+    service = tmp_path / "etc-p2pd-secret"
+    # The config names no secret (as `config init` writes it now): the unit's file is used.
+    settings = settings_with(tmp_path)
+    private_file(service, 0o640)
+    result = check_secret(settings, "/etc/p2pd.toml", service, installed=True)
+    assert (result.status, result.fix) == ("problem", f"sudo chmod 600 {service}")
+    service.chmod(0o600)
+    assert check_secret(settings, "/etc/p2pd.toml", service, installed=True).status == "ok"
+    # A config that names another file: the service ignores it, and doctor says so.
+    other = private_file(tmp_path / "other")
+    named = settings_with(tmp_path, secret_file=other)
+    result = check_secret(named, "/etc/p2pd.toml", service, installed=True)
+    assert result.status == "warning"
+    assert f"the service uses {service}" in result.message and "'secret_file'" in result.message
+    # An upgraded host whose config still names the unit's own file: nothing to say.
+    upgraded = settings_with(tmp_path, secret_file=service)
+    assert check_secret(upgraded, "/etc/p2pd.toml", service, installed=True).status == "ok"
+    # Without the file the unit cannot start at all.
+    service.unlink()
+    result = check_secret(named, "/etc/p2pd.toml", service, installed=True)
+    assert result.status == "problem" and "p2pd.service cannot start" in result.message
+
+
+def test_the_credential_itself_needs_no_mode_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private_file(tmp_path / "secret", 0o644)  # systemd's own directory guards it
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    result = check_secret(settings_with(tmp_path), "/x", tmp_path / "none", installed=True)
+    assert result.status == "ok" and "systemd credential" in result.message
+
+
+@pytest.mark.usefixtures("no_credential")
+def test_config_without_a_secret_is_checked_with_the_service_s_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, ["http://127.0.0.1:7000"])
+    service = private_file(tmp_path / "service-secret")
+    result, settings, secret = check_config(str(config), service)
+    assert result.status == "ok" and settings is not None and secret == SECRET
+    service.unlink()
+    result, _, secret = check_config(str(config), service)
+    assert result.status == "problem" and secret is None
+    assert "no shared secret" in result.message and str(service) in result.message

@@ -6,7 +6,9 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from p2pcommon.settings import load_settings
+import pytest
+
+from p2pcommon.settings import ConfigError, load_settings
 from p2pd.admin import dropin_problem, folders_dropin
 from p2pd.config import PeerSettings
 from registryd.config import RegistrySettings
@@ -42,6 +44,28 @@ def test_config_init_writes_a_commented_file_the_daemon_loads(tmp_path: Path) ->
     for key in ("upload_rate_limit", "advertise", "heartbeat_interval", "listen"):
         assert f"# {key} = " in text
     assert text.count("\n# ") > 10
+
+
+def test_config_init_for_the_service_names_no_secret_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The unit passes /etc/p2pd/secret as the credential 'secret': the config need not name it.
+    output = tmp_path / "p2pd.toml"
+    result = run(
+        str(VENV_BIN / "p2pd"), "config", "init", "--share", "/srv/p2pd/share",
+        "--downloads", "/srv/p2pd/downloads", "--registry", "http://10.0.0.1:7000",
+        "--output", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = output.read_text()
+    assert "\nsecret_file" not in text and "systemd credential 'secret'" in text
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    settings, _ = load_settings(PeerSettings, explicit_path=str(output), default_path="/x")
+    with pytest.raises(ConfigError, match="no shared secret"):
+        settings.resolve_secret()
+    (tmp_path / "secret").write_text(SECRET)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert settings.resolve_secret() == SECRET
 
 
 def test_config_init_never_replaces_a_file_without_force(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -17,7 +18,7 @@ from p2pd.identity import load_or_create
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith("P2PD_"):
+        if name.startswith("P2PD_") or name == "CREDENTIALS_DIRECTORY":
             monkeypatch.delenv(name)
 
 
@@ -124,3 +125,72 @@ def test_half_an_identity_is_an_error_not_a_new_id(tmp_path: Path) -> None:
     (tmp_path / "identity.key").unlink()
     with pytest.raises(ValueError, match="identity.key is missing"):
         load_or_create(tmp_path)
+
+
+# -- where the secret comes from --------------------------------------------------------
+
+
+def config_naming(tmp_path: Path, secret_line: str) -> Path:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace('secret = "a-good-long-secret"\n', secret_line))
+    return path
+
+
+def credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    (directory / "secret").write_text(text + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(directory))
+
+
+def test_the_credential_wins_over_a_secret_file_the_service_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An upgraded host: the config still names /etc/p2pd/secret, now root's alone.
+    unreadable = tmp_path / "root-only" / "secret"
+    settings = load(config_naming(tmp_path, f'secret_file = "{unreadable}"\n'))
+    credential(tmp_path, monkeypatch, "the-credential-secret")
+    with caplog.at_level(logging.INFO, logger="p2pd"):
+        assert settings.resolve_secret() == "the-credential-secret"
+    assert caplog.messages == [
+        "shared secret from the systemd credential 'secret'; "
+        "'secret_file' in the config is not used under systemd"
+    ]
+
+
+def test_the_credential_serves_a_config_that_names_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load(config_naming(tmp_path, ""))
+    credential(tmp_path, monkeypatch, "the-credential-secret")
+    with caplog.at_level(logging.INFO, logger="p2pd"):
+        assert settings.resolve_secret() == "the-credential-secret"
+    assert caplog.messages == ["shared secret from systemd credential 'secret'"]
+
+
+def test_without_the_credential_the_config_s_secret_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-the-secret-file\n")
+    settings = load(config_naming(tmp_path, f'secret_file = "{secret}"\n'))
+    with caplog.at_level(logging.INFO, logger="p2pd"):
+        assert settings.resolve_secret() == "from-the-secret-file"
+    assert caplog.messages == ["shared secret from key 'secret_file'"]
+    # A credentials directory without 'secret' (another unit's credentials) is no credential.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "elsewhere"))
+    assert settings.resolve_secret() == "from-the-secret-file"
+    assert load(write_config(tmp_path)).resolve_secret() == "a-good-long-secret"
+
+
+def test_secret_errors_name_their_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "missing"
+    settings = load(config_naming(tmp_path, f'secret_file = "{missing}"\n'))
+    with pytest.raises(ConfigError, match=f"key 'secret_file': cannot read {missing}"):
+        settings.resolve_secret()
+    with pytest.raises(ConfigError, match="no shared secret.*LoadCredential=secret:FILE"):
+        load(config_naming(tmp_path, "")).resolve_secret()
+    credential(tmp_path, monkeypatch, "short")
+    with pytest.raises(ConfigError, match="systemd credential 'secret': .* too short"):
+        settings.resolve_secret()

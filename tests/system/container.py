@@ -22,6 +22,13 @@ PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-venv,make,procps"
 CACHE_DIR = Path(os.environ.get("P2PD_TEST_CACHE", "/var/cache/p2pd-test"))
 MIRROR = os.environ.get("P2PD_TEST_MIRROR", "http://deb.debian.org/debian")
 INNER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Deadlines for what takes real time: generous, because a loaded CI machine
+#: stretches a 5 s boot to minutes, and a deadline that trips is a false failure.
+BOOT_TIMEOUT = 600.0
+WAIT_TIMEOUT = 180.0
+#: What `systemctl is-system-running` says before the container's systemd can
+#: answer (no bus yet: nothing, or "offline"/"unknown") or while it still boots.
+NOT_YET = frozenset({"", "offline", "unknown", "initializing", "starting"})
 
 
 def why_not_runnable() -> str | None:
@@ -61,7 +68,7 @@ class Container:
         self._process: subprocess.Popen[bytes] | None = None
         self.leader = 0
 
-    def boot(self, timeout: float = 120) -> None:
+    def boot(self, timeout: float = BOOT_TIMEOUT) -> None:
         command = [
             "systemd-nspawn",
             "--quiet",
@@ -81,9 +88,35 @@ class Container:
                 raise RuntimeError(f"the container did not boot: {self.console()}")
             self.leader = _descendant_named(self._process.pid, "systemd")
             time.sleep(0.1)
-        state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout)
-        if state.stdout.strip() not in ("running", "degraded"):
-            raise RuntimeError(f"the container's systemd is {state.stdout.strip()!r}")
+        state = self.system_state(deadline)
+        if state not in ("running", "degraded"):
+            raise RuntimeError(f"the container's systemd is {state!r}: {self.console()}")
+
+    def system_state(self, deadline: float) -> str:
+        """`systemctl is-system-running --wait`, asked again until it gives a real state.
+
+        Right after PID 1 starts, systemctl can reach neither the bus nor the
+        manager and answers with nothing at once; --wait only waits once
+        connected.  On a busy machine that window lasts seconds.
+        """
+        answer = ""
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(f"the container stopped while booting: {self.console()}")
+            try:
+                result = self.run(
+                    "systemctl", "is-system-running", "--wait", check=False, timeout=remaining
+                )
+            except subprocess.TimeoutExpired:
+                break
+            answer = result.stdout.strip()
+            if answer not in NOT_YET:
+                return answer
+            time.sleep(0.5)
+        raise RuntimeError(
+            f"the container's systemd gave no state in time (last answer {answer!r}): "
+            f"{self.console()}"
+        )
 
     def console(self) -> str:
         return (self.root.parent / "nspawn.log").read_text(errors="replace")[-4000:]
@@ -127,7 +160,7 @@ class Container:
         output = self.run("systemctl", "show", unit, *(f"--property={p}" for p in properties))
         return dict(line.split("=", 1) for line in output.stdout.splitlines() if "=" in line)
 
-    def wait_for(self, what: str, predicate: object, timeout: float = 60) -> None:
+    def wait_for(self, what: str, predicate: object, timeout: float = WAIT_TIMEOUT) -> None:
         """Poll ``predicate()`` (a callable) until true: systemd's restarts take real time."""
         assert callable(predicate)
         deadline = time.monotonic() + timeout

@@ -23,8 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 reason = why_not_runnable()
 pytestmark = [
     pytest.mark.skipif(reason is not None, reason=reason or ""),
-    pytest.mark.timeout(900),
+    # The first test also builds the wheels and, once per machine, the root file system.
+    pytest.mark.timeout(1800),
 ]
+#: `make install` builds a venv inside: minutes on a loaded machine.
+INSTALL_TIMEOUT = 900
 
 # Short enough that a stalled loop is caught within the test, long enough
 # that a loaded CI machine does not trip it by accident.
@@ -112,17 +115,37 @@ def registered(box: Container) -> bool:
     return result.returncode == 0 and json.loads(result.stdout)["registered"] is True
 
 
+def journal_says(box: Container, text: str, unit: str = "p2pd") -> bool:
+    # journald takes the daemon's lines asynchronously: poll, never read once.
+    return text in box.run("journalctl", "-u", unit, "-o", "cat", "--no-pager").stdout
+
+
+def owner_and_mode(box: Container, path: str) -> str:
+    return box.run("stat", "-c", "%U:%G %a", path).stdout.strip()
+
+
+def install(box: Container) -> str:
+    return box.run(
+        "make", "-C", "/src", "install", "WHEELHOUSE=/wheels", timeout=INSTALL_TIMEOUT
+    ).stdout
+
+
 def test_make_install_writes_config_units_and_account(container: Container) -> None:
     # The source is mounted read-only: installing must not write into it.
-    out = container.run("make", "-C", "/src", "install", "WHEELHOUSE=/wheels")
-    assert "systemctl enable --now" in out.stdout
+    out = install(container)
+    assert "systemctl enable --now" in out
     for path in ("/etc/p2pd.toml", "/etc/registryd.toml", "/etc/p2pd/secret"):
         container.run("test", "-s", path)
     container.run("getent", "group", "p2pd")
+    # The secret is root's alone; the unit passes it on, so the config need not name it.
+    assert owner_and_mode(container, "/etc/p2pd/secret") == "root:root 600"
+    assert owner_and_mode(container, "/etc/p2pd") == "root:root 700"
+    assert "\nsecret_file" not in container.run("cat", "/etc/p2pd.toml").stdout
     # A second run upgrades in place and keeps the administrator's files.
     container.run("sh", "-c", "echo '# edited' >> /etc/p2pd.toml")
-    container.run("make", "-C", "/src", "install", "WHEELHOUSE=/wheels")
+    again = install(container)
     assert "# edited" in container.run("cat", "/etc/p2pd.toml").stdout
+    assert "root's alone" not in again  # nothing to tighten
     # Installed, the units are clean in systemd's own eyes.
     for unit in ("p2pd.service", "registryd.service"):
         verify = container.run("systemd-analyze", "verify", f"/etc/systemd/system/{unit}")
@@ -148,8 +171,20 @@ def test_enable_now_serves_and_group_members_use_p2pctl(container: Container) ->
     assert is_active(container, "registryd")
     assert is_active(container, "p2pd")
     container.wait_for("p2pd to register", lambda: registered(container))
+    # Registered, so signed with the secret, which p2pd (user p2pd) could only get this way.
+    container.wait_for(
+        "p2pd to say where its secret came from",
+        lambda: journal_says(container, "shared secret from systemd credential 'secret'"),
+    )
     status = status_as_alice(container)
     assert status["shared_files"] == 1
+    # The group p2pd gives the control socket, and not the secret.
+    peek = container.run("cat", "/etc/p2pd/secret", user="alice", check=False)
+    assert peek.returncode != 0 and "Permission denied" in peek.stderr
+    doctor_as_alice = container.run("p2pctl", "doctor", user="alice", check=False)
+    assert doctor_as_alice.returncode == 1
+    assert "sudo p2pctl doctor" in doctor_as_alice.stdout
+    assert "usermod" not in doctor_as_alice.stdout  # joining the group no longer helps
     # A user outside the group is refused, and told how to get in.
     container.run("useradd", "bob")
     denied = container.run("p2pctl", "status", user="bob", check=False)
@@ -161,12 +196,23 @@ def test_enable_now_serves_and_group_members_use_p2pctl(container: Container) ->
     # The health check finds nothing to fix in a fresh install.
     doctor = container.run("p2pctl", "doctor", check=False)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-    # READY=1 came with a one-line STATUS= summary.
-    summary = container.show("p2pd", "StatusText")["StatusText"]
-    assert "registered" in summary and "shared files" in summary
+    assert "/etc/p2pd/secret is readable by its owner only" in doctor.stdout
+    # READY=1 came with a one-line STATUS= summary; it follows the registration.
+    container.wait_for(
+        "the STATUS= summary",
+        lambda: all(
+            word in container.show("p2pd", "StatusText")["StatusText"]
+            for word in ("registered", "shared files")
+        ),
+    )
     # journald adds the timestamps; ours would be doubled.
-    log = container.run("journalctl", "-u", "p2pd", "-o", "cat", "--no-pager").stdout
-    assert any(line.startswith("INFO p2pd: serving") for line in log.splitlines()), log
+    container.wait_for(
+        "the log line",
+        lambda: any(
+            line.startswith("INFO p2pd: serving")
+            for line in container.run("journalctl", "-u", "p2pd", "-o", "cat").stdout.splitlines()
+        ),
+    )
 
 
 def test_killed_daemon_is_restarted(container: Container) -> None:
@@ -189,8 +235,7 @@ def test_stalled_loop_is_restarted_by_the_watchdog(container: Container) -> None
         timeout=90,
     )
     container.wait_for("p2pd to come back", lambda: is_active(container))
-    log = container.run("journalctl", "-u", "p2pd", "--no-pager").stdout
-    assert "Watchdog timeout" in log
+    container.wait_for("systemd's log line", lambda: journal_says(container, "Watchdog timeout"))
 
 
 def test_reload_rereads_the_config_without_a_restart(container: Container) -> None:
@@ -221,16 +266,37 @@ def test_share_under_home_works_through_the_dropin(container: Container) -> None
     )
     container.run("p2pd", "install")
     container.run("systemctl", "restart", "p2pd")
-    shared = json.loads(container.run("p2pctl", "--json", "shared", user="alice").stdout)
-    assert [entry["path"] for entry in shared] == ["a.txt"]
+
+    def shared() -> list[str]:
+        listing = json.loads(container.run("p2pctl", "--json", "shared", user="alice").stdout)
+        return [entry["path"] for entry in listing]
+
+    container.wait_for("the share under /home", lambda: shared() == ["a.txt"])
 
 
 def test_an_upgrade_restarts_the_running_services(container: Container) -> None:
+    # As an install from before the credential left it: a config naming the
+    # secret file, and the file readable by the group p2pd.
+    container.run("sh", "-c", "echo 'secret_file = \"/etc/p2pd/secret\"' >> /etc/p2pd.toml")
+    container.run("chgrp", "p2pd", "/etc/p2pd", "/etc/p2pd/secret")
+    container.run("chmod", "0750", "/etc/p2pd")
+    container.run("chmod", "0640", "/etc/p2pd/secret")
     before = main_pid(container)
-    container.run("make", "-C", "/src", "install", "WHEELHOUSE=/wheels")
+    out = install(container)
+    assert "made /etc/p2pd/secret root's alone (mode 0600 root:root, was 640 root:p2pd)" in out
+    assert owner_and_mode(container, "/etc/p2pd/secret") == "root:root 600"
+    assert owner_and_mode(container, "/etc/p2pd") == "root:root 700"
     container.wait_for("p2pd to run again", lambda: is_active(container))
     assert main_pid(container) != before
+    # The old config still names the file, which p2pd may not read: the credential wins.
     container.wait_for("p2pd to register again", lambda: registered(container))
+    container.wait_for(
+        "p2pd to say the config's key is not used",
+        lambda: journal_says(container, "'secret_file' in the config is not used under systemd"),
+    )
+    assert container.run("cat", "/etc/p2pd/secret", user="alice", check=False).returncode != 0
+    doctor = container.run("p2pctl", "doctor", check=False)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
 
 
 def test_stop_is_clean_and_leaves_the_registry(container: Container) -> None:
@@ -243,12 +309,11 @@ def test_stop_is_clean_and_leaves_the_registry(container: Container) -> None:
     assert state == {"ActiveState": "inactive", "Result": "success"}
     members = container.run("/opt/p2pd/bin/python", "-c", LIST_MEMBERS).stdout.split()
     assert peer_id not in members
-    log = container.run("journalctl", "-u", "p2pd", "-o", "cat", "--no-pager").stdout
-    assert "left the registry" in log
+    container.wait_for("the log line", lambda: journal_says(container, "left the registry"))
 
 
 def test_uninstall_keeps_config_and_data(container: Container) -> None:
-    container.run("make", "-C", "/src", "uninstall")
+    container.run("make", "-C", "/src", "uninstall", timeout=INSTALL_TIMEOUT)
     assert container.run("test", "-e", "/usr/local/bin/p2pd", check=False).returncode != 0
     assert container.run("test", "-e", "/opt/p2pd", check=False).returncode != 0
     for kept in (
