@@ -21,10 +21,15 @@ from p2pcommon.identity import peer_id_from_pem, short_id
 from p2pcommon.models import Lease, MemberRequest, RegisterRequest, join_host_port
 from p2pcommon.signing import MAX_SKEW, REPLAYED, AuthError, Signer
 from registryd.guards import FailureLimiter
+from registryd.health import StoreHealth
 from registryd.metrics import RegistryMetrics
 from registryd.store import Store, StoreError
 
 log = logging.getLogger("registryd")
+
+#: Seconds a client is told to wait while the store is away: the health probe
+#: runs every second, so the registry answers again soon after the store does.
+RETRY_AFTER = "2"
 
 
 @dataclass
@@ -49,6 +54,7 @@ class RegistryApp:
         metrics: RegistryMetrics,
         *,
         limiter: FailureLimiter | None = None,
+        health: StoreHealth | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._signer = signer
@@ -56,14 +62,17 @@ class RegistryApp:
         self._metrics = metrics
         self._limiter = limiter or FailureLimiter()
         self._clock = clock
-        # path -> (method, action); None marks the routes that need no signature.
-        self._routes: dict[str, tuple[str, Action | None]] = {
-            "/register": ("POST", self._register),
-            "/heartbeat": ("POST", self._heartbeat),
-            "/leave": ("POST", self._leave),
-            "/clients": ("GET", self._clients),
-            "/healthz": ("GET", None),
-            "/metrics": ("GET", None),
+        # Shared with the WatchedStore in front of ``store``; a memory store never fails.
+        self._health = health or StoreHealth()
+        # path -> (methods, action); None marks the routes that need no signature.
+        self._routes: dict[str, tuple[tuple[str, ...], Action | None]] = {
+            "/register": (("POST",), self._register),
+            "/heartbeat": (("POST",), self._heartbeat),
+            "/leave": (("POST",), self._leave),
+            "/clients": (("GET",), self._clients),
+            # Load balancers probe with HEAD as often as with GET.
+            "/healthz": (("GET", "HEAD"), None),
+            "/metrics": (("GET",), None),
         }
 
     @property
@@ -78,31 +87,57 @@ class RegistryApp:
         if route is None:
             response = error_response(404, "not found", f"no route {path}; see the README's API")
             path = "other"
-        elif request.method != route[0]:
-            response = error_response(405, "method not allowed", f"{path} takes {route[0]}")
-            response.headers.append(("Allow", route[0]))
+        elif request.method not in route[0]:
+            allowed = ", ".join(route[0])
+            response = error_response(405, "method not allowed", f"{path} takes {allowed}")
+            response.headers.append(("Allow", allowed))
         elif path == "/healthz":
-            response = json_response(200, {"status": "ok"})
+            response = self._healthz()
+            if request.method == "HEAD":
+                response.body = b""
         elif path == "/metrics":
-            with contextlib.suppress(StoreError):
-                self._metrics.members.set(await self._store.count(self._clock()))
-            body, content_type = self._metrics.render()
-            response = Response(200, body, [("Content-Type", content_type)])
+            response = await self._render_metrics()
         else:
             action = route[1]
             assert action is not None
             try:
                 response = await self._authenticated(request, action)
             except StoreError as exc:
-                log.warning("store unavailable: %s", exc)
+                # Logged once per outage by the WatchedStore, not once per request here.
                 response = error_response(
                     503,
                     "store unavailable",
-                    "the registry's store does not answer; try another registry or retry later",
-                    [("Retry-After", "5")],
+                    f"the registry's store does not answer ({exc}); retry in a few seconds "
+                    "or use another registry (its operator: check that Redis runs and is "
+                    "reachable)",
+                    [("Retry-After", RETRY_AFTER)],
                 )
         self._metrics.latency.labels(path).observe(time.perf_counter() - started)
         return response
+
+    def _healthz(self) -> Response:
+        health = self._health
+        if health.available:
+            return json_response(200, {"status": "ok"})
+        return json_response(
+            503,
+            {
+                "status": "unavailable",
+                "error": "store unavailable",
+                "reason": health.reason,
+                "message": "the registry's store does not answer; this registry answers 503 "
+                "until it does (check that Redis runs and is reachable)",
+            },
+            [("Retry-After", RETRY_AFTER)],
+        )
+
+    async def _render_metrics(self) -> Response:
+        # Scrapes go on during an outage: the gauge keeps its last value then.
+        with contextlib.suppress(StoreError):
+            self._metrics.members.set(await self._store.count(self._clock()))
+        self._metrics.store_up.set(1 if self._health.available else 0)
+        body, content_type = self._metrics.render()
+        return Response(200, body, [("Content-Type", content_type)])
 
     async def _authenticated(self, request: Request, action: Action) -> Response:
         now = self._clock()

@@ -33,8 +33,17 @@ class RegistrySettings(SharedSettings):
     @field_validator("store")
     @classmethod
     def _known_store(cls, value: str) -> str:
-        if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
+        if value == "memory":
+            return value
+        if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be 'memory' or a redis:// URL")
+        from redis import ConnectionPool
+
+        # A malformed URL is a configuration error at start, not a traceback later.
+        try:
+            ConnectionPool.from_url(value).disconnect()
+        except ValueError as exc:
+            raise ValueError(f"not a valid Redis URL: {exc}") from None
         return value
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from p2pcommon.boundary import keep_running
 from p2pcommon.httpserver import HttpServer, Limits
 from p2pcommon.models import split_host_port
 from p2pcommon.service import (
@@ -27,8 +28,10 @@ from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
 from registryd.config import DEFAULT_PATH, RegistrySettings
 from registryd.guards import FailureLimiter
+from registryd.health import StoreHealth
 from registryd.metrics import RegistryMetrics
-from registryd.store import MemoryStore, Store
+from registryd.store import MemoryStore, Store, StoreError
+from registryd.watched_store import WatchedStore
 
 log = logging.getLogger("registryd")
 
@@ -45,7 +48,12 @@ def make_store(settings: RegistrySettings) -> Store:
         return MemoryStore(settings.peer_ttl)
     from registryd.redis_store import RedisStore
 
-    return RedisStore(settings.store, settings.peer_ttl)
+    try:
+        # Builds a client only: no connection is made before the first call,
+        # so an absent Redis never stops the start (it makes 503s instead).
+        return RedisStore(settings.store, settings.peer_ttl)
+    except StoreError as exc:
+        raise StartupError(f"cannot use the store {_store_name(settings)}: {exc}") from None
 
 
 def _ssl_context(settings: RegistrySettings) -> ssl.SSLContext:
@@ -76,14 +84,23 @@ async def _open_listeners(settings: RegistrySettings) -> list[trio.abc.Listener[
 
 async def _expire_loop(store: Store, metrics: RegistryMetrics) -> None:
     # A tenth of the ttl keeps /metrics and the logs close to the truth;
-    # /clients never shows an expired member whatever this period is.
+    # /clients never shows an expired member whatever this period is.  The
+    # round is also the store's health probe, so the period bounds how soon
+    # a returning Redis is noticed.
     period = min(1.0, store.ttl / 10)
-    while True:
-        await trio.sleep(period)
-        gone = await store.expire(time.time())
+
+    async def expire_round() -> None:
+        try:
+            gone = await store.expire(time.time())
+        except StoreError:
+            gone = []  # the WatchedStore logged the outage once; probe again next round
         for member_id in gone:
             log.info("%s expired: no heartbeat for %g s", member_id[:7], store.ttl)
         metrics.expiries.inc(len(gone))
+        await trio.sleep(period)
+
+    # Any other error is a bug: logged, and the loop goes on after a pause.
+    await keep_running("expire", expire_round, pause=period, max_pause=10.0, logger=log)
 
 
 #: Reads the configuration again: new settings and secret, or ConfigError.
@@ -134,42 +151,73 @@ async def _serve(
     termination: Termination,
     task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]],
 ) -> None:
-    store = make_store(settings)
-    try:
-        metrics = RegistryMetrics()
-        app = RegistryApp(Signer(secret), store, metrics, limiter=FailureLimiter())
-        limits = Limits(
-            max_body_bytes=settings.max_body,
-            idle_timeout=settings.idle_timeout,
-            request_timeout=settings.request_timeout,
+    health = StoreHealth()
+    serving = trio.Event()
+
+    def status() -> str:
+        scheme = "https" if settings.tls_cert else "http"
+        line = f"serving on {scheme}://{settings.listen} (store: {_store_name(settings)})"
+        return line if health.available else f"{line}; store unavailable: {health.reason}"
+
+    async with trio.open_nursery() as signals:
+        if reload is not None:
+            load = reload
+
+            async def on_hangup() -> None:
+                # A SIGHUP during start-up is checked once serving, with the rest set up.
+                await serving.wait()
+                await check_reload(settings, secret, load)
+
+            # Like SIGTERM, a SIGHUP must find its receiver open before any slow
+            # start-up work: by default it ends the process.
+            await signals.start(reload_on_hangup, on_hangup, notifier, status)
+        store = WatchedStore(
+            make_store(settings),
+            health,
+            name=_store_name(settings),
+            on_change=lambda: notifier.status(status()),
         )
-        server = HttpServer(app.handle, limits)
-        listeners = await _open_listeners(settings)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run, listeners)
-            nursery.start_soon(_expire_loop, store, metrics)
-            nursery.start_soon(notifier.keep_watchdog_fed)
-            scheme = "https" if settings.tls_cert else "http"
-            status = f"serving on {scheme}://{settings.listen} (store: {_store_name(settings)})"
-            if reload is not None:
-                await nursery.start(
-                    reload_on_hangup,
-                    lambda: check_reload(settings, secret, reload),
-                    notifier,
-                    lambda: status,
-                )
-            log.info("%s, peer_ttl %g s", status, settings.peer_ttl)
-            notifier.ready(status)
-            task_status.started(listeners)
-            signal_name = await termination.wait()
-            log.info("stopping on %s", signal_name)
-            notifier.stopping()
-            await server.shutdown(SHUTDOWN_DEADLINE)
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await store.aclose()
+        try:
+            await _run(settings, secret, store, notifier, termination, status, serving, task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+        signals.cancel_scope.cancel()
     log.info("stopped")
+
+
+async def _run(
+    settings: RegistrySettings,
+    secret: str,
+    store: WatchedStore,
+    notifier: Notifier,
+    termination: Termination,
+    status: Callable[[], str],
+    serving: trio.Event,
+    task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]],
+) -> None:
+    metrics = RegistryMetrics()
+    app = RegistryApp(Signer(secret), store, metrics, limiter=FailureLimiter(), health=store.health)
+    limits = Limits(
+        max_body_bytes=settings.max_body,
+        idle_timeout=settings.idle_timeout,
+        request_timeout=settings.request_timeout,
+    )
+    server = HttpServer(app.handle, limits)
+    listeners = await _open_listeners(settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run, listeners)
+        nursery.start_soon(_expire_loop, store, metrics)
+        nursery.start_soon(notifier.keep_watchdog_fed)
+        log.info("%s, peer_ttl %g s", status(), settings.peer_ttl)
+        notifier.ready(status())
+        serving.set()
+        task_status.started(listeners)
+        signal_name = await termination.wait()
+        log.info("stopping on %s", signal_name)
+        notifier.stopping()
+        await server.shutdown(SHUTDOWN_DEADLINE)
+        nursery.cancel_scope.cancel()
 
 
 def _store_name(settings: RegistrySettings) -> str:

@@ -23,6 +23,10 @@ class RegistryMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.members = Gauge("registry_members", "Members with a live lease", registry=r)
+        self.store_up = Gauge(
+            "registry_store_up", "1 while the store answers, 0 while it is away", registry=r
+        )
+        self.store_up.set(1)
         self.registrations = Counter(
             "registry_registrations", "Successful POST /register", registry=r
         )

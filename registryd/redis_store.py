@@ -12,16 +12,24 @@ Each operation is one Lua script or one command, so it is atomic however
 many instances run.  redis-py is synchronous here (its asyncio client does
 not run under trio); calls go through ``trio.to_thread`` with a bounded
 number of threads.
+
+A dead or silent Redis must cost a request a few seconds at most: connect and
+read timeouts are short, redis-py does not retry on its own (the registry's
+health probe does, see ``registryd.watched_store``), and every failure of a
+call, whatever redis-py or the socket raised, comes out as ``StoreError``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import redis
 import trio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from registryd.store import StoreError
 from registryd.table import Entry
@@ -57,6 +65,15 @@ return gone
 
 T = TypeVar("T")
 
+#: Seconds to open a connection, and to wait for one answer: a healthy Redis
+#: answers in milliseconds, so this only bounds how long a dead one holds a request.
+CONNECT_TIMEOUT = 2.0
+READ_TIMEOUT = 2.0
+
+#: What a failing Redis raises: redis-py's own errors, and socket or TLS errors
+#: (OSError) that some paths, e.g. loading a rediss:// CA file, let through.
+_FAILURES = (redis.RedisError, OSError)
+
 
 def _member_key(member_id: str) -> str:
     return f"{PREFIX}member:{member_id}"
@@ -65,7 +82,17 @@ def _member_key(member_id: str) -> str:
 class RedisStore:
     def __init__(self, url: str, ttl: float, *, max_threads: int = 8) -> None:
         self.ttl = ttl
-        self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
+        try:
+            self._redis = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=READ_TIMEOUT,
+                # No retries inside a request: one attempt, then 503 and the probe's turn.
+                retry=Retry(NoBackoff(), 0),
+            )
+        except _FAILURES as exc:
+            raise StoreError(f"redis: {_one_line(exc)}") from exc
         self._register = self._redis.register_script(_REGISTER)
         self._renew = self._redis.register_script(_RENEW)
         self._expire = self._redis.register_script(_EXPIRE)
@@ -74,8 +101,8 @@ class RedisStore:
     async def _run(self, call: Callable[[], T]) -> T:
         try:
             return await trio.to_thread.run_sync(call, limiter=self._threads)
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
+        except _FAILURES as exc:
+            raise StoreError(f"redis: {_one_line(exc)}") from exc
 
     def _lease_ms(self) -> int:
         # The hash outlives the lease a little so that expire() still finds it.
@@ -153,7 +180,14 @@ class RedisStore:
         return bool(await self._run(lambda: self._redis.set(key, 1, nx=True, px=ms)))
 
     async def aclose(self) -> None:
-        await self._run(self._redis.close)
+        # Closing only drops pooled sockets; a dead Redis must not fail a shutdown.
+        with contextlib.suppress(StoreError):
+            await self._run(self._redis.close)
 
     async def ping(self) -> None:
         await self._run(self._redis.ping)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).replace("\n", " ").strip()
+    return text or type(exc).__name__

@@ -1,0 +1,196 @@
+"""Store health without processes: the pure state, the watched store, the app, the expire loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import trio
+import trio.testing
+
+from p2pcommon.httpserver import Request
+from p2pcommon.signing import Signer
+from registryd.app import RegistryApp
+from registryd.health import StoreHealth
+from registryd.main import _expire_loop
+from registryd.metrics import RegistryMetrics
+from registryd.store import MemoryStore, StoreError
+from registryd.watched_store import WatchedStore
+from tests.support import SECRET, Peer
+
+REFUSED = "redis: Error 111 connecting to 127.0.0.1:6379. Connection refused."
+
+
+class FlakyStore(MemoryStore):
+    """A memory store that fails like a dead Redis while ``down``, counting the calls."""
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        super().__init__(ttl)
+        self.down = False
+        self.calls = 0
+        self.expire_bug: Exception | None = None
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise StoreError(REFUSED)
+
+    async def register(
+        self, id: str, name: str, cert: str, addresses: tuple[str, ...], now: float
+    ) -> bool:
+        self._check()
+        return await super().register(id, name, cert, addresses, now)
+
+    async def remember_nonce(self, nonce: str, expires_at: float, now: float) -> bool:
+        self._check()
+        return await super().remember_nonce(nonce, expires_at, now)
+
+    async def count(self, now: float) -> int:
+        self._check()
+        return await super().count(now)
+
+    async def expire(self, now: float) -> list[str]:
+        if self.expire_bug is not None:
+            bug, self.expire_bug = self.expire_bug, None
+            raise bug
+        self._check()
+        return await super().expire(now)
+
+
+# -- StoreHealth ------------------------------------------------------------
+
+
+def test_one_change_per_outage_whatever_the_number_of_failures() -> None:
+    health = StoreHealth()
+    assert health.failed("refused", started=1.0, now=1.1)
+    assert not health.failed("timeout", started=1.2, now=1.3)
+    assert (health.available, health.reason, health.since) == (False, "timeout", 1.1)
+    assert health.succeeded(started=3.0, now=3.1) == pytest.approx(2.0)
+    assert health.succeeded(started=3.2, now=3.3) is None
+    assert (health.available, health.reason) == (True, "")
+
+
+def test_a_call_that_began_before_a_change_does_not_undo_it() -> None:
+    health = StoreHealth()
+    assert health.failed("refused", started=5.0, now=6.0)
+    # Began while the store still answered, finished after the outage was seen.
+    assert health.succeeded(started=4.0, now=6.5) is None
+    assert not health.available
+    assert health.succeeded(started=7.0, now=7.5) is not None
+    # Began during the outage, failed after the recovery was seen.
+    assert not health.failed("refused", started=7.2, now=8.0)
+    assert health.available
+
+
+# -- WatchedStore and the app ------------------------------------------------
+
+
+def signed(method: str, path: str, payload: object = None, *, secret: str = SECRET) -> Request:
+    body = b"" if payload is None else json.dumps(payload).encode()
+    headers, _ = Signer(secret).sign_request(method, path, body, now=0.0)
+    return Request(
+        method,
+        path,
+        [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        body,
+        "192.0.2.7",
+    )
+
+
+def plain(method: str, path: str) -> Request:
+    return Request(method, path, [], b"", "192.0.2.7")
+
+
+@pytest.fixture
+def flaky() -> FlakyStore:
+    return FlakyStore()
+
+
+@pytest.fixture
+def watched(flaky: FlakyStore) -> WatchedStore:
+    return WatchedStore(flaky, StoreHealth(), name="redis://127.0.0.1:6379")
+
+
+@pytest.fixture
+def app(watched: WatchedStore) -> RegistryApp:
+    metrics = RegistryMetrics()
+    return RegistryApp(Signer(SECRET), watched, metrics, health=watched.health, clock=lambda: 0.0)
+
+
+async def test_while_the_store_is_away_signed_routes_and_healthz_say_503(
+    app: RegistryApp, watched: WatchedStore, flaky: FlakyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "registryd")
+    peer = Peer.new()
+    body = {"id": peer.id, "name": "p", "cert": peer.cert, "port": 7070}
+    flaky.down = True
+
+    first = await app.handle(signed("POST", "/register", body))
+    assert first.status == 503
+    assert ("Retry-After", "2") in first.headers
+    payload = json.loads(first.body)
+    assert payload["error"] == "store unavailable"
+    assert "Connection refused" in payload["message"]
+
+    # Known down: the next requests fail at once, without a call to the store.
+    calls = flaky.calls
+    for _ in range(10):
+        assert (await app.handle(signed("GET", "/clients"))).status == 503
+    assert flaky.calls == calls
+
+    health = await app.handle(plain("GET", "/healthz"))
+    assert health.status == 503
+    assert json.loads(health.body)["reason"] == REFUSED
+    head = await app.handle(plain("HEAD", "/healthz"))
+    assert (head.status, head.body) == (503, b"")
+    # No signature needs no store: still 401, not 503.
+    assert (await app.handle(plain("GET", "/clients"))).status == 401
+    metrics = await app.handle(plain("GET", "/metrics"))
+    assert metrics.status == 200
+    assert b"registry_store_up 0.0" in metrics.body
+
+    flaky.down = False
+    await watched.expire(0.0)  # the probe: reaches the store whatever the state
+    assert (await app.handle(plain("GET", "/healthz"))).status == 200
+    assert (await app.handle(signed("POST", "/register", body))).status == 200
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unavailable (" in m for m in messages) == 1
+    assert sum("reachable again" in m for m in messages) == 1
+
+
+async def test_healthz_answers_head_and_refuses_other_methods(app: RegistryApp) -> None:
+    head = await app.handle(plain("HEAD", "/healthz"))
+    assert (head.status, head.body) == (200, b"")
+    post = await app.handle(plain("POST", "/healthz"))
+    assert post.status == 405
+    assert ("Allow", "GET, HEAD") in post.headers
+
+
+# -- the expire loop (c) -------------------------------------------------------
+
+
+async def test_the_expire_loop_outlives_store_errors_and_bugs(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "registryd")
+    flaky = FlakyStore(ttl=10.0)
+    watched = WatchedStore(flaky, StoreHealth(), name="redis://x", clock=trio.current_time)
+    metrics = RegistryMetrics()
+    peer = Peer.new()
+    await flaky.register(peer.id, "p", peer.cert, (), now=0.0)  # long expired by time.time()
+    flaky.down = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_expire_loop, watched, metrics)
+        await trio.sleep(30)  # thirty rounds against a dead store
+        assert not watched.health.available
+        flaky.expire_bug = RuntimeError("a bug in one round")
+        flaky.down = False
+        await trio.sleep(30)
+        assert watched.health.available
+        nursery.cancel_scope.cancel()
+    assert metrics.registry.get_sample_value("registry_expiries_total") == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unavailable (" in m for m in messages) == 1
+    assert any("expire failed: RuntimeError: a bug in one round" in m for m in messages)
