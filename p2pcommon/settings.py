@@ -222,7 +222,15 @@ def _describe(exc: ValidationError, cls: type[SharedSettings], path: Path | None
             lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
         else:
             value = error.get("input")
-            shown = "" if "secret" in key or isinstance(value, dict) else f" (got {value!r})"
+            hidden = "secret" in key or isinstance(value, dict) or _has_credentials(value)
+            shown = "" if hidden else f" (got {value!r})"
             message = error["msg"].removeprefix("Value error, ")
             lines.append(f"{where}: key '{key}': {message}{shown}")
     return "; ".join(lines)
+
+
+def _has_credentials(value: object) -> bool:
+    """A URL with a user or password (``redis://:pw@host``): not to be echoed in a log."""
+    if not isinstance(value, str) or "://" not in value:
+        return False
+    return "@" in value.split("://", 1)[1].split("/", 1)[0]

@@ -134,3 +134,13 @@ def test_secret_value_never_appears_in_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(path)
     assert "12345678901" not in str(caught.value)
+
+
+def test_a_bad_store_url_is_named_without_echoing_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REGISTRYD_STORE", "redis://:hunter2@host:notaport/0")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(RegistrySettings, explicit_path=None, default_path="/nonexistent")
+    assert "REGISTRYD_STORE" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
