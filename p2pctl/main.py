@@ -26,9 +26,11 @@ EXIT_UNREACHABLE = 3
 
 
 class CtlError(Exception):
-    def __init__(self, message: str, exit_status: int) -> None:
+    def __init__(self, message: str, exit_status: int, *, printed: bool = False) -> None:
         super().__init__(message)
         self.exit_status = exit_status
+        #: The --json document was printed already (a failed fetch's outcome).
+        self.printed = printed
 
 
 def unreachable(path: str, exc: OSError) -> CtlError:
@@ -350,7 +352,7 @@ def run(args: argparse.Namespace) -> None:
     else:
         show(command, result, outcomes)
     if failures:
-        raise CtlError(f"fetch failed: {failures[0].get('error')}", EXIT_FAILED)
+        raise CtlError(f"fetch failed: {failures[0].get('error')}", EXIT_FAILED, printed=True)
 
 
 def show(command: str, result: Any, outcomes: list[dict[str, Any]]) -> None:
@@ -392,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
             return doctor(args)
         run(args)
     except CtlError as exc:
+        if args.json and not exc.printed:
+            # Still exactly one JSON document on stdout, for scripts.
+            print(json.dumps({"error": str(exc), "exit_status": exc.exit_status}))
         fail(str(exc), exc.exit_status)
     except KeyboardInterrupt:
         return 130

@@ -98,6 +98,14 @@ async def test_commands_json_and_human(socket_path: Path) -> None:
         assert ambiguous.returncode == 1
         assert b"matches 2 members" in ambiguous.stderr and b"bzaaaaa" in ambiguous.stderr
         assert ambiguous.stdout == b""
+        # With --json, a failure is still exactly one JSON document on stdout.
+        failed = await p2pctl(socket_path, "--json", "ls", "b")
+        assert failed.returncode == 1
+        assert json.loads(failed.stdout) == {
+            "error": json.loads(failed.stdout)["error"],
+            "exit_status": 1,
+        }
+        assert "matches 2 members" in json.loads(failed.stdout)["error"]
         unknown = await p2pctl(socket_path, "downloads")
         assert unknown.returncode == 1
         nursery.cancel_scope.cancel()
@@ -108,5 +116,7 @@ async def test_exit_codes_for_usage_and_unreachable_daemon(socket_path: Path) ->
     assert usage.returncode == 2
     down = await p2pctl(socket_path, "status")
     assert down.returncode == 3
+    down_json = await p2pctl(socket_path, "--json", "status")
+    assert down_json.returncode == 3 and json.loads(down_json.stdout)["exit_status"] == 3
     assert str(socket_path).encode() in down.stderr
     assert b"systemctl start p2pd" in down.stderr
