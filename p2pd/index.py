@@ -9,6 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from p2pcommon.paths import is_safe_relpath
+
+#: The one path rule (p2pcommon.paths), under the name callers already import.
+is_shareable_relpath = is_safe_relpath
+
 
 @dataclass(frozen=True, slots=True)
 class FileEntry:
@@ -16,16 +21,18 @@ class FileEntry:
     size: int
     mtime: float
     sha256: str
+    #: Which file on disk was hashed (device, inode, mtime in ns): a file is
+    #: served only while the one opened is still exactly this one.  Not listed.
+    dev: int = 0
+    ino: int = 0
+    mtime_ns: int = 0
 
     def to_json(self) -> dict[str, object]:
         return {"path": self.path, "size": self.size, "mtime": self.mtime, "sha256": self.sha256}
 
-
-def is_shareable_relpath(path: str) -> bool:
-    """A relative '/'-separated path with no hidden, empty, '.' or '..' component."""
-    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
-        return False
-    return all(part and not part.startswith(".") for part in path.split("/"))
+    def listed(self) -> tuple[str, int, float, str]:
+        """What peers see of this entry: a change here is a change of the listing."""
+        return (self.path, self.size, self.mtime, self.sha256)
 
 
 class ShareIndex:
@@ -54,17 +61,35 @@ class ShareIndex:
         return True
 
     def replace_all(self, entries: Iterable[FileEntry]) -> bool:
+        """Make the index exactly ``entries``; True if the listing changed.
+
+        Entries that differ only in what is not listed (say a file replaced by
+        an identical copy) are taken, without a new generation.
+        """
         fresh = {e.path: e for e in entries}
         if fresh == self._entries:
             return False
+        listed_changed = fresh.keys() != self._entries.keys() or any(
+            e.listed() != self._entries[p].listed() for p, e in fresh.items()
+        )
         self._entries = fresh
-        return self._changed()
+        self._sorted = None
+        return self._changed() if listed_changed else False
 
     def upsert(self, entry: FileEntry) -> bool:
-        if self._entries.get(entry.path) == entry:
-            return False
-        self._entries[entry.path] = entry
-        return self._changed()
+        return self.upsert_many([entry])
+
+    def upsert_many(self, entries: Iterable[FileEntry]) -> bool:
+        """Add or update entries (one batch of a scan); one generation for the batch."""
+        listed_changed = False
+        for entry in entries:
+            old = self._entries.get(entry.path)
+            if old == entry:
+                continue
+            self._entries[entry.path] = entry
+            self._sorted = None
+            listed_changed = listed_changed or old is None or old.listed() != entry.listed()
+        return self._changed() if listed_changed else False
 
     def remove(self, path: str) -> bool:
         if self._entries.pop(path, None) is None:

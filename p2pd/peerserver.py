@@ -9,12 +9,12 @@ indexed files are served; targets are validated before any lookup.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote
 
@@ -27,9 +27,11 @@ from p2pcommon.httpserver import (
     Response,
     error_response,
 )
+from p2pcommon.paths import UnsafePath, check_relpath, is_safe_relpath
 from p2pd.index import FileEntry
 from p2pd.members import Members
 from p2pd.ratelimit import TokenBucket
+from p2pd.safeopen import FileChanged
 from p2pd.share import Share
 from p2pd.tls import PeerMismatch, ServerContexts, presented_id
 
@@ -49,25 +51,42 @@ class BadTarget(ValueError):
     pass
 
 
+class NotShared(Exception):
+    """A well-formed target that the path rule never shares (a hidden name): 404."""
+
+
+def _only_hidden(path: str) -> bool:
+    """Whether the path rule refuses ``path`` for hidden ('.name') segments and nothing else."""
+    unhidden = "/".join(
+        "_" + part[1:] if part.startswith(".") and part not in (".", "..") else part
+        for part in path.split("/")
+    )
+    return unhidden != path and is_safe_relpath(unhidden)
+
+
 def decode_file_target(target: str) -> str:
-    """The relative path named by ``/files/<path>``; BadTarget for any unsafe spelling."""
+    """The relative path named by ``/files/<path>``; BadTarget for any unsafe spelling.
+
+    The decoded path must pass the one path rule (p2pcommon.paths); a path
+    that breaks it only by a hidden name raises NotShared (never listed, so
+    404 like any other file that is not in the index).
+    """
     raw = target.split("?", 1)[0]
     if len(raw) > MAX_TARGET:
         raise BadTarget("the target is too long")
     encoded = raw[len(FILES_PREFIX) :]
+    if "%" in encoded and re.search(r"%(?![0-9A-Fa-f]{2})", encoded):
+        raise BadTarget("bad percent-encoding")
     try:
         path = unquote(encoded, errors="strict")
     except UnicodeDecodeError:
         raise BadTarget("the path is not UTF-8") from None
-    if "%" in encoded and re.search(r"%(?![0-9A-Fa-f]{2})", encoded):
-        raise BadTarget("bad percent-encoding")
-    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
-        raise BadTarget("the path must be relative, '/'-separated, without NUL")
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        raise BadTarget("the path has an empty, '.' or '..' segment")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
-        raise BadTarget("the path has control characters")
-    return path
+    try:
+        return check_relpath(path)
+    except UnsafePath as exc:
+        if _only_hidden(path):
+            raise NotShared(str(exc)) from None
+        raise BadTarget(str(exc)) from None
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -156,6 +175,8 @@ class PeerServer:
             relative = decode_file_target(request.target)
         except BadTarget as exc:
             return error_response(400, "bad target", str(exc))
+        except NotShared:
+            return error_response(404, "not found", "no such file in this share")
         entry = self._share.index.get(relative)
         if entry is None:
             return error_response(404, "not found", "no such file in this share")
@@ -206,15 +227,32 @@ class PeerServer:
                 503, "busy", "all upload slots are in use; retry shortly", [("Retry-After", "5")]
             )
         try:
-            handle = await trio.to_thread.run_sync(
-                _open_unchanged, self._share.disk_path(entry), entry
-            )
+            handle = await trio.to_thread.run_sync(self._share.open_entry, entry)
         except OSError as exc:
             self._slots.release()
-            log.warning("cannot serve %s: %s", entry.path, exc)
+            # The index is stale: never serve what is there now, and have it rescanned.
+            self._share.nudge()
+            if isinstance(exc, FileChanged):
+                log.info("not serving %s: %s", entry.path, exc)
+                return error_response(
+                    503,
+                    "file changing",
+                    "the file changed since it was indexed; retry shortly",
+                    [("Retry-After", "1")],
+                )
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                log.info("not serving %s: %s", entry.path, exc.strerror or exc)
+                return error_response(404, "not found", "no such file in this share")
+            log.warning("cannot serve %s: %s", entry.path, exc.strerror or exc)
             return error_response(
-                503, "file changing", "the file is changing; retry shortly", [("Retry-After", "1")]
+                503,
+                "cannot read",
+                "the file cannot be read now; retry later",
+                [("Retry-After", "5")],
             )
+        except BaseException:
+            self._slots.release()
+            raise
         length = last - first + 1 if entry.size else 0
         body = FileBody(self, handle, first, length)
         return Response(
@@ -265,16 +303,6 @@ class FileBody:
             self._server.stats.active -= 1
             self._server.release_slot()
             self._handle.close()
-
-
-def _open_unchanged(path: Path, entry: FileEntry) -> BinaryIO:
-    """Open an indexed file, refusing one whose size changed since it was indexed."""
-    handle = path.open("rb")
-    stat = os.fstat(handle.fileno())
-    if stat.st_size != entry.size:
-        handle.close()
-        raise OSError(f"{path} changed since it was indexed")
-    return handle
 
 
 def status_fields(server: PeerServer) -> dict[str, Any]:
