@@ -142,9 +142,21 @@ def ago(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, as ``ls`` shows names on a terminal.
+
+    A name from a member or a share may hold ESC sequences or newlines; printed
+    raw they would recolour the terminal or forge rows. ``--json`` stays exact.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def table(
     headers: Sequence[str], rows: list[list[str]], right: frozenset[int] = frozenset()
 ) -> str:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
@@ -175,10 +187,23 @@ def show_status(status: dict[str, Any]) -> str:
         ),
         ("version", status["version"]),
     ]
+    if status.get("indexing"):
+        lines.insert(3, ("indexing", f"{status.get('hashed_files', 0)} files hashed so far"))
+    if status.get("skipped_count"):
+        examples = ", ".join(list(status.get("skipped") or {})[:3])
+        lines.append(
+            ("skipped", f"{status['skipped_count']} entries (e.g. {examples}): see the log")
+        )
+    failures = status.get("failures") or {}
+    if failures:
+        counted = ", ".join(f"{n} {kind}" for kind, n in sorted(failures.items()))
+        lines.append(("contained failures", f"{counted}: see the log"))
+    if status.get("history_error"):
+        lines.insert(0, ("WARNING", status["history_error"]))
     if status.get("warning"):
         lines.insert(0, ("WARNING", status["warning"]))
     width = max(len(k) for k, _ in lines)
-    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
+    return "\n".join(f"{k + ':':<{width + 1}} {printable(v)}" for k, v in lines)
 
 
 def show_peers(peers: list[dict[str, Any]]) -> str:
@@ -373,7 +398,8 @@ def show(command: str, result: Any, outcomes: list[dict[str, Any]]) -> None:
                 print(f"transfer {outcome['id']} started: `p2pctl downloads` shows it")
             elif outcome["status"] == "ok":
                 size = human_size(outcome["size"])
-                print(f"{outcome['path']}  {size}  sha256 {outcome['sha256']} verified")
+                path = printable(outcome["path"])
+                print(f"{path}  {size}  sha256 {outcome['sha256']} verified")
     elif command == "downloads":
         print(show_downloads(result))
     elif command == "history":

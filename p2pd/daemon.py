@@ -175,7 +175,10 @@ class Daemon:
                 "reload: %s changed; that takes a restart: systemctl restart p2pd",
                 ", ".join(later),
             )
-        await self.share.rescan()
+        try:
+            await self.share.rescan()
+        except OSError as exc:
+            log.warning("reload: cannot rescan the share: %s", exc.strerror or exc)
         log.info("reloaded: %s", ", ".join(sorted(live)) if live else "no live key changed")
 
     def _apply(self, keys: set[str]) -> None:
@@ -194,11 +197,14 @@ class Daemon:
 
     def status_line(self) -> str:
         registered = "registered" if self.link.registered else (self.link.error or "not registered")
-        return (
+        indexing = " (indexing)" if self.share.indexing else ""
+        line = (
             f"{registered}; {len(self.members.others())} peers; "
-            f"{len(self.share.index)} shared files; {self.server.stats.active} uploads; "
-            f"{len(self.downloads.active)} downloads"
+            f"{len(self.share.index)} shared files{indexing}; "
+            f"{self.server.stats.active} uploads; {len(self.downloads.active)} downloads"
         )
+        problems = [p for p in (self.share.warning, self.downloads.history_error) if p]
+        return "; ".join([line, *problems])
 
     def _update_status(self) -> None:
         self.notifier.status(self.status_line())
@@ -241,6 +247,7 @@ class Daemon:
             "download_dir": str(settings.download_dir),
             "watching": self.share.watching,
             "warning": self.share.warning,
+            **self.share.status(),
             "history_error": self.downloads.history_error,
             # Units of work that failed and were contained, by kind (see the log).
             "failures": dict(failures),
@@ -264,7 +271,13 @@ class Daemon:
         return [entry.to_json() for entry in self.share.index.listing()]
 
     async def rpc_rescan(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
-        await self.share.rescan()
+        try:
+            await self.share.rescan()
+        except OSError as exc:
+            raise RpcError(
+                OPERATION_FAILED,
+                f"cannot read share_dir {self.settings.share_dir}: {exc.strerror or exc}",
+            ) from None
         return {"shared_files": len(self.share.index), "generation": self.share.index.generation}
 
     async def rpc_fetch(self, params: dict[str, Any], notify: Notify) -> Any:

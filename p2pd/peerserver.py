@@ -153,10 +153,16 @@ class PeerServer:
         context = self._contexts.current(self._members.certs())
         tls = trio.SSLStream(stream, context, server_side=True)
         try:
-            await tls.do_handshake()
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await tls.do_handshake()
             peer_id = presented_id(tls)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, PeerMismatch) as exc:
-            log.info("refused a TLS handshake: %s", exc.__cause__ or exc)
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.TooSlowError,
+            PeerMismatch,
+        ) as exc:
+            log.info("refused a TLS handshake: %s", exc.__cause__ or exc or "too slow")
             await trio.aclose_forcefully(tls)
             return None
         return tls, peer_id

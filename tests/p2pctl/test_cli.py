@@ -120,3 +120,14 @@ async def test_exit_codes_for_usage_and_unreachable_daemon(socket_path: Path) ->
     assert down_json.returncode == 3 and json.loads(down_json.stdout)["exit_status"] == 3
     assert str(socket_path).encode() in down.stderr
     assert b"systemctl start p2pd" in down.stderr
+
+
+def test_human_output_escapes_control_characters_and_json_stays_exact() -> None:
+    from p2pctl.main import show_files, show_status
+
+    hostile = [{"path": "a\x1b[31mred\nfake row", "size": 1, "mtime": 0, "sha256": "c" * 64}]
+    shown = show_files(hostile)
+    assert "\x1b" not in shown and len(shown.splitlines()) == 2
+    assert "\\x1b[31mred\\nfake row" in shown
+    status = {**STATUS, "skipped_count": 1, "skipped": {"bad\x1bname": "not UTF-8"}}
+    assert "\x1b" not in show_status(status)
