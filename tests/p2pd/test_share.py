@@ -29,9 +29,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pcommon.boundary import failures
+from p2pd import scan as scan_module
 from p2pd import share as share_module
 from p2pd.index import FileEntry, ShareIndex, is_shareable_relpath
-from p2pd.share import HashCache, Share, Skipped, scan
+from p2pd.scan import HashCache, Skipped, scan
+from p2pd.share import Share
 
 WAIT = 10  # seconds: generous bounds for real filesystem events, never a sleep
 
@@ -140,13 +142,13 @@ def test_a_restart_does_not_rehash(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         (root / f"f{i}").write_bytes(os.urandom(1000))
     first = scan(root, HashCache(tmp_path / "cache.sqlite3"))
     hashed: list[Path] = []
-    real = share_module._sha256_fd
+    real = scan_module._sha256_fd
 
     def counting(fd: int, check: Any = None) -> str:
         hashed.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
         return real(fd, check)
 
-    monkeypatch.setattr(share_module, "_sha256_fd", counting)
+    monkeypatch.setattr(scan_module, "_sha256_fd", counting)
     again = scan(root, HashCache(tmp_path / "cache.sqlite3"))  # a new process's cache
     assert sorted(again, key=lambda e: e.path) == sorted(first, key=lambda e: e.path)
     assert hashed == []
@@ -313,12 +315,12 @@ def test_strange_entries_are_skipped_and_reported(
 def test_skipped_examples_are_bounded(tmp_path: Path) -> None:
     root = tmp_path / "share"
     root.mkdir()
-    for i in range(share_module.MAX_SKIPPED_EXAMPLES + 30):
+    for i in range(scan_module.MAX_SKIPPED_EXAMPLES + 30):
         os.mkfifo(root / f"fifo{i}")
     skipped = Skipped()
     assert scan(root, HashCache(tmp_path / "c.sqlite3"), skipped=skipped) == []
-    assert skipped.count == share_module.MAX_SKIPPED_EXAMPLES + 30
-    assert len(skipped.examples) == share_module.MAX_SKIPPED_EXAMPLES
+    assert skipped.count == scan_module.MAX_SKIPPED_EXAMPLES + 30
+    assert len(skipped.examples) == scan_module.MAX_SKIPPED_EXAMPLES
 
 
 async def test_a_running_share_survives_strange_entries(tmp_path: Path) -> None:
@@ -352,14 +354,14 @@ def test_a_file_that_cannot_be_read_is_skipped(
     root.mkdir()
     (root / "ok").write_bytes(b"ok")
     (root / "bad").write_bytes(b"bad sector")
-    real = share_module._sha256_fd
+    real = scan_module._sha256_fd
 
     def failing(fd: int, check: Any = None) -> str:
         if os.readlink(f"/proc/self/fd/{fd}").endswith("/bad"):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real(fd, check)
 
-    monkeypatch.setattr(share_module, "_sha256_fd", failing)
+    monkeypatch.setattr(scan_module, "_sha256_fd", failing)
     skipped = Skipped()
     entries = scan(root, HashCache(tmp_path / "c.sqlite3"), skipped=skipped)
     assert [e.path for e in entries] == ["ok"]
@@ -369,7 +371,7 @@ def test_a_file_that_cannot_be_read_is_skipped(
 UNREADABLE_CHILD = """
 import json, sys
 from pathlib import Path
-from p2pd.share import HashCache, Skipped, scan
+from p2pd.scan import HashCache, Skipped, scan
 skipped = Skipped()
 entries = scan(Path(sys.argv[1]), HashCache(Path(sys.argv[2])), skipped=skipped)
 print(json.dumps({"files": sorted(e.path for e in entries), "skipped": skipped.examples}))
@@ -472,7 +474,7 @@ async def test_a_failing_rescan_keeps_the_index_and_the_watcher(
     async with running_share(tmp_path) as (share, root):
         (root / "one").write_bytes(b"1")
         await wait_for(share, "one", sha(b"1"))
-        real = share_module.scan
+        real = scan_module.scan
         calls = 0
 
         def broken(*args: Any, **kwargs: Any) -> list[FileEntry]:
@@ -524,14 +526,14 @@ async def test_started_comes_before_a_long_first_scan_ends(
     root.mkdir()
     for i in range(count):
         (root / f"f{i:03}").write_bytes(b"%d" % i)
-    real = share_module._sha256_fd
+    real = scan_module._sha256_fd
 
     def slow(fd: int, check: Any = None) -> str:
         time.sleep(0.05)
         return real(fd, check)
 
-    monkeypatch.setattr(share_module, "_sha256_fd", slow)
-    monkeypatch.setattr(share_module, "BATCH_SECONDS", 0.2)
+    monkeypatch.setattr(scan_module, "_sha256_fd", slow)
+    monkeypatch.setattr(scan_module, "BATCH_SECONDS", 0.2)
     share = Share(root, tmp_path, ready_after=0.3, **UNWATCHED)
     async with trio.open_nursery() as nursery:
         with trio.fail_after(2):
@@ -558,13 +560,13 @@ async def test_a_scan_stopped_at_shutdown_keeps_its_hashes(
     root.mkdir()
     for i in range(100):
         (root / f"f{i:03}").write_bytes(b"%d" % i)
-    real = share_module._sha256_fd
+    real = scan_module._sha256_fd
 
     def slow(fd: int, check: Any = None) -> str:
         time.sleep(0.02)
         return real(fd, check)
 
-    monkeypatch.setattr(share_module, "_sha256_fd", slow)
+    monkeypatch.setattr(scan_module, "_sha256_fd", slow)
     share = Share(root, tmp_path, ready_after=0.1, **UNWATCHED)
     async with trio.open_nursery() as nursery:
         await nursery.start(share.run)
@@ -592,19 +594,19 @@ async def test_a_small_share_is_fully_indexed_at_started(tmp_path: Path) -> None
 KILLED_CHILD = """
 import sys, time
 from pathlib import Path
-from p2pd import share
-real = share._sha256_fd
+from p2pd import scan as scan_module
+real = scan_module._sha256_fd
 def slow(fd, check=None):
     time.sleep(0.02)
     return real(fd, check)
-share._sha256_fd = slow
-cache = share.HashCache(Path(sys.argv[2]), batch_files=10, batch_seconds=3600)
+scan_module._sha256_fd = slow
+cache = scan_module.HashCache(Path(sys.argv[2]), batch_files=10, batch_seconds=3600)
 add = cache.add
 def added(*args):
     add(*args)
     print(len(cache._load()), flush=True)
 cache.add = added
-share.scan(Path(sys.argv[1]), cache)
+scan_module.scan(Path(sys.argv[1]), cache)
 print("done", flush=True)
 """
 
@@ -638,13 +640,13 @@ def test_a_scan_killed_at_70_percent_keeps_70_percent(tmp_path: Path) -> None:
     assert all(rows[path] == sha(data[path]) for path in rows)
     # A restart hashes only the rest.
     hashed: list[str] = []
-    real = share_module._sha256_fd
+    real = scan_module._sha256_fd
 
     def counting(fd: int, check: Any = None) -> str:
         hashed.append(os.readlink(f"/proc/self/fd/{fd}"))
         return real(fd, check)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(share_module, "_sha256_fd", counting)
+        patch.setattr(scan_module, "_sha256_fd", counting)
         entries = scan(root, HashCache(db))
     assert len(entries) == count and len(hashed) == count - len(rows)

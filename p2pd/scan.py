@@ -1,0 +1,416 @@
+"""The scan: every shareable file under the share's root with its sha256. Blocking.
+
+It walks from a descriptor of the root without following any link, and
+skips, with one warning each and a record for ``status``, what it cannot
+share: names that break the path rule (p2pcommon.paths), symbolic links,
+FIFOs, sockets, devices, unreadable folders and files.  Hashes are cached
+in memory and, across restarts, in SQLite by (path, size, mtime_ns, inode),
+committed in batches as they are computed so that a kill keeps what was
+hashed; a broken cache is reported and the scan goes on without it.
+Runs in worker threads only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from p2pcommon.boundary import describe
+from p2pcommon.paths import UnsafePath, check_relpath
+from p2pd import safeopen
+from p2pd.index import FileEntry
+
+log = logging.getLogger("p2pd.share")
+
+HASH_BLOCK = 1024 * 1024
+#: Hashes are committed to the cache, and files published to the index, in
+#: batches of this many files or after this many seconds, whichever is first.
+BATCH_FILES = 256
+BATCH_SECONDS = 1.0
+#: Examples of skipped entries kept for ``status``; skipped paths remembered
+#: so that each is logged once, not at every rescan; new warnings per scan.
+MAX_SKIPPED_EXAMPLES = 20
+MAX_SKIPPED_REMEMBERED = 10_000
+MAX_SKIP_WARNINGS_PER_SCAN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _Stat:
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+def printable(path: str) -> str:
+    """``path`` as one line of text: undecodable bytes and control characters escaped."""
+    try:
+        text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return ascii(path)[1:-1]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link (links are not followed, so not shared)"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO, not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file"
+    return "not a regular file"
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return "it vanished during the scan"
+    return exc.strerror or describe(exc)
+
+
+def _sha256_fd(fd: int, check: Callable[[], None] | None = None) -> str:
+    digest = hashlib.sha256()
+    while block := os.read(fd, HASH_BLOCK):
+        digest.update(block)
+        if check is not None:
+            check()
+    return digest.hexdigest()
+
+
+class Skipped:
+    """What one scan left out and why: a count, a few examples, one log line per new one."""
+
+    def __init__(self, reported_before: set[str] | None = None) -> None:
+        self.count = 0
+        self.examples: dict[str, str] = {}
+        #: "path: reason" of this scan (bounded), so the next scan logs only new ones.
+        self.reported: set[str] = set()
+        self._before = reported_before or set()
+        self._warned = 0
+
+    def add(self, path: str, reason: str) -> None:
+        shown = printable(path) or "(the share folder)"
+        self.count += 1
+        if len(self.examples) < MAX_SKIPPED_EXAMPLES:
+            self.examples[shown] = reason
+        key = f"{shown}: {reason}"
+        if key not in self._before and self._warned < MAX_SKIP_WARNINGS_PER_SCAN:
+            self._warned += 1
+            log.warning("not sharing %s", key)
+        if len(self.reported) < MAX_SKIPPED_REMEMBERED:
+            self.reported.add(key)
+
+    def summary(self) -> str | None:
+        if not self.count:
+            return None
+        path, reason = next(iter(self.examples.items()))
+        entries = "entry in the share is" if self.count == 1 else "entries in the share are"
+        return f"{self.count} {entries} not shared (such as {path}: {reason})"
+
+
+class HashCache:
+    """sha256 by (path, size, mtime_ns, inode): in memory, kept in SQLite across restarts.
+
+    Used from one worker thread at a time.  SQLite's failures (the state
+    folder full or read-only, a corrupt file) are logged once and reported
+    in ``error``; the scan goes on with the hashes in memory, and the whole
+    cache is written again at the start of a later scan once SQLite works.
+    """
+
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        batch_files: int = BATCH_FILES,
+        batch_seconds: float = BATCH_SECONDS,
+    ) -> None:
+        self._db_path = db_path
+        self._batch_files = batch_files
+        self._batch_seconds = batch_seconds
+        self._known: dict[str, tuple[_Stat, str]] | None = None
+        self._pending: dict[str, tuple[_Stat, str]] = {}
+        self._last_commit = time.monotonic()
+        #: The disk copy is stale (a write failed): rewrite all of it when SQLite works again.
+        self._resync = False
+        self.error: str | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self._db_path, timeout=5.0)
+        try:
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, "
+                "mtime_ns INTEGER, inode INTEGER, sha256 TEXT)"
+            )
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _failed(self, exc: Exception) -> None:
+        self._resync = True
+        self._pending.clear()
+        text = describe(exc)
+        if getattr(exc, "sqlite_errorcode", None) in (
+            sqlite3.SQLITE_CORRUPT,
+            sqlite3.SQLITE_NOTADB,
+        ):
+            # Only a cache: set the damaged file aside (for a post-mortem), so
+            # that the next scan writes a new one.
+            aside = self._db_path.with_name(self._db_path.name + ".corrupt")
+            with contextlib.suppress(OSError):
+                os.replace(self._db_path, aside)
+                text += f"; moved to {aside.name}, a new cache is written at the next scan"
+        if self.error is None:
+            log.warning(
+                "the hash cache %s cannot be used (%s): going on without it; "
+                "hashes are kept in memory only, so a restart hashes every file again",
+                self._db_path,
+                text,
+            )
+        self.error = f"the hash cache {self._db_path} cannot be used ({text})"
+
+    def _recovered(self) -> None:
+        if self.error is not None:
+            log.info("the hash cache %s works again", self._db_path)
+        self.error = None
+        self._resync = False
+
+    def _load(self) -> dict[str, tuple[_Stat, str]]:
+        if self._known is None:
+            self._known = {}
+            try:
+                with contextlib.closing(self._connect()) as connection:
+                    rows = connection.execute(
+                        "SELECT path, size, mtime_ns, inode, sha256 FROM hashes"
+                    ).fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                self._failed(exc)
+            else:
+                self._known = {
+                    r[0]: (_Stat(r[1], r[2], r[3]), r[4])
+                    for r in rows
+                    if isinstance(r[0], str) and isinstance(r[4], str) and len(r[4]) == 64
+                }
+        return self._known
+
+    def begin_scan(self) -> None:
+        """Load the cache, or write all of it again if SQLite failed before."""
+        if self._known is None:
+            self._load()
+        elif self._resync:
+            known = self._known
+            try:
+                with contextlib.closing(self._connect()) as connection, connection:
+                    connection.execute("DELETE FROM hashes")
+                    connection.executemany(
+                        "INSERT INTO hashes VALUES (?, ?, ?, ?, ?)",
+                        [(p, s.size, s.mtime_ns, s.inode, h) for p, (s, h) in known.items()],
+                    )
+            except (sqlite3.Error, OSError) as exc:
+                self._failed(exc)
+            else:
+                self._recovered()
+
+    def lookup(self, path: str, key: _Stat) -> str | None:
+        known = self._load().get(path)
+        return known[1] if known is not None and known[0] == key else None
+
+    def add(self, path: str, key: _Stat, sha: str) -> None:
+        """Record a hash; committed with others every ``batch_files`` or ``batch_seconds``."""
+        self._load()[path] = (key, sha)
+        if self._resync:
+            return
+        self._pending[path] = (key, sha)
+        if (
+            len(self._pending) >= self._batch_files
+            or time.monotonic() - self._last_commit >= self._batch_seconds
+        ):
+            self._commit([])
+
+    def flush(self) -> None:
+        """Commit the hashes not committed yet."""
+        if self._pending and not self._resync:
+            self._commit([])
+
+    def finish_scan(self, present: set[str]) -> None:
+        """Commit what is pending and forget the files that are gone."""
+        known = self._load()
+        gone = [p for p in known if p not in present]
+        for path in gone:
+            del known[path]
+            self._pending.pop(path, None)
+        if not self._resync and (self._pending or gone):
+            self._commit(gone)
+
+    def store(self, rows: list[tuple[str, _Stat, str]], present: set[str]) -> None:
+        """Record hashes and forget the files not in ``present``, in one go."""
+        for path, key, sha in rows:
+            self.add(path, key, sha)
+        self.finish_scan(present)
+
+    def _commit(self, gone: list[str]) -> None:
+        rows = [(p, s.size, s.mtime_ns, s.inode, h) for p, (s, h) in self._pending.items()]
+        self._pending.clear()
+        self._last_commit = time.monotonic()
+        try:
+            with contextlib.closing(self._connect()) as connection, connection:
+                connection.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)", rows)
+                connection.executemany("DELETE FROM hashes WHERE path = ?", [(p,) for p in gone])
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(exc)
+
+
+@dataclass
+class ScanProgress:
+    """How far the current (or last) scan got; written by the scanning thread."""
+
+    files: int = 0
+    hashed: int = 0
+    hashed_bytes: int = 0
+
+
+def scan(
+    root: Path,
+    cache: HashCache,
+    *,
+    skipped: Skipped | None = None,
+    progress: ScanProgress | None = None,
+    publish: Callable[[list[FileEntry]], None] | None = None,
+    check: Callable[[], None] | None = None,
+) -> list[FileEntry]:
+    """Every shareable file under ``root`` with its hash (blocking; run in a thread).
+
+    ``publish`` gets the entries in batches as they are found or hashed;
+    ``check`` is called between files and blocks and may raise to stop the
+    scan (trio.from_thread.check_cancelled).  OSError only when the share's
+    root itself cannot be opened; anything below it that cannot be shared
+    is counted in ``skipped``.
+    """
+    skipped = skipped if skipped is not None else Skipped()
+    progress = progress if progress is not None else ScanProgress()
+    cache.begin_scan()
+    entries: list[FileEntry] = []
+    batch: list[FileEntry] = []
+    published = time.monotonic()
+    root_fd = safeopen.open_root(root)
+    try:
+        folders = [""]
+        while folders:
+            folder = folders.pop()
+            try:
+                dir_fd = safeopen.open_folder(root_fd, folder)
+            except OSError as exc:
+                if not folder:
+                    raise  # the share itself: nothing can be shared, the caller reports it
+                skipped.add(folder, f"the folder cannot be read: {_reason(exc)}")
+                continue
+            try:
+                try:
+                    with os.scandir(dir_fd) as listing:
+                        names = [item.name for item in listing]
+                except OSError as exc:
+                    if not folder:
+                        raise
+                    skipped.add(folder, f"the folder cannot be read: {_reason(exc)}")
+                    continue
+                for name in names:
+                    if check is not None:
+                        check()
+                    if name.startswith("."):
+                        continue  # hidden: partial downloads, .git, … are never shared
+                    relative = f"{folder}/{name}" if folder else name
+                    found = _visit(dir_fd, name, relative, cache, skipped, progress, check)
+                    if found is None:
+                        continue
+                    if isinstance(found, str):
+                        folders.append(found)
+                        continue
+                    entries.append(found)
+                    batch.append(found)
+                    if publish is not None and (
+                        len(batch) >= BATCH_FILES or time.monotonic() - published >= BATCH_SECONDS
+                    ):
+                        publish(batch)
+                        batch, published = [], time.monotonic()
+            finally:
+                os.close(dir_fd)
+    except BaseException:
+        cache.flush()  # stopped or failed: keep the hashes computed so far
+        raise
+    finally:
+        os.close(root_fd)
+    if publish is not None and batch:
+        publish(batch)
+    cache.finish_scan({e.path for e in entries})
+    return entries
+
+
+def _visit(
+    dir_fd: int,
+    name: str,
+    relative: str,
+    cache: HashCache,
+    skipped: Skipped,
+    progress: ScanProgress,
+    check: Callable[[], None] | None,
+) -> FileEntry | str | None:
+    """One entry of a folder: a FileEntry, a folder's path to walk, or None (skipped)."""
+    try:
+        check_relpath(relative)
+    except UnsafePath as exc:
+        skipped.add(relative, str(exc))
+        return None
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        skipped.add(relative, _reason(exc))
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return relative
+    if not stat.S_ISREG(st.st_mode):
+        skipped.add(relative, _kind(st.st_mode))
+        return None
+    progress.files += 1
+    sha = cache.lookup(relative, _Stat(st.st_size, st.st_mtime_ns, st.st_ino))
+    if sha is None:
+        try:
+            fd = os.open(name, safeopen.FILE_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            skipped.add(relative, _kind(stat.S_IFLNK) if exc.errno == errno.ELOOP else _reason(exc))
+            return None
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                skipped.add(relative, _kind(before.st_mode))
+                return None
+            sha = _sha256_fd(fd, check)
+            st = os.fstat(fd)
+        except OSError as exc:
+            skipped.add(relative, f"it cannot be read: {_reason(exc)}")
+            return None
+        finally:
+            os.close(fd)
+        if (before.st_size, before.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            log.debug("%s changed while being hashed; indexed once it settles", relative)
+            return None
+        cache.add(relative, _Stat(st.st_size, st.st_mtime_ns, st.st_ino), sha)
+        progress.hashed += 1
+        progress.hashed_bytes += st.st_size
+    return FileEntry(
+        relative,
+        st.st_size,
+        st.st_mtime_ns / 1e9,
+        sha,
+        dev=st.st_dev,
+        ino=st.st_ino,
+        mtime_ns=st.st_mtime_ns,
+    )
