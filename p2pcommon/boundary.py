@@ -1,4 +1,4 @@
-"""One failure boundary around every unit of work (DESIGN §9).
+"""One failure boundary around every unit of work (docs/protocol.md §8).
 
 A connection, a request, a transfer, a control client, a watch event or one
 round of a timer loop runs inside ``failure_boundary``: what escapes it is

@@ -1,4 +1,4 @@
-"""Peer identity as defined in DESIGN §1: the id is the hash of the certificate."""
+"""Peer identity as defined in docs/protocol.md §1: the id is the hash of the certificate."""
 
 from __future__ import annotations
 

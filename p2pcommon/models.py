@@ -1,4 +1,4 @@
-"""JSON bodies of the registry API (DESIGN §2), shared by the server and its clients."""
+"""JSON bodies of the registry API (docs/protocol.md §3), shared by the server and its clients."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ class ErrorBody(_Body):
     message: str = ""
 
 
-# -- the peer protocol (DESIGN §3) --------------------------------------------
+# -- the peer protocol (docs/protocol.md §4) --------------------------------------------
 
 RelPath = Annotated[
     str, StringConstraints(max_length=MAX_PATH_BYTES), AfterValidator(check_relpath)

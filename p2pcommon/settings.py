@@ -1,10 +1,11 @@
 """Loading TOML + environment configuration with errors that name the key.
 
-Both daemons follow DESIGN §6: a TOML file (``--config``, ``<PREFIX>CONFIG``
-or the default path), every key overridable by ``<PREFIX><KEY>``, unknown
-keys and bad values refused with a message naming the key and where it came
-from.  pydantic-settings does the parsing; this module chooses the file,
-orders the sources (environment over file) and words the errors.
+Both daemons follow the same rules (README, Configuration): a TOML file
+(``--config``, ``<PREFIX>CONFIG`` or the default path), every key
+overridable by ``<PREFIX><KEY>``, unknown keys and bad values refused with a
+message naming the key and where it came from.  pydantic-settings does the
+parsing; this module chooses the file, orders the sources (environment over
+file) and words the errors.
 """
 
 from __future__ import annotations

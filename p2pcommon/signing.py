@@ -1,4 +1,4 @@
-"""HTTP Message Signatures (RFC 9421) with the shared secret, per DESIGN §1.
+"""HTTP Message Signatures (RFC 9421) with the shared secret, per docs/protocol.md §2.
 
 Requests carry ``Content-Digest`` (RFC 9530) and one signature labelled
 ``sig`` over ``("@method" "@path" "content-digest")`` with ``created``,
@@ -50,7 +50,7 @@ REPLAYED: Final = "replayed"
 DIGEST_MISMATCH: Final = "digest mismatch"
 
 _HINTS: Final = {
-    MISSING_SIGNATURE: "sign the request with the network's shared secret (DESIGN §1)",
+    MISSING_SIGNATURE: "sign the request with the network's shared secret (docs/protocol.md §2)",
     BAD_SIGNATURE: "check that this peer's secret is the same as the registry's",
     STALE: f"the signature's created time is more than {MAX_SKEW} s from the registry's clock: "
     "check that both clocks are synchronised (NTP)",

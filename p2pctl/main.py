@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 DEFAULT_SOCKET = "/run/p2pd/control.sock"
 
-# Exit statuses (DESIGN §5), in one place.
+# Exit statuses (docs/protocol.md §7), in one place.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -98,7 +98,9 @@ def config_text(args: argparse.Namespace) -> str:
         Key("upload_slots", "Uploads served at once.", example=8),
         Key("upload_rate_limit", "Bytes/s for all uploads together; 0 = no limit.", example=0),
     ]
-    return render("p2pd configuration (DESIGN §6); `systemctl reload p2pd` applies it.", keys)
+    return render(
+        "p2pd configuration (README: Configuration); `systemctl reload p2pd` applies it.", keys
+    )
 
 
 def folders_dropin(settings: PeerSettings) -> str:

@@ -1,4 +1,4 @@
-"""p2pd's configuration (DESIGN §6)."""
+"""p2pd's configuration (README: Configuration)."""
 
 from __future__ import annotations
 

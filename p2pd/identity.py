@@ -1,4 +1,4 @@
-"""This daemon's key pair and self-signed certificate (DESIGN §1).
+"""This daemon's key pair and self-signed certificate (docs/protocol.md §1).
 
 Created on first start in ``state_dir`` as ``identity.key`` (0600) and
 ``identity.crt`` (PEM), reused afterwards: the peer id is the hash of the

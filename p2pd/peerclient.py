@@ -2,7 +2,7 @@
 
 A connection is made to one member: its certificate from the registry is the
 only trust anchor, and the presented certificate's hash must be the member's
-id (DESIGN §1).  Addresses are tried in the order the registry lists them.
+id (docs/protocol.md §1).  Addresses are tried in the order the registry lists them.
 """
 
 from __future__ import annotations

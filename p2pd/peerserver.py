@@ -1,4 +1,4 @@
-"""The peer-to-peer server (DESIGN §3): the share over HTTP/1.1 and mutual TLS.
+"""The peer-to-peer server (docs/protocol.md §4): the share over HTTP/1.1 and mutual TLS.
 
 Only members get in: the TLS handshake accepts the current members'
 certificates, and every request is checked against the member list again,
@@ -176,7 +176,7 @@ class PeerServer:
         if path == "/files":
             return self._listing(request)
         if not path.startswith(FILES_PREFIX):
-            return error_response(404, "not found", "see DESIGN §3 for the routes")
+            return error_response(404, "not found", "the routes are /files and /files/<path>")
         try:
             relative = decode_file_target(request.target)
         except BadTarget as exc:

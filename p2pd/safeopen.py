@@ -1,4 +1,4 @@
-"""Opening a shared file without following any link (DESIGN §3, §9).
+"""Opening a shared file without following any link (docs/protocol.md §4, §8).
 
 A path is walked one folder at a time from a descriptor of the share's
 root, every step with ``O_NOFOLLOW``: a folder swapped for a symbolic link,

@@ -10,8 +10,9 @@ settles.
 
 The share's contents never end or stall the daemon (docs/protocol.md §4):
 what the scan (p2pd.scan) cannot share is skipped with a warning and a
-record for ``status``; a failing rescan keeps the last good index.  A first scan of a large share publishes files as they are
-hashed, and readiness does not wait for it beyond ``ready_after`` seconds.
+record for ``status``; a failing rescan keeps the last good index.  A first
+scan of a large share publishes files as they are hashed, and readiness does
+not wait for it beyond ``ready_after`` seconds.
 """
 
 from __future__ import annotations

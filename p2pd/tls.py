@@ -1,4 +1,4 @@
-"""TLS 1.3 with client certificates between peers (DESIGN §1).
+"""TLS 1.3 with client certificates between peers (docs/protocol.md §1).
 
 No certificate names a host (it cannot contain its own hash), so there is no
 hostname check. Instead each side pins: the downloader trusts exactly the

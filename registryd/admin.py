@@ -53,4 +53,4 @@ def config_text(args: argparse.Namespace) -> str:
         ),
         Key("tls_key", "... and this private key.", example="/etc/registryd/key.pem"),
     ]
-    return render("registryd configuration (DESIGN §6).", keys)
+    return render("registryd configuration (README: Configuration).", keys)

@@ -1,4 +1,4 @@
-"""The registry's HTTP API (DESIGN §2): routing, authentication, answers.
+"""The registry's HTTP API (docs/protocol.md §3): routing, authentication, answers.
 
 Transport-free: it turns a parsed ``Request`` into a ``Response`` and never
 touches a socket, so the HTTP glue and the tests can drive it alike.

@@ -1,4 +1,4 @@
-"""registryd's configuration (DESIGN §6)."""
+"""registryd's configuration (README: Configuration)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Serving stays inside the share: files opened without following links, and only
-while they are exactly the file that was indexed (DESIGN §3, §9)."""
+while they are exactly the file that was indexed (docs/protocol.md §4, §8)."""
 
 from __future__ import annotations
 

@@ -241,7 +241,7 @@ async def test_rescan_on_demand(tmp_path: Path) -> None:
         assert share.index.get("x") is not None
 
 
-# -- strange entries never end the daemon (DESIGN §9) ---------------------------
+# -- strange entries never end the daemon (docs/protocol.md §8) ---------------------------
 
 
 def make_strange_entries(root: Path, outside: Path) -> None:
