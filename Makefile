@@ -52,3 +52,9 @@ uninstall:
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# The hostile suite's seeded fault loop at length: kill -9 mid-transfer, restart, verify.
+# P2PD_FAULT_ROUNDS=N for another length, P2PD_FAULT_SEED=S to replay a run.
+.PHONY: soak
+soak: venv
+	P2PD_FAULT_ROUNDS=$${P2PD_FAULT_ROUNDS:-50} $(BIN)/pytest -s -p no:cacheprovider tests/hostile/test_faults.py
