@@ -49,13 +49,36 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 class Notifier:
-    """sd_notify messages; silent when not started by systemd (no NOTIFY_SOCKET)."""
+    """sd_notify messages; silent when not started by systemd (no NOTIFY_SOCKET).
+
+    The send never stalls the trio loop: a notification socket nobody reads
+    (its queue holds ~10 datagrams) would otherwise block every task.  A
+    STATUS= update is dropped when the queue is full; the messages systemd
+    acts on (READY, STOPPING, RELOADING, WATCHDOG) wait at most
+    ``ESSENTIAL_WAIT`` seconds.
+    """
+
+    ESSENTIAL_WAIT = 2.0
 
     def __init__(self) -> None:
         self._notifier = sdnotify.SystemdNotifier()
+        self.dropped = 0
 
     def send(self, **fields: str) -> None:
-        self._notifier.notify("\n".join(f"{key}={value}" for key, value in fields.items()))
+        sock = self._notifier.socket
+        if sock is None:
+            return
+        essential = fields.keys() - {"STATUS"}
+        sock.settimeout(self.ESSENTIAL_WAIT if essential else 0.0)
+        try:
+            sock.sendall("\n".join(f"{key}={value}" for key, value in fields.items()).encode())
+        except OSError:  # full queue, timed out, or systemd gone: never the daemon's end
+            self.dropped += 1
+
+    def close(self) -> None:
+        if self._notifier.socket is not None:
+            self._notifier.socket.close()
+            self._notifier.socket = None
 
     def ready(self, status: str) -> None:
         self.send(READY="1", STATUS=status)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -54,29 +55,61 @@ def free_port() -> int:
 
 
 class NotifySocket:
-    """A NOTIFY_SOCKET like systemd's: collects the daemon's sd_notify messages."""
+    """A NOTIFY_SOCKET like systemd's: collects the daemon's sd_notify messages.
+
+    Read continuously by a thread, as systemd does: a socket nobody reads
+    fills (~10 datagrams) and the daemon's later messages are dropped.
+    """
 
     def __init__(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="notify-", dir="/tmp")
         self.path = os.path.join(self._dir, "sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(self.path)
+        self._sock.settimeout(0.2)
         self.messages: list[dict[str, str]] = []
+        self._arrived = threading.Condition()
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closed:
+            try:
+                data = self._sock.recv(65536).decode()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            message = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+            with self._arrived:
+                self.messages.append(message)
+                del self.messages[:-1000]  # a long-running daemon's statuses
+                self._arrived.notify_all()
 
     def wait_for(self, key: str, value: str | None = None, timeout: float = 15) -> dict[str, str]:
         """Block until a message sets ``key`` (to ``value``); returns that message."""
-        for message in self.messages:
-            if key in message and value in (None, message[key]):
-                return message
-        self._sock.settimeout(timeout)
-        while True:
-            data = self._sock.recv(65536).decode()
-            message = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
-            self.messages.append(message)
-            if key in message and value in (None, message[key]):
-                return message
+
+        def found() -> dict[str, str] | None:
+            for message in self.messages:
+                if key in message and value in (None, message[key]):
+                    return message
+            return None
+
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: found() is not None, timeout):
+                raise TimeoutError(f"no {key}={value or '*'} within {timeout} s")
+            result = found()
+        assert result is not None
+        return result
+
+    def clear(self) -> None:
+        with self._arrived:
+            self.messages.clear()
 
     def close(self) -> None:
+        self._closed = True
+        self._reader.join(timeout=5)
         self._sock.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -99,7 +132,7 @@ class RunningRegistry:
 
 def reload(daemon: RunningRegistry | RunningPeer) -> None:
     """SIGHUP, as `systemctl reload` sends it; wait for the RELOADING=1 … READY=1 pair."""
-    daemon.notify.messages.clear()
+    daemon.notify.clear()
     daemon.process.send_signal(signal.SIGHUP)
     daemon.notify.wait_for("RELOADING", "1")
     daemon.notify.wait_for("READY", "1")

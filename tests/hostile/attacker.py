@@ -18,10 +18,8 @@ import socket
 import ssl
 import struct
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support import SECRET, VENV_BIN, NotifySocket
+from tests.support import SECRET, VENV_BIN
 
 COMPONENTS = ("@method", "@path", "content-digest")
 
@@ -379,34 +377,3 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextmanager
-def draining(*sockets: NotifySocket) -> Iterator[None]:
-    """Read the daemons' sd_notify datagrams for as long as they run, as systemd does.
-
-    tests.support's NotifySocket reads only until READY=1; an AF_UNIX datagram
-    queue holds net.unix.max_dgram_qlen (10) messages, after which the daemon's
-    next sd_notify blocks.  The hostile cases must not measure that harness
-    artefact, so the long-lived daemons of this suite get a reader.
-    """
-    stop = threading.Event()
-
-    def drain(notify: NotifySocket) -> None:
-        while not stop.is_set():
-            try:
-                notify.wait_for("X-HOSTILE-NEVER", timeout=0.2)
-            except TimeoutError:
-                del notify.messages[:-50]
-            except OSError:
-                return
-
-    threads = [threading.Thread(target=drain, args=(n,), daemon=True) for n in sockets]
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=5)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.hostile.attacker import assert_serving, ctl, draining, poll, rpc, sha256_file
+from tests.hostile.attacker import assert_serving, ctl, poll, rpc, sha256_file
 from tests.support import VENV_BIN, RunningPeer, run_p2pd, run_registryd
 
 FAST = "heartbeat_interval = 0.5\n"
@@ -43,7 +43,6 @@ def pair(module_dir: Path) -> Iterator[Pair]:
             run_p2pd(
                 module_dir, "frank", urls, extra_config=FAST + "upload_rate_limit = 1000000\n"
             ) as frank,
-            draining(registry.notify, erin.notify, frank.notify),
         ):
             yield Pair(erin, frank)
 

@@ -13,14 +13,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.hostile.attacker import ctl, draining, poll, rpc, sha256_file
+from tests.hostile.attacker import ctl, poll, rpc, sha256_file
 from tests.support import VENV_BIN, NotifySocket, free_port, p2pd_config, registryd_env
 
 ROUNDS = int(os.environ.get("P2PD_FAULT_ROUNDS", "3"))
@@ -38,7 +37,6 @@ class Daemon:
     log_path: Path
     process: subprocess.Popen[str] | None = None
     notify: NotifySocket | None = None
-    drain: ExitStack = field(default_factory=ExitStack)
 
     def start(self) -> None:
         self.notify = NotifySocket()
@@ -54,7 +52,6 @@ class Daemon:
         while True:
             try:
                 self.notify.wait_for("READY", "1", timeout=0.5)
-                self.drain.enter_context(draining(self.notify))
                 return
             except TimeoutError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -79,7 +76,6 @@ class Daemon:
         self._close_notify()
 
     def _close_notify(self) -> None:
-        self.drain.close()
         if self.notify is not None:
             self.notify.close()
             self.notify = None

@@ -16,7 +16,6 @@ from tests.hostile.attacker import (
     Attacker,
     assert_serving,
     ctl,
-    draining,
     files_under,
     poll,
     register,
@@ -47,7 +46,6 @@ def scene(module_dir: Path) -> Iterator[Scene]:
         with (
             run_p2pd(module_dir, "carol", urls, extra_config=FAST) as carol,
             run_p2pd(module_dir, "dave", urls, extra_config=FAST) as dave,
-            draining(registry.notify, carol.notify, dave.notify),
         ):
             poll(
                 lambda: "dave" in peer_names(carol), timeout=30, what="carol to see dave", every=0.3

@@ -22,7 +22,6 @@ from tests.hostile.attacker import (
     Closed,
     build_request,
     ctl,
-    draining,
     peer_get,
     poll,
     read_response,
@@ -80,7 +79,6 @@ def victim(module_dir: Path) -> Iterator[Victim]:
         with (
             run_p2pd(module_dir, "bob", urls, extra_config=FAST + "upload_slots = 1\n") as bob,
             run_p2pd(module_dir, "alice", urls, extra_config=FAST) as alice,
-            draining(registry.notify, bob.notify, alice.notify),
         ):
             member = Attacker.new(module_dir / "attacker")
             assert register(registry.url, member, "mallory", 9).status == 200
