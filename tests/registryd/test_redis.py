@@ -3,48 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient, UnknownMember
 from p2pcommon.signing import Signer
-from tests.support import SECRET, Peer, free_port, redis_server_path, run_registryd, wait_until
+from tests.redis_process import running_redis
+from tests.support import SECRET, Peer, run_registryd, wait_until
 
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = redis_server_path()
-    if server is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: .ci/run must install it (apt redis-server)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    try:
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.025)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(timeout=10)
+    with running_redis(tmp_path) as url:
+        yield url
 
 
 async def test_two_instances_share_members(tmp_path: Path, redis_url: str) -> None:

@@ -17,7 +17,7 @@ import pytest
 from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient
 from p2pcommon.signing import Signer
-from tests.registryd.redis_process import RedisProcess
+from tests.redis_process import RedisProcess
 from tests.support import SECRET, Peer, RunningRegistry, run_registryd, wait_until
 
 

@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,14 @@ class RedisProcess:
                 self._process.kill()
                 self._process.wait()
             self._process = None
+
+
+@contextmanager
+def running_redis(workdir: Path) -> Iterator[str]:
+    """A fresh redis-server for the block; its URL."""
+    server = RedisProcess(workdir)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
