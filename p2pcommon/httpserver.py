@@ -283,14 +283,14 @@ class HttpServer:
                 return
             request.client_id = client_id
             conn.idle = False
-            try:
+            response = None
+            with failure_boundary("request", f"{request.method} {request.path[:200]}", log):
                 response = await self._handler(request)
-            except Exception:
-                log.exception("handler failed on %s %s", request.method, request.target)
+            if response is None:
                 response = error_response(500, "internal error", "see the server's log")
             if self._closing:
                 response.headers.append(("Connection", "close"))
-            await self._send(stream, h11conn, response)
+            await self._send(stream, h11conn, response, head_only=request.method == "HEAD")
             # An idle keep-alive connection must not hold its last answer's memory.
             del response, request
             if h11conn.our_state is not h11.DONE or h11conn.their_state is not h11.DONE:
@@ -381,19 +381,37 @@ class HttpServer:
         h11conn.receive_data(bytes(data))
 
     async def _send(
-        self, stream: trio.abc.Stream, h11conn: h11.Connection, response: Response
+        self,
+        stream: trio.abc.Stream,
+        h11conn: h11.Connection,
+        response: Response,
+        *,
+        head_only: bool = False,
     ) -> None:
+        """Send ``response``; only its head (with the body's length) for a HEAD request."""
         out = _DeadlineStream(stream, self.limits.send_timeout)
         length = response.length if response.stream is not None else len(response.body)
         headers = [*response.headers, ("Content-Length", str(length))]
         if not any(name.lower() == "date" for name, _ in response.headers):
             headers.append(("Date", http_date(time.time())))
-        head = h11conn.send(
-            h11.Response(
-                status_code=response.status, headers=headers, reason=_phrase(response.status)
+        try:
+            head = h11conn.send(
+                h11.Response(
+                    status_code=response.status, headers=headers, reason=_phrase(response.status)
+                )
             )
-        )
+        except BaseException:
+            await _close_body(response)
+            raise
         assert head is not None
+        if head_only:
+            try:
+                tail = h11conn.send(h11.EndOfMessage())
+                assert tail is not None
+                await out.send_all(head + tail)
+            finally:
+                await _close_body(response)
+            return
         if response.stream is not None:
             try:
                 await out.send_all(head)
@@ -403,10 +421,7 @@ class HttpServer:
                     for piece in pieces or ():
                         await out.send_all(piece)
             finally:
-                aclose = getattr(response.stream, "aclose", None)
-                if aclose is not None:
-                    with trio.CancelScope(shield=True):
-                        await aclose()
+                await _close_body(response)
             tail = h11conn.send(h11.EndOfMessage())
             assert tail is not None
             if tail:
@@ -421,6 +436,14 @@ class HttpServer:
             await out.send_all(head)
             await out.send_all(body)
             await out.send_all(tail)
+
+
+async def _close_body(response: Response) -> None:
+    """Close a streamed body (and what it holds, e.g. an upload slot), sent or not."""
+    aclose = getattr(response.stream, "aclose", None)
+    if aclose is not None:
+        with trio.CancelScope(shield=True):
+            await aclose()
 
 
 class _DeadlineStream:

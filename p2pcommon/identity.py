@@ -26,6 +26,21 @@ def cert_der_from_pem(cert_pem: str) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
+def canonical_pem(cert_pem: str) -> str:
+    """The one certificate in ``cert_pem``, re-encoded; ValueError for anything else.
+
+    What a registry stores and hands out: extra blocks or text around the
+    certificate would reach every member's TLS trust store.
+    """
+    if cert_pem.count("-----BEGIN") != 1:
+        raise ValueError("exactly one PEM certificate is expected")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise ValueError(f"not a PEM X.509 certificate: {exc}") from None
+    return cert.public_bytes(Encoding.PEM).decode("ascii")
+
+
 def peer_id_from_pem(cert_pem: str) -> str:
     return peer_id_from_der(cert_der_from_pem(cert_pem))
 

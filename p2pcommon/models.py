@@ -121,6 +121,9 @@ class ErrorBody(_Body):
 
 # -- the peer protocol (docs/protocol.md §4) --------------------------------------------
 
+#: Entries of one listing: more than a share of this size is refused.
+MAX_LISTED_FILES = 1_000_000
+
 RelPath = Annotated[
     str, StringConstraints(max_length=MAX_PATH_BYTES), AfterValidator(check_relpath)
 ]
@@ -130,8 +133,8 @@ class SharedFile(_Body):
     """One entry of a member's listing: checked by the rule the server serves by."""
 
     path: RelPath
-    size: Annotated[int, Field(ge=0, strict=True)]
-    mtime: float
+    size: Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]
+    mtime: Annotated[float, Field(allow_inf_nan=False)]
     sha256: Sha256
 
     def to_json(self) -> dict[str, object]:
@@ -142,7 +145,7 @@ class Listing(_Body):
     """``GET /files``: parsed once at the edge, with jiter's bounded nesting."""
 
     generation: Annotated[int, Field(ge=0)] = 0
-    files: list[SharedFile]
+    files: Annotated[list[SharedFile], Field(max_length=MAX_LISTED_FILES)]
 
 
 def validation_reason(exc: ValidationError) -> str:

@@ -28,9 +28,16 @@ from p2pcommon.models import (
     RegisterRequest,
     validation_reason,
 )
+from p2pcommon.service import one_line
 from p2pcommon.signing import AuthError, Signer
 
 Body = TypeVar("Body", bound=BaseModel)
+
+
+#: Bytes of an error answer that are read for its message.
+MAX_ERROR_BODY = 4096
+#: Bytes of any answer (a member list of ~100 000 members fits).
+MAX_ANSWER = 128 * 1024 * 1024
 
 
 class RegistryError(Exception):
@@ -70,11 +77,15 @@ def _parse(model: type[Body], content: bytes, what: str) -> Body:
 
 
 def _error_fields(content: bytes) -> tuple[str, str]:
+    """The error body's two fields, as one printable line each: this text may be
+    unsigned (401, 429, 5xx come from whatever answers at the URL) and ends up
+    in logs, ``status`` and systemd's STATUS=."""
     try:
-        data = json.loads(content)
-        return str(data.get("error", "")), str(data.get("message", ""))
-    except (ValueError, AttributeError):
-        return "", content[:200].decode("utf-8", "replace")
+        data = json.loads(content[:MAX_ERROR_BODY])
+        error, message = str(data.get("error", "")), str(data.get("message", ""))
+    except (ValueError, AttributeError, RecursionError):
+        error, message = "", content[:200].decode("utf-8", "replace")
+    return one_line(error, 100), one_line(message, 300)
 
 
 def _describe(exc: httpx.HTTPError) -> str:
@@ -104,6 +115,7 @@ class RegistryClient:
         self._clock = clock
         self._backoff = backoff or Backoff(base=0.25, cap=10.0)
         self._http = httpx.AsyncClient(timeout=timeout, verify=verify)
+        self._exchange_timeout = 3 * timeout
 
     @property
     def current_url(self) -> str:
@@ -177,25 +189,48 @@ class RegistryClient:
         if body:
             headers["Content-Type"] = "application/json"
         try:
-            response = await self._http.request(method, url + path, content=body, headers=headers)
+            # httpx's timeout bounds each read; this bounds the whole exchange,
+            # and the body is read with a cap: whatever answers at a registry's
+            # URL is unauthenticated until its signature is checked.
+            with trio.fail_after(self._exchange_timeout):
+                request = self._http.build_request(
+                    method, url + path, content=body, headers=headers
+                )
+                response = await self._http.send(request, stream=True)
+                try:
+                    content = await _read_capped(response, MAX_ANSWER)
+                finally:
+                    await response.aclose()
         except httpx.HTTPError as exc:
             raise _Failed(_describe(exc)) from None
+        except trio.TooSlowError:
+            raise _Failed(f"no whole answer within {self._exchange_timeout:g} s") from None
         status = response.status_code
         if status in (401, 429) or status >= 500:
-            error, message = _error_fields(response.content)
+            error, message = _error_fields(content)
             raise _Failed(f"{status} {error}: {message}".rstrip(": "))
         try:
             self._signer.verify_response(
                 status,
                 response.headers.multi_items(),
-                response.content,
+                content,
                 nonce=nonce,
                 now=self._clock(),
             )
         except AuthError as exc:
             raise _Failed(f"answer not signed with our secret ({exc}); ignored") from None
-        return status, response.content
+        return status, content
 
 
 class _Failed(Exception):
     """One registry failed one exchange; the next one is tried."""
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _Failed(f"the answer is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -48,6 +48,17 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+#: Characters of one sd_notify value (systemd shows STATUS= in one line).
+MAX_VALUE = 1000
+
+
+def one_line(text: str, limit: int = MAX_VALUE) -> str:
+    """``text`` as one printable line of at most ``limit`` characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else " " for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class Notifier:
     """sd_notify messages; silent when not started by systemd (no NOTIFY_SOCKET).
 
@@ -69,9 +80,13 @@ class Notifier:
         if sock is None:
             return
         essential = fields.keys() - {"STATUS"}
-        sock.settimeout(self.ESSENTIAL_WAIT if essential else 0.0)
+        # A value is one line of printable text: a newline from remote text (a
+        # registry's error message) would otherwise add an assignment systemd
+        # acts on, such as WATCHDOG=trigger.
+        message = "\n".join(f"{key}={one_line(value)}" for key, value in fields.items())
         try:
-            sock.sendall("\n".join(f"{key}={value}" for key, value in fields.items()).encode())
+            sock.settimeout(self.ESSENTIAL_WAIT if essential else 0.0)
+            sock.sendall(message.encode("utf-8", "backslashreplace"))
         except OSError:  # full queue, timed out, or systemd gone: never the daemon's end
             self.dropped += 1
 

@@ -29,7 +29,7 @@ from p2pcommon.backoff import Backoff
 from p2pcommon.boundary import describe, failure_boundary, failures
 from p2pcommon.models import SHA256_PATTERN, Member, SharedFile
 from p2pcommon.paths import UnsafePath, check_relpath
-from p2pcommon.service import unwrap_group
+from p2pcommon.service import one_line, unwrap_group
 from p2pd.history import History, HistoryUnavailable, Outcome, Queued
 from p2pd.members import Members
 from p2pd.partial import (
@@ -39,6 +39,7 @@ from p2pd.partial import (
     resume_state,
 )
 from p2pd.peerclient import (
+    Head,
     InvalidListing,
     PeerConnection,
     PeerPool,
@@ -51,6 +52,12 @@ from p2pd.transfer import Progress, destination, partial_path
 log = logging.getLogger("p2pd.downloads")
 
 MAX_ATTEMPTS = 6
+#: Seconds a member has to answer a file request with its head (and an error body).
+ANSWER_TIMEOUT = 30.0
+#: A transfer that receives less than MIN_PROGRESS bytes in PROGRESS_WINDOW
+#: seconds gives up on that member (a trickle holds a transfer slot forever).
+PROGRESS_WINDOW = 60.0
+MIN_PROGRESS = 64 * 1024
 #: Looking for other members with the same bytes: how many are asked (at
 #: most), how many at once, and for how long in all.
 MAX_ALTERNATES_ASKED = 32
@@ -115,6 +122,20 @@ class Transfer:
             "state": self.state,
             "rate": round(self.progress.rate),
         }
+
+
+def _check_framing(head: Head, size: int, offset: int) -> None:
+    """The answer carries exactly the listed bytes from ``offset``: a member cannot
+    make us write more than the listing said (a disk-filling stream) or at
+    another offset than we asked."""
+    expected = size - offset
+    length = head.headers.get("content-length", "")
+    if not length.isdigit() or int(length) != expected:
+        raise Retry(f"announced {length or 'no length'} where {expected} bytes were expected")
+    if head.status == 206 and not head.headers.get("content-range", "").startswith(
+        f"bytes {offset}-"
+    ):
+        raise Retry(f"answered another range than the bytes from {offset}")
 
 
 def _check_queued(queued: Queued) -> None:
@@ -250,8 +271,11 @@ class Downloads:
                             await self._discard_partial(sha256)
         if not lock.locked() and not lock.statistics().tasks_waiting:
             self._same_bytes.pop(sha256, None)
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), failure_boundary("transfer", "recording", log):
             await self._finish(transfer, status, error)
+        # Also when recording failed: nobody waits forever for it.
+        self.active.pop(transfer.queued.id, None)
+        transfer.done.set()
 
     async def _outcome_of(self, transfer: Transfer) -> tuple[str, str | None, bool]:
         """(status, error, keep the partial file) of running the transfer's attempts."""
@@ -388,25 +412,31 @@ class Downloads:
             raise _fatal_os_error(exc, partial) from None
         transfer.progress.update(offset, trio.current_time())
         if queued.size and offset >= queued.size:
-            await self._verify_andplace(transfer, partial, digest)  # complete before a restart
+            await self._verify_and_place(transfer, partial, digest)  # complete before a restart
             return
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            connection, head = await self._pool.request(
-                member, "/files/" + quote(remote_path), headers
-            )
+            with trio.fail_after(ANSWER_TIMEOUT):
+                connection, head = await self._pool.request(
+                    member, "/files/" + quote(remote_path), headers
+                )
         except PeerUnreachable as exc:
             raise Retry(str(exc)) from None
+        except trio.TooSlowError:
+            raise Retry(f"no answer within {ANSWER_TIMEOUT:g} s") from None
         completed = False
         try:
             if head.status == 200 and offset:
                 digest, offset = hashlib.sha256(), 0  # the member ignored Range: start over
             elif head.status not in (200, 206):
-                body = await connection.body(65536)
-                text = body[:200].decode(errors="replace")
+                body = b""
+                with trio.move_on_after(ANSWER_TIMEOUT):
+                    body = await connection.body(65536)
+                text = one_line(body[:200].decode(errors="replace"), 200)
                 # A 4xx other than 404/408/429 will not change by asking again.
                 final = 400 <= head.status < 500 and head.status not in (404, 408, 429)
                 raise Retry(f"answered {head.status}: {text}", final=final)
+            _check_framing(head, queued.size, offset)
             if head.headers.get("repr-digest") != repr_digest(queued.sha256):
                 raise Changed(
                     f"{remote_path} changed since it was listed (sha256 differs now): "
@@ -422,7 +452,7 @@ class Downloads:
                 await self._pool.release(connection)
             else:
                 await connection.aclose()
-        await self._verify_andplace(transfer, partial, digest)
+        await self._verify_and_place(transfer, partial, digest)
 
     async def _receive(
         self,
@@ -474,9 +504,17 @@ class Downloads:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writer)
                 async with to_writer:
+                    window_start, window_bytes = trio.current_time(), 0
                     async for chunk in connection.body_chunks():
                         pending.append(chunk)
                         pending_size += len(chunk)
+                        window_bytes += len(chunk)
+                        if trio.current_time() - window_start >= PROGRESS_WINDOW:
+                            if window_bytes < MIN_PROGRESS:
+                                raise Retry(
+                                    f"sent {window_bytes} bytes in {PROGRESS_WINDOW:g} s: too slow"
+                                )
+                            window_start, window_bytes = trio.current_time(), 0
                         if pending_size >= WRITE_BLOCK:
                             await to_writer.send((pending, done, False))
                             done += pending_size
@@ -495,7 +533,7 @@ class Downloads:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(close_quietly, handle)
 
-    async def _verify_andplace(self, transfer: Transfer, partial: Path, digest: Any) -> None:
+    async def _verify_and_place(self, transfer: Transfer, partial: Path, digest: Any) -> None:
         queued = transfer.queued
         if transfer.progress.bytes_done != queued.size or digest.hexdigest() != queued.sha256:
             # Never resume from bytes that do not hash right.

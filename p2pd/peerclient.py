@@ -8,6 +8,7 @@ id (docs/protocol.md §1).  Addresses are tried in the order the registry lists 
 from __future__ import annotations
 
 import ssl
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,6 +31,8 @@ LISTING_TIMEOUT = 30.0
 RECEIVE_SIZE = 256 * 1024
 #: A listing of ~400 000 files; more is refused rather than held in memory.
 MAX_LISTING = 64 * 1024 * 1024
+#: Listings kept for revalidation by ETag (the members used most recently).
+MAX_CACHED_LISTINGS = 32
 
 
 class PeerUnreachable(Exception):
@@ -67,6 +70,7 @@ class PeerConnection:
         context = context or client_context(identity, member.cert)
         failures = []
         for address in member.addresses:
+            tcp: trio.SocketStream | None = None
             try:
                 host, port = split_host_port(address)
                 with trio.fail_after(CONNECT_TIMEOUT):
@@ -74,8 +78,8 @@ class PeerConnection:
                     tls = BatchedTLSStream(tcp, context)
                     await tls.do_handshake()
                 if presented_id(tls) != member.id:
-                    await trio.aclose_forcefully(tls)
                     raise PeerMismatch(f"{address} presented another member's certificate")
+                tcp = None  # handed over to the connection
                 return cls(member, tls)
             except (
                 OSError,
@@ -86,6 +90,9 @@ class PeerConnection:
             ) as exc:
                 reason = exc.__cause__ or exc
                 failures.append(f"{address}: {reason or type(exc).__name__}")
+            finally:
+                if tcp is not None:
+                    await trio.aclose_forcefully(tcp)
         raise PeerUnreachable(
             f"cannot reach {member.name}: " + "; ".join(failures or ["no address"])
         )
@@ -177,7 +184,8 @@ class PeerPool:
         self._identity = identity
         self._max_idle = max_idle_per_member
         self._idle: dict[str, list[PeerConnection]] = {}
-        self._listings: dict[str, tuple[str, Listing]] = {}
+        # The most recently used members' listings, for If-None-Match.
+        self._listings: OrderedDict[str, tuple[str, Listing]] = OrderedDict()
         # Building a context loads our key and the member's certificate: do it once.
         self._contexts: dict[str, ssl.SSLContext] = {}
 
@@ -225,6 +233,9 @@ class PeerPool:
             await connection.aclose()
             if not reused:
                 raise
+        except BaseException:  # cancelled (a deadline): the connection is in an unknown state
+            await connection.aclose()
+            raise
         # The member closed the kept-alive connection meanwhile: one fresh try.
         connection = await self._open(member)
         try:
@@ -241,6 +252,8 @@ class PeerPool:
         """
         cached = self._listings.get(member.id)
         headers = {"If-None-Match": cached[0]} if cached else {}
+        if cached:
+            self._listings.move_to_end(member.id)
         try:
             with trio.fail_after(LISTING_TIMEOUT):
                 connection, head = await self.request(member, "/files", headers)
@@ -259,7 +272,9 @@ class PeerPool:
         if head.status != 200:
             raise PeerRefused(head.status, f"{member.name} answered {head.status}: {body[:200]!r}")
         try:
-            listing = Listing.model_validate_json(body)
+            # In a thread: tens of MiB of JSON take seconds to check, and the
+            # loop (other members, the control socket, the watchdog) goes on.
+            listing = await trio.to_thread.run_sync(Listing.model_validate_json, body)
         except ValidationError as exc:
             raise InvalidListing(
                 f"{member.name} sent an invalid listing: {validation_reason(exc)}"
@@ -267,6 +282,9 @@ class PeerPool:
         etag = head.headers.get("etag")
         if etag:
             self._listings[member.id] = (etag, listing)
+            self._listings.move_to_end(member.id)
+            while len(self._listings) > MAX_CACHED_LISTINGS:
+                self._listings.popitem(last=False)
         return listing
 
     async def aclose(self) -> None:

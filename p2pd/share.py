@@ -229,7 +229,8 @@ class Share:
             observer.schedule(
                 _Forward(poke), str(self.root), recursive=True, event_filter=CHANGE_EVENTS
             )
-            observer.start()
+            # In a thread: start() adds a watch per folder, seconds for a large tree.
+            await trio.to_thread.run_sync(observer.start)
             self.watching = True
         except Exception as exc:  # never fatal: without a watcher, the share is polled
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EMFILE):

@@ -10,12 +10,15 @@ every request.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from p2pcommon.identity import peer_id_from_der
 from p2pd.identity import Identity
+
+log = logging.getLogger("p2pd.tls")
 
 
 class PeerMismatch(Exception):
@@ -31,10 +34,19 @@ def _base_context(purpose: int, identity: Identity) -> ssl.SSLContext:
 
 
 def server_context(identity: Identity, member_certs: Iterable[str]) -> ssl.SSLContext:
-    """Accepts exactly the given members' certificates as client certificates."""
+    """Accepts exactly the given members' certificates as client certificates.
+
+    Each is loaded on its own: one unusable certificate from the registry
+    is skipped (that member cannot connect), not fatal to everyone's.
+    """
     context = _base_context(ssl.PROTOCOL_TLS_SERVER, identity)
     # Our own certificate keeps the trust store non-empty when we are alone.
-    context.load_verify_locations(cadata="".join([identity.cert_pem, *member_certs]))
+    context.load_verify_locations(cadata=identity.cert_pem)
+    for cert in member_certs:
+        try:
+            context.load_verify_locations(cadata=cert)
+        except (ssl.SSLError, ValueError) as exc:
+            log.warning("ignoring a member's unusable certificate: %s", exc)
     return context
 
 

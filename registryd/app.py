@@ -17,7 +17,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from p2pcommon.httpserver import Request, Response, error_response, json_response
-from p2pcommon.identity import peer_id_from_pem, short_id
+from p2pcommon.identity import canonical_pem, peer_id_from_pem, short_id
 from p2pcommon.models import Lease, MemberRequest, RegisterRequest, join_host_port
 from p2pcommon.signing import MAX_SKEW, REPLAYED, AuthError, Signer
 from registryd.guards import FailureLimiter
@@ -180,7 +180,9 @@ class RegistryApp:
         if isinstance(parsed, Answer):
             return parsed
         try:
-            cert_id = peer_id_from_pem(parsed.cert)
+            # Stored re-encoded: only the certificate itself reaches the members.
+            cert = canonical_pem(parsed.cert)
+            cert_id = peer_id_from_pem(cert)
         except ValueError as exc:
             return _error(400, "bad certificate", f"field 'cert': {exc}")
         if cert_id != parsed.id:
@@ -190,7 +192,7 @@ class RegistryApp:
                 "field 'id' must be the lowercase unpadded base32 SHA-256 of the certificate's DER",
             )
         addresses = parsed.addresses or [join_host_port(request.client_host, parsed.port)]
-        new = await self._store.register(parsed.id, parsed.name, parsed.cert, tuple(addresses), now)
+        new = await self._store.register(parsed.id, parsed.name, cert, tuple(addresses), now)
         self._metrics.registrations.inc()
         if new:
             log.info(

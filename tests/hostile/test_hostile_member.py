@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -194,3 +195,23 @@ def test_a_member_that_never_answers(scene: Scene, evil: FakeMember) -> None:
     assert process.returncode == 1, stderr
     assert "evil-mute" in stderr
     assert elapsed < 40, f"p2pctl ls took {elapsed:.0f} s against a mute member"
+
+
+def test_a_member_announcing_more_bytes_than_listed(scene: Scene, evil: FakeMember) -> None:
+    """A disk-filling answer: refused on its length, before a byte is written."""
+    listed = hashlib.sha256(b"true").hexdigest()
+    digest = base64.b64encode(bytes.fromhex(listed)).decode()
+    evil.routes["/files"] = listing(entry("flood.bin", listed))
+    evil.routes["/files/flood.bin"] = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n"
+        + f"Repr-Digest: sha-256=:{digest}:\r\n\r\n".encode()
+        + b"\0" * 200_000
+    )
+    join(scene, evil, "evil-flood")
+    fetched = ctl(
+        scene.carol.socket_path, "--json", "fetch", "evil-flood", "flood.bin", timeout=120
+    )
+    assert fetched.returncode == 1, fetched.stdout
+    assert "where 4 bytes were expected" in json.loads(fetched.stdout)["error"]
+    written = sum(p.stat().st_size for p in scene.carol.download_dir.iterdir() if p.is_file())
+    assert written <= 4

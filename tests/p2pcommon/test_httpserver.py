@@ -128,3 +128,20 @@ async def test_a_client_that_stops_reading_is_let_go_and_its_body_closed() -> No
         with trio.fail_after(30):
             await closed.wait()
         sock.close()
+
+
+async def test_head_gets_the_head_of_any_answer_and_the_connection_goes_on() -> None:
+    async with serving(ok, Limits()) as (_, port):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(
+                b"HEAD /anything HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            received = b""
+            with trio.fail_after(10):
+                while received.count(b"HTTP/1.1 200") < 2 or not received.endswith(b"}"):
+                    received += await stream.receive_some(4096)
+    head, rest = received.split(b"\r\n\r\n", 1)
+    assert b"content-length: 11" in head.lower()
+    assert rest.startswith(b"HTTP/1.1 200")  # no body after the HEAD answer's head
+    assert rest.endswith(b'{"ok":true}')

@@ -87,3 +87,28 @@ def test_backoff_is_full_jitter_under_a_doubling_ceiling() -> None:
     assert backoff.ceiling() == 0.5
     delays = [Backoff(base=1, cap=1, rng=random.Random(s)).next_delay() for s in range(50)]
     assert min(delays) < 0.2 and max(delays) > 0.8  # spread over the whole range
+
+
+async def test_an_endless_or_trickling_answer_fails_over_in_bounded_time() -> None:
+    """Whatever answers at a registry URL cannot hold a peer with a never-ending body."""
+
+    class Endless:
+        def __aiter__(self) -> Endless:
+            return self
+
+        async def __anext__(self) -> bytes:
+            await trio.sleep(0.05)  # each read is quick: only a whole-exchange deadline helps
+            return b"x" * 1024
+
+    async def trickle(request: Request) -> Response:
+        return Response(200, stream=Endless(), length=1 << 40)
+
+    server = HttpServer(trickle)
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        await nursery.start(server.run, listeners)
+        url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        async with RegistryClient([url], SECRET, timeout=0.5) as client:
+            with trio.fail_after(30), pytest.raises(RegistryUnavailable, match="no whole answer"):
+                await client.clients()
+        nursery.cancel_scope.cancel()

@@ -41,3 +41,25 @@ def test_a_notification_socket_nobody_reads_never_blocks_the_sender(
         unread.close()
         (folder / "sock").unlink()
         folder.rmdir()
+
+
+def test_remote_text_cannot_add_an_assignment_systemd_acts_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="notify-", dir="/tmp"))
+    reader = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reader.bind(str(folder / "sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(folder / "sock"))
+    notifier = Notifier()
+    try:
+        # A registry's unsigned 503 message, as it reaches the status line.
+        notifier.status("not registered: 503 x\nWATCHDOG=trigger\nWATCHDOG_USEC=1 \udc80")
+        notifier.ready("ready\nSTOPPING=1")
+        status, ready = reader.recv(4096), reader.recv(4096)
+        assert status.count(b"\n") == 0 and status.startswith(b"STATUS=not registered")
+        assert ready.split(b"\n") == [b"READY=1", b"STATUS=ready STOPPING=1"]
+    finally:
+        notifier.close()
+        reader.close()
+        (folder / "sock").unlink()
+        folder.rmdir()

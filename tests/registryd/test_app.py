@@ -230,3 +230,27 @@ async def test_metrics_count_events_and_hold_no_secret(app: RegistryApp, clock: 
     assert 'registry_request_duration_seconds_bucket{le="0.005",route="/register"}' in text
     assert SECRET not in text
     assert peer.id not in text
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        "trailing text that is no certificate\n",
+    ],
+)
+async def test_only_the_certificate_itself_reaches_the_members(
+    app: RegistryApp, clock: Clock, extra: str
+) -> None:
+    """Extra blocks after a valid certificate would poison every member's trust store."""
+    alice = Peer.new("alice")
+    body = {"id": alice.id, "name": "alice", "cert": alice.cert + extra, "port": 7070}
+    response = await app.handle(signed("POST", "/register", body, now=clock.now))
+    if extra.startswith("-----BEGIN"):
+        assert response.status == 400
+        assert payload(response)["error"] == "bad certificate"
+        assert await listed(app, clock.now) == []
+    else:
+        assert response.status == 200
+        (member,) = await listed(app, clock.now)
+        assert member["cert"] == alice.cert  # re-encoded: the trailing text is gone

@@ -19,7 +19,8 @@ from pathlib import Path
 SUITE = "bookworm"
 # procps: /bin/kill for ExecReload=, as on any standard Debian.
 PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-venv,make,procps"
-CACHE_DIR = Path(os.environ.get("P2PD_TEST_CACHE", "/var/cache/p2pd-test"))
+# Not P2PD_…: p2pd refuses environment variables with its prefix that it does not know.
+CACHE_DIR = Path(os.environ.get("P2P_TEST_ROOTFS_CACHE", "/var/cache/p2pd-test"))
 MIRROR = os.environ.get("P2PD_TEST_MIRROR", "http://deb.debian.org/debian")
 INNER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Deadlines for what takes real time: generous, because a loaded CI machine
