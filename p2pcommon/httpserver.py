@@ -391,7 +391,12 @@ class HttpServer:
         """Send ``response``; only its head (with the body's length) for a HEAD request."""
         out = _DeadlineStream(stream, self.limits.send_timeout)
         length = response.length if response.stream is not None else len(response.body)
-        headers = [*response.headers, ("Content-Length", str(length))]
+        headers = list(response.headers)
+        # 204 and 304 have no content (RFC 9110 §15.3.5, §15.4.5): a 204 must
+        # not carry Content-Length, and a 304's would describe the selected
+        # representation, so "0" would be a lie.  h11 frames both as empty.
+        if response.status not in (204, 304):
+            headers.append(("Content-Length", str(length)))
         if not any(name.lower() == "date" for name, _ in response.headers):
             headers.append(("Date", http_date(time.time())))
         try:

@@ -2,8 +2,11 @@
 
 Requests carry ``Content-Digest`` (RFC 9530) and one signature labelled
 ``sig`` over ``("@method" "@path" "content-digest")`` with ``created``,
-``nonce``, ``keyid="p2p"`` and ``alg="hmac-sha256"``.  Answers are signed the
-same way over ``("@status" "content-digest")``, echoing the request's nonce.
+``nonce``, ``keyid="p2p"`` and ``alg="hmac-sha256"``.  A signature may cover
+more: header fields, and the derived components of RFC 9421 §2.2, which the
+verifier derives from the request as received (``@authority`` from its
+``Host`` header).  Answers are signed the same way over
+``("@status" "content-digest")``, echoing the request's nonce.
 
 Everything here is pure (the caller passes ``now``), so that the registry,
 p2pd and the tests share one implementation and a fake clock works.
@@ -14,7 +17,9 @@ from __future__ import annotations
 import base64
 import datetime
 import hmac
+import ipaddress
 import math
+import re
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +30,7 @@ from http_message_signatures import (
     HTTPMessageSignaturesException,
     HTTPMessageSigner,
     HTTPMessageVerifier,
+    HTTPSignatureComponentResolver,
     HTTPSignatureKeyResolver,
     algorithms,
 )
@@ -35,6 +41,16 @@ ALGORITHM: Final = "hmac-sha256"
 REQUEST_COMPONENTS: Final = ("@method", "@path", "content-digest")
 RESPONSE_COMPONENTS: Final = ("@status", "content-digest")
 REQUIRED_PARAMETERS: Final = frozenset({"created", "nonce", "keyid", "alg"})
+#: Derived components (RFC 9421 §2.2) a request signature may cover besides the
+#: required ones, for docs/protocol.md §2.1; any header field may be covered too.
+EXTRA_REQUEST_COMPONENTS: Final = (
+    "@authority",
+    "@scheme",
+    "@target-uri",
+    "@request-target",
+    "@query",
+    "@query-param",
+)
 #: How far ``created`` may be from the verifier's clock, either way (seconds).
 MAX_SKEW: Final = 60
 #: Nonces longer than this are refused, which bounds the replay cache.
@@ -93,6 +109,57 @@ class _Request:
     method: str
     url: str
     headers: Any
+    #: False when the request named no usable authority (no or a malformed
+    #: ``Host``): then ``url`` holds a placeholder host that must never be signed.
+    has_authority: bool = True
+
+
+#: RFC 9110 §7.2 ``Host = uri-host [ ":" port ]``: a reg-name, an IPv4 address or
+#: a bracketed IP literal.  Userinfo ("@") and anything after the port are refused,
+#: so that the URL built from it has exactly this authority.
+_HOST = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
+#: Stands in for the host of a request without a usable ``Host``; never in a signature base.
+_NO_AUTHORITY = "no-authority.invalid"
+
+
+def _authority(host_header: str | None) -> str | None:
+    """The request's authority as sent in ``Host``, or None if it names none usable."""
+    if host_header is None:
+        return None
+    match = _HOST.fullmatch(host_header.strip())
+    if match is None:
+        return None
+    host = match["host"]
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return None
+    return match.group(0)
+
+
+class _Components(HTTPSignatureComponentResolver):
+    """The package's resolver, refusing the components that need an authority we lack.
+
+    The package lowercases the host and omits the scheme's default port itself
+    (RFC 9421 §2.2.3), from the URL that ``verify_request`` builds from ``Host``.
+    """
+
+    def _need_authority(self, component: str) -> None:
+        if not getattr(self.message, "has_authority", True):
+            raise HTTPMessageSignaturesException(
+                f"{component} covered, but the request has no usable Host header"
+            )
+
+    def get_authority(self) -> str:
+        self._need_authority("@authority")
+        value: str = super().get_authority()  # type: ignore[no-untyped-call]
+        return value
+
+    def get_target_uri(self) -> str:
+        self._need_authority("@target-uri")
+        value: str = super().get_target_uri()  # type: ignore[no-untyped-call]
+        return value
 
 
 @dataclass
@@ -161,7 +228,9 @@ class Signer:
             signature_algorithm=algorithms.HMAC_SHA256, key_resolver=resolver
         )
         self._verifier = _Verifier(
-            signature_algorithm=algorithms.HMAC_SHA256, key_resolver=resolver
+            signature_algorithm=algorithms.HMAC_SHA256,
+            key_resolver=resolver,
+            component_resolver_class=_Components,
         )
 
     # -- requests ---------------------------------------------------------
@@ -179,19 +248,30 @@ class Signer:
     def verify_request(
         self,
         method: str,
-        path: str,
+        target: str,
         headers: Iterable[tuple[str | bytes, str | bytes]],
         body: bytes,
         *,
         now: float,
+        scheme: str = "http",
     ) -> Verified:
         """Check a request's digest and signature; raise AuthError with the reason.
 
-        Replay detection needs shared state, so the caller checks the returned
-        nonce against its cache.
+        ``target`` is the request target as received (the path, with the query
+        if any), ``scheme`` the one the request came in by.  Covered derived
+        components are derived from them and from the ``Host`` header as
+        RFC 9421 §2.2 says, so that a standard client may cover more than the
+        required three.  Replay detection needs shared state, so the caller
+        checks the returned nonce against its cache.
         """
         view = _Headers(_as_str_fields(headers))
-        message = _Request(method=method, url=f"http://registry{path}", headers=view)
+        authority = _authority(view.get("host"))
+        message = _Request(
+            method=method,
+            url=f"{scheme}://{authority or _NO_AUTHORITY}{target}",
+            headers=view,
+            has_authority=authority is not None,
+        )
         return self._verify(message, REQUEST_COMPONENTS, body, now=now)
 
     # -- responses --------------------------------------------------------

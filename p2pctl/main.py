@@ -364,6 +364,10 @@ def run(args: argparse.Namespace) -> None:
         params = {"peer": args.peer}
     elif command == "fetch":
         params = {"peer": args.peer, "path": args.file, "detach": args.detach}
+        if not args.detach:
+            # Progress is sent only on request; waiting, p2pctl needs it for the
+            # bar and for the transfer ids that Ctrl-C cancels (also with --json).
+            params["progress"] = True
     elif command == "cancel":
         params = {"id": args.id}
     if command == "fetch" and not args.detach:

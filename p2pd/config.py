@@ -34,6 +34,12 @@ def _check_addresses(values: list[str] | None) -> list[str] | None:
     return values
 
 
+def _check_metrics_listen(value: str) -> str:
+    """Empty (the default) keeps the metrics server off; anything else is ``host:port``."""
+    value = value.strip()
+    return check_listen(value) if value else ""
+
+
 def _check_registry(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -69,6 +75,10 @@ class PeerSettings(SharedSettings):
     heartbeat_interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
     upload_slots: Annotated[int, Field(ge=1, le=1024)] = 8
     upload_rate_limit: Annotated[int, Field(ge=0)] = 0
+    #: Where Prometheus scrapes GET /metrics (plain HTTP: keep it on a local
+    #: address); empty, the default, serves no metrics.
+    metrics_listen: Annotated[str, AfterValidator(_check_metrics_listen)] = ""
+    stable_after: Annotated[float, Field(ge=0, le=3600)] = 2.0
 
     @field_validator("name")
     @classmethod

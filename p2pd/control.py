@@ -2,7 +2,8 @@
 
 A method is ``async (params, notify) -> result``; ``notify(method, params)``
 sends a notification to the calling connection while the call runs (e.g. a
-fetch's progress).  Calls on one connection run one after another.
+fetch's progress, when the call asked for it).  Calls on one connection run
+one after another, also the calls of a batch.
 """
 
 from __future__ import annotations
@@ -174,29 +175,51 @@ class ControlServer:
                     await _send(stream, answer)
 
     async def _answer(self, line: bytes, stream: trio.SocketStream) -> bytes:
+        """The line to send back for one line received; b"" when nothing is owed."""
         try:
-            call = jsonrpc.parse_call(line)
+            parsed = jsonrpc.parse_line(line)
         except RpcError as exc:
             return jsonrpc.error(exc.call_id, exc.code, exc.message)
-        method = self._methods.get(call.method)
-        if method is None:
-            error = jsonrpc.error(call.id, jsonrpc.METHOD_NOT_FOUND, f"no method {call.method!r}")
-            return b"" if call.notification else error
 
         async def notify(name: str, params: dict[str, Any]) -> None:
             await _send(stream, jsonrpc.notification(name, params))
 
+        if isinstance(parsed, jsonrpc.Call):
+            answer = await self._dispatch(parsed, notify)
+            return b"" if answer is None else jsonrpc.encode(answer)
+        # A batch: its calls run one after another, as calls on a connection
+        # do; its answers go back together, in one array, only for calls with
+        # an id (and for items that were not calls at all).
+        answers: list[dict[str, Any]] = []
+        for item in parsed:
+            if isinstance(item, RpcError):
+                answers.append(jsonrpc.error_message(item.call_id, item.code, item.message))
+            elif (answer := await self._dispatch(item, notify)) is not None:
+                answers.append(answer)
+        # A batch of notifications only is owed no answer at all, not "[]".
+        return jsonrpc.encode(answers) if answers else b""
+
+    async def _dispatch(self, call: jsonrpc.Call, notify: Notify) -> dict[str, Any] | None:
+        """The answer to one call, or None for a notification."""
+        method = self._methods.get(call.method)
+        if method is None:
+            error = jsonrpc.error_message(
+                call.id, jsonrpc.METHOD_NOT_FOUND, f"no method {call.method!r}"
+            )
+            return None if call.notification else error
         try:
             value = await method(call.params, notify)
         except RpcError as exc:
-            answer = jsonrpc.error(call.id, exc.code, exc.message, exc.data)
+            answer = jsonrpc.error_message(call.id, exc.code, exc.message, exc.data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             raise  # the client is gone: nobody to answer
         except Exception as exc:
             failures["control method"] += 1
             log.error("control method %s failed: %s", call.method, describe(exc))
             log.debug("control method %s failed", call.method, exc_info=True)
-            answer = jsonrpc.error(call.id, jsonrpc.INTERNAL_ERROR, "internal error: see the log")
+            answer = jsonrpc.error_message(
+                call.id, jsonrpc.INTERNAL_ERROR, "internal error: see the log"
+            )
         else:
-            answer = jsonrpc.result(call.id, value)
-        return b"" if call.notification else answer
+            answer = jsonrpc.result_message(call.id, value)
+        return None if call.notification else answer

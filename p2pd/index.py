@@ -52,9 +52,6 @@ class ShareIndex:
             self._sorted = sorted(self._entries.values(), key=lambda e: e.path)
         return self._sorted
 
-    def by_sha256(self, sha256: str) -> list[FileEntry]:
-        return [e for e in self.listing() if e.sha256 == sha256]
-
     def _changed(self) -> bool:
         self.generation += 1
         self._sorted = None
@@ -76,9 +73,6 @@ class ShareIndex:
         self._sorted = None
         return self._changed() if listed_changed else False
 
-    def upsert(self, entry: FileEntry) -> bool:
-        return self.upsert_many([entry])
-
     def upsert_many(self, entries: Iterable[FileEntry]) -> bool:
         """Add or update entries (one batch of a scan); one generation for the batch."""
         listed_changed = False
@@ -90,15 +84,3 @@ class ShareIndex:
             self._sorted = None
             listed_changed = listed_changed or old is None or old.listed() != entry.listed()
         return self._changed() if listed_changed else False
-
-    def remove(self, path: str) -> bool:
-        if self._entries.pop(path, None) is None:
-            return False
-        return self._changed()
-
-    def remove_tree(self, prefix: str) -> bool:
-        """Remove every file under the folder ``prefix`` (moved away or deleted)."""
-        inside = [p for p in self._entries if p.startswith(prefix.rstrip("/") + "/")]
-        for path in inside:
-            del self._entries[path]
-        return self._changed() if inside else False

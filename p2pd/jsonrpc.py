@@ -1,4 +1,8 @@
-"""JSON-RPC 2.0 framing for the control socket: one JSON object per line. Pure, no I/O."""
+"""JSON-RPC 2.0 framing for the control socket: one message per line. Pure, no I/O.
+
+A line holds one call (an object) or a batch (an array of calls), as the
+JSON-RPC 2.0 specification defines them.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,11 @@ OPERATION_FAILED = 1
 
 MAX_LINE = 1024 * 1024
 #: Nesting of arrays and objects in a call; no method takes more than a few.
+#: A batch's array adds one level on top.
 MAX_DEPTH = 32
+#: Calls in one batch: a line of a million tiny invalid calls must not become
+#: a million error answers held in memory at once.
+MAX_BATCH = 100
 _OPENERS = re.compile(rb"[\[{]")
 
 
@@ -61,41 +69,79 @@ class Call:
     notification: bool
 
 
-def _encode(message: dict[str, Any]) -> bytes:
+#: One line: a call, or a batch whose items are calls or the error of an item.
+Batch = list[Call | RpcError]
+
+
+def encode(message: dict[str, Any] | list[dict[str, Any]]) -> bytes:
+    """One answer (or a batch's list of answers) as one line."""
     # ASCII escapes: any str, even one holding a lone surrogate from a strange
     # file name, encodes; every JSON reader decodes it back.
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
-def result(call_id: int | str | None, value: Any) -> bytes:
-    return _encode({"jsonrpc": "2.0", "id": call_id, "result": value})
+def result_message(call_id: int | str | None, value: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": call_id, "result": value}
 
 
-def error(call_id: int | str | None, code: int, message: str, data: Any = None) -> bytes:
+def error_message(
+    call_id: int | str | None, code: int, message: str, data: Any = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         body["data"] = data
-    return _encode({"jsonrpc": "2.0", "id": call_id, "error": body})
+    return {"jsonrpc": "2.0", "id": call_id, "error": body}
+
+
+def result(call_id: int | str | None, value: Any) -> bytes:
+    return encode(result_message(call_id, value))
+
+
+def error(call_id: int | str | None, code: int, message: str, data: Any = None) -> bytes:
+    return encode(error_message(call_id, code, message, data))
 
 
 def notification(method: str, params: dict[str, Any]) -> bytes:
-    return _encode({"jsonrpc": "2.0", "method": method, "params": params})
+    return encode({"jsonrpc": "2.0", "method": method, "params": params})
 
 
 def request(call_id: int | str, method: str, params: dict[str, Any]) -> bytes:
-    return _encode({"jsonrpc": "2.0", "id": call_id, "method": method, "params": params})
+    return encode({"jsonrpc": "2.0", "id": call_id, "method": method, "params": params})
 
 
-def parse_call(line: bytes) -> Call:
-    """The call on one line; RpcError (with the id when known) for anything malformed."""
-    if _too_deep(line):
+def parse_line(line: bytes) -> Call | Batch:
+    """The call, or the batch, on one line.
+
+    RpcError (with the id when known) when the line as a whole is refused:
+    not JSON, too deep, an empty or too long batch, or a single malformed call.
+    In a batch, a malformed item becomes that item's RpcError instead, so that
+    the other calls still run.
+    """
+    # A batch's array is one level more than its calls may use themselves.
+    batch = line.lstrip()[:1] == b"["
+    if _too_deep(line, MAX_DEPTH + 1 if batch else MAX_DEPTH):
         raise RpcError(PARSE_ERROR, f"parse error: nested deeper than {MAX_DEPTH} levels")
     try:
         message = json.loads(line)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise RpcError(PARSE_ERROR, "parse error: not valid JSON") from None
-    if isinstance(message, list):
-        raise RpcError(INVALID_REQUEST, "batches are not supported: send one call per line")
+    if not isinstance(message, list):
+        return call_of(message)
+    if not message:
+        raise RpcError(INVALID_REQUEST, "an empty batch: send at least one call")
+    if len(message) > MAX_BATCH:
+        raise RpcError(INVALID_REQUEST, f"a batch holds at most {MAX_BATCH} calls")
+    items: Batch = []
+    for item in message:
+        try:
+            items.append(call_of(item))
+        except RpcError as exc:
+            items.append(exc)
+    return items
+
+
+def call_of(message: Any) -> Call:
+    """The call in one decoded message; RpcError (with the id when known) if malformed."""
     if not isinstance(message, dict):
         raise RpcError(INVALID_REQUEST, "a call must be a JSON object")
     call_id = message.get("id")
@@ -107,22 +153,29 @@ def parse_call(line: bytes) -> Call:
             INVALID_REQUEST, 'a call needs "jsonrpc": "2.0" and a string "method"', call_id=call_id
         )
     params = message.get("params", {})
+    # The specification: params, when present, is a structured value (an
+    # object or an array); null, a string or a number make the call invalid.
+    if not isinstance(params, dict | list):
+        raise RpcError(
+            INVALID_REQUEST, "params must be an object of named parameters", call_id=call_id
+        )
     if isinstance(params, list) and not params:
         params = {}
     if not isinstance(params, dict):
+        # A structured value, just not one these methods take: all params are named.
         raise RpcError(
             INVALID_PARAMS, "params must be an object of named parameters", call_id=call_id
         )
     return Call(call_id, method, params, notification="id" not in message)
 
 
-def _too_deep(line: bytes) -> bool:
-    """Whether brackets nest deeper than MAX_DEPTH (counted outside strings), before parsing.
+def _too_deep(line: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether brackets nest deeper than ``limit`` (counted outside strings), before parsing.
 
     A cheap pre-check keeps the parser's recursion bounded: a few thousand
     ``[`` would otherwise raise RecursionError deep inside json.
     """
-    if len(_OPENERS.findall(line, 0, MAX_LINE)) <= MAX_DEPTH:
+    if len(_OPENERS.findall(line, 0, MAX_LINE)) <= limit:
         return False
     depth = 0
     in_string = escaped = False
@@ -138,7 +191,7 @@ def _too_deep(line: bytes) -> bool:
             in_string = True
         elif byte in (0x5B, 0x7B):  # [ {
             depth += 1
-            if depth > MAX_DEPTH:
+            if depth > limit:
                 return True
         elif byte in (0x5D, 0x7D):
             depth -= 1

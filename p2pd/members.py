@@ -52,26 +52,32 @@ class Members:
         return self._by_id.get(peer_id)
 
     def resolve(self, peer: str) -> Member:
-        """A member by name, full id or unique id prefix."""
+        """A member by full id, name or id prefix; PeerLookupError if none or several.
+
+        An exact full id wins (no name can take it: ids are what members
+        authenticate as).  Otherwise names and id prefixes count together: a
+        member may name itself like another's short id, and must not get that
+        member's ``p2pctl ls``/``fetch`` silently; both are then candidates.
+        """
         if peer in self._by_id:
             return self._by_id[peer]
-        named = [m for m in self._by_id.values() if m.name == peer]
-        if len(named) == 1:
-            return named[0]
-        prefixed = (
-            [m for m in self._by_id.values() if m.id.startswith(peer.lower())] if peer else []
+        prefix = peer.lower()
+        matches = sorted(
+            (
+                m
+                for m in self._by_id.values()
+                if m.name == peer or (prefix and m.id.startswith(prefix))
+            ),
+            key=lambda m: m.id,
         )
-        matches = named or prefixed
         if len(matches) == 1:
             return matches[0]
         if not matches:
             raise PeerLookupError(
                 f"no member named or prefixed {peer!r}; `p2pctl peers` lists who is online"
             )
-        listed = ", ".join(
-            f"{m.name} ({short_id(m.id)})" for m in sorted(matches, key=lambda m: m.id)
-        )
+        listed = ", ".join(f"{m.name} ({short_id(m.id)})" for m in matches)
         raise PeerLookupError(
             f"{peer!r} matches {len(matches)} members: {listed}; give more of the id",
-            sorted(matches, key=lambda m: m.id),
+            matches,
         )

@@ -12,14 +12,20 @@ import hashlib
 import itertools
 import logging
 import os
+from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import Any
 
+import trio
+
+from p2pcommon.service import unwrap_group
 from p2pd.transfer import free_name, numbered
 
 log = logging.getLogger("p2pd.partial")
 
 HASH_BLOCK = 1024 * 1024
+#: Bytes handed to the writer thread at once.
+WRITE_BLOCK = 1024 * 1024
 
 
 def hash_file(path: Path, limit: int) -> tuple[Any, int]:
@@ -80,3 +86,76 @@ def place(partial: Path, dest: Path) -> Path:
         finally:
             os.close(directory)
         return target
+
+
+async def receive(
+    chunks: AsyncIterable[bytes],
+    partial: Path,
+    offset: int,
+    digest: Any,
+    *,
+    on_chunk: Callable[[int], None],
+    on_written: Callable[[int], None],
+) -> None:
+    """Write ``chunks`` at ``offset``, hashing them; the file is opened by the first write.
+
+    ``on_chunk(length)`` sees every chunk as it arrives (and may raise to end
+    the attempt); ``on_written(bytes in the file)`` follows the writes.  An
+    OSError of the file comes out as itself.
+
+    Double-buffered: while a worker thread hashes and writes one block
+    (both release the GIL), this task decrypts the next, so that receiving
+    costs max(decrypt, hash + write) rather than their sum; at most two
+    1 MiB blocks are held.  A small file costs one thread hop for opening,
+    writing, fsync and closing.
+    """
+    handle: Any = None
+    done = offset
+    pending: list[bytes] = []
+    pending_size = 0
+
+    def write(blocks: list[bytes], at: int, last: bool) -> None:
+        nonlocal handle
+        if handle is None:
+            handle = open(partial, "r+b" if offset else "wb")  # noqa: SIM115
+        handle.seek(at)
+        # Block by block: joining them first would double the memory held.
+        for block in blocks:
+            handle.write(block)
+            digest.update(block)
+        if last:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            handle = None
+
+    # Capacity 0: a block is handed over only when the writer is free.
+    to_writer, for_writer = trio.open_memory_channel[tuple[list[bytes], int, bool]](0)
+
+    async def writer() -> None:
+        async with for_writer:
+            async for blocks, at, last in for_writer:
+                await trio.to_thread.run_sync(write, blocks, at, last)
+                on_written(at + sum(map(len, blocks)))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            async with to_writer:
+                async for chunk in chunks:
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    on_chunk(len(chunk))
+                    if pending_size >= WRITE_BLOCK:
+                        await to_writer.send((pending, done, False))
+                        done += pending_size
+                        pending, pending_size = [], 0
+                await to_writer.send((pending, done, True))
+    except BaseExceptionGroup as group:
+        # One task failed and the other was cancelled: the failure itself.
+        raise unwrap_group(group) from None
+    finally:
+        if handle is not None:
+            # Shielded: a handle left open in a cancelled scope leaks until GC.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(close_quietly, handle)

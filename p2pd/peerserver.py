@@ -14,7 +14,10 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 from urllib.parse import unquote
 
@@ -33,7 +36,7 @@ from p2pd.members import Members
 from p2pd.ratelimit import TokenBucket
 from p2pd.safeopen import FileChanged
 from p2pd.share import Share
-from p2pd.tls import PeerMismatch, ServerContexts, presented_id
+from p2pd.tls import PeerMismatch, ServerContexts, presented_id, refuse_handshake
 
 log = logging.getLogger("p2pd.server")
 
@@ -45,6 +48,9 @@ SLOT_WAIT = 2.0
 HANDSHAKE_TIMEOUT = 10.0
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+#: An entity-tag (RFC 9110 §8.8.3), its opaque-tag grouped, and a list of them.
+_ENTITY_TAG = re.compile(r'(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")')
+_TAG_LIST = re.compile(rf"[ \t,]*(?:{_ENTITY_TAG.pattern}[ \t]*(?:,[ \t,]*|\Z))*")
 
 
 class BadTarget(ValueError):
@@ -112,6 +118,36 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
+def none_match(header: bytes | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` matches ``etag``: weak comparison (RFC 9110 §13.1.2).
+
+    The value is a list (empty elements allowed, §5.6.1) of tags, weak or
+    not, or ``*``.  A malformed one is ignored: the whole answer is never wrong.
+    """
+    if header is None:
+        return False
+    value = header.decode("latin-1").strip()
+    if value == "*":
+        return True  # the resource exists, or this would not be asked
+    return _TAG_LIST.fullmatch(value) is not None and etag in _ENTITY_TAG.findall(value)
+
+
+def if_range_holds(header: bytes, etag: str) -> bool:
+    """Whether ``If-Range`` lets ``Range`` apply (RFC 9110 §13.1.5).
+
+    Only a strong tag equal to the current one holds: a weak tag never does,
+    and an HTTP-date cannot, since no Last-Modified is sent (an mtime is too
+    coarse to promise the same bytes).
+    """
+    value = header.decode("latin-1").strip()
+    return _ENTITY_TAG.fullmatch(value) is not None and value == etag
+
+
+def file_etag(sha256_hex: str) -> str:
+    """A strong ETag: the content's hash, so equal bytes get equal tags, on any start."""
+    return f'"sha256-{sha256_hex}"'
+
+
 def repr_digest(sha256_hex: str) -> str:
     return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode()}:"
 
@@ -122,6 +158,9 @@ class UploadStats:
     served_bytes: int = 0
     served_files: int = 0
     refused_busy: int = 0
+    listings_served: int = 0
+    #: Connections or requests refused, by reason (for metrics).
+    refused: Counter[str] = field(default_factory=Counter)
 
 
 class PeerServer:
@@ -144,6 +183,18 @@ class PeerServer:
         self.stats = UploadStats()
         self.http = HttpServer(self.handle, limits or Limits(max_body_bytes=0), admit=self._admit)
         self._listing_cache: tuple[int, bytes] | None = None
+        # Listed generation = this start's time in µs + the index's changes.
+        # The index counts from 0 on each start: alone, a restarted member
+        # would reuse "1", "2", … for other listings, and a cached listing
+        # would get a false 304.  This rises across restarts unless there were
+        # more changes than µs between starts or the clock went back, and is
+        # exact in any JSON parser (< 2**53) until the year 2255.
+        self._epoch = time.time_ns() // 1000
+
+    @property
+    def generation(self) -> int:
+        """The generation peers see in the listing and its ETag."""
+        return self._epoch + self._share.index.generation
 
     def set_rate_limit(self, rate: int) -> None:
         """Applies to the next chunk of every upload, including those under way."""
@@ -163,15 +214,24 @@ class PeerServer:
             PeerMismatch,
         ) as exc:
             log.info("refused a TLS handshake: %s", exc.__cause__ or exc or "too slow")
-            await trio.aclose_forcefully(tls)
+            self.stats.refused["handshake"] += 1
+            if isinstance(exc.__cause__, ssl.SSLError):
+                # OpenSSL wrote an alert saying why (no certificate, unknown
+                # CA, protocol version): send it rather than a bare close.
+                await refuse_handshake(tls)
+            else:
+                await trio.aclose_forcefully(tls)
             return None
         return tls, peer_id
 
     async def handle(self, request: Request) -> Response:
         if not self._members.is_member(request.client_id):
+            self.stats.refused["not a member"] += 1
             return error_response(403, "not a member", "this certificate is not a current member")
-        if request.method != "GET":
-            return error_response(405, "method not allowed", "only GET", [("Allow", "GET")])
+        if request.method not in ("GET", "HEAD"):
+            return error_response(
+                405, "method not allowed", "only GET and HEAD", [("Allow", "GET, HEAD")]
+            )
         path = request.path
         if path == "/files":
             return self._listing(request)
@@ -192,23 +252,36 @@ class PeerServer:
         self._slots.release()
 
     def _listing(self, request: Request) -> Response:
-        index = self._share.index
-        etag = f'"{index.generation}"'
-        if request.header(b"if-none-match") == etag.encode():
+        self.stats.listings_served += 1
+        generation = self.generation
+        etag = f'"{generation}"'
+        if none_match(request.header(b"if-none-match"), etag):
             return Response(304, headers=[("ETag", etag)])
         cached = self._listing_cache
-        if cached is None or cached[0] != index.generation:
-            files = [entry.to_json() for entry in index.listing()]
+        if cached is None or cached[0] != generation:
+            files = [entry.to_json() for entry in self._share.index.listing()]
             body = json.dumps(
-                {"generation": index.generation, "files": files}, separators=(",", ":")
+                {"generation": generation, "files": files}, separators=(",", ":")
             ).encode()
-            cached = self._listing_cache = (index.generation, body)
+            cached = self._listing_cache = (generation, body)
         return Response(200, cached[1], [("Content-Type", "application/json"), ("ETag", etag)])
 
     async def _file(self, request: Request, entry: FileEntry) -> Response:
-        headers = [("Repr-Digest", repr_digest(entry.sha256)), ("Accept-Ranges", "bytes")]
+        etag = file_etag(entry.sha256)
+        # RFC 9110 §13.2.2: If-None-Match is evaluated before Range.  No disk
+        # access: the answer carries no byte of the file.
+        if none_match(request.header(b"if-none-match"), etag):
+            return Response(304, headers=[("ETag", etag)])
+        headers = [
+            ("ETag", etag),
+            ("Repr-Digest", repr_digest(entry.sha256)),
+            ("Accept-Ranges", "bytes"),
+        ]
         first, last, status = 0, entry.size - 1, 200
         range_header = request.header(b"range")
+        if_range = request.header(b"if-range")
+        if if_range is not None and not if_range_holds(if_range, etag):
+            range_header = None  # the client's part is of other bytes: send them all
         if range_header is not None and entry.size > 0:
             try:
                 chosen = parse_range(range_header.decode("latin-1"), entry.size)
@@ -223,6 +296,10 @@ class PeerServer:
                 first, last = chosen
                 status = 206
                 headers.append(("Content-Range", f"bytes {first}-{last}/{entry.size}"))
+        length = last - first + 1 if entry.size else 0
+        headers.insert(0, ("Content-Type", "application/octet-stream"))
+        if request.method == "HEAD":
+            return await self._head(entry, status, headers, length)
         acquired = False
         with trio.move_on_after(SLOT_WAIT):
             await self._slots.acquire()
@@ -236,37 +313,63 @@ class PeerServer:
             handle = await trio.to_thread.run_sync(self._share.open_entry, entry)
         except OSError as exc:
             self._slots.release()
-            # The index is stale: never serve what is there now, and have it rescanned.
-            self._share.nudge()
-            if isinstance(exc, FileChanged):
-                log.info("not serving %s: %s", entry.path, exc)
-                return error_response(
-                    503,
-                    "file changing",
-                    "the file changed since it was indexed; retry shortly",
-                    [("Retry-After", "1")],
-                )
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                log.info("not serving %s: %s", entry.path, exc.strerror or exc)
-                return error_response(404, "not found", "no such file in this share")
-            log.warning("cannot serve %s: %s", entry.path, exc.strerror or exc)
-            return error_response(
-                503,
-                "cannot read",
-                "the file cannot be read now; retry later",
-                [("Retry-After", "5")],
-            )
+            return self._open_failed(entry, exc)
         except BaseException:
             self._slots.release()
             raise
-        length = last - first + 1 if entry.size else 0
         body = FileBody(self, handle, first, length)
-        return Response(
-            status,
-            headers=[("Content-Type", "application/octet-stream"), *headers],
-            stream=body,
-            length=length,
+        return Response(status, headers=headers, stream=body, length=length)
+
+    async def _head(
+        self, entry: FileEntry, status: int, headers: list[tuple[str, str]], length: int
+    ) -> Response:
+        """GET's head without the body: no upload slot, the file opened only to check it.
+
+        The open makes HEAD answer 404/503 exactly when GET would (the file
+        vanished or changed); the handle is closed before answering.
+        """
+        try:
+            handle = await trio.to_thread.run_sync(self._share.open_entry, entry)
+        except OSError as exc:
+            return self._open_failed(entry, exc)
+        handle.close()
+        return Response(status, headers=headers, stream=NO_BODY, length=length)
+
+    def _open_failed(self, entry: FileEntry, exc: OSError) -> Response:
+        """The answer when the indexed file cannot be opened as indexed."""
+        # The index is stale: never serve what is there now, and have it rescanned.
+        self._share.nudge()
+        if isinstance(exc, FileChanged):
+            log.info("not serving %s: %s", entry.path, exc)
+            return error_response(
+                503,
+                "file changing",
+                "the file changed since it was indexed; retry shortly",
+                [("Retry-After", "1")],
+            )
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            log.info("not serving %s: %s", entry.path, exc.strerror or exc)
+            return error_response(404, "not found", "no such file in this share")
+        log.warning("cannot serve %s: %s", entry.path, exc.strerror or exc)
+        return error_response(
+            503,
+            "cannot read",
+            "the file cannot be read now; retry later",
+            [("Retry-After", "5")],
         )
+
+
+class _NoBody:
+    """The empty body of a HEAD answer: its Content-Length is GET's, no byte follows."""
+
+    def __aiter__(self) -> _NoBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+NO_BODY = _NoBody()
 
 
 class FileBody:

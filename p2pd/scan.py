@@ -7,7 +7,9 @@ FIFOs, sockets, devices, unreadable folders and files.  Hashes are cached
 in memory and, across restarts, in SQLite by (path, size, mtime_ns, inode),
 committed in batches as they are computed so that a kill keeps what was
 hashed; a broken cache is reported and the scan goes on without it.
-Runs in worker threads only.
+A file that changed less than ``stable_after`` seconds ago may still be
+being written: it is neither hashed nor listed, but counted in ``Waiting``,
+which says when to look again.  Runs in worker threads only.
 """
 
 from __future__ import annotations
@@ -115,6 +117,61 @@ class Skipped:
         path, reason = next(iter(self.examples.items()))
         entries = "entry in the share is" if self.count == 1 else "entries in the share are"
         return f"{self.count} {entries} not shared (such as {path}: {reason})"
+
+
+#: Files held back by a scan: path → (what was seen, time.monotonic() since when unchanged).
+Seen = dict[str, tuple[_Stat, float]]
+
+
+class Waiting:
+    """Files held back by a scan because they changed too recently to be complete.
+
+    A file is offered once it has been stable -- size, mtime and inode
+    unchanged -- for ``stable_after`` seconds: its mtime is at least that
+    old by the wall clock, or (an mtime in the future, a clock that jumped)
+    successive scans have seen it unchanged for that long.  ``before`` is the
+    previous scan's ``seen``, so that the second rule spans scans; ``delay``
+    is how long after this scan the first held file becomes stable.
+    """
+
+    def __init__(self, stable_after: float = 0.0, before: Seen | None = None) -> None:
+        self.stable_after = stable_after
+        self.seen: Seen = {}
+        self._before = before or {}
+        self._due: float | None = None  # time.monotonic() of the first file to become stable
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    @property
+    def delay(self) -> float | None:
+        """Seconds from now until the first held file is stable; None if none is held."""
+        return None if self._due is None else max(0.0, self._due - time.monotonic())
+
+    def ready(self, path: str, st: os.stat_result) -> bool:
+        """True if the file ``path`` as ``st`` may be offered now; else it is held."""
+        if self.stable_after <= 0:
+            return True
+        return not self._hold(path, st, forced=False)
+
+    def hold(self, path: str, st: os.stat_result) -> None:
+        """Hold the file back (it changed while it was hashed), to be looked at again."""
+        if self.stable_after > 0:
+            self._hold(path, st, forced=True)
+
+    def _hold(self, path: str, st: os.stat_result, *, forced: bool) -> bool:
+        key = _Stat(st.st_size, st.st_mtime_ns, st.st_ino)
+        age = (time.time_ns() - st.st_mtime_ns) / 1e9
+        now = time.monotonic()
+        before = self._before.get(path)
+        since = before[1] if before is not None and before[0] == key else now
+        unchanged = now - since
+        if not forced and (age >= self.stable_after or unchanged >= self.stable_after):
+            return False
+        self.seen[path] = (key, since)
+        due = now + max(0.0, self.stable_after - max(age, unchanged))
+        self._due = due if self._due is None else min(self._due, due)
+        return True
 
 
 class HashCache:
@@ -286,17 +343,20 @@ def scan(
     progress: ScanProgress | None = None,
     publish: Callable[[list[FileEntry]], None] | None = None,
     check: Callable[[], None] | None = None,
+    waiting: Waiting | None = None,
 ) -> list[FileEntry]:
     """Every shareable file under ``root`` with its hash (blocking; run in a thread).
 
-    ``publish`` gets the entries in batches as they are found or hashed;
-    ``check`` is called between files and blocks and may raise to stop the
-    scan (trio.from_thread.check_cancelled).  OSError only when the share's
-    root itself cannot be opened; anything below it that cannot be shared
-    is counted in ``skipped``.
+    Files that changed too recently for ``waiting`` (by default: none) are
+    left out and recorded there.  ``publish`` gets the entries in batches as
+    they are found or hashed; ``check`` is called between files and blocks
+    and may raise to stop the scan (trio.from_thread.check_cancelled).
+    OSError only when the share's root itself cannot be opened; anything
+    below it that cannot be shared is counted in ``skipped``.
     """
     skipped = skipped if skipped is not None else Skipped()
     progress = progress if progress is not None else ScanProgress()
+    waiting = waiting if waiting is not None else Waiting()
     cache.begin_scan()
     entries: list[FileEntry] = []
     batch: list[FileEntry] = []
@@ -328,7 +388,7 @@ def scan(
                     if name.startswith("."):
                         continue  # hidden: partial downloads, .git, … are never shared
                     relative = f"{folder}/{name}" if folder else name
-                    found = _visit(dir_fd, name, relative, cache, skipped, progress, check)
+                    found = _visit(dir_fd, name, relative, cache, skipped, progress, check, waiting)
                     if found is None:
                         continue
                     if isinstance(found, str):
@@ -350,7 +410,8 @@ def scan(
         os.close(root_fd)
     if publish is not None and batch:
         publish(batch)
-    cache.finish_scan({e.path for e in entries})
+    # A held file keeps its cached hash: unchanged when it is offered, it is not hashed again.
+    cache.finish_scan({e.path for e in entries} | waiting.seen.keys())
     return entries
 
 
@@ -362,8 +423,9 @@ def _visit(
     skipped: Skipped,
     progress: ScanProgress,
     check: Callable[[], None] | None,
+    waiting: Waiting,
 ) -> FileEntry | str | None:
-    """One entry of a folder: a FileEntry, a folder's path to walk, or None (skipped)."""
+    """One entry of a folder: a FileEntry, a folder's path to walk, or None (skipped, held)."""
     try:
         check_relpath(relative)
     except UnsafePath as exc:
@@ -380,6 +442,8 @@ def _visit(
         skipped.add(relative, _kind(st.st_mode))
         return None
     progress.files += 1
+    if not waiting.ready(relative, st):
+        return None  # perhaps still being written: not hashed, looked at again once stable
     sha = cache.lookup(relative, _Stat(st.st_size, st.st_mtime_ns, st.st_ino))
     if sha is None:
         try:
@@ -401,6 +465,7 @@ def _visit(
             os.close(fd)
         if (before.st_size, before.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             log.debug("%s changed while being hashed; indexed once it settles", relative)
+            waiting.hold(relative, st)
             return None
         cache.add(relative, _Stat(st.st_size, st.st_mtime_ns, st.st_ino), sha)
         progress.hashed += 1

@@ -6,7 +6,11 @@ after the last event of a burst has been quiet for ``settle`` seconds, the
 share is rescanned, which costs a stat per file because hashes are cached
 (in memory, and in SQLite across restarts) by (path, size, mtime_ns, inode).
 A file still being written keeps producing events, so it is indexed once it
-settles.
+settles; and a file is offered only once it has been stable (size and mtime
+unchanged) for ``stable_after`` seconds, so that a writer that pauses
+mid-file does not get half a file listed and hashed.  Until then the file is
+"waiting" (counted in ``status``) and a rescan is scheduled for when it will
+be old enough, so it appears without further events.
 
 The share's contents never end or stall the daemon (docs/protocol.md §4):
 what the scan (p2pd.scan) cannot share is skipped with a warning and a
@@ -45,7 +49,7 @@ from watchdog.observers.api import BaseObserver
 from p2pcommon.boundary import describe, failure_boundary
 from p2pd import safeopen
 from p2pd.index import FileEntry, ShareIndex
-from p2pd.scan import HashCache, ScanProgress, Skipped, scan
+from p2pd.scan import HashCache, ScanProgress, Seen, Skipped, Waiting, scan
 
 log = logging.getLogger("p2pd.share")
 
@@ -96,8 +100,10 @@ class Share:
         settle: float = 0.25,
         poll_interval: float = 5.0,
         ready_after: float = READY_AFTER,
+        stable_after: float = 0.0,
         observer_factory: Callable[[], BaseObserver] | None = None,
     ) -> None:
+        """``stable_after``: seconds a file must be unchanged before it is offered (0: at once)."""
         self.root = share_dir.resolve()
         self.index = ShareIndex()
         self.watching = False
@@ -117,6 +123,11 @@ class Share:
         self._settle = settle
         self._poll_interval = poll_interval
         self._ready_after = ready_after
+        self._stable_after = stable_after
+        #: The files the last scan held back (Waiting.seen), and when to scan again for them.
+        self._waiting: Seen = {}
+        self._due: float | None = None  # trio.current_time()
+        self._wait_scope: trio.CancelScope | None = None
         self._observer_factory: Callable[[], Any] = observer_factory or Observer
         self._changed = trio.Event()
         self._scan_ended = trio.Event()
@@ -135,6 +146,7 @@ class Share:
             "indexing": self.indexing,
             "scanned_files": self.progress.files,
             "hashed_files": self.progress.hashed,
+            "waiting_files": len(self._waiting),
             "skipped_count": self.skipped_count,
             "skipped": dict(self.skipped),
             "hash_cache_error": self._cache.error,
@@ -168,7 +180,9 @@ class Share:
         if self.index.upsert_many(batch):
             self._signal_changed()
 
-    def _scan(self, skipped: Skipped, progress: ScanProgress, first: bool) -> list[FileEntry]:
+    def _scan(
+        self, skipped: Skipped, progress: ScanProgress, first: bool, waiting: Waiting
+    ) -> list[FileEntry]:
         def publish(batch: list[FileEntry]) -> None:
             trio.from_thread.run_sync(self._publish, batch)
 
@@ -182,6 +196,7 @@ class Share:
             progress=progress,
             publish=publish if first else None,
             check=trio.from_thread.check_cancelled,
+            waiting=waiting,
         )
 
     async def rescan(self) -> None:
@@ -189,10 +204,11 @@ class Share:
         async with self._scan_lock:
             skipped = Skipped(self._reported)
             self.progress = progress = ScanProgress()
+            waiting = Waiting(self._stable_after, self._waiting)
             self.indexing = True
             try:
                 entries = await trio.to_thread.run_sync(
-                    self._scan, skipped, progress, not self._scanned
+                    self._scan, skipped, progress, not self._scanned, waiting
                 )
             except OSError as exc:
                 self.scan_error = f"the share {self.root} cannot be read ({describe(exc)})"
@@ -206,6 +222,8 @@ class Share:
             self.skipped, self.skipped_count = skipped.examples, skipped.count
             self._skipped_summary = skipped.summary()
             self._reported = skipped.reported
+            self._waiting = waiting.seen
+            self._schedule(waiting.delay)
             if self.index.replace_all(entries):
                 self._signal_changed()
 
@@ -277,13 +295,32 @@ class Share:
     def _mark_dirty(self) -> None:
         self._dirty.set()
 
+    def _schedule(self, delay: float | None) -> None:
+        """Scan again in ``delay`` seconds (files wait to be stable), or not (None)."""
+        if delay is None:
+            self._due = None
+            return
+        # A little late rather than early, so that the file is then old enough.
+        self._due = trio.current_time() + delay + 0.01
+        if self._wait_scope is not None:
+            self._wait_scope.deadline = min(self._wait_scope.deadline, self._due)
+
+    def _due_now(self) -> bool:
+        return self._due is not None and trio.current_time() >= self._due
+
     async def _follow_changes(self, observer: Any) -> None:
-        """Rescan after each settled burst of events, and every ``poll_interval`` unwatched."""
+        """Rescan after each settled burst of events, when waiting files become stable,
+        and every ``poll_interval`` unwatched."""
         failures = 0
         while True:
-            with trio.move_on_after(self._poll_interval):
+            deadline = trio.current_time() + self._poll_interval
+            if self._due is not None:
+                deadline = min(deadline, self._due)
+            # The scope's deadline moves earlier if a rescan from elsewhere schedules one.
+            with trio.move_on_at(deadline) as self._wait_scope:
                 await self._dirty.wait()
-            if self.watching and not self._dirty.is_set():
+            self._wait_scope = None
+            if self.watching and not self._dirty.is_set() and not self._due_now():
                 if observer.is_alive():
                     continue
                 self.watching = False

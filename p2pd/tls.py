@@ -10,10 +10,13 @@ every request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import Iterable
 from typing import Any, Protocol
+
+import trio
 
 from p2pcommon.identity import peer_id_from_der
 from p2pd.identity import Identity
@@ -67,6 +70,47 @@ def presented_id(stream: PresentsCertificate) -> str:
     if not der:
         raise PeerMismatch("the peer presented no certificate")
     return peer_id_from_der(der)
+
+
+#: Seconds a refused client gets to take our alert and close (a lingering close).
+ALERT_LINGER = 1.0
+#: Bytes read (and dropped) from a refused client while waiting for its close.
+ALERT_DRAIN = 64 * 1024
+
+
+async def refuse_handshake(tls: trio.SSLStream[Any], linger: float = ALERT_LINGER) -> None:
+    """Close a connection whose handshake failed, sending the TLS alert that says why.
+
+    On an SSLError trio marks the stream broken and keeps what OpenSSL wrote
+    meanwhile (the alert: certificate required, unknown CA, protocol version)
+    in its outgoing MemoryBIO, unsent; closing then looks like a network
+    fault to the client.  So the pending bytes are sent here.  The buffer is
+    trio's private ``_outgoing``: if a trio release renames it, this falls
+    back to the plain close.  Then a lingering close: our FIN, and the
+    client's bytes (in TLS 1.3 it may already send its request) are read
+    until it closes, because closing with unread input sends an RST that can
+    destroy the alert before the client reads it.
+    """
+    transport = tls.transport_stream
+    outgoing = getattr(tls, "_outgoing", None)
+    pending = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
+    try:
+        with (
+            trio.move_on_after(linger),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+        ):
+            if pending:
+                await transport.send_all(pending)
+            if isinstance(transport, trio.abc.HalfCloseableStream):
+                await transport.send_eof()
+                drained = 0
+                while drained < ALERT_DRAIN:
+                    data = await transport.receive_some(ALERT_DRAIN)
+                    if not data:
+                        break
+                    drained += len(data)
+    finally:
+        await trio.aclose_forcefully(tls)
 
 
 class ServerContexts:

@@ -281,7 +281,8 @@ def p2pd_config(
         f'control_socket = "{socket_path}"\n'
         f'listen = "127.0.0.1:{port}"\n'
         f"registries = {json.dumps(registries)}\n"
-        f"secret = {json.dumps(SECRET)}\n" + extra
+        f"secret = {json.dumps(SECRET)}\n"
+        "stable_after = 0\n" + extra  # files written by tests are complete: offered at once
     )
     return config, share, downloads, state, socket_path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -209,3 +210,142 @@ def test_our_signing_writes_exactly_what_the_library_would() -> None:
         body=b'{"id":"x"}',
     )
     assert ours == theirs
+
+
+# -- extra covered components (RFC 9421 §2.2), derived from the request as received --
+
+WITH_AUTHORITY = ("@method", "@path", "content-digest", "@authority")
+
+
+def signed_for(
+    url: str,
+    components: tuple[str, ...] = WITH_AUTHORITY,
+    *,
+    method: str = "POST",
+    body: bytes = BODY,
+    nonce: str = "n-extra",
+) -> Message:
+    """A request to ``url`` signed by the package itself, as a standard client would."""
+    message = Message(method, url)
+    signer = HTTPMessageSigner(signature_algorithm=algorithms.HMAC_SHA256, key_resolver=Keys())
+    signer.sign(
+        message,
+        key_id="p2p",
+        nonce=nonce,
+        label="sig",
+        created=datetime.datetime.fromtimestamp(time.time(), tz=datetime.UTC),
+        covered_component_ids=components,
+        body=body,
+    )
+    return message
+
+
+def verify_as_received(
+    message: Message, host: str | None, target: str = "/heartbeat", scheme: str = "http"
+) -> signing.Verified:
+    """What the registry does with the request: the Host header is the client's, as sent."""
+    fields = list(message.headers.items())
+    if host is not None:
+        fields.append(("host", host))
+    return Signer(SECRET).verify_request(
+        message.method, target, fields, BODY, now=time.time(), scheme=scheme
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://registry.example:7000/heartbeat", "registry.example:7000"),
+        # Lowercased, and the scheme's default port omitted, on both sides (§2.2.3).
+        ("http://registry.example:7000/heartbeat", "Registry.EXAMPLE:7000"),
+        ("http://registry.example/heartbeat", "registry.example:80"),
+        ("http://192.0.2.7:7000/heartbeat", "192.0.2.7:7000"),
+        ("http://[2001:db8::7]:7000/heartbeat", "[2001:db8::7]:7000"),
+    ],
+    ids=["name", "case", "default-port", "ipv4", "ipv6"],
+)
+def test_a_signature_also_covering_authority_is_accepted_with_the_right_host(
+    url: str, host: str
+) -> None:
+    assert verify_as_received(signed_for(url), host).nonce == "n-extra"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "other.example:7000",
+        "registry.example:7001",
+        "registry.example",
+        "evil@registry.example:7000",
+        "registry.example:7000, registry.example:7000",
+        "[not-an-address]:7000",
+        None,
+    ],
+    ids=["other-name", "other-port", "no-port", "userinfo", "two-hosts", "bad-literal", "none"],
+)
+def test_a_signature_covering_authority_is_refused_with_another_host(host: str | None) -> None:
+    message = signed_for("http://registry.example:7000/heartbeat")
+    with pytest.raises(AuthError) as caught:
+        verify_as_received(message, host)
+    assert caught.value.reason == "bad signature"
+
+
+def test_without_a_host_header_the_required_components_still_verify() -> None:
+    message = signed_for("http://anything.example/heartbeat", signing.REQUEST_COMPONENTS)
+    assert verify_as_received(message, None).nonce == "n-extra"
+
+
+TARGET = "/heartbeat?a=1&b=two"
+HOST = "registry.example:8443"
+#: (scheme, Host, target) of requests that differ from the signed one in one respect.
+OTHER_SCHEME = ("http", HOST, TARGET)
+OTHER_HOST = ("https", "other.example:8443", TARGET)
+OTHER_QUERY = ("https", HOST, "/heartbeat?a=2&b=two")
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        (("@scheme",), [OTHER_SCHEME]),
+        (("@target-uri",), [OTHER_SCHEME, OTHER_HOST, OTHER_QUERY]),
+        (("@request-target",), [OTHER_QUERY]),
+        (("@query",), [OTHER_QUERY]),
+        (('"@query-param";name="a"',), [OTHER_QUERY]),
+        (
+            ("@authority", "@scheme", "@target-uri", "@request-target", "@query"),
+            [OTHER_SCHEME, OTHER_HOST, OTHER_QUERY],
+        ),
+    ],
+    ids=["scheme", "target-uri", "request-target", "query", "query-param", "all"],
+)
+def test_the_other_derived_components_are_derived_from_the_request(
+    extra: tuple[str, ...], refused: list[tuple[str, str, str]]
+) -> None:
+    message = signed_for(f"https://{HOST}{TARGET}", ("@method", "@path", "content-digest", *extra))
+    verify_as_received(message, HOST, target=TARGET, scheme="https")
+    for scheme, host, target in refused:
+        with pytest.raises(AuthError) as caught:
+            verify_as_received(message, host, target=target, scheme=scheme)
+        assert caught.value.reason == "bad signature"
+
+
+async def test_the_registry_derives_authority_from_the_host_header_it_received() -> None:
+    from p2pcommon.httpserver import Request
+    from registryd.app import RegistryApp
+    from registryd.metrics import RegistryMetrics
+    from registryd.store import MemoryStore
+
+    app = RegistryApp(Signer(SECRET), MemoryStore(30.0), RegistryMetrics())
+
+    def request(host: str) -> Request:
+        message = signed_for(
+            "http://registry.example:7000/clients", method="GET", body=b"", nonce=f"n-{host}"
+        )
+        fields = [(k.lower().encode(), v.encode()) for k, v in message.headers.items()]
+        return Request("GET", "/clients", [(b"host", host.encode()), *fields], b"", "192.0.2.9")
+
+    accepted = await app.handle(request("registry.example:7000"))
+    assert accepted.status == 200, accepted.body
+    refused = await app.handle(request("elsewhere.example:7000"))
+    assert refused.status == 401
+    assert json.loads(refused.body)["error"] == "bad signature"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -131,3 +132,52 @@ def test_human_output_escapes_control_characters_and_json_stays_exact() -> None:
     assert "\\x1b[31mred\\nfake row" in shown
     status = {**STATUS, "skipped_count": 1, "skipped": {"bad\x1bname": "not UTF-8"}}
     assert "\x1b" not in show_status(status)
+
+
+async def test_fetch_asks_for_progress_and_ctrl_c_cancels_the_transfer(socket_path: Path) -> None:
+    asked: list[dict[str, Any]] = []
+    cancelled: list[str] = []
+    notified = trio.Event()
+
+    async def fetch(params: dict[str, Any], notify: Notify) -> Any:
+        # As the daemon does: progress only for a call that asks for it.
+        asked.append(params)
+        if params.get("detach"):
+            return {"id": "1234abcd"}
+        sent = 0
+        while not cancelled:
+            if params.get("progress") is True:
+                update = {"id": "1234abcd", "size": 10, "bytes_done": sent, "rate": 1}
+                await notify("progress", update)
+                sent += 1
+                if sent == 3:
+                    notified.set()
+            await trio.sleep(0.05)
+        return {"id": "1234abcd", "status": "cancelled", "error": "cancelled by the user"}
+
+    async def cancel(params: dict[str, Any], notify: Notify) -> Any:
+        cancelled.append(params["id"])
+        return {"id": params["id"], "cancelled": True}
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ControlServer(socket_path, {"fetch": fetch, "cancel": cancel}).run)
+        detached = await p2pctl(socket_path, "--json", "fetch", "--detach", "bob", "a.txt")
+        assert json.loads(detached.stdout) == {"id": "1234abcd"}
+        assert "progress" not in asked[-1]  # nothing to wait for, nothing to show
+
+        process = await trio.lowlevel.open_process(
+            [str(VENV_BIN / "p2pctl"), "--socket", str(socket_path), "fetch", "bob", "a.txt"],
+            stderr=subprocess.PIPE,
+        )
+        with trio.fail_after(10):
+            await notified.wait()
+            await trio.sleep(0.2)  # p2pctl reads the updates: it knows the transfer id
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 1
+        assert process.stderr is not None
+        stderr = await process.stderr.receive_some(65536)
+        await process.stderr.aclose()
+        assert asked[-1] == {"peer": "bob", "path": "a.txt", "detach": False, "progress": True}
+        assert cancelled == ["1234abcd"]
+        assert b"cancelled transfer 1234abcd" in stderr
+        nursery.cancel_scope.cancel()

@@ -19,7 +19,14 @@ from hypothesis import strategies as st
 
 from p2pd import jsonrpc
 from p2pd.control import ControlServer, ControlSocketInUse, Notify
-from p2pd.jsonrpc import LineBuffer, LineTooLong, RpcError, parse_call
+from p2pd.jsonrpc import MAX_BATCH, MAX_DEPTH, Call, LineBuffer, LineTooLong, RpcError, parse_line
+
+
+def parse_call(line: bytes) -> Call:
+    """The single call on a line (a test helper: the server takes batches too)."""
+    parsed = parse_line(line)
+    assert isinstance(parsed, Call), parsed
+    return parsed
 
 
 def test_a_call_round_trips_through_the_framing() -> None:
@@ -47,12 +54,63 @@ def test_a_call_round_trips_through_the_framing() -> None:
         (b'{"jsonrpc": "2.0", "id": 1, "method": 5}', -32600),
         (b'{"jsonrpc": "2.0", "id": 1, "method": "x", "params": ["a"]}', -32602),
         (b'{"jsonrpc": "2.0", "id": {}, "method": "x"}', -32600),
+        # params, when present, must be a structured value (the specification).
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "x", "params": null}', -32600),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "x", "params": "peer"}', -32600),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "x", "params": 5}', -32600),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "x", "params": true}', -32600),
     ],
 )
 def test_malformed_calls_get_their_error_codes(line: bytes, code: int) -> None:
     with pytest.raises(RpcError) as caught:
-        parse_call(line)
+        parse_line(line)
     assert caught.value.code == code
+
+
+def test_params_may_be_absent_an_empty_array_or_an_object() -> None:
+    for params in (b"", b', "params": []', b', "params": {}'):
+        call = parse_call(b'{"jsonrpc": "2.0", "id": 1, "method": "x"' + params + b"}")
+        assert call.params == {}
+    assert parse_call(jsonrpc.request(1, "x", {"a": 1})).params == {"a": 1}
+
+
+def test_a_batch_parses_into_its_calls_and_the_errors_of_its_bad_items() -> None:
+    line = (
+        b'[{"jsonrpc": "2.0", "id": 1, "method": "a"}, 5,'
+        b' {"jsonrpc": "2.0", "method": "b", "params": {"x": 1}},'
+        b' {"jsonrpc": "2.0", "id": "z", "method": "c", "params": null}]'
+    )
+    parsed = parse_line(line)
+    assert isinstance(parsed, list) and len(parsed) == 4
+    first, bad, notice, null_params = parsed
+    assert isinstance(first, Call) and (first.id, first.method) == (1, "a")
+    assert isinstance(bad, RpcError) and (bad.code, bad.call_id) == (-32600, None)
+    assert isinstance(notice, Call) and notice.notification and notice.params == {"x": 1}
+    assert isinstance(null_params, RpcError)
+    assert (null_params.code, null_params.call_id) == (-32600, "z")
+
+
+@pytest.mark.parametrize("line", [b"[]", b" [ ] ", b"[" + b"1," * MAX_BATCH + b"1]"])
+def test_an_empty_or_oversized_batch_is_one_invalid_request(line: bytes) -> None:
+    with pytest.raises(RpcError) as caught:
+        parse_line(line)
+    assert (caught.value.code, caught.value.call_id) == (-32600, None)
+
+
+def nested_call(depth: int) -> bytes:
+    """A call whose own nesting (its object included) is ``depth`` levels."""
+    inner = b"[" * (depth - 2) + b"]" * (depth - 2)
+    return b'{"jsonrpc": "2.0", "id": 1, "method": "x", "params": {"a": ' + inner + b"}}"
+
+
+def test_a_batch_may_add_one_level_of_nesting_and_no_more() -> None:
+    assert parse_call(nested_call(MAX_DEPTH)).id == 1
+    parsed = parse_line(b"[" + nested_call(MAX_DEPTH) + b"]")
+    assert isinstance(parsed, list) and isinstance(parsed[0], Call)
+    for line in (nested_call(MAX_DEPTH + 1), b"[" + nested_call(MAX_DEPTH + 1) + b"]"):
+        with pytest.raises(RpcError) as caught:
+            parse_line(line)
+        assert caught.value.code == -32700
 
 
 def test_overlong_lines_are_refused_not_buffered() -> None:
@@ -65,7 +123,7 @@ def test_overlong_lines_are_refused_not_buffered() -> None:
 def test_arbitrary_bytes_never_escape_the_parser(data: bytes) -> None:
     for line in LineBuffer().feed(data + b"\n"):
         with contextlib.suppress(RpcError):
-            parse_call(line)
+            parse_line(line)
 
 
 @pytest.fixture
@@ -140,6 +198,44 @@ async def test_errors_are_answered_and_the_connection_survives(socket_path: Path
     assert not await trio.Path(socket_path).exists()
 
 
+async def test_batches_are_answered_as_the_specification_says(socket_path: Path) -> None:
+    server = ControlServer(socket_path, {"echo": echo, "slow": slow, "refuse": refuse})
+    call = b'{"jsonrpc": "2.0", "id": %d, "method": "%s", "params": {"n": %d}}'
+    notice = b'{"jsonrpc": "2.0", "method": "echo", "params": {}}'
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        batch = b",".join(
+            [call % (1, b"echo", 1), notice, call % (2, b"refuse", 2), b"7", call % (3, b"nope", 3)]
+        )
+        lines = [
+            b"[" + batch + b"]\n",
+            # Only notifications: no answer at all (the next answer is id 4's).
+            b"[" + notice + b"," + notice + b"]\n",
+            b"[]\n",
+            b"[" + call % (5, b"slow", 5) + b"]\n",
+            jsonrpc.request(4, "echo", {"single": True}),
+        ]
+        answers = await exchange(socket_path, lines, answers=7)
+        (batch_answer, empty, *progress, slow_answer, single) = answers
+        assert isinstance(batch_answer, list)
+        by_id = {a["id"]: a for a in batch_answer if a["id"] is not None}
+        assert by_id[1]["result"] == {"n": 1}
+        assert by_id[2]["error"]["code"] == 1
+        assert by_id[3]["error"]["code"] == -32601
+        assert [a["error"]["code"] for a in batch_answer if a["id"] is None] == [-32600]
+        assert len(batch_answer) == 4  # nothing for the notification
+        assert empty == {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {"code": -32600, "message": empty["error"]["message"]},
+        }
+        # A call in a batch may still notify; its answer comes in the batch's array.
+        assert [p["params"]["step"] for p in progress] == [0, 1, 2]
+        assert slow_answer == [{"jsonrpc": "2.0", "id": 5, "result": "done"}]
+        assert single == {"jsonrpc": "2.0", "id": 4, "result": {"single": True}}
+        nursery.cancel_scope.cancel()
+
+
 async def test_stale_socket_is_replaced(socket_path: Path) -> None:
     socket_path.parent.mkdir(parents=True)
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -179,7 +275,7 @@ async def test_a_path_that_is_not_a_socket_is_refused(socket_path: Path) -> None
 @pytest.mark.parametrize("line", [b"[" * 5000, b'{"a":' * 5000, b"[" * 100 + b"]" * 100])
 def test_deep_nesting_is_a_parse_error_not_a_recursion(line: bytes) -> None:
     with pytest.raises(RpcError) as caught:
-        parse_call(line)
+        parse_line(line)
     assert caught.value.code == -32700
 
 

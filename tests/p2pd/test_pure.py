@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+from pathlib import Path
 
 import pytest
 
 from p2pcommon.models import Member
 from p2pd.members import Members, PeerLookupError
+from p2pd.partial import existing_copy, place
 from p2pd.peerserver import BadTarget, decode_file_target, parse_range, repr_digest
 from p2pd.ratelimit import TokenBucket
+from p2pd.transfer import free_name, numbered
 
 
 @pytest.mark.parametrize(
@@ -121,3 +125,47 @@ def test_token_bucket_spreads_bytes_at_the_rate() -> None:
     assert bucket.reserve(0, now=1.0) == 0
     assert bucket.reserve(1000, now=2.0) == 0  # refilled, never above the burst
     assert bucket.reserve(1, now=2.0) == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize(
+    ("name", "number", "expected"),
+    [
+        ("a.txt", 1, "a (1).txt"),
+        ("a.tar.gz", 2, "a.tar (2).gz"),
+        ("README", 1, "README (1)"),
+        ("a.txt", 0, "a.txt"),
+        ("x" * 250 + ".txt", 0, "x" * 250 + ".txt"),
+        # 254 bytes: the stem is shortened so that the name keeps NAME_MAX bytes.
+        ("x" * 250 + ".txt", 1, "x" * 247 + " (1).txt"),
+        ("x" * 250 + ".txt", 12, "x" * 246 + " (12).txt"),
+        ("x" * 251, 1, "x" * 251 + " (1)"),
+        ("x" * 254, 1, "x" * 251 + " (1)"),
+        # Cut between characters, never inside one: é is 2 bytes, ☃ is 3.
+        ("é" * 125 + ".txt", 1, "é" * 123 + " (1).txt"),
+        ("☃" * 83 + ".txt", 1, "☃" * 82 + " (1).txt"),
+        # A suffix too long to keep: the whole name is the stem.
+        ("x." + "y" * 252, 1, "x." + "y" * 249 + " (1)"),
+    ],
+)
+def test_numbered_names_fit_in_name_max(name: str, number: int, expected: str) -> None:
+    result = numbered(Path("/d") / name, number)
+    assert result.parent == Path("/d")
+    assert result.name == expected
+    assert len(result.name.encode()) <= 255
+
+
+def test_a_long_taken_name_gets_a_free_shortened_one(tmp_path: Path) -> None:
+    """A taken 254-byte name: looking for a copy and placing work (no ENAMETOOLONG)."""
+    name = "Grüße " + "x" * 242 + ".txt"
+    assert len(name.encode()) == 254
+    taken = tmp_path / name
+    taken.write_text("mine")
+    assert existing_copy(taken, hashlib.sha256(b"theirs").hexdigest()) is None
+    partial = tmp_path / ".partial"
+    partial.write_bytes(b"theirs")
+    placed = place(partial, taken)
+    assert placed.name.endswith(" (1).txt") and placed.name.startswith("Grüße xxx")
+    assert len(placed.name.encode()) == 255
+    assert placed.read_bytes() == b"theirs" and taken.read_text() == "mine"
+    assert existing_copy(taken, hashlib.sha256(b"theirs").hexdigest()) == placed
+    assert free_name(taken, os.path.lexists).name.endswith(" (2).txt")

@@ -47,22 +47,13 @@ def test_generation_bumps_only_on_real_changes() -> None:
     assert index.replace_all([entry("a"), entry("b")])
     generation = index.generation
     assert not index.replace_all([entry("b"), entry("a")])
-    assert not index.upsert(entry("a"))
+    assert not index.upsert_many([entry("a")])
     assert index.generation == generation
-    assert index.upsert(entry("a", sha="b" * 64))
-    assert index.remove("b")
-    assert not index.remove("b")
+    assert index.upsert_many([entry("a", sha="b" * 64), entry("c")])  # one batch, one change
+    assert index.replace_all([entry("a", sha="b" * 64), entry("c")])  # "b" is gone
+    assert not index.replace_all([entry("c"), entry("a", sha="b" * 64)])
     assert index.generation == generation + 2
-    assert [e.path for e in index.listing()] == ["a"]
-
-
-def test_remove_tree_and_lookup_by_hash() -> None:
-    index = ShareIndex()
-    index.replace_all([entry("d/x", "1" * 64), entry("d/y"), entry("dz", "1" * 64)])
-    assert [e.path for e in index.by_sha256("1" * 64)] == ["d/x", "dz"]
-    assert index.remove_tree("d")
-    assert [e.path for e in index.listing()] == ["dz"]
-    assert not index.remove_tree("nothing")
+    assert [e.path for e in index.listing()] == ["a", "c"]
 
 
 @pytest.mark.parametrize(
@@ -94,7 +85,7 @@ def test_generation_counts_exactly_the_changes(ops: list[tuple[str, str]]) -> No
         new = entry(path, digit * 64)
         changes += model.get(path) != new.sha256
         model[path] = new.sha256
-        index.upsert(new)
+        index.upsert_many([new])
     assert index.generation == changes
     assert {e.path: e.sha256 for e in index.listing()} == model
 

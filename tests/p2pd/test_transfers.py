@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.p2pd.test_e2e import FAST, Network, meet
+from tests.p2pd.test_resume import members
 from tests.support import run_p2pd, run_registryd
 
 NAMES = ["empty", "docs/deep/nested.bin", "Grüße – ☃.txt", "big.bin"]
@@ -120,3 +121,21 @@ async def test_a_whole_folder(network: Network) -> None:
     original = digest(bob.share_dir / "docs" / "deep" / "nested.bin")
     assert digest(alice.download_dir / "docs" / "deep" / "nested.bin") == original
     assert digest(alice.download_dir / "docs" / "copy.bin") == original
+
+
+async def test_a_taken_long_name_lands_under_a_shortened_free_name(tmp_path: Path) -> None:
+    name = "Grüße " + "x" * 242 + ".txt"  # 254 bytes: "name (1).txt" would be 258
+    share = tmp_path / "bob" / "share"
+    share.mkdir(parents=True)
+    (share / name).write_text("theirs")
+    async with members(tmp_path, bob=FAST, alice=FAST) as peers:
+        alice = peers["alice"]
+        (alice.download_dir / name).write_text("mine")
+        outcome = await alice.actl_json("fetch", "bob", name)
+        assert outcome["status"] == "ok", outcome
+        landed = Path(outcome["path"])
+        assert landed.parent == alice.download_dir
+        assert landed.name == "Grüße " + "x" * 239 + " (1).txt"
+        assert len(landed.name.encode()) == 255
+        assert (alice.download_dir / landed.name).read_text() == "theirs"
+        assert (alice.download_dir / name).read_text() == "mine"

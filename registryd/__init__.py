@@ -1,0 +1,1 @@
+"""registryd: the registry, who is online (HTTP JSON API, memory or Redis store)."""
