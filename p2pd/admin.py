@@ -97,6 +97,8 @@ def config_text(args: argparse.Namespace) -> str:
         Key("heartbeat_interval", "Seconds between heartbeats.", example=10),
         Key("upload_slots", "Uploads served at once.", example=8),
         Key("upload_rate_limit", "Bytes/s for all uploads together; 0 = no limit.", example=0),
+        Key("stable_after", "Seconds a file must stay unchanged before it is offered.", example=2),
+        Key("metrics_listen", "Prometheus metrics at host:port; empty = off.", example=""),
     ]
     return render(
         "p2pd configuration (README: Configuration); `systemctl reload p2pd` applies it.", keys
