@@ -176,8 +176,10 @@ def test_enable_now_serves_and_group_members_use_p2pctl(container: Container) ->
         "p2pd to say where its secret came from",
         lambda: journal_says(container, "shared secret from systemd credential 'secret'"),
     )
-    status = status_as_alice(container)
-    assert status["shared_files"] == 1
+    # A file just written is offered once it has been stable for stable_after (2 s).
+    container.wait_for(
+        "hello.txt to be offered", lambda: status_as_alice(container)["shared_files"] == 1
+    )
     # The group p2pd gives the control socket, and not the secret.
     peek = container.run("cat", "/etc/p2pd/secret", user="alice", check=False)
     assert peek.returncode != 0 and "Permission denied" in peek.stderr
