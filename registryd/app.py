@@ -56,12 +56,14 @@ class RegistryApp:
         limiter: FailureLimiter | None = None,
         health: StoreHealth | None = None,
         clock: Callable[[], float] = time.time,
+        scheme: str = "http",
     ) -> None:
         self._signer = signer
         self._store = store
         self._metrics = metrics
         self._limiter = limiter or FailureLimiter()
         self._clock = clock
+        self._scheme = scheme
         # Shared with the WatchedStore in front of ``store``; a memory store never fails.
         self._health = health or StoreHealth()
         # path -> (methods, action); None marks the routes that need no signature.
@@ -142,8 +144,14 @@ class RegistryApp:
     async def _authenticated(self, request: Request, action: Action) -> Response:
         now = self._clock()
         try:
+            # The whole target: @query and @request-target are derived from it.
             verified = self._signer.verify_request(
-                request.method, request.path, request.headers, request.body, now=now
+                request.method,
+                request.target,
+                request.headers,
+                request.body,
+                now=now,
+                scheme=self._scheme,
             )
             expires = verified.created + MAX_SKEW + 1
             if not await self._store.remember_nonce(verified.nonce, expires, now):

@@ -197,7 +197,14 @@ async def _run(
     task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]],
 ) -> None:
     metrics = RegistryMetrics()
-    app = RegistryApp(Signer(secret), store, metrics, limiter=FailureLimiter(), health=store.health)
+    app = RegistryApp(
+        Signer(secret),
+        store,
+        metrics,
+        limiter=FailureLimiter(),
+        health=store.health,
+        scheme="https" if settings.tls_cert else "http",
+    )
     limits = Limits(
         max_body_bytes=settings.max_body,
         idle_timeout=settings.idle_timeout,

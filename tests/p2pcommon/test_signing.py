@@ -349,3 +349,30 @@ async def test_the_registry_derives_authority_from_the_host_header_it_received()
     refused = await app.handle(request("elsewhere.example:7000"))
     assert refused.status == 401
     assert json.loads(refused.body)["error"] == "bad signature"
+
+
+async def test_the_registry_verifies_a_query_against_the_target_it_received() -> None:
+    from p2pcommon.httpserver import Request
+    from registryd.app import RegistryApp
+    from registryd.metrics import RegistryMetrics
+    from registryd.store import MemoryStore
+
+    app = RegistryApp(Signer(SECRET), MemoryStore(30.0), RegistryMetrics())
+    components = ("@method", "@path", "@query", "content-digest")
+
+    def request(received_target: str, nonce: str) -> Request:
+        message = signed_for(
+            "http://registry.example/clients?since=3",
+            components,
+            method="GET",
+            body=b"",
+            nonce=nonce,
+        )
+        fields = [(k.lower().encode(), v.encode()) for k, v in message.headers.items()]
+        host = [(b"host", b"registry.example")]
+        return Request("GET", received_target, [*host, *fields], b"", "192.0.2.9")
+
+    accepted = await app.handle(request("/clients?since=3", "n-q1"))
+    assert accepted.status == 200, accepted.body
+    refused = await app.handle(request("/clients?since=0", "n-q2"))
+    assert refused.status == 401
