@@ -396,6 +396,8 @@ def show(command: str, result: Any, outcomes: list[dict[str, Any]]) -> None:
         print(show_files(result))
     elif command == "rescan":
         print(f"{result['shared_files']} files shared (generation {result['generation']})")
+    elif command == "cancel":
+        print(f"cancelled transfer {printable(str(result['id']))}")
     elif command == "fetch":
         for outcome in outcomes:
             if "status" not in outcome:
@@ -418,7 +420,11 @@ def fail(message: str, status: int) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)  # exits 2 on usage errors
+    top = parser()
+    args = top.parse_args(argv)  # exits 2 on usage errors
+    for name in ("peer", "file", "id"):
+        if getattr(args, name, None) == "":
+            top.error(f"{name.upper()} must not be empty")  # exits 2
     try:
         if args.command == "doctor":
             return doctor(args)
@@ -430,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(exc), exc.exit_status)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `p2pctl history | head`: the reader is gone, which is no error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     return EXIT_OK
 
 

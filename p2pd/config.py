@@ -44,6 +44,12 @@ def _check_registry(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
+    if parts.port == 0:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
     return url
 
 

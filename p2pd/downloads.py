@@ -239,9 +239,12 @@ class Downloads:
         except OSError as exc:  # e.g. download_dir remounted read-only
             log.warning("cannot remove %s: %s", partial, exc.strerror or exc)
 
-    def _received(self, window: ProgressWindow, count: int) -> None:
+    def _received(self, transfer: Transfer, window: ProgressWindow, count: int) -> None:
+        """Each chunk as it arrives: progress moves smoothly, not in 1 MiB writes."""
+        now = trio.current_time()
         self.received_bytes += count
-        window.add(count, trio.current_time())
+        transfer.progress.update(transfer.progress.bytes_done + count, now)
+        window.add(count, now)
 
     async def _finish(
         self, transfer: Transfer, status: str, error: str | None, recorded: bool = True
@@ -351,6 +354,7 @@ class Downloads:
         try:
             if head.status == 200 and offset:
                 digest, offset = hashlib.sha256(), 0  # the member ignored Range: start over
+                transfer.progress = Progress(queued.size)
             elif head.status not in (200, 206):
                 body = b""
                 with trio.move_on_after(ANSWER_TIMEOUT):
@@ -367,8 +371,9 @@ class Downloads:
                     partial,
                     offset,
                     digest,
-                    on_chunk=lambda count: self._received(window, count),
-                    on_written=lambda done: transfer.progress.update(done, trio.current_time()),
+                    on_chunk=lambda count: self._received(transfer, window, count),
+                    # Progress follows what arrived; receive() returns once all is written.
+                    on_written=lambda done: None,
                 )
             except OSError as exc:
                 await self._discard_partial(queued.sha256)

@@ -88,7 +88,11 @@ class PeerConnection:
                 trio.BrokenResourceError,
                 PeerMismatch,
             ) as exc:
-                reason = exc.__cause__ or exc
+                reason: BaseException = exc.__cause__ or exc
+                # trio reports "all attempts to connect failed" with the real
+                # reasons in a group: show the first, not "(1 sub-exception)".
+                while isinstance(reason, BaseExceptionGroup) and reason.exceptions:
+                    reason = reason.exceptions[0]
                 failures.append(f"{address}: {reason or type(exc).__name__}")
             finally:
                 if tcp is not None:

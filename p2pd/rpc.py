@@ -173,14 +173,14 @@ class Rpc:
             f for f in listing.files if (f.path.startswith(wanted) if folder else f.path == wanted)
         ]
         if not entries:
-            raise FetchRefused(
-                RpcError(
-                    OPERATION_FAILED,
-                    f"{member.name} does not share {path!r}: "
-                    f"`p2pctl ls {member.name}` lists its files",
-                ),
-                **known,
+            is_folder = not folder and any(f.path.startswith(wanted + "/") for f in listing.files)
+            message = (
+                f"{path!r} is a folder: fetch `{wanted}/` to get all its files"
+                if is_folder
+                else f"{member.name} does not share {path!r}: "
+                f"`p2pctl ls {member.name}` lists its files"
             )
+            raise FetchRefused(RpcError(OPERATION_FAILED, message), **known)
         # Every destination is checked before the first transfer starts: a
         # folder with one unsafe name is refused whole, not half fetched.
         refused = _unsafe(self.settings().download_dir, entries)

@@ -181,3 +181,44 @@ async def test_fetch_asks_for_progress_and_ctrl_c_cancels_the_transfer(socket_pa
         assert cancelled == ["1234abcd"]
         assert b"cancelled transfer 1234abcd" in stderr
         nursery.cancel_scope.cancel()
+
+
+async def test_small_things_a_user_notices(socket_path: Path) -> None:
+    rows = [
+        {
+            "path": f"/srv/f{i}",
+            "remote_path": f"f{i}",
+            "peer_id": "b" * 52,
+            "peer_name": "bob",
+            "sha256": "c" * 64,
+            "size": 1,
+            "status": "ok",
+            "error": None,
+            "finished_at": 1.0,
+        }
+        for i in range(5000)
+    ]
+
+    async def history(params: dict[str, Any], notify: Notify) -> Any:
+        return rows
+
+    async def cancel(params: dict[str, Any], notify: Notify) -> Any:
+        return {"id": params["id"], "cancelled": True}
+
+    methods = {"history": history, "cancel": cancel}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ControlServer(socket_path, methods).run)
+        # `p2pctl history | head -1`: no BrokenPipeError traceback.
+        piped = await trio.run_process(
+            f"{VENV_BIN / 'p2pctl'} --socket {socket_path} history | head -1",
+            shell=True,
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+        assert b"Traceback" not in piped.stderr and b"BrokenPipe" not in piped.stderr
+        assert piped.stdout.startswith(b"WHEN")
+        cancelled = await p2pctl(socket_path, "cancel", "abcd1234")
+        assert cancelled.stdout == b"cancelled transfer abcd1234\n"
+        nursery.cancel_scope.cancel()
+    empty = await p2pctl(socket_path, "fetch", "bob", "")
+    assert empty.returncode == 2 and b"FILE must not be empty" in empty.stderr

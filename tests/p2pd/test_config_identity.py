@@ -77,9 +77,12 @@ def test_bad_values_name_the_key_and_file(tmp_path: Path, extra: str, needle: st
     assert str(path) in str(caught.value)
 
 
-def test_bad_registry_url_names_the_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:7000", "http://127.0.0.1:99999", "http://127.0.0.1:0", "http://h:x"]
+)
+def test_bad_registry_url_names_the_key(tmp_path: Path, url: str) -> None:
     path = write_config(tmp_path)
-    path.write_text(path.read_text().replace("http://127.0.0.1:7000", "127.0.0.1:7000"))
+    path.write_text(path.read_text().replace("http://127.0.0.1:7000", url))
     with pytest.raises(ConfigError, match="key 'registries.0'"):
         load(path)
 

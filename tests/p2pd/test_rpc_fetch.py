@@ -221,3 +221,9 @@ async def test_progress_is_sent_only_to_a_fetch_that_asks(folder: Path) -> None:
             assert progress[0]["params"]["remote_path"] == "a.txt"
             assert answer["result"]["status"] == "ok"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_folder_named_without_its_slash_says_how_to_fetch_it(folder: Path) -> None:
+    rpc = make_rpc(folder, FakePool([shared("docs/a.txt"), shared("docs/b.txt")]))
+    error = await refused_fetch(rpc, "bob", "docs")
+    assert error.message == "'docs' is a folder: fetch `docs/` to get all its files"
