@@ -150,7 +150,11 @@ class Downloads:
 
     def _joinable(self, sha256: str, dest: Path) -> Transfer | None:
         transfer = self._by_key.get((sha256, dest))
-        return transfer if transfer is not None and transfer.state.joinable else None
+        if transfer is None or transfer.cancel_scope.cancel_called:
+            # Cancelled, even if its task has not noticed yet (it may be just past
+            # a cancel-shielded checkpoint and still set a busy state).
+            return None
+        return transfer if transfer.state.joinable else None
 
     def _register(self, queued: Queued) -> Transfer:
         """A transfer in ``active`` (state queued), and joinable if its destination is valid."""

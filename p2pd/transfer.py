@@ -106,6 +106,13 @@ class Transfer:
     #: What another fetch joins: the same bytes asked for at the same destination.
     key: tuple[str, Path] | None = None
 
+    @property
+    def shown_state(self) -> State:
+        """``cancelling`` from the cancel on, whatever the task still sets meanwhile."""
+        if self.cancel_scope.cancel_called and self.state.joinable:
+            return State.CANCELLING
+        return self.state
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.queued.id,
@@ -114,7 +121,7 @@ class Transfer:
             "peer_id": self.peer_id or self.queued.peer_id,
             "size": self.queued.size,
             "bytes_done": self.progress.bytes_done,
-            "state": self.state.value,
+            "state": self.shown_state.value,
             "rate": round(self.progress.rate),
         }
 

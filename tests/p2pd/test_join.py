@@ -11,6 +11,7 @@ from typing import Any, cast
 import trio
 
 from p2pcommon.models import Member, SharedFile
+from p2pd.attempts import State
 from p2pd.downloads import Downloads, Transfer
 from p2pd.history import History, Queued
 from p2pd.members import Members
@@ -194,3 +195,25 @@ async def test_a_fetch_joins_what_the_daemon_resumes_after_a_restart(tmp_path: P
                 assert outcome["status"] == "cancelled"
                 assert list(alice.download_dir.iterdir()) == []
                 assert [h["id"] for h in await alice.actl_json("history")] == [resumed_id]
+
+
+async def test_a_cancelled_transfer_is_never_joined_even_before_its_task_notices(
+    tmp_path: Path,
+) -> None:
+    """Cancelled just as its task passed a cancel-shielded checkpoint (acquiring its
+    slot), the task may still set a busy state once more: a new fetch starts anew."""
+    downloads, pool, history = downloads_in(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(downloads.run)
+        first = await downloads.start(BOB, ENTRY)
+        assert downloads.cancel(first.queued.id)
+        first.state = State.CONNECTING  # what the task may still write after the cancel
+        assert first.to_json()["state"] == "cancelling"
+        fresh = await downloads.start(BOB, ENTRY)
+        assert fresh is not first
+        pool.gate.set()
+        await first.done.wait()
+        await fresh.done.wait()
+        assert first.outcome is not None and first.outcome.status == "cancelled"
+        assert fresh.outcome is not None and fresh.outcome.status == "ok"
+        nursery.cancel_scope.cancel()
