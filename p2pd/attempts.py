@@ -29,8 +29,9 @@ BACKOFF_CAP = 10.0
 #: seconds gives up on that member (a trickle holds a transfer slot forever).
 PROGRESS_WINDOW = 60.0
 MIN_PROGRESS = 64 * 1024
-#: Answers that asking again cannot change: a 4xx other than these.
-RETRYABLE_4XX = frozenset({404, 408, 429})
+#: Answers that asking again cannot change: a 4xx other than these.  403 (not
+#: a member) passes once the member's list catches up with the registry's.
+RETRYABLE_4XX = frozenset({403, 404, 408, 429})
 _SHA256 = re.compile(SHA256_PATTERN)
 
 #: A member to ask, with its own path for the bytes.
@@ -94,7 +95,7 @@ class Fatal(Exception):
 
 
 def is_final(status: int) -> bool:
-    """A 4xx other than 404, 408 and 429 will not change by asking again."""
+    """A 4xx other than 403, 404, 408 and 429 will not change by asking again."""
     return 400 <= status < 500 and status not in RETRYABLE_4XX
 
 

@@ -18,6 +18,7 @@ import trio
 from pydantic import ValidationError
 
 from p2pcommon.models import Listing, Member, split_host_port, validation_reason
+from p2pcommon.service import one_line
 from p2pd.identity import Identity
 from p2pd.tls import PeerMismatch, client_context, presented_id
 from p2pd.tlsstream import BatchedTLSStream
@@ -273,8 +274,16 @@ class PeerPool:
         await self.release(connection)
         if head.status == 304 and cached is not None:
             return cached[1]
+        if head.status == 403:
+            raise PeerRefused(
+                403,
+                f"{member.name} does not count this daemon as a member (yet): members learn "
+                "of each other from the registry at each heartbeat, so after a registry "
+                "restart this passes by itself; try again in a few seconds",
+            )
         if head.status != 200:
-            raise PeerRefused(head.status, f"{member.name} answered {head.status}: {body[:200]!r}")
+            text = one_line(body[:200].decode("utf-8", "replace"), 200)
+            raise PeerRefused(head.status, f"{member.name} answered {head.status}: {text}")
         try:
             # In a thread: tens of MiB of JSON take seconds to check, and the
             # loop (other members, the control socket, the watchdog) goes on.

@@ -170,9 +170,21 @@ def test_fault_loop(network: tuple[Daemon, Peer, Peer], capsys: pytest.CaptureFi
             return any(f.get("path") == name for f in files)
 
         poll(listed, timeout=90, what=f"dst to list {name} at src", every=0.3)
-        started = ctl(downloader.socket, "--json", "fetch", "--detach", "src", name, timeout=60)
-        assert started.returncode == 0, started.stderr
-        transfer_id = json.loads(started.stdout)["id"]
+        # Right after a registry restart, src may not count dst as a member for up
+        # to a heartbeat (members re-register one by one): that refusal passes by
+        # itself, and must say so.
+        attempts: list[str] = []
+
+        def fetch_started(name: str = name, attempts: list[str] = attempts) -> bool:
+            result = ctl(downloader.socket, "--json", "fetch", "--detach", "src", name)
+            if result.returncode == 0:
+                attempts.append(json.loads(result.stdout)["id"])
+                return True
+            assert "does not count this daemon as a member (yet)" in result.stderr, result.stderr
+            return False
+
+        poll(fetch_started, timeout=90, what=f"dst to start fetching {name}", every=0.3)
+        transfer_id = attempts[-1]
 
         # A random point of the transfer: a fraction of its bytes, or its end.
         fraction = rng.uniform(0.02, 0.95)

@@ -74,7 +74,7 @@ def test_only_a_transfer_on_its_way_can_be_joined() -> None:
     [
         (400, True),
         (401, True),
-        (403, True),
+        (403, False),
         (410, True),
         (416, True),
         (404, False),
@@ -122,9 +122,9 @@ def test_later_rounds_ask_the_chosen_member_first_then_each_alternate_once() -> 
 
 def test_a_final_refusal_ends_the_transfer_at_once() -> None:
     plan = Attempts("bob")
-    ending = plan.failed("bob", refused(403, "not a member"))
+    ending = plan.failed("bob", refused(400, "bad target"))
     assert isinstance(ending, Fatal)
-    assert str(ending) == "bob: answered 403: not a member"
+    assert str(ending) == "bob: answered 400: bad target"
     assert not ending.keep_partial
 
 
