@@ -21,6 +21,7 @@ import h11
 import trio
 
 from p2pcommon.boundary import failure_boundary
+from p2pcommon.connections import Connection, ConnectionTable
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +100,6 @@ class _Closing(Exception):
         self.response = response
 
 
-@dataclass(eq=False)
-class _Connection:
-    scope: trio.CancelScope
-    host: str
-    idle: bool = True
-    #: When it last became idle (accepted, or done with a request).
-    idle_since: float = 0.0
-
-
 def peer_host(stream: trio.abc.Stream) -> str:
     """The client's address; OSError if it is gone already (a reset right after connect)."""
     while isinstance(stream, trio.SSLStream):
@@ -118,50 +110,6 @@ def peer_host(stream: trio.abc.Stream) -> str:
     return "unknown"
 
 
-class _ConnectionTable:
-    """The live connections, by address, with the bounds of ``Limits``. No I/O."""
-
-    def __init__(self, limits: Limits) -> None:
-        self._limits = limits
-        self.all: set[_Connection] = set()
-        self._by_host: dict[str, set[_Connection]] = {}
-
-    def admit(self, conn: _Connection) -> bool:
-        """Add ``conn``, evicting the longest-idle connection where a bound is reached.
-
-        Idle connections are cheap for an attacker to hold and worthless to
-        keep, so they make room; busy ones are bounded by the request timeout.
-        False (refuse the newcomer) only when everything is busy.
-        """
-        same_host = self._by_host.get(conn.host, set())
-        for crowd, bound in (
-            (same_host, self._limits.max_per_address),
-            (self.all, self._limits.max_connections),
-        ):
-            if len(crowd) >= bound and not self._evict_idlest(crowd):
-                return False
-        self.all.add(conn)
-        self._by_host.setdefault(conn.host, set()).add(conn)
-        return True
-
-    def _evict_idlest(self, crowd: set[_Connection]) -> bool:
-        idle = [c for c in crowd if c.idle]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda c: c.idle_since)
-        victim.scope.cancel()
-        self.discard(victim)
-        return True
-
-    def discard(self, conn: _Connection) -> None:
-        self.all.discard(conn)
-        same_host = self._by_host.get(conn.host)
-        if same_host is not None:
-            same_host.discard(conn)
-            if not same_host:
-                del self._by_host[conn.host]
-
-
 class HttpServer:
     def __init__(
         self, handler: Handler, limits: Limits | None = None, *, admit: Admit | None = None
@@ -169,7 +117,7 @@ class HttpServer:
         self._handler = handler
         self._admit = admit
         self.limits = limits or Limits()
-        self._table = _ConnectionTable(self.limits)
+        self._table = ConnectionTable(self.limits.max_connections, self.limits.max_per_address)
         self._accepting = trio.CancelScope()
         self._closing = False
         self._drained = trio.Event()
@@ -217,13 +165,13 @@ class HttpServer:
         including the first look at the socket (a client that connected and
         reset at once makes getpeername fail), happens inside it.
         """
-        conn: _Connection | None = None
+        conn: Connection | None = None
         client_host = "unknown"
         try:
             with failure_boundary("connection", "a connection", log):
                 try:
                     client_host = peer_host(stream)
-                    conn = _Connection(
+                    conn = Connection(
                         trio.CancelScope(), client_host, idle_since=trio.current_time()
                     )
                     if not self._table.admit(conn):
@@ -246,7 +194,7 @@ class HttpServer:
             await trio.aclose_forcefully(stream)
 
     async def _serve_connection(
-        self, stream: trio.abc.Stream, conn: _Connection, client_host: str
+        self, stream: trio.abc.Stream, conn: Connection, client_host: str
     ) -> None:
         h11conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         client_id = None
@@ -263,7 +211,7 @@ class HttpServer:
         self,
         stream: trio.abc.Stream,
         h11conn: h11.Connection,
-        conn: _Connection,
+        conn: Connection,
         client_host: str,
         client_id: str | None,
     ) -> None:
@@ -302,7 +250,7 @@ class HttpServer:
         self,
         stream: trio.abc.Stream,
         h11conn: h11.Connection,
-        conn: _Connection,
+        conn: Connection,
         client_host: str,
     ) -> Request | None:
         limits = self.limits

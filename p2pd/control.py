@@ -16,13 +16,13 @@ import os
 import socket as stdlib_socket
 import stat
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from p2pcommon.boundary import describe, failure_boundary, failures
+from p2pcommon.connections import Connection, ConnectionTable
 from p2pd import jsonrpc
 from p2pd.jsonrpc import RpcError
 
@@ -41,13 +41,6 @@ _TOO_MANY = jsonrpc.error(
     jsonrpc.OPERATION_FAILED,
     f"p2pd is busy with {MAX_CONNECTIONS} control clients; retry in a moment",
 )
-
-
-@dataclass(eq=False)
-class _Client:
-    scope: trio.CancelScope
-    idle: bool = True
-    idle_since: float = 0.0
 
 
 async def _send(stream: trio.abc.Stream, data: bytes) -> None:
@@ -94,7 +87,8 @@ class ControlServer:
         self.socket_path = socket_path
         self._methods = methods
         self._group = group
-        self._clients: set[_Client] = set()
+        # One address for all (a Unix socket): the idlest client makes room.
+        self._clients = ConnectionTable(MAX_CONNECTIONS, MAX_CONNECTIONS)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         path = self.socket_path
@@ -128,10 +122,10 @@ class ControlServer:
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         """One control client, inside its own failure boundary: never ends the daemon."""
-        client = _Client(trio.CancelScope(), idle_since=trio.current_time())
+        client = Connection(trio.CancelScope(), "unix", idle_since=trio.current_time())
         try:
             with failure_boundary("control client", "a control client", log):
-                if not self._admit(client):
+                if not self._clients.admit(client):
                     await _send(stream, _TOO_MANY)
                     return
                 with client.scope:
@@ -142,19 +136,7 @@ class ControlServer:
             self._clients.discard(client)
             await trio.aclose_forcefully(stream)
 
-    def _admit(self, client: _Client) -> bool:
-        """Make room by closing the longest-idle client; False if every client is busy."""
-        if len(self._clients) >= MAX_CONNECTIONS:
-            idle = [c for c in self._clients if c.idle]
-            if not idle:
-                return False
-            oldest = min(idle, key=lambda c: c.idle_since)
-            oldest.scope.cancel()
-            self._clients.discard(oldest)
-        self._clients.add(client)
-        return True
-
-    async def _converse(self, stream: trio.SocketStream, client: _Client) -> None:
+    async def _converse(self, stream: trio.SocketStream, client: Connection) -> None:
         lines = jsonrpc.LineBuffer()
         while True:
             client.idle, client.idle_since = True, trio.current_time()
