@@ -93,6 +93,25 @@ def error_response(
     return json_response(status, {"error": error, "message": message}, headers)
 
 
+class BodyTooLarge(Exception):
+    """A body went past the limit its reader set."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} bytes")
+        self.limit = limit
+
+
+async def read_capped(chunks: AsyncIterable[bytes], limit: int) -> bytes:
+    """All of ``chunks``, joined; BodyTooLarge as soon as they pass ``limit`` bytes."""
+    pieces, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        pieces.append(chunk)
+    return b"".join(pieces)
+
+
 class _Closing(Exception):
     """Raised inside a connection to answer with ``response`` and close."""
 

@@ -20,6 +20,7 @@ import trio
 from pydantic import BaseModel, ValidationError
 
 from p2pcommon.backoff import Backoff
+from p2pcommon.httpserver import BodyTooLarge, read_capped
 from p2pcommon.models import (
     Clients,
     Lease,
@@ -198,13 +199,15 @@ class RegistryClient:
                 )
                 response = await self._http.send(request, stream=True)
                 try:
-                    content = await _read_capped(response, MAX_ANSWER)
+                    content = await read_capped(response.aiter_bytes(), MAX_ANSWER)
                 finally:
                     await response.aclose()
         except httpx.HTTPError as exc:
             raise _Failed(_describe(exc)) from None
         except trio.TooSlowError:
             raise _Failed(f"no whole answer within {self._exchange_timeout:g} s") from None
+        except BodyTooLarge:
+            raise _Failed(f"the answer is larger than {MAX_ANSWER} bytes") from None
         status = response.status_code
         if status in (401, 429) or status >= 500:
             error, message = _error_fields(content)
@@ -224,13 +227,3 @@ class RegistryClient:
 
 class _Failed(Exception):
     """One registry failed one exchange; the next one is tried."""
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise _Failed(f"the answer is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)

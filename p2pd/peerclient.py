@@ -17,6 +17,7 @@ import h11
 import trio
 from pydantic import ValidationError
 
+from p2pcommon.httpserver import BodyTooLarge, read_capped
 from p2pcommon.models import Listing, Member, split_host_port, validation_reason
 from p2pcommon.service import one_line
 from p2pd.identity import Identity
@@ -148,13 +149,10 @@ class PeerConnection:
                 raise PeerUnreachable(f"{self.member.name} closed the connection mid-answer")
 
     async def body(self, limit: int) -> bytes:
-        chunks, size = [], 0
-        async for chunk in self.body_chunks():
-            size += len(chunk)
-            if size > limit:
-                raise PeerUnreachable(f"{self.member.name} sent more than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return await read_capped(self.body_chunks(), limit)
+        except BodyTooLarge:
+            raise PeerUnreachable(f"{self.member.name} sent more than {limit} bytes") from None
 
     async def _next_event(self) -> Any:
         while True:
