@@ -60,6 +60,9 @@ start_peer bob
 alice() { "$BIN/p2pctl" --socket "$DEMO/alice/control.sock" "$@"; }
 wait_for "alice to see bob" sh -c "'$BIN/p2pctl' --socket '$DEMO/alice/control.sock' --json peers | grep -q '\"bob\"'"
 wait_for "bob to see alice" sh -c "'$BIN/p2pctl' --socket '$DEMO/bob/control.sock' --json peers | grep -q '\"alice\"'"
+# A file is offered once it has been unchanged for stable_after (2 s by
+# default), so that nobody gets a file that is still being written.
+wait_for "bob to offer its new files" sh -c "'$BIN/p2pctl' --socket '$DEMO/bob/control.sock' --json status | grep -q '\"shared_files\": 3'"
 
 say "Who is online, seen from alice"
 run alice peers
