@@ -5,11 +5,16 @@ Pure: the registry loop feeds it, the peer server and the control socket read it
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from p2pcommon.identity import short_id
 from p2pcommon.models import Member
+
+
+#: Told of every change: (members that joined or changed, members that left).
+#: A member whose certificate changed is in both, its old record among those left.
+MembershipListener = Callable[[Sequence[Member], Sequence[Member]], None]
 
 
 class PeerLookupError(Exception):
@@ -25,6 +30,10 @@ class Members:
     own_id: str
     _by_id: dict[str, Member]
     generation: int = 0
+    _listeners: list[MembershipListener] = field(default_factory=list)
+
+    def add_listener(self, listener: MembershipListener) -> None:
+        self._listeners.append(listener)
 
     @classmethod
     def empty(cls, own_id: str) -> Members:
@@ -33,10 +42,16 @@ class Members:
     def update(self, members: Iterable[Member]) -> bool:
         """Replace the list (without ourselves); True if who is a member changed."""
         fresh = {m.id: m for m in members if m.id != self.own_id}
-        changed = fresh.keys() != self._by_id.keys()
+        old = self._by_id
+        changed = fresh.keys() != old.keys()
+        joined = [m for i, m in fresh.items() if i not in old or old[i].cert != m.cert]
+        left = [m for i, m in old.items() if i not in fresh or fresh[i].cert != m.cert]
         self._by_id = fresh
         if changed:
             self.generation += 1
+        if joined or left:
+            for listener in self._listeners:
+                listener(joined, left)
         return changed
 
     def others(self) -> list[Member]:
