@@ -19,7 +19,7 @@ from p2pd.config import LIVE_KEYS, PeerSettings
 from p2pd.control import ControlServer
 from p2pd.downloads import Downloads
 from p2pd.history import History, HistoryUnavailable
-from p2pd.identity import load_or_create
+from p2pd.identity import NetworkCA, load_or_create
 from p2pd.members import Members
 from p2pd.metrics import BindError, PeerMetrics, open_listeners
 from p2pd.peerclient import PeerPool
@@ -62,8 +62,12 @@ class Daemon:
 
     async def _run(self, termination: Termination, hangups: AsyncIterator[int]) -> None:
         settings = self.settings
+        # The network CA comes from the secret; it issues (or re-issues) our certificate.
+        network = await trio.to_thread.run_sync(NetworkCA.from_secret, self._secret)
         try:
-            identity, new = await trio.to_thread.run_sync(load_or_create, settings.state_dir)
+            identity, new = await trio.to_thread.run_sync(
+                load_or_create, settings.state_dir, network
+            )
         except (ValueError, OSError) as exc:
             raise StartupError(f"identity in {settings.state_dir}: {exc}") from None
         log.info(
@@ -80,7 +84,7 @@ class Daemon:
         self.server = PeerServer(
             self.share,
             self.members,
-            ServerContexts(identity),
+            ServerContexts(identity, network),
             upload_slots=settings.upload_slots,
             rate_limit=settings.upload_rate_limit,
             limits=Limits(max_body_bytes=0, idle_timeout=60.0, request_timeout=15.0),
@@ -224,7 +228,7 @@ class Daemon:
         registered = "registered" if self.link.registered else (self.link.error or "not registered")
         indexing = " (indexing)" if self.share.indexing else ""
         line = (
-            f"{registered}; {len(self.members.others())} peers; "
+            f"{registered}; {self.members.count()} peers; "
             f"{len(self.share.index)} shared files{indexing}; "
             f"{self.server.stats.active} uploads; {len(self.downloads.active)} downloads"
         )

@@ -277,14 +277,25 @@ class Downloads:
     async def _alternates(self, transfer: Transfer) -> list[tuple[Member, str]]:
         """Other members listing the same bytes, each with its own path for them.
 
-        Asked concurrently, a bounded number at a time, under one short
-        deadline: a silent or hostile member costs seconds, not the transfer.
+        First the listings kept from earlier (no request: a kept listing that
+        names the bytes makes a source, one that does not rules its member
+        out), then members without one, asked concurrently, a bounded number
+        at a time, under one short deadline: a silent or hostile member costs
+        seconds, not the transfer.
         """
         queued = transfer.queued
-        others = [m for m in self._members.others() if m.id != queued.peer_id]
+        found: list[tuple[Member, str]] = []
+        known = {queued.peer_id}
+        for member_id, listing in reversed(self._pool.cached_listings()):
+            member = self._members.get(member_id)
+            if member is None or member_id in known:
+                continue
+            known.add(member_id)
+            if (path := _path_of(listing.files, queued.sha256, queued.size)) is not None:
+                found.append((member, path))
+        others = [m for m in self._members.unordered() if m.id not in known]
         if len(others) > MAX_ALTERNATES_ASKED:
             others = random.sample(others, MAX_ALTERNATES_ASKED)
-        found: list[tuple[Member, str]] = []
         limiter = trio.CapacityLimiter(ALTERNATES_AT_ONCE)
 
         async def ask(member: Member) -> None:
@@ -295,10 +306,8 @@ class Downloads:
                     except (PeerUnreachable, PeerRefused, InvalidListing) as exc:
                         log.info("transfer %s: no source: %s", queued.id, exc)
                         return
-                    for entry in listing.files:
-                        if entry.sha256 == queued.sha256 and entry.size == queued.size:
-                            found.append((member, entry.path))
-                            return
+                    if (path := _path_of(listing.files, queued.sha256, queued.size)) is not None:
+                        found.append((member, path))
 
         with trio.move_on_after(ALTERNATES_DEADLINE):
             async with trio.open_nursery() as nursery:
@@ -404,3 +413,11 @@ class Downloads:
             transfer.dest = await trio.to_thread.run_sync(place, partial, transfer.dest)
         except OSError as exc:
             raise fatal_os_error(exc, transfer.dest) from None
+
+
+def _path_of(files: list[SharedFile], sha256: str, size: int) -> str | None:
+    """The path of a listed file with these bytes, if the listing has one."""
+    for entry in files:
+        if entry.sha256 == sha256 and entry.size == size:
+            return entry.path
+    return None

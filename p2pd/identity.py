@@ -1,27 +1,52 @@
-"""This daemon's key pair and self-signed certificate (docs/protocol.md §1).
+"""This daemon's key pair and certificate, and the network CA (docs/protocol.md §1).
 
 Created on first start in ``state_dir`` as ``identity.key`` (0600) and
 ``identity.crt`` (PEM), reused afterwards: the peer id is the hash of the
-certificate, so regenerating it would make this host a new member.
+certificate, so a new certificate makes this host a new member.
+
+The certificate is issued by the **network CA**, whose key every peer derives
+from the shared secret: a server then needs that one trust anchor for every
+member instead of one per member, and still admits a request only when the
+hash of the client's certificate is a current member's id.  Knowing the
+secret already lets anyone register, so being able to issue such certificates
+grants nothing more.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
 from p2pcommon.identity import peer_id_from_der, short_id
 
+log = logging.getLogger("p2pd.identity")
+
 KEY_FILE = "identity.key"
 CERT_FILE = "identity.crt"
 VALIDITY = datetime.timedelta(days=100 * 365)
+
+#: HKDF-SHA256 parameters of the network CA's key: changing any makes another network.
+CA_KDF_SALT = b"p2pd network CA"
+CA_KDF_INFO = b"p2pd network CA key v1"
+#: 64 bits more than the group order's 256: reducing them leaves no usable bias.
+CA_KDF_LENGTH = 40
+#: The order of the P-256 group (SEC 2, secp256r1 ``n``).
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+#: The network CA's validity is fixed so that every peer builds the same certificate
+#: but for the (randomized) signature; 9999-12-31 is RFC 5280's "no expiry".
+CA_NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+CA_NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
 
 
 @dataclass(frozen=True)
@@ -34,6 +59,80 @@ class Identity:
     @property
     def short_id(self) -> str:
         return short_id(self.id)
+
+
+@dataclass(frozen=True)
+class NetworkCA:
+    """The certificate authority every holder of the secret derives alike."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    cert_pem: str
+
+    @property
+    def name(self) -> x509.Name:
+        return self.cert.subject
+
+    @classmethod
+    def from_secret(cls, secret: str) -> NetworkCA:
+        okm = HKDF(
+            algorithm=hashes.SHA256(), length=CA_KDF_LENGTH, salt=CA_KDF_SALT, info=CA_KDF_INFO
+        ).derive(secret.encode("utf-8"))
+        scalar = int.from_bytes(okm, "big") % (P256_ORDER - 1) + 1
+        key = ec.derive_private_key(scalar, ec.SECP256R1())
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        name = x509.Name(
+            [
+                x509.NameAttribute(
+                    NameOID.COMMON_NAME, f"p2pd network {hashlib.sha256(spki).hexdigest()[:16]}"
+                )
+            ]
+        )
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(CA_NOT_BEFORE)
+            .not_valid_after(CA_NOT_AFTER)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_CA_KEY_USAGE, critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert, cert.public_bytes(serialization.Encoding.PEM).decode("ascii"))
+
+    def issued(self, cert: x509.Certificate) -> bool:
+        """Whether ``cert`` names this CA as its issuer (its signature is not checked)."""
+        return cert.issuer == self.cert.subject
+
+    def why_not_issued(self, cert: x509.Certificate) -> str | None:
+        """None if this CA signed ``cert``; otherwise why not, in words."""
+        if cert.issuer == cert.subject:
+            return "it was self-signed (made before the network CA)"
+        try:
+            cert.verify_directly_issued_by(self.cert)
+        except (ValueError, InvalidSignature, TypeError):
+            return "it was issued for another shared secret"
+        return None
+
+
+_CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
@@ -49,48 +148,82 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def build_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    """A self-signed certificate for ``key``; its hash is the peer id."""
-    # Every member's certificate is a trust anchor of the others' servers; OpenSSL
-    # finds anchors by subject, so each subject must be unique, hence the key id in it.
+def build_certificate(
+    key: ec.EllipticCurvePrivateKey, network: NetworkCA | None = None
+) -> x509.Certificate:
+    """A certificate for ``key``, issued by ``network`` (self-signed without one)."""
+    # Servers find trust anchors by subject (a self-signed member's certificate is
+    # one), so each subject must be unique: hence the key id in it.
     key_id = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     name = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, f"p2pd peer {key_id.digest.hex()[:16]}")]
     )
     now = datetime.datetime.now(datetime.UTC)
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(name)
+        .issuer_name(name if network is None else network.name)
         .public_key(key.public_key())
         .add_extension(key_id, critical=False)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
     )
+    if network is None:
+        return builder.sign(key, hashes.SHA256())
+    authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(network.key.public_key())
+    return builder.add_extension(authority, critical=False).sign(network.key, hashes.SHA256())
 
 
-def create_identity(key_path: Path, cert_path: Path) -> None:
+def _cert_bytes(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def create_identity(key_path: Path, cert_path: Path, network: NetworkCA | None = None) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = build_certificate(key)
+    cert = build_certificate(key, network)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     _write_private(key_path, key_pem, 0o600)
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_private(cert_path, _cert_bytes(cert), 0o644)
 
 
-def load_or_create(state_dir: Path) -> tuple[Identity, bool]:
-    """The identity in ``state_dir``, created when neither file exists; and whether it is new."""
+def _reissue(key_path: Path, cert_path: Path, old: x509.Certificate, network: NetworkCA) -> None:
+    """Replace the certificate by one the network CA issues for the same key."""
+    why = network.why_not_issued(old)
+    if why is None:
+        return
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path} is not an ECDSA key")
+    cert = build_certificate(key, network)
+    _write_private(cert_path, _cert_bytes(cert), 0o644)
+    old_id = peer_id_from_der(old.public_bytes(serialization.Encoding.DER))
+    new_id = peer_id_from_der(cert.public_bytes(serialization.Encoding.DER))
+    log.warning(
+        "identity re-issued by the network CA for the same key: %s -> %s (a new peer id), "
+        "because %s",
+        short_id(old_id),
+        short_id(new_id),
+        why,
+    )
+
+
+def load_or_create(state_dir: Path, network: NetworkCA | None = None) -> tuple[Identity, bool]:
+    """The identity in ``state_dir``, created when neither file exists; and whether it is new.
+
+    With ``network``, a certificate that CA did not issue (an older self-signed
+    one, or one of another secret) is re-issued for the same key.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     key_path, cert_path = state_dir / KEY_FILE, state_dir / CERT_FILE
     new = not key_path.exists() and not cert_path.exists()
     if new:
-        create_identity(key_path, cert_path)
+        create_identity(key_path, cert_path, network)
     elif not key_path.exists() or not cert_path.exists():
         missing = key_path if not key_path.exists() else cert_path
         raise ValueError(
@@ -99,6 +232,9 @@ def load_or_create(state_dir: Path) -> tuple[Identity, bool]:
         )
     if key_path.stat().st_mode & 0o077:
         os.chmod(key_path, 0o600)
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    if network is not None and not new:
+        _reissue(key_path, cert_path, cert, network)
     cert_pem = cert_path.read_text(encoding="ascii")
     cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
     cert_der = cert.public_bytes(serialization.Encoding.DER)

@@ -125,7 +125,7 @@ class PeerCollector(Collector):
                 "When the last successful scan of the share ended (Unix time)",
                 m.last_scan,
             )
-        yield _gauge("p2pd_members", "Other members on the current list", len(m.members.others()))
+        yield _gauge("p2pd_members", "Other members on the current list", m.members.count())
         yield _gauge("p2pd_registered", "1 while registered with a registry", m.registered())
         yield _by_label(
             CounterMetricFamily(

@@ -35,6 +35,8 @@ RECEIVE_SIZE = 256 * 1024
 MAX_LISTING = 64 * 1024 * 1024
 #: Listings kept for revalidation by ETag (the members used most recently).
 MAX_CACHED_LISTINGS = 32
+#: Client contexts kept (the members connected to most recently): each holds our key.
+MAX_CLIENT_CONTEXTS = 64
 
 
 class PeerUnreachable(Exception):
@@ -189,8 +191,9 @@ class PeerPool:
         self._idle: dict[str, list[PeerConnection]] = {}
         # The most recently used members' listings, for If-None-Match.
         self._listings: OrderedDict[str, tuple[str, Listing]] = OrderedDict()
-        # Building a context loads our key and the member's certificate: do it once.
-        self._contexts: dict[str, ssl.SSLContext] = {}
+        # Building a context loads our key and the member's certificate: do it once
+        # per member used lately, not for every member there ever was.
+        self._contexts: OrderedDict[str, ssl.SSLContext] = OrderedDict()
 
     def _open(self, member: Member) -> Awaitable[PeerConnection]:
         context = self._contexts.get(member.cert)
@@ -202,7 +205,14 @@ class PeerPool:
                     f"{member.name}'s certificate from the registry is unusable: {exc}"
                 ) from None
             self._contexts[member.cert] = context
+            while len(self._contexts) > MAX_CLIENT_CONTEXTS:
+                self._contexts.popitem(last=False)
+        self._contexts.move_to_end(member.cert)
         return PeerConnection.open(self._identity, member, context)
+
+    def cached_listings(self) -> list[tuple[str, Listing]]:
+        """(member id, listing) for every listing kept, most recently used last; no I/O."""
+        return [(member_id, listing) for member_id, (_, listing) in self._listings.items()]
 
     async def acquire(self, member: Member) -> tuple[PeerConnection, bool]:
         """A connection to ``member`` and whether it was reused."""

@@ -1,9 +1,10 @@
 """The peer-to-peer server (docs/protocol.md §4): the share over HTTP/1.1 and mutual TLS.
 
-Only members get in: the TLS handshake accepts the current members'
-certificates, and every request is checked against the member list again,
-so a member that left is refused on a kept-alive connection too.  Only
-indexed files are served; targets are validated before any lookup.
+Only members get in: the TLS handshake accepts certificates of the network
+CA and of the current foreign members (p2pd.tls.ServerContexts), and every
+request is checked against the member list: a certificate of the CA that is
+no member's, or a member that left, gets 403, on a kept-alive connection too.
+Only indexed files are served; targets are validated before any lookup.
 """
 
 from __future__ import annotations
@@ -177,6 +178,9 @@ class PeerServer:
         self._share = share
         self._members = members
         self._contexts = contexts
+        # The trust store follows the member list by its changes, from what it holds now.
+        contexts.apply(members.unordered(), ())
+        members.add_listener(contexts.apply)
         self._slots = trio.Semaphore(upload_slots)
         self.upload_slots = upload_slots
         self.bucket = TokenBucket(rate_limit) if rate_limit else None
@@ -201,7 +205,7 @@ class PeerServer:
         self.bucket = TokenBucket(rate) if rate else None
 
     async def _admit(self, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, str | None] | None:
-        context = self._contexts.current(self._members.certs())
+        context = self._contexts.current()
         tls = trio.SSLStream(stream, context, server_side=True)
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):

@@ -90,7 +90,7 @@ class Rpc:
             "version": __version__,
             "registry": self.link.registry_url,
             "registry_error": self.link.error,
-            "peers": len(self.members.others()),
+            "peers": self.members.count(),
             "share_dir": str(settings.share_dir),
             "download_dir": str(settings.download_dir),
             "watching": self.share.watching,

@@ -3,9 +3,11 @@
 No certificate names a host (it cannot contain its own hash), so there is no
 hostname check. Instead each side pins: the downloader trusts exactly the
 serving member's certificate from the registry and checks that the hash of
-what it was shown is the member's id; the server trusts the certificates of
-the current members and checks the client's id against the member list at
-every request.
+what it was shown is the member's id; the server lets the handshake through
+for any certificate of the network CA (p2pd.identity.NetworkCA) or of a
+"foreign" member (one whose certificate that CA did not issue: a client with
+its own self-signed certificate) and checks the client's id against the
+member list at every request.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import trio
+from cryptography import x509
 
 from p2pcommon.identity import peer_id_from_der
-from p2pd.identity import Identity
+from p2pcommon.models import Member
+from p2pd.identity import Identity, NetworkCA
 
 log = logging.getLogger("p2pd.tls")
 
@@ -36,8 +40,8 @@ def _base_context(purpose: int, identity: Identity) -> ssl.SSLContext:
     return context
 
 
-def server_context(identity: Identity, member_certs: Iterable[str]) -> ssl.SSLContext:
-    """Accepts exactly the given members' certificates as client certificates.
+def server_context(identity: Identity, anchors: Iterable[str]) -> ssl.SSLContext:
+    """Accepts client certificates that chain to one of ``anchors`` (PEM each).
 
     Each is loaded on its own: one unusable certificate from the registry
     is skipped (that member cannot connect), not fatal to everyone's.
@@ -45,18 +49,30 @@ def server_context(identity: Identity, member_certs: Iterable[str]) -> ssl.SSLCo
     context = _base_context(ssl.PROTOCOL_TLS_SERVER, identity)
     # Our own certificate keeps the trust store non-empty when we are alone.
     context.load_verify_locations(cadata=identity.cert_pem)
-    for cert in member_certs:
-        try:
-            context.load_verify_locations(cadata=cert)
-        except (ssl.SSLError, ValueError) as exc:
-            log.warning("ignoring a member's unusable certificate: %s", exc)
+    for cert in anchors:
+        _add_anchor(context, cert)
     return context
 
 
+def _add_anchor(context: ssl.SSLContext, cert: str) -> bool:
+    try:
+        context.load_verify_locations(cadata=cert)
+    except (ssl.SSLError, ValueError) as exc:
+        log.warning("ignoring a member's unusable certificate: %s", exc)
+        return False
+    return True
+
+
 def client_context(identity: Identity, member_cert: str) -> ssl.SSLContext:
-    """Trusts exactly ``member_cert`` and presents our own certificate."""
+    """Trusts exactly ``member_cert`` and presents our own certificate.
+
+    Partial-chain verification makes the pinned certificate an anchor by
+    itself, also when it is not self-signed (the network CA issued it):
+    OpenSSL would otherwise look for its issuer, which is not trusted here.
+    """
     context = _base_context(ssl.PROTOCOL_TLS_CLIENT, identity)
     context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.load_verify_locations(cadata=member_cert)
     return context
 
@@ -114,16 +130,76 @@ async def refuse_handshake(tls: trio.SSLStream[Any], linger: float = ALERT_LINGE
 
 
 class ServerContexts:
-    """One server context per member set, rebuilt only when the set changes."""
+    """The server's context; a membership change costs O(1), not a context per member set.
 
-    def __init__(self, identity: Identity) -> None:
+    Trust anchors: the network CA, which stands for every member it issued a
+    certificate to, our own certificate, and each foreign member's (one the
+    CA did not issue).  A joining foreign member's certificate is added to
+    the store in place; one leaving makes the next ``current()`` build a new
+    context from the remaining foreign ones (an OpenSSL store cannot drop
+    a certificate).  Members of the CA cost nothing here: who may fetch is
+    decided per request by the member list (PeerServer.handle).
+    """
+
+    def __init__(self, identity: Identity, network: NetworkCA | None = None) -> None:
         self._identity = identity
-        self._key: frozenset[str] | None = None
-        self._context = server_context(identity, ())
+        self._network = network
+        #: Foreign members' certificates (PEM) by id.
+        self._foreign: dict[str, str] = {}
+        self._stale = False
+        self._context = self._build()
+        #: Contexts built so far: one now, one more after each departure of foreign members.
+        self.builds = 1
 
-    def current(self, member_certs: dict[str, str]) -> ssl.SSLContext:
-        key = frozenset(member_certs)
-        if key != self._key:
-            self._context = server_context(self._identity, member_certs.values())
-            self._key = key
+    def _build(self) -> ssl.SSLContext:
+        anchors = [self._network.cert_pem] if self._network is not None else []
+        context = server_context(self._identity, anchors)
+        for member_id, cert in list(self._foreign.items()):
+            if not _add_anchor(context, cert):
+                del self._foreign[member_id]
+        return context
+
+    def apply(self, joined: Sequence[Member], left: Sequence[Member]) -> None:
+        """Take a membership change (a Members listener): O(joined + left)."""
+        for member in left:
+            if self._foreign.pop(member.id, None) is not None:
+                self._stale = True
+        for member in joined:
+            if not self._is_foreign(member):
+                continue
+            self._foreign[member.id] = member.cert
+            # A stale context is replaced with every foreign certificate anyway.
+            if not self._stale and not _add_anchor(self._context, member.cert):
+                del self._foreign[member.id]
+
+    def _is_foreign(self, member: Member) -> bool:
+        """Whether ``member`` needs its own anchor: its certificate does not name the CA.
+
+        Only the issuer's name is compared: OpenSSL checks the signature in
+        the handshake, so a certificate that only claims the CA fails there.
+        """
+        try:
+            cert = x509.load_pem_x509_certificate(member.cert.encode("ascii"))
+        except (ValueError, UnicodeEncodeError) as exc:
+            log.warning("ignoring %s's unusable certificate: %s", member.name, exc)
+            return False
+        if self._network is None:
+            return True
+        if cert.subject == self._network.name:
+            # As an anchor it would stand in for the CA when issuers are looked up.
+            log.warning("ignoring %s's certificate: it claims the network CA's name", member.name)
+            return False
+        return not self._network.issued(cert)
+
+    def current(self) -> ssl.SSLContext:
+        """The context for the next handshake."""
+        if self._stale:
+            self._context = self._build()
+            self._stale = False
+            self.builds += 1
         return self._context
+
+    @property
+    def foreign(self) -> int:
+        """How many members have their own trust anchor."""
+        return len(self._foreign)

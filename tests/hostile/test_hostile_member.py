@@ -199,7 +199,9 @@ def test_a_member_that_never_answers(scene: Scene, evil: FakeMember) -> None:
 
 def test_a_member_announcing_more_bytes_than_listed(scene: Scene, evil: FakeMember) -> None:
     """A disk-filling answer: refused on its length, before a byte is written."""
-    listed = hashlib.sha256(b"true").hexdigest()
+    # Bytes no other member of this module lists: no alternate source's failure
+    # (a kept listing of evil-liar, gone since) becomes the transfer's last reason.
+    listed = hashlib.sha256(b"huge").hexdigest()
     digest = base64.b64encode(bytes.fromhex(listed)).decode()
     evil.routes["/files"] = listing(entry("flood.bin", listed))
     evil.routes["/files/flood.bin"] = (
