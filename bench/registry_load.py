@@ -7,7 +7,14 @@ that the load generator, which shares this 2-core machine, measures the
 server rather than its own signing; the phase is short enough for every
 ``created`` to stay inside the registry's ±60 s window.
 
-    .venv/bin/python bench/registry_load.py [--quick]
+Besides throughput and latency it reports the registry process's own CPU
+time per heartbeat (user + system, from /proc), which does not depend on
+how much CPU the load generator takes from the same machine.
+
+    .venv/bin/python bench/registry_load.py [--quick] [--heartbeats-only] [--profile OUT]
+
+``--profile OUT`` runs registryd under cProfile and writes its stats to OUT
+(``python -m pstats OUT``); the CPU figures are then the profiler's, inflated.
 """
 
 from __future__ import annotations
@@ -33,8 +40,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from p2pcommon.identity import peer_id_from_pem
 from p2pcommon.signing import Signer
 from p2pd.identity import build_certificate
-
-BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
@@ -109,6 +114,14 @@ async def heartbeat_phase(
     return time.perf_counter() - started, latencies, failures
 
 
+def process_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user, system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -156,6 +169,10 @@ def verdict(ok: bool) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument(
+        "--heartbeats-only", action="store_true", help="skip the GET /clients measurement"
+    )
+    parser.add_argument("--profile", metavar="OUT", help="run registryd under cProfile")
     args = parser.parse_args()
     members, requests_per_level, levels, list_members = (
         (50, 500, (8,), 500) if args.quick else (1000, 12_000, (16, 64), 10_000)
@@ -170,8 +187,12 @@ def main() -> int:
         "REGISTRYD_PEER_TTL": "600",
     }
     env.pop("NOTIFY_SOCKET", None)
+    # As the registryd command does, so that PYTHONPATH may pick the code to measure.
+    command = [sys.executable, "-m", "registryd.main"]
+    if args.profile:
+        command = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "registryd.main"]
     server = subprocess.Popen(
-        [str(BIN / "registryd"), "--config", os.devnull],
+        [*command, "--config", os.devnull],
         env=env,
         stderr=subprocess.DEVNULL,
     )
@@ -184,7 +205,7 @@ def main() -> int:
             except httpx.TransportError:
                 time.sleep(0.05)
         print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}")
-        certs = certificates(list_members)
+        certs = certificates(members if args.heartbeats_only else list_members)
         ids = register_all(url, signer, certs[:members])
         print(f"registered {len(ids)} members")
         for connections in levels:
@@ -194,15 +215,24 @@ def main() -> int:
             presign_started = time.perf_counter()
             requests = [raw_request(signer, "POST", "/heartbeat", b) for b in bodies]
             presign = time.perf_counter() - presign_started
+            cpu_before = process_cpu(server.pid)
             elapsed, latencies, failures = trio.run(heartbeat_phase, port, requests, connections)
+            user, system = (
+                (after - before) / len(latencies)
+                for after, before in zip(process_cpu(server.pid), cpu_before, strict=True)
+            )
             rate = len(latencies) / elapsed
             p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
             print(
                 f"heartbeats, {connections:3d} connections: {rate:7.0f}/s  "
                 f"p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  non-200: {failures}  "
+                f"registry CPU {(user + system) * 1000:.3f} ms/heartbeat "
+                f"({user * 1000:.3f} user + {system * 1000:.3f} system)  "
                 f"(signed in {presign:.1f} s beforehand)  "
                 f"target >= 2000/s at p99 < 50 ms: {verdict(rate >= 2000 and p99 < 50)}"
             )
+        if args.heartbeats_only:
+            return 0
         register_all(url, signer, certs[members:])
         times, size, count = time_clients(url, signer, 5 if args.quick else 20)
         median, worst = statistics.median(times) * 1000, max(times) * 1000

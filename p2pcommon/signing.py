@@ -8,6 +8,10 @@ verifier derives from the request as received (``@authority`` from its
 ``Host`` header).  Answers are signed the same way over
 ``("@status" "content-digest")``, echoing the request's nonce.
 
+Messages in the exact shape we write are signed and verified by
+``p2pcommon.sigshape`` (the package's Structured Field parsing was most of a
+heartbeat's cost); everything else, and every refusal, by the package.
+
 Everything here is pure (the caller passes ``now``), so that the registry,
 p2pd and the tests share one implementation and a fake clock works.
 """
@@ -35,11 +39,16 @@ from http_message_signatures import (
     algorithms,
 )
 
-KEY_ID: Final = "p2p"
-LABEL: Final = "sig"
-ALGORITHM: Final = "hmac-sha256"
-REQUEST_COMPONENTS: Final = ("@method", "@path", "content-digest")
-RESPONSE_COMPONENTS: Final = ("@status", "content-digest")
+from p2pcommon.sigshape import ALGORITHM as ALGORITHM
+from p2pcommon.sigshape import KEY_ID as KEY_ID
+from p2pcommon.sigshape import LABEL as LABEL
+from p2pcommon.sigshape import MAX_NONCE_LENGTH as MAX_NONCE_LENGTH
+from p2pcommon.sigshape import MAX_SKEW as MAX_SKEW
+from p2pcommon.sigshape import REQUEST_COMPONENTS as REQUEST_COMPONENTS
+from p2pcommon.sigshape import RESPONSE_COMPONENTS as RESPONSE_COMPONENTS
+from p2pcommon.sigshape import ExactShape
+from p2pcommon.sigshape import content_digest as content_digest
+
 REQUIRED_PARAMETERS: Final = frozenset({"created", "nonce", "keyid", "alg"})
 #: Derived components (RFC 9421 §2.2) a request signature may cover besides the
 #: required ones, for docs/protocol.md §2.1; any header field may be covered too.
@@ -51,10 +60,6 @@ EXTRA_REQUEST_COMPONENTS: Final = (
     "@query",
     "@query-param",
 )
-#: How far ``created`` may be from the verifier's clock, either way (seconds).
-MAX_SKEW: Final = 60
-#: Nonces longer than this are refused, which bounds the replay cache.
-MAX_NONCE_LENGTH: Final = 64
 #: The shortest shared secret accepted anywhere.
 MIN_SECRET_LENGTH: Final = 8
 
@@ -191,11 +196,6 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(16)
 
 
-def content_digest(body: bytes) -> str:
-    value: str = ContentDigest.create(body)
-    return value
-
-
 def _datetime(now: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(int(now), tz=datetime.UTC)
 
@@ -223,6 +223,7 @@ class Signer:
         if len(secret) < MIN_SECRET_LENGTH:
             raise ValueError(f"the shared secret must have at least {MIN_SECRET_LENGTH} characters")
         self._key = secret.encode("utf-8")
+        self._exact = ExactShape(self._key)
         resolver = _SecretResolver(self._key)
         self._signer = HTTPMessageSigner(
             signature_algorithm=algorithms.HMAC_SHA256, key_resolver=resolver
@@ -240,6 +241,9 @@ class Signer:
     ) -> tuple[dict[str, str], str]:
         """Headers to send (Content-Digest, Signature-Input, Signature) and the nonce used."""
         nonce = nonce or new_nonce()
+        exact = self._exact.sign_request(method, path, body, nonce=nonce, now=now)
+        if exact is not None:
+            return exact, nonce
         headers: dict[str, str] = {}
         message = _Request(method=method, url=f"http://registry{path}", headers=headers)
         self._sign(message, REQUEST_COMPONENTS, body, nonce=nonce, now=now)
@@ -264,6 +268,22 @@ class Signer:
         required three.  Replay detection needs shared state, so the caller
         checks the returned nonce against its cache.
         """
+        fields = list(headers)
+        exact = self._exact.verify_request(method, target, fields, body, now=now, scheme=scheme)
+        if exact is not None:
+            return Verified(*exact)
+        return self._library_verify_request(method, target, fields, body, now=now, scheme=scheme)
+
+    def _library_verify_request(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str | bytes, str | bytes]],
+        body: bytes,
+        *,
+        now: float,
+        scheme: str,
+    ) -> Verified:
         view = _Headers(_as_str_fields(headers))
         authority = _authority(view.get("host"))
         message = _Request(
@@ -277,6 +297,9 @@ class Signer:
     # -- responses --------------------------------------------------------
 
     def sign_response(self, status: int, body: bytes, *, nonce: str, now: float) -> dict[str, str]:
+        exact = self._exact.sign_response(status, body, nonce=nonce, now=now)
+        if exact is not None:
+            return exact
         headers: dict[str, str] = {}
         message = _Response(status_code=status, headers=headers)
         self._sign(message, RESPONSE_COMPONENTS, body, nonce=nonce, now=now)
@@ -292,12 +315,27 @@ class Signer:
         now: float,
     ) -> None:
         """Check an answer is ours, fresh and answers the request with ``nonce``."""
-        view = _Headers(_as_str_fields(headers))
-        verified = self._verify(
-            _Response(status_code=status, headers=view), RESPONSE_COMPONENTS, body, now=now
-        )
+        fields = list(headers)
+        exact = self._exact.verify_response(status, fields, body, now=now)
+        if exact is not None:
+            verified = Verified(*exact)
+        else:
+            verified = self._library_verify_response(status, fields, body, now=now)
         if not hmac.compare_digest(verified.nonce, nonce):
             raise AuthError(BAD_SIGNATURE, "the answer does not echo our nonce")
+
+    def _library_verify_response(
+        self,
+        status: int,
+        headers: Iterable[tuple[str | bytes, str | bytes]],
+        body: bytes,
+        *,
+        now: float,
+    ) -> Verified:
+        view = _Headers(_as_str_fields(headers))
+        return self._verify(
+            _Response(status_code=status, headers=view), RESPONSE_COMPONENTS, body, now=now
+        )
 
     # -- shared -----------------------------------------------------------
 

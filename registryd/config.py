@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from p2pcommon.settings import SharedSettings, check_listen
+from registryd.guards import DEFAULT_MAX_IN_PROGRESS
 
 DEFAULT_PATH = "/etc/registryd.toml"
 
@@ -29,25 +30,34 @@ class RegistrySettings(SharedSettings):
     request_timeout: Annotated[float, Field(gt=0)] = 10.0
     #: Largest request body accepted, in bytes.
     max_body: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    #: Requests one process works on at once; past it, 503 with Retry-After.
+    max_in_progress: Annotated[int, Field(ge=1)] = DEFAULT_MAX_IN_PROGRESS
+    #: SO_REUSEPORT: several processes (one per core, on one Redis) share ``listen``.
+    reuse_port: bool = False
 
     @field_validator("store")
     @classmethod
     def _known_store(cls, value: str) -> str:
         if value == "memory":
             return value
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be 'memory' or a redis:// URL")
-        from redis import ConnectionPool
+        from registryd.redis_connect import check_url
 
         # A malformed URL is a configuration error at start, not a traceback later.
-        try:
-            ConnectionPool.from_url(value).disconnect()
-        except ValueError as exc:
-            raise ValueError(f"not a valid Redis URL: {exc}") from None
+        check_url(value)
         return value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> RegistrySettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("set both 'tls_cert' and 'tls_key', or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _shared_port_needs_a_shared_store(self) -> RegistrySettings:
+        if self.reuse_port and self.store == "memory":
+            raise ValueError(
+                "'reuse_port = true' needs a shared store: with 'store = \"memory\"' each "
+                "process sharing the port would have its own members; set 'store' to a "
+                "redis:// URL, or 'reuse_port = false'"
+            )
         return self

@@ -1,10 +1,16 @@
-"""Replay cache and per-address failure limiter: pure, bounded, every call takes ``now``."""
+"""Replay cache, per-address failure limiter and load shedder: pure and bounded."""
 
 from __future__ import annotations
 
 import heapq
 import math
+import random
 from collections import OrderedDict, deque
+
+#: Requests one process works on at once before it turns new ones away.
+DEFAULT_MAX_IN_PROGRESS = 256
+#: Seconds a turned-away client is told to wait: drawn anew for each answer.
+SHED_RETRY_AFTER = (2, 6)
 
 
 class NonceCache:
@@ -76,3 +82,31 @@ class FailureLimiter:
                 self._failures.popitem(last=False)
         times.append(now)
         self._failures[address] = times
+
+
+class LoadShedder:
+    """Turns requests away while this process has too many in progress.
+
+    Past ``max_in_progress`` the queue (requests that arrived and wait for
+    the CPU or the store) would only grow, each answer later than the last,
+    until clients time out and come back at once.  An early 503 costs no
+    signature check and no store call, and its ``Retry-After`` is drawn at
+    random from ``retry_after`` so that the clients turned away together do
+    not return together.
+    """
+
+    def __init__(
+        self,
+        max_in_progress: int = DEFAULT_MAX_IN_PROGRESS,
+        retry_after: tuple[int, int] = SHED_RETRY_AFTER,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.max_in_progress = max_in_progress
+        self._retry_after = retry_after
+        self._rng = rng or random.Random()
+
+    def retry_after(self, in_progress: int) -> int | None:
+        """Whole seconds to tell the client to wait, or None to serve the request."""
+        if in_progress <= self.max_in_progress:
+            return None
+        return self._rng.randint(*self._retry_after)

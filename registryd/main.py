@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import ssl
 import sys
 import time
@@ -27,7 +28,7 @@ from p2pcommon.settings import ConfigError, changed_keys, load_settings
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
 from registryd.config import DEFAULT_PATH, RegistrySettings
-from registryd.guards import FailureLimiter
+from registryd.guards import FailureLimiter, LoadShedder
 from registryd.health import StoreHealth
 from registryd.metrics import RegistryMetrics
 from registryd.store import MemoryStore, Store, StoreError
@@ -67,14 +68,41 @@ def _ssl_context(settings: RegistrySettings) -> ssl.SSLContext:
     return context
 
 
+async def _shared_port_listeners(host: str, port: int) -> list[trio.abc.Listener[Any]]:
+    """Listeners like trio's own, with SO_REUSEPORT: the kernel spreads the
+    connections over every process listening so on the port (same user)."""
+    socks = []
+    try:
+        for family, kind, proto, _, address in await trio.socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            sock = trio.socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            # As trio asks: the kernel lowers it to net.core.somaxconn.
+            sock.listen(0xFFFF)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return [trio.SocketListener(sock) for sock in socks]
+
+
 async def _open_listeners(settings: RegistrySettings) -> list[trio.abc.Listener[Any]]:
     host, port = split_host_port(settings.listen)
     try:
-        listeners: list[trio.abc.Listener[Any]] = list(
-            await trio.open_tcp_listeners(port, host=host)
-        )
+        if settings.reuse_port:
+            listeners = await _shared_port_listeners(host, port)
+        else:
+            listeners = list(await trio.open_tcp_listeners(port, host=host))
     except OSError as exc:
         hint = " (is another registryd running?)" if exc.errno == errno.EADDRINUSE else ""
+        if settings.reuse_port and hint:
+            hint = " (a process of another user, or one without reuse_port, holds it)"
         raise StartupError(f"cannot listen on {settings.listen}: {exc.strerror}{hint}") from None
     if settings.tls_cert is not None:
         context = _ssl_context(settings)
@@ -202,6 +230,7 @@ async def _run(
         store,
         metrics,
         limiter=FailureLimiter(),
+        shedder=LoadShedder(settings.max_in_progress),
         health=store.health,
         scheme="https" if settings.tls_cert else "http",
     )
@@ -228,13 +257,12 @@ async def _run(
 
 
 def _store_name(settings: RegistrySettings) -> str:
-    # A Redis URL may carry a password: show only its scheme and host.
+    # A Redis URL may carry a password: show only its scheme and hosts.
     if settings.store == "memory":
         return "memory"
-    from urllib.parse import urlsplit
+    from registryd.redis_connect import describe
 
-    parts = urlsplit(settings.store)
-    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    return describe(settings.store)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,11 @@ class RegistryMetrics:
         self.rate_limited = Counter(
             "registry_rate_limited", "Failing requests answered 429", registry=r
         )
+        self.shed = Counter(
+            "registry_shed",
+            "Requests answered 503 before any work: too many in progress in this process",
+            registry=r,
+        )
         self.latency = Histogram(
             "registry_request_duration_seconds",
             "Time to answer a request, by route",
