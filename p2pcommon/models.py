@@ -97,9 +97,15 @@ class MemberRequest(_Body):
     id: PeerId
 
 
+#: A membership version (docs/protocol.md §3.4): a JSON integer, never negative.
+Version = Annotated[int, Field(ge=0, strict=True)]
+
+
 class Lease(_Body):
     ttl: float
     heartbeat_interval: float
+    #: The registry's membership version; None from registries older than the sync.
+    version: Version | None = None
 
 
 class Member(_Body):
@@ -112,6 +118,19 @@ class Member(_Body):
 
 class Clients(_Body):
     clients: list[Member]
+    version: Version | None = None
+
+
+class MemberChanges(_Body):
+    """``GET /clients?since=V``: what changed after V, or everyone when ``full``."""
+
+    version: Version
+    since: Annotated[int, Field(strict=True)] | None
+    full: Annotated[bool, Field(strict=True)]
+    #: Members that joined or changed after ``since`` (every member when ``full``).
+    clients: list[Member]
+    #: Ids that were members at ``since`` or joined after it, and are not any more.
+    left: list[str] = []
 
 
 class ErrorBody(_Body):

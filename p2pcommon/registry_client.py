@@ -4,10 +4,16 @@ Given several registry URLs, each call starts with the registry that last
 answered well and moves on to the next on a transport error, a 5xx, a
 refusal of our signature or an answer not signed with our secret.  Rounds
 over all registries are separated by exponential backoff with full jitter.
+
+A peer daemon calls ``spread(peer_id)`` so that peers do not all crowd the
+first URL: each starts from a "home" registry derived from its id, and after
+``DRIFT_BACK`` seconds elsewhere its next register or heartbeat tries home
+first again, so that a registry back from an outage gets its share back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import ssl
 import time
@@ -25,6 +31,7 @@ from p2pcommon.models import (
     Clients,
     Lease,
     Member,
+    MemberChanges,
     MemberRequest,
     RegisterRequest,
     validation_reason,
@@ -39,6 +46,10 @@ Body = TypeVar("Body", bound=BaseModel)
 MAX_ERROR_BODY = 4096
 #: Bytes of any answer (a member list of ~100 000 members fits).
 MAX_ANSWER = 128 * 1024 * 1024
+#: Seconds on a registry other than the home one before home is tried first again.
+DRIFT_BACK = 300.0
+#: The longest Retry-After taken into account, in seconds.
+MAX_RETRY_AFTER = 300.0
 
 
 class RegistryError(Exception):
@@ -46,10 +57,15 @@ class RegistryError(Exception):
 
 
 class RegistryUnavailable(RegistryError):
-    """No registry gave a usable answer; ``failures`` has one line per registry."""
+    """No registry gave a usable answer; ``failures`` has one line per registry.
 
-    def __init__(self, failures: Sequence[str]) -> None:
+    ``retry_after`` is the shortest Retry-After (seconds) among the registries
+    that asked for one (503 under load or during a store outage, 429), else None.
+    """
+
+    def __init__(self, failures: Sequence[str], retry_after: float | None = None) -> None:
         self.failures = list(failures)
+        self.retry_after = retry_after
         super().__init__("no registry answered: " + "; ".join(self.failures))
 
 
@@ -89,6 +105,18 @@ def _error_fields(content: bytes) -> tuple[str, str]:
     return one_line(error, 100), one_line(message, 300)
 
 
+def home_index(peer_id: str, count: int) -> int:
+    """The registry a peer starts from: spread evenly and stable across restarts."""
+    return int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:8], "big") % count
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is not used by registries)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), MAX_RETRY_AFTER)
+
+
 def _describe(exc: httpx.HTTPError) -> str:
     cause = exc.__cause__ or exc.__context__
     text = str(exc) or type(exc).__name__
@@ -107,11 +135,16 @@ class RegistryClient:
         verify: bool | ssl.SSLContext = True,
         clock: Callable[[], float] = time.time,
         backoff: Backoff | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not urls:
             raise ValueError("at least one registry URL is needed")
         self.urls = [url.rstrip("/") for url in urls]
         self._preferred = 0
+        self._home: int | None = None
+        # Since when calls have been served by a registry other than home.
+        self._away_since: float | None = None
+        self._monotonic = monotonic
         self._signer = Signer(secret)
         self._clock = clock
         self._backoff = backoff or Backoff(base=0.25, cap=10.0)
@@ -122,6 +155,11 @@ class RegistryClient:
     def current_url(self) -> str:
         """The registry that answered last (or will be tried first)."""
         return self.urls[self._preferred]
+
+    def spread(self, peer_id: str) -> None:
+        """Start from, and drift back to, the registry derived from ``peer_id``."""
+        self._home = self._preferred = home_index(peer_id, len(self.urls))
+        self._away_since = None
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -135,12 +173,13 @@ class RegistryClient:
     # -- the API ----------------------------------------------------------
 
     async def register(self, request: RegisterRequest, *, rounds: int = 1) -> Lease:
-        content = await self._call("POST", "/register", request.model_dump(), rounds=rounds)
+        payload = request.model_dump()
+        content = await self._call("POST", "/register", payload, rounds=rounds, drift=True)
         return _parse(Lease, content, "lease")
 
     async def heartbeat(self, member_id: str, *, rounds: int = 1) -> Lease:
         payload = MemberRequest(id=member_id).model_dump()
-        content = await self._call("POST", "/heartbeat", payload, rounds=rounds)
+        content = await self._call("POST", "/heartbeat", payload, rounds=rounds, drift=True)
         return _parse(Lease, content, "lease")
 
     async def leave(self, member_id: str, *, rounds: int = 1) -> None:
@@ -151,12 +190,40 @@ class RegistryClient:
         content = await self._call("GET", "/clients", None, rounds=rounds)
         return _parse(Clients, content, "member list").clients
 
+    async def member_changes(self, since: int | None, *, rounds: int = 1) -> MemberChanges:
+        """What changed after membership version ``since`` (docs/protocol.md §3.4).
+
+        Without ``since``, the whole list as a ``full`` answer.  InvalidAnswer
+        if the registry gives no version or does not echo ``since``: the
+        signature does not cover the query, so the echo is what ties the
+        answer to the question.
+        """
+        if since is None:
+            content = await self._call("GET", "/clients", None, rounds=rounds)
+            listed = _parse(Clients, content, "member list")
+            if listed.version is None:
+                raise InvalidAnswer("the registry's member list has no version")
+            return MemberChanges(
+                version=listed.version, since=None, full=True, clients=listed.clients
+            )
+        content = await self._call("GET", f"/clients?since={since}", None, rounds=rounds)
+        changes = _parse(MemberChanges, content, "member changes")
+        if changes.since != since:
+            raise InvalidAnswer(
+                f"the registry's member changes answer since={changes.since}, not {since}"
+            )
+        return changes
+
     # -- transport --------------------------------------------------------
 
-    async def _call(self, method: str, path: str, payload: Any, *, rounds: int) -> bytes:
+    async def _call(
+        self, method: str, path: str, payload: Any, *, rounds: int, drift: bool = False
+    ) -> bytes:
         body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         self._backoff.reset()
         for round_number in range(rounds):
+            if drift:
+                self._drift_home()
             try:
                 return await self._one_round(method, path, body)
             except RegistryUnavailable:
@@ -165,24 +232,43 @@ class RegistryClient:
             await trio.sleep(self._backoff.next_delay())
         raise AssertionError("unreachable")
 
+    def _drift_home(self) -> None:
+        away = self._away_since
+        if away is not None and self._monotonic() - away >= DRIFT_BACK:
+            assert self._home is not None
+            self._preferred = self._home
+
     async def _one_round(self, method: str, path: str, body: bytes) -> bytes:
         failures: list[str] = []
+        waits: list[float] = []
         count = len(self.urls)
+        first = self._preferred
         for step in range(count):
-            index = (self._preferred + step) % count
+            index = (first + step) % count
             url = self.urls[index]
             try:
                 status, content = await self._exchange(url, method, path, body)
             except _Failed as failed:
                 failures.append(f"{url}: {failed}")
+                if failed.retry_after is not None:
+                    waits.append(failed.retry_after)
                 continue
-            self._preferred = index
+            self._answered_by(index, first)
             if status >= 400:
                 error, message = _error_fields(content)
-                kind = UnknownMember if status == 404 and path != "/clients" else RegistryRefused
+                is_clients = path.partition("?")[0] == "/clients"
+                kind = UnknownMember if status == 404 and not is_clients else RegistryRefused
                 raise kind(status, error, message)
             return content
-        raise RegistryUnavailable(failures)
+        raise RegistryUnavailable(failures, min(waits) if waits else None)
+
+    def _answered_by(self, index: int, first: int) -> None:
+        self._preferred = index
+        if self._home is None or index == self._home:
+            self._away_since = None
+        elif self._away_since is None or first == self._home:
+            # Just left home (again): the time away counts from now.
+            self._away_since = self._monotonic()
 
     async def _exchange(self, url: str, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         full_path = urlsplit(url).path + path
@@ -211,7 +297,10 @@ class RegistryClient:
         status = response.status_code
         if status in (401, 429) or status >= 500:
             error, message = _error_fields(content)
-            raise _Failed(f"{status} {error}: {message}".rstrip(": "))
+            raise _Failed(
+                f"{status} {error}: {message}".rstrip(": "),
+                _retry_after(response.headers.get("retry-after")),
+            )
         try:
             self._signer.verify_response(
                 status,
@@ -227,3 +316,7 @@ class RegistryClient:
 
 class _Failed(Exception):
     """One registry failed one exchange; the next one is tried."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

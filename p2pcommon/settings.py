@@ -231,7 +231,8 @@ def _describe(exc: ValidationError, cls: type[SharedSettings], path: Path | None
 
 
 def _has_credentials(value: object) -> bool:
-    """A URL with a user or password (``redis://:pw@host``): not to be echoed in a log."""
+    """A URL with a user or password (``redis://:pw@host``, ``?sentinel_password=``): not to
+    be echoed in a log."""
     if not isinstance(value, str) or "://" not in value:
         return False
-    return "@" in value.split("://", 1)[1].split("/", 1)[0]
+    return "@" in value.split("://", 1)[1].split("/", 1)[0] or "password=" in value

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from p2pcommon.identity import short_id
 from p2pcommon.models import Member
 
-
 #: Told of every change: (members that joined or changed, members that left).
 #: A member whose certificate changed is in both, its old record among those left.
 MembershipListener = Callable[[Sequence[Member], Sequence[Member]], None]
@@ -47,6 +46,34 @@ class Members:
         joined = [m for i, m in fresh.items() if i not in old or old[i].cert != m.cert]
         left = [m for i, m in old.items() if i not in fresh or fresh[i].cert != m.cert]
         self._by_id = fresh
+        return self._changed(changed, joined, left)
+
+    def apply(self, joined: Iterable[Member], left: Iterable[str]) -> bool:
+        """Apply a delta: members that joined or changed, ids that left (unknown ones
+        are ignored).  Costs O(changes); True if who is a member changed."""
+        by_id = self._by_id
+        changed = False
+        came: list[Member] = []
+        went: list[Member] = []
+        for member in joined:
+            if member.id == self.own_id:
+                continue
+            old = by_id.get(member.id)
+            by_id[member.id] = member
+            if old is None:
+                changed = True
+                came.append(member)
+            elif old.cert != member.cert:
+                came.append(member)
+                went.append(old)
+        for member_id in left:
+            gone = by_id.pop(member_id, None)
+            if gone is not None:
+                changed = True
+                went.append(gone)
+        return self._changed(changed, came, went)
+
+    def _changed(self, changed: bool, joined: list[Member], left: list[Member]) -> bool:
         if changed:
             self.generation += 1
         if joined or left:
@@ -54,11 +81,16 @@ class Members:
                 listener(joined, left)
         return changed
 
+    def count(self) -> int:
+        """How many other members, without sorting them as ``others()`` does."""
+        return len(self._by_id)
+
     def others(self) -> list[Member]:
+        """Sorted for people; O(N log N), so not for paths that run per change or request."""
         return sorted(self._by_id.values(), key=lambda m: (m.name, m.id))
 
-    def certs(self) -> dict[str, str]:
-        return {m.id: m.cert for m in self._by_id.values()}
+    def unordered(self) -> list[Member]:
+        return list(self._by_id.values())
 
     def is_member(self, peer_id: str | None) -> bool:
         return peer_id is not None and peer_id in self._by_id

@@ -2,19 +2,27 @@
 
 Runs in the background from start-up: the daemon serves whether or not a
 registry answers, and the status says why it is not registered.
+
+The member list follows the registry's membership version (docs/protocol.md
+§3.4): a register or heartbeat answer carries the registry's version, and only
+when it differs from the version our list reflects do we ask what changed
+since ours.  A heartbeat that fails (overload, outage) is retried as a
+heartbeat: only a registry that no longer knows us gets a new register, so
+that an overloaded registry is not answered with a wave of registrations.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
 from p2pcommon.backoff import Backoff
 from p2pcommon.identity import short_id
-from p2pcommon.models import RegisterRequest
+from p2pcommon.models import Lease, Member, RegisterRequest
 from p2pcommon.registry_client import (
     RegistryClient,
     RegistryError,
@@ -27,6 +35,8 @@ log = logging.getLogger("p2pd.registry")
 
 #: Seconds the goodbye to the registry may take at shutdown.
 LEAVE_DEADLINE = 3.0
+#: Joins and leaves logged one by one at most; more are summed up in one line.
+LOGGED_CHANGES = 20
 
 
 class RegistryLink:
@@ -50,6 +60,10 @@ class RegistryLink:
         self.error: str | None = "not registered yet"
         self.registered_since: float | None = None
         self._session = trio.CancelScope()
+        #: The membership version our member list reflects; None before the first list.
+        self.version: int | None = None
+        client.spread(registration.id)
+        members.add_listener(_log_changes)
 
     @property
     def registry_url(self) -> str | None:
@@ -74,25 +88,60 @@ class RegistryLink:
         while True:
             try:
                 lease = await self._client.register(self._registration)
-                interval = min(lease.heartbeat_interval, self._own_interval)
-                self._set_registered()
-                await self._refresh_members()
-                while True:
-                    await trio.sleep(interval)
-                    lease = await self._client.heartbeat(self._registration.id)
-                    interval = min(lease.heartbeat_interval, self._own_interval)
-                    self._set_registered()
-                    await self._refresh_members()
+            except RegistryError as exc:
+                self._failed(exc, lapsed=True)
+                await trio.sleep(self._retry_delay(exc, self._backoff.cap))
+                continue
+            self._set_registered()
+            await self._sync(lease)
+            try:
+                await self._heartbeats(lease)
             except UnknownMember:
                 # The registry restarted or our lease ran out: register again at once.
                 log.info("the registry forgot us; registering again")
                 self._set_unregistered("the registry forgot this member; registering again")
+
+    async def _heartbeats(self, lease: Lease) -> None:
+        """Heartbeat until the registry no longer knows us (UnknownMember)."""
+        interval = self._interval(lease)
+        lease_ends = trio.current_time() + lease.ttl
+        delay = interval
+        while True:
+            await trio.sleep(delay)
+            try:
+                lease = await self._client.heartbeat(self._registration.id)
+            except UnknownMember:
+                raise
             except RegistryError as exc:
-                reason = _short_reason(exc)
-                if self.registered or self.error != f"not registered: {reason}":
-                    log.warning("not registered: %s", exc)
-                self._set_unregistered(f"not registered: {reason}")
-                await trio.sleep(self._backoff.next_delay())
+                # Our lease may well be live still; if not, the registry says so (404).
+                self._failed(exc, lapsed=trio.current_time() >= lease_ends)
+                delay = self._retry_delay(exc, interval)
+                continue
+            interval = delay = self._interval(lease)
+            lease_ends = trio.current_time() + lease.ttl
+            self._set_registered()
+            await self._sync(lease)
+
+    def _interval(self, lease: Lease) -> float:
+        return min(lease.heartbeat_interval, self._own_interval)
+
+    def _retry_delay(self, exc: RegistryError, longest: float) -> float:
+        """The registry's Retry-After, spread a little; else backoff, at most ``longest``."""
+        wait = exc.retry_after if isinstance(exc, RegistryUnavailable) else None
+        if wait is not None:
+            # Spread over half the wait again: peers told the same wait must not return together.
+            return wait * random.uniform(1.0, 1.5)
+        return min(self._backoff.next_delay(), longest)
+
+    def _failed(self, exc: RegistryError, *, lapsed: bool) -> None:
+        prefix = "not registered" if lapsed else "heartbeat failed, retrying"
+        error = f"{prefix}: {_short_reason(exc)}"
+        if self.error != error:
+            log.warning("%s: %s", prefix, exc)
+        if lapsed:
+            self._set_unregistered(error)
+        else:
+            self.error = error
 
     def _set_registered(self) -> None:
         if not self.registered:
@@ -115,21 +164,28 @@ class RegistryLink:
         if was:
             self._on_change()
 
-    async def _refresh_members(self) -> None:
+    async def _sync(self, lease: Lease) -> None:
+        """Bring the member list to the registry's version, if it is behind."""
+        if lease.version is not None and lease.version == self.version:
+            return
         try:
-            members = await self._client.clients()
-        except RegistryUnavailable as exc:
-            # Keep the last list: a registry hiccup must not cut off transfers.
+            if lease.version is None:
+                # A registry older than the sync: the whole list, every time.
+                changed = self._members.update(await self._client.clients())
+                self.version = None
+            else:
+                changes = await self._client.member_changes(self.version)
+                if changes.full:
+                    changed = self._members.update(changes.clients)
+                else:
+                    changed = self._members.apply(changes.clients, changes.left)
+                self.version = changes.version
+        except RegistryError as exc:
+            # Keep the last list and version: a registry hiccup must not cut off
+            # transfers, and the next heartbeat's version asks again.
             log.warning("could not refresh the member list: %s", exc)
             return
-        before = {m.id for m in self._members.others()}
-        if self._members.update(members):
-            after = {m.id for m in self._members.others()}
-            for member in self._members.others():
-                if member.id not in before:
-                    log.info("member %s (%s) joined", short_id(member.id), member.name)
-            for gone in before - after:
-                log.info("member %s left", short_id(gone))
+        if changed:
             self._on_change()
 
     async def leave(self) -> None:
@@ -150,3 +206,25 @@ def _short_reason(exc: RegistryError) -> str:
     if isinstance(exc, RegistryUnavailable) and exc.failures:
         return exc.failures[-1] if len(exc.failures) == 1 else "; ".join(exc.failures)
     return str(exc)
+
+
+def _log_changes(joined: Sequence[Member], left: Sequence[Member]) -> None:
+    # A member whose certificate changed is in both: it neither joined nor left.
+    replaced = {m.id for m in joined} & {m.id for m in left}
+    came = [m for m in joined if m.id not in replaced]
+    went = [m for m in left if m.id not in replaced]
+    if len(came) + len(went) + len(replaced) > LOGGED_CHANGES:
+        log.info(
+            "%d members joined, %d left, %d changed certificate",
+            len(came),
+            len(went),
+            len(replaced),
+        )
+        return
+    for member in came:
+        log.info("member %s (%s) joined", short_id(member.id), member.name)
+    for member in went:
+        log.info("member %s left", short_id(member.id))
+    for member in joined:
+        if member.id in replaced:
+            log.info("member %s (%s) has a new certificate", short_id(member.id), member.name)

@@ -19,7 +19,10 @@ def admin_command(argv: list[str]) -> int:
         metavar="FILE",
         help="the shared secret (default: the systemd credential 'secret')",
     )
-    init.add_argument("--store", help="'memory' or a redis:// URL shared by several registries")
+    init.add_argument(
+        "--store",
+        help="'memory', or a redis:// or redis+sentinel:// URL shared by several registries",
+    )
     init.add_argument("--peer-ttl", type=float, metavar="SECONDS", help="lease of a member")
     args = parser.parse_args(argv)
     text = config_text(args)
@@ -41,7 +44,8 @@ def config_text(args: argparse.Namespace) -> str:
         ),
         Key(
             "store",
-            "'memory', or a redis:// URL so that several registries share one view.",
+            "'memory', or a redis:// (or redis+sentinel://) URL so that several registries "
+            "share one view.",
             args.store,
             "memory",
         ),

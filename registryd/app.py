@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 
@@ -20,7 +22,7 @@ from p2pcommon.httpserver import Request, Response, error_response, json_respons
 from p2pcommon.identity import canonical_pem, peer_id_from_pem, short_id
 from p2pcommon.models import Lease, MemberRequest, RegisterRequest, join_host_port
 from p2pcommon.signing import MAX_SKEW, REPLAYED, AuthError, Signer
-from registryd.guards import FailureLimiter
+from registryd.guards import FailureLimiter, LoadShedder
 from registryd.health import StoreHealth
 from registryd.metrics import RegistryMetrics
 from registryd.store import Store, StoreError
@@ -54,6 +56,7 @@ class RegistryApp:
         metrics: RegistryMetrics,
         *,
         limiter: FailureLimiter | None = None,
+        shedder: LoadShedder | None = None,
         health: StoreHealth | None = None,
         clock: Callable[[], float] = time.time,
         scheme: str = "http",
@@ -62,6 +65,7 @@ class RegistryApp:
         self._store = store
         self._metrics = metrics
         self._limiter = limiter or FailureLimiter()
+        self._shedder = shedder or LoadShedder()
         self._clock = clock
         self._scheme = scheme
         # Shared with the WatchedStore in front of ``store``; a memory store never fails.
@@ -76,11 +80,15 @@ class RegistryApp:
             "/healthz": (("GET", "HEAD"), None),
             "/metrics": (("GET",), None),
         }
+        # Bound once: looking a labelled child up is a measurable part of a heartbeat.
+        self._latency = {route: metrics.latency.labels(route) for route in [*self._routes, "other"]}
+        self._response_type = ("Content-Type", "application/json")
+        # json.dumps with arguments builds an encoder per call.
+        self._encode = json.JSONEncoder(separators=(",", ":")).encode
 
-    @property
-    def lease(self) -> Lease:
+    def lease(self, version: int) -> Lease:
         ttl = self._store.ttl
-        return Lease(ttl=ttl, heartbeat_interval=ttl / 3)
+        return Lease(ttl=ttl, heartbeat_interval=ttl / 3, version=version)
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -99,6 +107,16 @@ class RegistryApp:
                 response.body = b""
         elif path == "/metrics":
             response = await self._render_metrics()
+        elif (retry := self._shedder.retry_after(request.in_progress)) is not None:
+            # Before the signature check and the store: shedding must cost next to nothing.
+            self._metrics.shed.inc()
+            response = error_response(
+                503,
+                "overloaded",
+                f"this registry has too many requests in progress; retry in {retry} s "
+                "or use another registry",
+                [("Retry-After", str(retry))],
+            )
         else:
             action = route[1]
             assert action is not None
@@ -114,7 +132,7 @@ class RegistryApp:
                     "reachable)",
                     [("Retry-After", RETRY_AFTER)],
                 )
-        self._metrics.latency.labels(path).observe(time.perf_counter() - started)
+        self._latency[path].observe(time.perf_counter() - started)
         return response
 
     def _healthz(self) -> Response:
@@ -159,11 +177,9 @@ class RegistryApp:
         except AuthError as err:
             return self._refuse(request, err, now)
         answer = await action(request, now)
-        body = json.dumps(answer.payload, separators=(",", ":")).encode()
+        body = self._encode(answer.payload).encode()
         headers = self._signer.sign_response(answer.status, body, nonce=verified.nonce, now=now)
-        return Response(
-            answer.status, body, [("Content-Type", "application/json"), *headers.items()]
-        )
+        return Response(answer.status, body, [self._response_type, *headers.items()])
 
     def _refuse(self, request: Request, err: AuthError, now: float) -> Response:
         host = request.client_host
@@ -206,16 +222,19 @@ class RegistryApp:
             log.info(
                 "registered %s (%s) at %s", short_id(parsed.id), parsed.name, ", ".join(addresses)
             )
-        return Answer(200, self.lease.model_dump())
+        # Read after the change: the member then fetches at least its own join.
+        version = await self._store.version(now)
+        return Answer(200, self.lease(version).model_dump())
 
     async def _heartbeat(self, request: Request, now: float) -> Answer:
         parsed = _parse(MemberRequest, request.body)
         if isinstance(parsed, Answer):
             return parsed
-        if not await self._store.renew(parsed.id, now):
+        version = await self._store.renew(parsed.id, now)
+        if version is None:
             return _error(404, "unknown member", "this id has no live lease: register again")
         self._metrics.heartbeats.inc()
-        return Answer(200, self.lease.model_dump())
+        return Answer(200, self.lease(version).model_dump())
 
     async def _leave(self, request: Request, now: float) -> Answer:
         parsed = _parse(MemberRequest, request.body)
@@ -228,22 +247,55 @@ class RegistryApp:
         return Answer(200, {"ok": True})
 
     async def _clients(self, request: Request, now: float) -> Answer:
-        members = await self._store.members(now)
+        since = _since(request.target)
+        if isinstance(since, Answer):
+            return since
+        # Out of range: the store cannot know it, and a full list is the answer.
+        asked = since if since is not None and 0 <= since <= MAX_VERSION else None
+        changes = await self._store.changes_since(asked, now)
+        clients = [
+            {
+                "id": m.id,
+                "name": m.name,
+                "addresses": list(m.addresses),
+                "cert": m.cert,
+                "last_seen": round(m.last_seen, 3),
+            }
+            for m in changes.members
+        ]
+        if since is None:
+            return Answer(200, {"clients": clients, "version": changes.version})
         return Answer(
             200,
             {
-                "clients": [
-                    {
-                        "id": m.id,
-                        "name": m.name,
-                        "addresses": list(m.addresses),
-                        "cert": m.cert,
-                        "last_seen": round(m.last_seen, 3),
-                    }
-                    for m in members
-                ]
+                "version": changes.version,
+                # Echoed because the signature covers the path, not the query.
+                "since": since,
+                "full": changes.full,
+                "clients": clients,
+                "left": changes.left,
             },
         )
+
+
+#: The largest ``since`` taken as a version; larger ones get the full list.
+MAX_VERSION = 2**63 - 1
+_SINCE_DIGITS = re.compile(r"-?[0-9]{1,30}")
+
+
+def _since(target: str) -> int | None | Answer:
+    """The ``since`` of ``GET /clients?since=V``: None without one, 400 if not an integer."""
+    _, mark, query = target.partition("?")
+    if not mark:
+        return None
+    values = [value for name, value in parse_qsl(query, keep_blank_values=True) if name == "since"]
+    if not values:
+        return None
+    if len(values) > 1 or not _SINCE_DIGITS.fullmatch(values[0]):
+        return _error(
+            400, "bad request", "query 'since': a membership version, one decimal integer"
+        )
+    return int(values[0])
 
 
 def _parse(model: type[Body], body: bytes) -> Body | Answer:

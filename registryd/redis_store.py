@@ -6,7 +6,12 @@ Layout under the key prefix ``p2p:``:
 - ``member:<id>``: a hash with name, cert and addresses (JSON), expiring with
   the lease so that nothing outlives a crash;
 - ``nonce:<nonce>``: set with NX and an absolute expiry, which makes replay
-  detection atomic across instances.
+  detection atomic across instances;
+- ``version``: the membership version (``registryd.store``), created by the
+  first script that needs it at the time in microseconds;
+- ``changes``: the change log, a sorted set of ``<version>:<id>`` scored by
+  version, trimmed to the last ``log_size`` entries by the script that adds
+  one, so the version, the log and the change itself move together.
 
 Each operation is one Lua script or one command, so it is atomic however
 many instances run.  redis-py is synchronous here (its asyncio client does
@@ -31,37 +36,141 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from registryd.store import StoreError
-from registryd.table import Entry
+from registryd.redis_connect import connect
+from registryd.store import StoreError, start_version
+from registryd.table import CHANGE_LOG_SIZE, Changes, Entry
 
 PREFIX = "p2p:"
 MEMBERS = PREFIX + "members"
+VERSION = PREFIX + "version"
+CHANGES = PREFIX + "changes"
 
-_REGISTER = """
-local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], 'name', ARGV[2], 'cert', ARGV[3], 'addresses', ARGV[4])
-redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-if old and tonumber(old) + tonumber(ARGV[7]) > tonumber(ARGV[5]) then return 0 end
-return 1
+# Every script gets KEYS[1] = version, KEYS[2] = changes, ARGV[1] = the time in
+# µs and ARGV[2] = the log size first.  Versions travel as decimal strings:
+# Lua numbers are doubles, exact for integers below 2**53 (µs since 1970 stay
+# below that until the year 2255) but printed as 1.8e+15 by tostring().
+_VERSIONED = """
+local function current()
+  local v = redis.call('GET', KEYS[1])
+  if v then return v end
+  -- A new store, or one that lost the key: start past every logged version,
+  -- and drop that log, which no longer connects to the new versions.
+  local start = tonumber(ARGV[1])
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1)
+  if #last > 0 then
+    start = math.max(start, tonumber(string.match(last[1], '^(%d+):')) + 1)
+  end
+  redis.call('DEL', KEYS[2])
+  v = string.format('%d', start)
+  redis.call('SET', KEYS[1], v)
+  return v
+end
+
+local function changed(id)
+  current()
+  local v = string.format('%d', redis.call('INCR', KEYS[1]))
+  redis.call('ZADD', KEYS[2], v, v .. ':' .. id)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1 - tonumber(ARGV[2]))
+  return v
+end
 """
 
-_RENEW = """
-local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not old or tonumber(old) + tonumber(ARGV[3]) <= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+# KEYS[3] members, KEYS[4] member:<id>; ARGV[3..] id, name, cert, addresses, now, lease ms, ttl.
+_REGISTER = (
+    _VERSIONED
+    + """
+local old = redis.call('ZSCORE', KEYS[3], ARGV[3])
+local live = old and tonumber(old) + tonumber(ARGV[9]) > tonumber(ARGV[7])
+local same = false
+if live then
+  local f = redis.call('HMGET', KEYS[4], 'name', 'cert', 'addresses')
+  same = f[1] == ARGV[4] and f[2] == ARGV[5] and f[3] == ARGV[6]
+end
+redis.call('HSET', KEYS[4], 'name', ARGV[4], 'cert', ARGV[5], 'addresses', ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[3])
+redis.call('PEXPIRE', KEYS[4], ARGV[8])
+if not same then changed(ARGV[3]) end
+if live then return 0 end
 return 1
 """
+)
 
-_EXPIRE = """
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+# KEYS[3] members, KEYS[4] member:<id>; ARGV[3..] id, now, ttl, lease ms.
+_RENEW = (
+    _VERSIONED
+    + """
+local old = redis.call('ZSCORE', KEYS[3], ARGV[3])
+if not old or tonumber(old) + tonumber(ARGV[5]) <= tonumber(ARGV[4]) then return false end
+redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[4], ARGV[6])
+return current()
+"""
+)
+
+# KEYS[3] members, KEYS[4] member:<id>; ARGV[3] id.
+_LEAVE = (
+    _VERSIONED
+    + """
+redis.call('DEL', KEYS[4])
+if redis.call('ZREM', KEYS[3], ARGV[3]) == 0 then return 0 end
+changed(ARGV[3])
+return 1
+"""
+)
+
+# KEYS[3] members; ARGV[3] the last expired renewal time, ARGV[4] the member key prefix.
+_EXPIRE = (
+    _VERSIONED
+    + """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])
 for _, id in ipairs(gone) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('DEL', ARGV[2] .. id)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('DEL', ARGV[4] .. id)
+  changed(id)
 end
 return gone
 """
+)
+
+_VERSION = _VERSIONED + "return current()\n"
+
+# KEYS[3] members; ARGV[3] since, ARGV[4] the last expired renewal time, ARGV[5]
+# the member key prefix.  Answers {version, 1} when the log cannot tell (the
+# caller then lists everyone), else {version, 0, {{id, last_seen, name, cert,
+# addresses}...}, {left id...}}, read in one atomic step.
+_CHANGES = (
+    _VERSIONED
+    + """
+local version = current()
+local since = tonumber(ARGV[3])
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0)
+local floor = tonumber(version)
+if #oldest > 0 then floor = tonumber(string.match(oldest[1], '^(%d+):')) - 1 end
+if since < floor or since > tonumber(version) then return {version, 1} end
+local limit = redis.call('ZCARD', KEYS[3])
+local entries = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[3], '+inf')
+local seen, count, joined, left = {}, 0, {}, {}
+for i = #entries, 1, -1 do
+  local id = string.match(entries[i], '^%d+:(.*)$')
+  if not seen[id] then
+    seen[id] = true
+    count = count + 1
+    if count > limit then return {version, 1} end
+    local score = redis.call('ZSCORE', KEYS[3], id)
+    local fields = false
+    if score and tonumber(score) > tonumber(ARGV[4]) then
+      fields = redis.call('HMGET', ARGV[5] .. id, 'name', 'cert', 'addresses')
+    end
+    if fields and fields[1] and fields[2] and fields[3] then
+      joined[#joined + 1] = {id, score, fields[1], fields[2], fields[3]}
+    else
+      left[#left + 1] = id
+    end
+  end
+end
+return {version, 0, joined, left}
+"""
+)
 
 T = TypeVar("T")
 
@@ -80,12 +189,14 @@ def _member_key(member_id: str) -> str:
 
 
 class RedisStore:
-    def __init__(self, url: str, ttl: float, *, max_threads: int = 8) -> None:
+    def __init__(
+        self, url: str, ttl: float, *, max_threads: int = 8, log_size: int = CHANGE_LOG_SIZE
+    ) -> None:
         self.ttl = ttl
+        self._log_size = log_size
         try:
-            self._redis = redis.Redis.from_url(
+            self._redis = connect(
                 url,
-                decode_responses=True,
                 socket_connect_timeout=CONNECT_TIMEOUT,
                 socket_timeout=READ_TIMEOUT,
                 # No retries inside a request: one attempt, then 503 and the probe's turn.
@@ -95,7 +206,10 @@ class RedisStore:
             raise StoreError(f"redis: {_one_line(exc)}") from exc
         self._register = self._redis.register_script(_REGISTER)
         self._renew = self._redis.register_script(_RENEW)
+        self._leave = self._redis.register_script(_LEAVE)
         self._expire = self._redis.register_script(_EXPIRE)
+        self._version = self._redis.register_script(_VERSION)
+        self._changes = self._redis.register_script(_CHANGES)
         self._threads = trio.CapacityLimiter(max_threads)
 
     async def _run(self, call: Callable[[], T]) -> T:
@@ -111,37 +225,54 @@ class RedisStore:
     async def register(
         self, id: str, name: str, cert: str, addresses: tuple[str, ...], now: float
     ) -> bool:
-        args: list[str | float] = [
-            id,
-            name,
-            cert,
-            json.dumps(list(addresses)),
-            now,
-            self._lease_ms(),
-            self.ttl,
-        ]
-        result = await self._run(lambda: self._register(keys=[MEMBERS, _member_key(id)], args=args))
-        return bool(result)
+        args: list[str | float] = [id, name, cert, json.dumps(list(addresses))]
+        args += [now, self._lease_ms(), self.ttl]
+        return bool(await self._script(self._register, [MEMBERS, _member_key(id)], args))
 
-    async def renew(self, id: str, now: float) -> bool:
+    async def renew(self, id: str, now: float) -> int | None:
         args: list[str | float] = [id, now, self.ttl, self._lease_ms()]
-        result = await self._run(lambda: self._renew(keys=[MEMBERS, _member_key(id)], args=args))
-        return bool(result)
+        version = await self._script(self._renew, [MEMBERS, _member_key(id)], args)
+        return None if version is None else int(version)
 
     async def leave(self, id: str) -> bool:
-        def leave() -> int:
-            pipe = self._redis.pipeline()
-            pipe.zrem(MEMBERS, id)
-            pipe.delete(_member_key(id))
-            removed, _ = pipe.execute()
-            return int(removed)
-
-        return await self._run(leave) > 0
+        return bool(await self._script(self._leave, [MEMBERS, _member_key(id)], [id]))
 
     async def expire(self, now: float) -> list[str]:
         args: list[str | float] = [now - self.ttl, f"{PREFIX}member:"]
-        gone: Any = await self._run(lambda: self._expire(keys=[MEMBERS], args=args))
+        gone: Any = await self._script(self._expire, [MEMBERS], args)
         return [str(member_id) for member_id in gone]
+
+    async def version(self, now: float) -> int:
+        return int(await self._script(self._version, [], []))
+
+    async def changes_since(self, since: int | None, now: float) -> Changes:
+        if since is not None:
+            args: list[str | float] = [str(since), now - self.ttl, f"{PREFIX}member:"]
+            answer: Any = await self._script(self._changes, [MEMBERS], args)
+            if int(answer[1]) == 0:
+                members = [
+                    Entry(
+                        id=id,
+                        name=name,
+                        cert=cert,
+                        addresses=tuple(json.loads(addresses)),
+                        last_seen=float(last_seen),
+                    )
+                    for id, last_seen, name, cert, addresses in answer[2]
+                ]
+                return Changes(int(answer[0]), False, members, [str(id) for id in answer[3]])
+            version = int(answer[0])
+        else:
+            version = await self.version(now)
+        # Read before the list: a cursor older than the list only repeats changes.
+        return Changes(version, True, await self.members(now))
+
+    async def _script(self, script: Any, keys: list[str], args: list[str | float]) -> Any:
+        """Run one of the scripts above, with the keys and arguments they all share."""
+        shared: list[str | float] = [start_version(), self._log_size]
+        return await self._run(
+            lambda: script(keys=[VERSION, CHANGES, *keys], args=[*shared, *args])
+        )
 
     async def members(self, now: float) -> list[Entry]:
         def fetch() -> list[Entry]:

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from registryd.health import StoreHealth
 from registryd.store import Store, StoreError
-from registryd.table import Entry
+from registryd.table import Changes, Entry
 
 log = logging.getLogger("registryd")
 
@@ -68,7 +68,7 @@ class WatchedStore:
     ) -> bool:
         return await self._call(lambda: self._store.register(id, name, cert, addresses, now))
 
-    async def renew(self, id: str, now: float) -> bool:
+    async def renew(self, id: str, now: float) -> int | None:
         return await self._call(lambda: self._store.renew(id, now))
 
     async def leave(self, id: str) -> bool:
@@ -79,6 +79,12 @@ class WatchedStore:
 
     async def members(self, now: float) -> list[Entry]:
         return await self._call(lambda: self._store.members(now))
+
+    async def version(self, now: float) -> int:
+        return await self._call(lambda: self._store.version(now))
+
+    async def changes_since(self, since: int | None, now: float) -> Changes:
+        return await self._call(lambda: self._store.changes_since(since, now))
 
     async def count(self, now: float) -> int:
         return await self._call(lambda: self._store.count(now))

@@ -72,7 +72,9 @@ async def listed(app: RegistryApp, now: float) -> list[dict[str, Any]]:
 async def test_register_answers_the_lease(app: RegistryApp, clock: Clock) -> None:
     response = await register(app, Peer.new(), clock.now)
     assert response.status == 200
-    assert payload(response) == {"ttl": 30.0, "heartbeat_interval": 10.0}
+    lease = payload(response)
+    assert (lease["ttl"], lease["heartbeat_interval"]) == (30.0, 10.0)
+    assert isinstance(lease["version"], int)
 
 
 async def test_source_address_is_recorded_when_none_is_advertised(
