@@ -138,6 +138,14 @@ async def receive(
                 await trio.to_thread.run_sync(write, blocks, at, last)
                 on_written(at + sum(map(len, blocks)))
 
+    async def hand_over(blocks: list[bytes], at: int, last: bool) -> None:
+        try:
+            await to_writer.send((blocks, at, last))
+        except trio.BrokenResourceError:
+            # The writer failed (e.g. disk full) and closed its end before the
+            # nursery cancelled us: its error, not this one, says what happened.
+            await trio.sleep_forever()
+
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer)
@@ -147,10 +155,10 @@ async def receive(
                     pending_size += len(chunk)
                     on_chunk(len(chunk))
                     if pending_size >= WRITE_BLOCK:
-                        await to_writer.send((pending, done, False))
+                        await hand_over(pending, done, False)
                         done += pending_size
                         pending, pending_size = [], 0
-                await to_writer.send((pending, done, True))
+                await hand_over(pending, done, True)
     except BaseExceptionGroup as group:
         # One task failed and the other was cancelled: the failure itself.
         raise unwrap_group(group) from None

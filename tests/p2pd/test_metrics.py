@@ -126,8 +126,8 @@ class FakeDownloads:
 
 
 class FakeMembers:
-    def others(self) -> list[object]:
-        return [object(), object()]
+    def count(self) -> int:
+        return 2
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
