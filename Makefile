@@ -37,6 +37,12 @@ bench: venv
 	$(BIN)/python bench/index_scale.py
 	$(BIN)/python -m bench.small_files
 
+# Issue 13's scale benchmark (~10 min; needs redis-server): N virtual peers
+# against one and two registryd, real p2pd among them. QUICK=1 for a smoke run.
+.PHONY: bench-scale
+bench-scale: venv
+	$(BIN)/python -m bench.scale $(if $(QUICK),--quick)
+
 demo: venv
 	bash scripts/demo.sh
 
