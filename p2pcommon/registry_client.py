@@ -198,17 +198,12 @@ class RegistryClient:
         signature does not cover the query, so the echo is what ties the
         answer to the question.
         """
-        if since is None:
-            content = await self._call("GET", "/clients", None, rounds=rounds)
-            listed = _parse(Clients, content, "member list")
-            if listed.version is None:
-                raise InvalidAnswer("the registry's member list has no version")
-            return MemberChanges(
-                version=listed.version, since=None, full=True, clients=listed.clients
-            )
-        content = await self._call("GET", f"/clients?since={since}", None, rounds=rounds)
+        # 0 is before every version: the whole list, which a registry may
+        # serve from a snapshot (a plain GET /clients is built afresh).
+        asked = 0 if since is None else since
+        content = await self._call("GET", f"/clients?since={asked}", None, rounds=rounds)
         changes = _parse(MemberChanges, content, "member changes")
-        if changes.since != since:
+        if changes.since != asked:
             raise InvalidAnswer(
                 f"the registry's member changes answer since={changes.since}, not {since}"
             )

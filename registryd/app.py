@@ -26,6 +26,7 @@ from registryd.guards import FailureLimiter, LoadShedder
 from registryd.health import StoreHealth
 from registryd.metrics import RegistryMetrics
 from registryd.store import Store, StoreError
+from registryd.table import Changes, Entry
 
 log = logging.getLogger("registryd")
 
@@ -38,6 +39,8 @@ RETRY_AFTER = "2"
 class Answer:
     status: int
     payload: object
+    #: The body already encoded (a full member list from the snapshot), else None.
+    raw: bytes | None = None
 
 
 def _error(status: int, error: str, message: str) -> Answer:
@@ -85,6 +88,8 @@ class RegistryApp:
         self._response_type = ("Content-Type", "application/json")
         # json.dumps with arguments builds an encoder per call.
         self._encode = json.JSONEncoder(separators=(",", ":")).encode
+        #: (when, version, encoded clients) of the last full list answering ``since``.
+        self._snapshot: tuple[float, int, bytes] | None = None
 
     def lease(self, version: int) -> Lease:
         ttl = self._store.ttl
@@ -177,7 +182,7 @@ class RegistryApp:
         except AuthError as err:
             return self._refuse(request, err, now)
         answer = await action(request, now)
-        body = self._encode(answer.payload).encode()
+        body = answer.raw if answer.raw is not None else self._encode(answer.payload).encode()
         headers = self._signer.sign_response(answer.status, body, nonce=verified.nonce, now=now)
         return Response(answer.status, body, [self._response_type, *headers.items()])
 
@@ -250,20 +255,16 @@ class RegistryApp:
         since = _since(request.target)
         if isinstance(since, Answer):
             return since
-        # Out of range: the store cannot know it, and a full list is the answer.
-        asked = since if since is not None and 0 <= since <= MAX_VERSION else None
-        changes = await self._store.changes_since(asked, now)
-        clients = [
-            {
-                "id": m.id,
-                "name": m.name,
-                "addresses": list(m.addresses),
-                "cert": m.cert,
-                "last_seen": round(m.last_seen, 3),
-            }
-            for m in changes.members
-        ]
+        if since is not None and not 0 < since <= MAX_VERSION:
+            # 0 (how a peer asks for its first list), negative or out of range:
+            # the full list at once, from the snapshot when it is recent.
+            return await self._full_list(since, now, None)
+        changes = await self._store.changes_since(since, now)
+        if since is not None and changes.full:
+            return await self._full_list(since, now, changes)
+        clients = [_record(m) for m in changes.members]
         if since is None:
+            # Always fresh: other clients list right after registering.
             return Answer(200, {"clients": clients, "version": changes.version})
         return Answer(
             200,
@@ -277,9 +278,42 @@ class RegistryApp:
             },
         )
 
+    async def _full_list(self, since: int, now: float, changes: Changes | None) -> Answer:
+        """A ``full`` answer to ``since``, from a snapshot at most FULL_LIST_MAX_AGE old.
+
+        Encoding every member is the costliest answer (≈ 8 µs a member), and
+        peers that join together, or come back after a registry restart, ask
+        for it together.  A snapshot is consistent with the version it
+        carries, so a peer served an older one simply gets the newer changes
+        at its next heartbeat.
+        """
+        snapshot = self._snapshot
+        if changes is None and snapshot is not None and 0 <= now - snapshot[0] < FULL_LIST_MAX_AGE:
+            version, listed = snapshot[1], snapshot[2]
+        else:
+            if changes is None:
+                changes = await self._store.changes_since(None, now)
+            version = changes.version
+            listed = self._encode([_record(m) for m in changes.members]).encode()
+            self._snapshot = (now, version, listed)
+        head = self._encode({"version": version, "since": since, "full": True}).encode()
+        return Answer(200, None, head[:-1] + b',"clients":' + listed + b',"left":[]}')
+
+
+def _record(member: Entry) -> dict[str, object]:
+    return {
+        "id": member.id,
+        "name": member.name,
+        "addresses": list(member.addresses),
+        "cert": member.cert,
+        "last_seen": round(member.last_seen, 3),
+    }
+
 
 #: The largest ``since`` taken as a version; larger ones get the full list.
 MAX_VERSION = 2**63 - 1
+#: Seconds a full member list answering ``since`` may be reused.
+FULL_LIST_MAX_AGE = 1.0
 _SINCE_DIGITS = re.compile(r"-?[0-9]{1,30}")
 
 

@@ -147,7 +147,7 @@ async def test_members_follow_the_version_by_deltas_and_only_when_it_moves() -> 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.run)
                 assert await watcher.next() == (["carol"], [])
-                assert front.clients_full == [None]  # the first list: GET /clients, no since
+                assert front.clients_full == [True]  # the first list: since=0, the full list
                 await front.wait_count("/heartbeat", 5)
                 assert front.counts["/clients"] == 1  # nothing changed: nothing fetched
 
@@ -157,7 +157,7 @@ async def test_members_follow_the_version_by_deltas_and_only_when_it_moves() -> 
                 await other.leave(bob.id)
                 assert await watcher.next() == ([], ["bob"])
                 assert members.get(bob.id) is None
-                assert front.clients_full == [None, False, False]  # two deltas
+                assert front.clients_full == [True, False, False]  # two deltas
                 assert link.version == await front.app._store.version(0)
 
                 heartbeats = front.counts["/heartbeat"]

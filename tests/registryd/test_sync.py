@@ -262,6 +262,31 @@ async def test_an_expiry_reaches_peers_as_a_change(app: RegistryApp, clock: Cloc
     assert (changes["clients"], changes["left"], changes["version"]) == ([], [alice.id], cursor + 1)
 
 
+async def test_full_lists_come_from_a_snapshot_consistent_with_its_version(
+    app: RegistryApp, clock: Clock
+) -> None:
+    # Peers that join together all ask for the full list: within a second they
+    # share one snapshot, which carries the version it reflects, so a member
+    # that joined meanwhile reaches them as the next delta.  The plain
+    # GET /clients is never from the snapshot.
+    await app_register(app, Peer.new("alice"), clock.now)
+    first = answer(await call(app, "GET", "/clients?since=0", None, clock.now))
+    await app_register(app, Peer.new("bob"), clock.now)
+    clock.now += 0.5
+    second = answer(await call(app, "GET", "/clients?since=0", None, clock.now))
+    assert [c["name"] for c in second["clients"]] == ["alice"]
+    assert second["version"] == first["version"]
+    plain = answer(await call(app, "GET", "/clients", None, clock.now))
+    assert sorted(c["name"] for c in plain["clients"]) == ["alice", "bob"]
+    then = answer(await call(app, "GET", f"/clients?since={second['version']}", None, clock.now))
+    assert ([c["name"] for c in then["clients"]], then["full"]) == (["bob"], False)
+
+    clock.now += 1
+    later = answer(await call(app, "GET", "/clients?since=0", None, clock.now))
+    assert sorted(c["name"] for c in later["clients"]) == ["alice", "bob"]
+    assert later["version"] == plain["version"]
+
+
 # -- Redis: two stores on one server stand for two registryd instances ----------
 
 
