@@ -108,8 +108,8 @@ class Worker(EventLoop):
         self.members.append(peer)
         self.at(now + self.interval, partial(self.beat, peer, now + self.interval))
         if self.joiner_sync and self.sync != "none":
-            # A new p2pd has no cursor: its first list is the full one.
-            answer = yield ("join-list", "GET", "/clients", b"")
+            # A new p2pd has no cursor: it asks since=0, the full list (maybe a snapshot).
+            answer = yield ("join-list", "GET", "/clients?since=0", b"")
             if answer is not None and answer.status == 200:
                 peer.cursor = sync_fields(answer.body)[0]
 
@@ -127,7 +127,7 @@ class Worker(EventLoop):
         if version is None or version == peer.cursor:
             return
         if peer.cursor is None:
-            answer = yield ("join-list", "GET", "/clients", b"")
+            answer = yield ("join-list", "GET", "/clients?since=0", b"")
         else:
             answer = yield ("delta", "GET", f"/clients?since={peer.cursor}", b"")
         if answer is None or answer.status != 200:

@@ -22,6 +22,7 @@ import trio
 
 from p2pcommon.backoff import Backoff
 from p2pcommon.identity import short_id
+from p2pcommon.memory import release_free_memory
 from p2pcommon.models import Lease, Member, RegisterRequest
 from p2pcommon.registry_client import (
     RegistryClient,
@@ -175,11 +176,16 @@ class RegistryLink:
                 self.version = None
             else:
                 changes = await self._client.member_changes(self.version)
-                if changes.full:
+                full, version = changes.full, changes.version
+                if full:
                     changed = self._members.update(changes.clients)
                 else:
                     changed = self._members.apply(changes.clients, changes.left)
-                self.version = changes.version
+                self.version = version
+                del changes
+                if full:
+                    # The parse's garbage (megabytes at thousands of members) goes back.
+                    release_free_memory()
         except RegistryError as exc:
             # Keep the last list and version: a registry hiccup must not cut off
             # transfers, and the next heartbeat's version asks again.
