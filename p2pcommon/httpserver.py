@@ -184,13 +184,16 @@ class HttpServer:
 
     @property
     def in_progress(self) -> int:
-        """Requests begun (a first byte arrived) and not yet answered."""
+        """Requests received whole and not yet answered.
+
+        Not those still arriving: a client that sends a byte and stalls only
+        holds its connection (bounded per address, and by request_timeout),
+        and must not count towards shedding everyone else's requests.
+        """
         return self._in_progress
 
     def _set_idle(self, conn: Connection, idle: bool) -> None:
-        if conn.idle != idle:
-            conn.idle = idle
-            self._in_progress += -1 if idle else 1
+        conn.idle = idle
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve HTTP/1.1 on one accepted stream until it closes; never raises.
@@ -279,15 +282,19 @@ class HttpServer:
         if request is None:
             return False
         request.client_id = client_id
-        request.in_progress = self._in_progress
-        response = None
-        with failure_boundary("request", f"{request.method} {request.path[:200]}", log):
-            response = await self._handler(request)
-        if response is None:
-            response = error_response(500, "internal error", "see the server's log")
-        if self._closing:
-            response.headers.append(("Connection", "close"))
-        await self._send(stream, h11conn, response, head_only=request.method == "HEAD")
+        self._in_progress += 1
+        try:
+            request.in_progress = self._in_progress
+            response = None
+            with failure_boundary("request", f"{request.method} {request.path[:200]}", log):
+                response = await self._handler(request)
+            if response is None:
+                response = error_response(500, "internal error", "see the server's log")
+            if self._closing:
+                response.headers.append(("Connection", "close"))
+            await self._send(stream, h11conn, response, head_only=request.method == "HEAD")
+        finally:
+            self._in_progress -= 1
         return h11conn.our_state is h11.DONE and h11conn.their_state is h11.DONE
 
     async def _receive_request(

@@ -36,8 +36,13 @@ def canonical_pem(cert_pem: str) -> str:
         raise ValueError("exactly one PEM certificate is expected")
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+        # cryptography parses names and extensions when first asked: a
+        # certificate whose names do not parse would fail in every member.
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        _ = cert.extensions
     except (ValueError, UnicodeEncodeError) as exc:
-        raise ValueError(f"not a PEM X.509 certificate: {exc}") from None
+        raise ValueError(f"not a usable PEM X.509 certificate: {exc}") from None
     return cert.public_bytes(Encoding.PEM).decode("ascii")
 
 

@@ -235,4 +235,5 @@ def _has_credentials(value: object) -> bool:
     be echoed in a log."""
     if not isinstance(value, str) or "://" not in value:
         return False
-    return "@" in value.split("://", 1)[1].split("/", 1)[0] or "password=" in value
+    # Any "@": a password may itself hold "/" or "?" that would end the authority early.
+    return "@" in value or "password=" in value

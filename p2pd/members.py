@@ -5,11 +5,15 @@ Pure: the registry loop feeds it, the peer server and the control socket read it
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from p2pcommon.boundary import failure_boundary
 from p2pcommon.identity import short_id
 from p2pcommon.models import Member
+
+log = logging.getLogger("p2pd.members")
 
 #: One set for every kept record's ``__pydantic_fields_set__``: pydantic gives
 #: each instance its own (712 bytes, a third of a member's memory at 10 000
@@ -89,7 +93,9 @@ class Members:
             self.generation += 1
         if joined or left:
             for listener in self._listeners:
-                listener(joined, left)
+                # One listener's fault must not keep the change from the others.
+                with failure_boundary("membership listener", "applying a membership change", log):
+                    listener(joined, left)
         return changed
 
     def count(self) -> int:

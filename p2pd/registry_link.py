@@ -36,6 +36,8 @@ log = logging.getLogger("p2pd.registry")
 
 #: Seconds the goodbye to the registry may take at shutdown.
 LEAVE_DEADLINE = 3.0
+#: Member records in one answer past which the memory its parse freed is given back.
+RELEASE_AFTER_RECORDS = 256
 #: Joins and leaves logged one by one at most; more are summed up in one line.
 LOGGED_CHANGES = 20
 
@@ -63,6 +65,9 @@ class RegistryLink:
         self._session = trio.CancelScope()
         #: The membership version our member list reflects; None before the first list.
         self.version: int | None = None
+        #: The registry that gave it: another one's versions (or a store that
+        #: lost writes, which then forgot us too) may number other changes.
+        self._version_from: str | None = None
         client.spread(registration.id)
         members.add_listener(_log_changes)
 
@@ -98,7 +103,9 @@ class RegistryLink:
             try:
                 await self._heartbeats(lease)
             except UnknownMember:
-                # The registry restarted or our lease ran out: register again at once.
+                # The registry restarted or our lease ran out: register again at once,
+                # and take the whole list (a store that forgot us may have lost changes).
+                self.version = None
                 log.info("the registry forgot us; registering again")
                 self._set_unregistered("the registry forgot this member; registering again")
 
@@ -127,11 +134,16 @@ class RegistryLink:
         return min(lease.heartbeat_interval, self._own_interval)
 
     def _retry_delay(self, exc: RegistryError, longest: float) -> float:
-        """The registry's Retry-After, spread a little; else backoff, at most ``longest``."""
+        """The registry's Retry-After, spread a little; else backoff; at most ``longest``.
+
+        Capped also when the registry (or a proxy in front of it: the 503 is
+        not signed) asks for longer: a heartbeat that waited past the lease
+        would lose it.
+        """
         wait = exc.retry_after if isinstance(exc, RegistryUnavailable) else None
         if wait is not None:
             # Spread over half the wait again: peers told the same wait must not return together.
-            return wait * random.uniform(1.0, 1.5)
+            return min(wait * random.uniform(1.0, 1.5), longest)
         return min(self._backoff.next_delay(), longest)
 
     def _failed(self, exc: RegistryError, *, lapsed: bool) -> None:
@@ -167,6 +179,8 @@ class RegistryLink:
 
     async def _sync(self, lease: Lease) -> None:
         """Bring the member list to the registry's version, if it is behind."""
+        if self._client.current_url != self._version_from:
+            self.version = None  # a cursor means nothing to another registry: the full list
         if lease.version is not None and lease.version == self.version:
             return
         try:
@@ -176,14 +190,14 @@ class RegistryLink:
                 self.version = None
             else:
                 changes = await self._client.member_changes(self.version)
-                full, version = changes.full, changes.version
-                if full:
+                version, records = changes.version, len(changes.clients)
+                if changes.full:
                     changed = self._members.update(changes.clients)
                 else:
                     changed = self._members.apply(changes.clients, changes.left)
-                self.version = version
+                self.version, self._version_from = version, self._client.current_url
                 del changes
-                if full:
+                if records >= RELEASE_AFTER_RECORDS:
                     # The parse's garbage (megabytes at thousands of members) goes back.
                     release_free_memory()
         except RegistryError as exc:

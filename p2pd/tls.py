@@ -129,6 +129,11 @@ async def refuse_handshake(tls: trio.SSLStream[Any], linger: float = ALERT_LINGE
         await trio.aclose_forcefully(tls)
 
 
+def _name_key(name: x509.Name) -> str:
+    """A name as OpenSSL matches issuers: case and runs of spaces do not count."""
+    return " ".join(name.rfc4514_string().lower().split())
+
+
 class ServerContexts:
     """The server's context; a membership change costs O(1), not a context per member set.
 
@@ -180,16 +185,19 @@ class ServerContexts:
         """
         try:
             cert = x509.load_pem_x509_certificate(member.cert.encode("ascii"))
+            if self._network is None:
+                return True
+            # Names are parsed lazily: a malformed one raises here, not later.
+            if _name_key(cert.subject) == _name_key(self._network.name):
+                # As an anchor it would stand in for the CA when issuers are looked up.
+                log.warning(
+                    "ignoring %s's certificate: it claims the network CA's name", member.name
+                )
+                return False
+            return not self._network.issued(cert)
         except (ValueError, UnicodeEncodeError) as exc:
             log.warning("ignoring %s's unusable certificate: %s", member.name, exc)
             return False
-        if self._network is None:
-            return True
-        if cert.subject == self._network.name:
-            # As an anchor it would stand in for the CA when issuers are looked up.
-            log.warning("ignoring %s's certificate: it claims the network CA's name", member.name)
-            return False
-        return not self._network.issued(cert)
 
     def current(self) -> ssl.SSLContext:
         """The context for the next handshake."""

@@ -288,7 +288,8 @@ class RegistryApp:
         at its next heartbeat.
         """
         snapshot = self._snapshot
-        if changes is None and snapshot is not None and 0 <= now - snapshot[0] < FULL_LIST_MAX_AGE:
+        # Also when the store already answered ``changes``: encoding is the cost.
+        if snapshot is not None and 0 <= now - snapshot[0] < FULL_LIST_MAX_AGE:
             version, listed = snapshot[1], snapshot[2]
         else:
             if changes is None:

@@ -103,6 +103,9 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         raise _bad("the scheme must be redis+sentinel:// or rediss+sentinel://")
     if "#" in rest:
         raise _bad("'#' must be percent-encoded (%23), in a password too")
+    if "@" in rest and "@" not in rest.partition("?")[0].partition("/")[0]:
+        # A password with a raw "/" or "?": the error must not quote any part of it.
+        raise _bad("percent-encode '/', '?', '@' and '%' in the user name and password")
     rest, _, query = rest.partition("?")
     netloc, _, path_text = rest.partition("/")
     userinfo, _, hosts = netloc.rpartition("@")

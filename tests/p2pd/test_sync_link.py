@@ -202,6 +202,10 @@ async def test_a_registry_that_forgot_us_gets_a_new_register() -> None:
         assert front.registered[alice.id] == 2
         await front.wait_count("/heartbeat", front.counts["/heartbeat"] + 2)
         assert link.registered
+        # A store that forgot us may have lost changes too: the whole list again
+        # (then a delta, when that list was a snapshot older than the register).
+        assert front.clients_full[:2] == [True, True]
+        assert all(full is False for full in front.clients_full[2:])
 
 
 async def test_a_failed_refresh_keeps_the_list_and_the_version() -> None:

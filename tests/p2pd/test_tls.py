@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from p2pcommon.identity import peer_id_from_pem
+from p2pcommon.identity import canonical_pem, peer_id_from_pem
 from p2pcommon.models import Member
 from p2pd.identity import NetworkCA, build_certificate, load_or_create
 from p2pd.members import Members
@@ -124,4 +124,31 @@ def test_a_certificate_named_like_the_ca_is_no_anchor(tmp_path: Path) -> None:
     )
     pem = fake_ca.public_bytes(serialization.Encoding.PEM).decode()
     contexts.apply([member(pem, "fake"), member(Peer.new().cert, "self-signed")], [])
+    assert contexts.foreign == 1 and anchors(contexts) == 3
+
+
+def malformed_name_pem() -> str:
+    """A self-signed certificate with invalid UTF-8 in its names: it loads, they do not parse."""
+    pem = Peer.new("odd").cert
+    der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+    marker = b"p2pd"
+    assert marker in der
+    broken = der.replace(marker, b"\xff\xfe2d")
+    return x509.load_der_x509_certificate(broken).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_certificate_whose_names_do_not_parse_is_refused_by_the_registry() -> None:
+    with pytest.raises(ValueError, match="usable"):
+        canonical_pem(malformed_name_pem())
+
+
+def test_a_certificate_whose_names_do_not_parse_keeps_nobody_else_out(tmp_path: Path) -> None:
+    # Anchors of the foreign members after it in the same change are still added.
+    identity, _ = load_or_create(tmp_path, NETWORK)
+    contexts = ServerContexts(identity, NETWORK)
+    members = Members.empty(identity.id)
+    members.add_listener(contexts.apply)
+    odd = malformed_name_pem()
+    after = Peer.new("after")
+    members.update([member(odd, "odd"), member(after.cert, "after")])
     assert contexts.foreign == 1 and anchors(contexts) == 3

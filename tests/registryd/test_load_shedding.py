@@ -144,3 +144,40 @@ def test_turned_away_clients_are_told_to_come_back_at_different_times() -> None:
     waits = [shedder.retry_after(11) for _ in range(200)]
     low, high = SHED_RETRY_AFTER
     assert set(waits) == set(range(low, high + 1))
+
+
+async def test_stalled_half_requests_do_not_shed_anyone_else() -> None:
+    # An attacker opens many connections and sends one byte on each: they
+    # hold connections (bounded per address), never the shedding budget, so a
+    # member's whole, signed heartbeat is still served.
+    store = MemoryStore(90.0)
+    app = RegistryApp(
+        Signer(SECRET), store, RegistryMetrics(), shedder=LoadShedder(MAX_IN_PROGRESS)
+    )
+    server = HttpServer(app.handle)
+    peer = Peer.new()
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        await nursery.start(server.run, listeners)
+        port = listeners[0].socket.getsockname()[1]
+        stalled = []
+        for _ in range(MAX_IN_PROGRESS * 4):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"P")
+            stalled.append(stream)
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.in_progress == 0
+
+        with trio.fail_after(10):
+            stream, _ = await exchange_start(
+                port,
+                "POST",
+                "/register",
+                {"id": peer.id, "name": "a", "cert": peer.cert, "port": 7070},
+            )
+            status, _, body = await read_answer(stream)
+        await stream.aclose()
+        assert status == 200, body
+        for stream in stalled:
+            await stream.aclose()
+        await server.shutdown(1)

@@ -314,6 +314,17 @@ def test_registryd_refuses_to_start_on_a_bad_sentinel_url_without_showing_passwo
     assert "sentinel-pw" not in result.stderr
 
 
+@pytest.mark.parametrize("password", ["xq7/zk9", "xq7?zk9", "xq7%2Fzk9/zk9"])
+def test_a_password_with_a_raw_slash_or_question_mark_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch, password: str
+) -> None:
+    monkeypatch.setenv("REGISTRYD_STORE", f"redis+sentinel://:{password}@s1:26379/p2p")
+    with pytest.raises(ConfigError, match="percent-encode") as caught:
+        load_settings(RegistrySettings, explicit_path=None, default_path="/nonexistent")
+    for fragment in ("xq7", "zk9"):
+        assert fragment not in str(caught.value)
+
+
 def test_the_url_forms() -> None:
     target = parse_sentinel_url(
         "redis+sentinel://user:p%40ss@s1:26380,[::1]:26381,s3/p2p/2?sentinel_password=spw"
