@@ -30,7 +30,7 @@ pytest: venv
 
 test: lint typecheck pytest
 
-# Needs nginx and curl for the reference (apt-get install nginx-light curl).
+# Needs nginx, curl and openssl for the reference (apt-get install nginx-light curl openssl).
 bench: venv
 	$(BIN)/python bench/registry_load.py
 	$(BIN)/python bench/transfer.py
