@@ -10,27 +10,8 @@ import pytest
 from p2pcommon.httpserver import Request, Response
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
-from registryd.metrics import RegistryMetrics
-from registryd.store import MemoryStore
+from tests.registryd.conftest import Clock
 from tests.support import SECRET, Peer
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def app(clock: Clock) -> RegistryApp:
-    return RegistryApp(Signer(SECRET), MemoryStore(30.0), RegistryMetrics(), clock=clock)
 
 
 def signed(

@@ -21,11 +21,11 @@ from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
-from registryd.metrics import RegistryMetrics
 from registryd.redis_store import RedisStore
 from registryd.store import MemoryStore, Store
 from registryd.table import Changes, RegistryTable
 from tests.redis_process import running_redis
+from tests.registryd.conftest import Clock
 from tests.support import SECRET, Peer, run_registryd
 
 TTL = 30.0
@@ -149,24 +149,6 @@ async def test_a_memory_store_starts_at_the_time_in_microseconds() -> None:
 
 
 # -- the app -------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def app(clock: Clock) -> RegistryApp:
-    return RegistryApp(Signer(SECRET), MemoryStore(TTL), RegistryMetrics(), clock=clock)
 
 
 async def call(app: RegistryApp, method: str, target: str, body: Any, now: float) -> Response:
