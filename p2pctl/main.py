@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import socket
@@ -341,7 +340,10 @@ def daemon_status(path: str) -> dict[str, Any] | None:
 
 
 def doctor(args: argparse.Namespace) -> int:
-    # Imported here: pydantic and httpx would slow every other command's start.
+    # Imported here: pydantic and httpx (and dataclasses, which imports inspect)
+    # would slow every other command's start.
+    import dataclasses
+
     from p2pd.doctor import run_checks
 
     results = run_checks(args.config, args.user, [args.socket], daemon_status)
