@@ -205,7 +205,7 @@ class RegistryClient:
         changes = _parse(MemberChanges, content, "member changes")
         if changes.since != asked:
             raise InvalidAnswer(
-                f"the registry's member changes answer since={changes.since}, not {since}"
+                f"the registry's member changes answer since={changes.since}, not {asked}"
             )
         return changes
 
