@@ -192,9 +192,6 @@ class HttpServer:
         """
         return self._in_progress
 
-    def _set_idle(self, conn: Connection, idle: bool) -> None:
-        conn.idle = idle
-
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve HTTP/1.1 on one accepted stream until it closes; never raises.
 
@@ -226,7 +223,6 @@ class HttpServer:
                     log.info("connection from %s ended: %s", client_host, exc.strerror or exc)
         finally:
             if conn is not None:
-                self._set_idle(conn, True)
                 self._table.discard(conn)
             if self._closing and not self._table.all:
                 self._drained.set()
@@ -271,7 +267,7 @@ class HttpServer:
         client_id: str | None,
     ) -> bool:
         """Receive one request and answer it; False if the connection is to end."""
-        self._set_idle(conn, True)
+        conn.idle = True
         try:
             request = await self._receive_request(stream, h11conn, conn, client_host)
         except _Closing as closing:
@@ -311,7 +307,7 @@ class HttpServer:
         with trio.move_on_after(limits.idle_timeout) as scope:
             if not buffered and not closed:
                 await self._receive_into(stream, h11conn)
-            self._set_idle(conn, False)
+            conn.idle = False
             scope.deadline = trio.current_time() + limits.request_timeout
             return await self._read_request(stream, h11conn, client_host)
         if conn.idle:
