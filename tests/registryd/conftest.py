@@ -1,9 +1,13 @@
-"""A registry app on a clock the test moves, for the app-level tests."""
+"""A registry app on a clock the test moves, and signed requests for it (app-level tests)."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
+from p2pcommon.httpserver import Request
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
 from registryd.metrics import RegistryMetrics
@@ -27,3 +31,23 @@ def clock() -> Clock:
 @pytest.fixture
 def app(clock: Clock) -> RegistryApp:
     return RegistryApp(Signer(SECRET), MemoryStore(30.0), RegistryMetrics(), clock=clock)
+
+
+def signed(
+    method: str,
+    path: str,
+    payload: Any = None,
+    *,
+    now: float,
+    host: str = "192.0.2.10",
+    secret: str = SECRET,
+) -> Request:
+    body = b"" if payload is None else json.dumps(payload).encode()
+    headers, _ = Signer(secret).sign_request(method, path, body, now=now)
+    return Request(
+        method=method,
+        target=path,
+        headers=[(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        body=body,
+        client_host=host,
+    )

@@ -10,28 +10,8 @@ import pytest
 from p2pcommon.httpserver import Request, Response
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
-from tests.registryd.conftest import Clock
+from tests.registryd.conftest import Clock, signed
 from tests.support import SECRET, Peer
-
-
-def signed(
-    method: str,
-    path: str,
-    payload: Any = None,
-    *,
-    now: float,
-    host: str = "192.0.2.10",
-    secret: str = SECRET,
-) -> Request:
-    body = b"" if payload is None else json.dumps(payload).encode()
-    headers, _ = Signer(secret).sign_request(method, path, body, now=now)
-    return Request(
-        method=method,
-        target=path,
-        headers=[(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        body=body,
-        client_host=host,
-    )
 
 
 def payload(response: Response) -> Any:

@@ -16,16 +16,15 @@ from typing import Any
 import pytest
 import redis
 
-from p2pcommon.httpserver import Request, Response
+from p2pcommon.httpserver import Response
 from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient
-from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
 from registryd.redis_store import RedisStore
 from registryd.store import MemoryStore, Store
 from registryd.table import Changes, RegistryTable
 from tests.redis_process import running_redis
-from tests.registryd.conftest import Clock
+from tests.registryd.conftest import Clock, signed
 from tests.support import SECRET, Peer, run_registryd
 
 TTL = 30.0
@@ -152,18 +151,8 @@ async def test_a_memory_store_starts_at_the_time_in_microseconds() -> None:
 
 
 async def call(app: RegistryApp, method: str, target: str, body: Any, now: float) -> Response:
-    data = b"" if body is None else json.dumps(body).encode()
     # Signed over @path: the query is not covered, as in docs/protocol.md §2.
-    headers, _ = Signer(SECRET).sign_request(method, target, data, now=now)
-    return await app.handle(
-        Request(
-            method=method,
-            target=target,
-            headers=[(k.lower().encode(), v.encode()) for k, v in headers.items()],
-            body=data,
-            client_host="192.0.2.10",
-        )
-    )
+    return await app.handle(signed(method, target, body, now=now))
 
 
 def answer(response: Response) -> Any:
