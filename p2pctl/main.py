@@ -1,19 +1,30 @@
 """p2pctl: talk to p2pd over its control socket (JSON-RPC 2.0, one object per line).
 
-Standard library only, so that it starts fast: every command is a process.
+Standard library only, so that it starts fast: every command is a process. For
+the same reason it imports at the top only what ``p2pctl status`` needs
+(tests/p2pctl/test_startup.py holds the list): argparse, typing, contextlib, json
+(p2pctl.wirejson says why) and the doctor's modules are imported where they are
+used.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
+import _socket
 import os
-import socket
 import sys
-import time
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from types import SimpleNamespace
+
+from p2pctl import wirejson
+from p2pctl.output import human_size, print_json, show
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing alone costs a few ms at every start: only mypy needs it
+    import argparse
+    from collections.abc import Callable
+    from typing import Any, NoReturn, TypeAlias
+
+    #: What argparse parsed, or what `quick_args` read the same way.
+    Args: TypeAlias = argparse.Namespace | SimpleNamespace
 
 DEFAULT_SOCKET = "/run/p2pd/control.sock"
 
@@ -49,23 +60,42 @@ def unreachable(path: str, exc: OSError) -> CtlError:
 #: Seconds p2pctl waits for any line from the daemon (a waiting fetch gets
 #: progress twice a second, and the daemon bounds every exchange with a peer).
 ANSWER_TIMEOUT = 60.0
+RECEIVE_SIZE = 256 * 1024
 
 
 class Client:
     def __init__(self, path: str, timeout: float | None = ANSWER_TIMEOUT) -> None:
         self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # _socket, the C module under socket: socket.py builds enums of every
+        # constant and imports selectors, ~2.5 ms of a ~20 ms `p2pctl status`.
+        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
             self._sock.connect(path)
         except OSError as exc:
+            self._sock.close()
             raise unreachable(path, exc) from None
-        self._file = self._sock.makefile("rb")
+        self._unread = b""
         self._next_id = 0
 
     def close(self) -> None:
-        self._file.close()
         self._sock.close()
+
+    def _readline(self) -> bytes:
+        """The next line, with its newline; at EOF what is left (b"" if nothing)."""
+        parts = [self._unread]
+        end = self._unread.find(b"\n")
+        while end < 0:
+            chunk = self._sock.recv(RECEIVE_SIZE)
+            if not chunk:
+                self._unread = b""
+                return b"".join(parts)
+            parts.append(chunk)
+            end = chunk.find(b"\n")
+        last = parts.pop()
+        parts.append(last[: end + 1])
+        self._unread = last[end + 1 :]
+        return b"".join(parts)
 
     def call(
         self,
@@ -76,13 +106,13 @@ class Client:
         self._next_id += 1
         message = {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params}
         try:
-            self._sock.sendall(json.dumps(message).encode() + b"\n")
+            self._sock.sendall(wirejson.dumps(message).encode() + b"\n")
             while True:
-                line = self._file.readline()
+                line = self._readline()
                 if not line:
                     raise CtlError(f"p2pd at {self.path} closed the connection", EXIT_FAILED)
                 try:
-                    answer = json.loads(line)
+                    answer = wirejson.loads(line)
                 except ValueError:
                     raise CtlError(
                         f"{self.path} answered something that is not JSON-RPC: is it p2pd's?",
@@ -119,133 +149,7 @@ def _refused(error: dict[str, Any]) -> CtlError:
     return CtlError(message, EXIT_FAILED)
 
 
-# -- human output -------------------------------------------------------------
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def ago(timestamp: float | None) -> str:
-    if not timestamp:
-        return "-"
-    seconds = max(0, time.time() - timestamp)
-    if seconds < 60:
-        return f"{seconds:.0f}s ago"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m ago"
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped, as ``ls`` shows names on a terminal.
-
-    A name from a member or a share may hold ESC sequences or newlines; printed
-    raw they would recolour the terminal or forge rows. ``--json`` stays exact.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def table(
-    headers: Sequence[str], rows: list[list[str]], right: frozenset[int] = frozenset()
-) -> str:
-    rows = [[printable(cell) for cell in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(headers), *(line(r) for r in rows)])
-
-
-def show_status(status: dict[str, Any]) -> str:
-    registered = "yes" if status.get("registered") else (status.get("registry_error") or "no")
-    lines = [
-        ("name", f"{status['name']} ({status['id'][:7]})"),
-        (
-            "registered",
-            f"{registered}" + (f" with {status['registry']}" if status.get("registry") else ""),
-        ),
-        ("peers", str(status.get("peers", "?"))),
-        ("shared files", f"{status['shared_files']} in {status.get('share_dir', '?')}"),
-        ("downloads to", str(status.get("download_dir", "?"))),
-        ("listening on", status["listen"]),
-        (
-            "uploads",
-            f"{status.get('uploads_active', 0)} of {status.get('upload_slots', '?')} slots",
-        ),
-        ("version", status["version"]),
-    ]
-    if status.get("indexing"):
-        lines.insert(3, ("indexing", f"{status.get('hashed_files', 0)} files hashed so far"))
-    if status.get("skipped_count"):
-        examples = ", ".join(list(status.get("skipped") or {})[:3])
-        lines.append(
-            ("skipped", f"{status['skipped_count']} entries (e.g. {examples}): see the log")
-        )
-    failures = status.get("failures") or {}
-    if failures:
-        counted = ", ".join(f"{n} {kind}" for kind, n in sorted(failures.items()))
-        lines.append(("contained failures", f"{counted}: see the log"))
-    if status.get("history_error"):
-        lines.insert(0, ("WARNING", status["history_error"]))
-    if status.get("warning"):
-        lines.insert(0, ("WARNING", status["warning"]))
-    width = max(len(k) for k, _ in lines)
-    return "\n".join(f"{k + ':':<{width + 1}} {printable(v)}" for k, v in lines)
-
-
-def show_peers(peers: list[dict[str, Any]]) -> str:
-    rows = [
-        [p["id"][:7], p["name"], ", ".join(p["addresses"]), ago(p.get("last_seen"))] for p in peers
-    ]
-    return table(["ID", "NAME", "ADDRESSES", "SEEN"], rows)
-
-
-def show_files(files: list[dict[str, Any]]) -> str:
-    rows = [[human_size(f["size"]), f["sha256"][:12], f["path"]] for f in files]
-    return table(["SIZE", "SHA256", "PATH"], rows, right=frozenset({0}))
-
-
-def show_downloads(transfers: list[dict[str, Any]]) -> str:
-    rows = [
-        [
-            t["id"],
-            t["state"],
-            f"{human_size(t['bytes_done'])} / {human_size(t['size'])}",
-            f"{human_size(t.get('rate', 0))}/s",
-            t["remote_path"],
-        ]
-        for t in transfers
-    ]
-    return table(["ID", "STATE", "DONE", "RATE", "FILE"], rows)
-
-
-def show_history(outcomes: list[dict[str, Any]]) -> str:
-    rows = [
-        [
-            ago(o.get("finished_at")),
-            o["status"],
-            human_size(o["size"]),
-            o.get("peer_name") or o["peer_id"][:7],
-            o["path"] + (f"  ({o['error']})" if o.get("error") else ""),
-        ]
-        for o in outcomes
-    ]
-    return table(["WHEN", "STATUS", "SIZE", "FROM", "PATH"], rows)
-
-
-def fetch(client: Client, args: argparse.Namespace, params: dict[str, Any]) -> Any:
+def fetch(client: Client, args: Args, params: dict[str, Any]) -> Any:
     """Wait for the transfer, drawing progress on a terminal; Ctrl-C cancels it."""
     shown: dict[str, Any] = {}
     draw = sys.stderr.isatty() and not args.json
@@ -268,6 +172,8 @@ def fetch(client: Client, args: argparse.Namespace, params: dict[str, Any]) -> A
         result = client.call("fetch", params, on_notify=progress)
     except KeyboardInterrupt:
         if "id" in shown:
+            import contextlib
+
             canceller = Client(args.socket)
             for transfer_id in str(shown["id"]).split(","):
                 with contextlib.suppress(CtlError):  # that one had finished already
@@ -280,19 +186,12 @@ def fetch(client: Client, args: argparse.Namespace, params: dict[str, Any]) -> A
     return result
 
 
-EMPTY = {
-    "peers": "no other members online",
-    "ls": "the peer shares no files",
-    "shared": "this daemon shares no files",
-    "downloads": "no transfer in progress",
-    "history": "no transfer yet",
-}
-
-
 # -- commands -----------------------------------------------------------------
 
 
 def parser() -> argparse.ArgumentParser:
+    import argparse
+
     top = argparse.ArgumentParser(
         prog="p2pctl", description="Control p2pd, the p2p file-sharing daemon."
     )
@@ -321,6 +220,73 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+#: The positionals of the commands `quick_args` reads (the doctor's are argparse's).
+POSITIONALS = {
+    **dict.fromkeys(("status", "peers", "shared", "rescan", "downloads", "history"), ()),
+    "ls": ("peer",),
+    "fetch": ("peer", "file"),
+    "cancel": ("id",),
+}
+
+
+def quick_args(argv: list[str]) -> SimpleNamespace | None:
+    """The common calls read without argparse, or None: then argparse reads them.
+
+    Importing argparse and building the parser cost more than the rest of a
+    `p2pctl status`. This reads only ``[--socket PATH | --socket=PATH |
+    --json]... COMMAND [ARG | --detach]...`` with arguments that are neither
+    empty nor start with '-', which argparse reads the same way
+    (tests/p2pctl/test_startup.py compares them); anything else, including
+    every error and ``--help``, is argparse's.
+    """
+    socket_path = os.environ.get("P2PD_SOCKET", DEFAULT_SOCKET)
+    as_json = False
+    i = 0
+    while i < len(argv) and argv[i] not in POSITIONALS:
+        arg = argv[i]
+        if arg == "--json":
+            as_json = True
+        elif arg == "--socket" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            i += 1
+            socket_path = argv[i]
+        elif arg.startswith("--socket="):
+            socket_path = arg.removeprefix("--socket=")
+        else:
+            return None
+        i += 1
+    if i == len(argv):
+        return None
+    command = argv[i]
+    values: dict[str, object] = {"socket": socket_path, "json": as_json, "command": command}
+    if command == "fetch":
+        values["detach"] = False
+    positionals = []
+    for arg in argv[i + 1 :]:
+        if command == "fetch" and arg == "--detach":
+            values["detach"] = True
+        elif arg and not arg.startswith("-"):
+            positionals.append(arg)
+        else:
+            return None
+    names = POSITIONALS[command]
+    if len(positionals) != len(names):
+        return None
+    values.update(zip(names, positionals, strict=True))
+    return SimpleNamespace(**values)
+
+
+def parse(argv: list[str] | None) -> Args:
+    quick = quick_args(sys.argv[1:] if argv is None else argv)
+    if quick is not None:
+        return quick
+    top = parser()
+    args = top.parse_args(argv)  # exits 2 on usage errors
+    for name in ("peer", "file", "id"):
+        if getattr(args, name, None) == "":
+            top.error(f"{name.upper()} must not be empty")  # exits 2
+    return args
+
+
 DOCTOR_MARKS = {"ok": "ok", "warning": "WARN", "problem": "FAIL", "skipped": "skip"}
 
 
@@ -339,7 +305,7 @@ def daemon_status(path: str) -> dict[str, Any] | None:
     return status if isinstance(status, dict) else None
 
 
-def doctor(args: argparse.Namespace) -> int:
+def doctor(args: Args) -> int:
     # Imported here: pydantic and httpx (and dataclasses, which imports inspect)
     # would slow every other command's start.
     import dataclasses
@@ -348,7 +314,7 @@ def doctor(args: argparse.Namespace) -> int:
 
     results = run_checks(args.config, args.user, [args.socket], daemon_status)
     if args.json:
-        print(json.dumps([dataclasses.asdict(r) for r in results], indent=2, ensure_ascii=False))
+        print_json([dataclasses.asdict(r) for r in results])
     else:
         width = max(len(r.check) for r in results)
         for result in results:
@@ -358,7 +324,7 @@ def doctor(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(r.status == "problem" for r in results) else EXIT_OK
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: Args) -> None:
     client = Client(args.socket)
     command = args.command
     params: dict[str, Any] = {}
@@ -379,41 +345,11 @@ def run(args: argparse.Namespace) -> None:
     outcomes = (result if isinstance(result, list) else [result]) if command == "fetch" else []
     failures = [o for o in outcomes if o.get("status") not in (None, "ok")]
     if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        print_json(result)
     else:
         show(command, result, outcomes)
     if failures:
         raise CtlError(f"fetch failed: {failures[0].get('error')}", EXIT_FAILED, printed=True)
-
-
-def show(command: str, result: Any, outcomes: list[dict[str, Any]]) -> None:
-    """Human output of a command's result."""
-    if isinstance(result, list) and not result and command in EMPTY:
-        print(EMPTY[command], file=sys.stderr)
-    elif command == "status":
-        print(show_status(result))
-    elif command == "peers":
-        print(show_peers(result))
-    elif command in ("ls", "shared"):
-        print(show_files(result))
-    elif command == "rescan":
-        print(f"{result['shared_files']} files shared (generation {result['generation']})")
-    elif command == "cancel":
-        print(f"cancelled transfer {printable(str(result['id']))}")
-    elif command == "fetch":
-        for outcome in outcomes:
-            if "status" not in outcome:
-                print(f"transfer {outcome['id']} started: `p2pctl downloads` shows it")
-            elif outcome["status"] == "ok":
-                size = human_size(outcome["size"])
-                path = printable(outcome["path"])
-                print(f"{path}  {size}  sha256 {outcome['sha256']} verified")
-    elif command == "downloads":
-        print(show_downloads(result))
-    elif command == "history":
-        print(show_history(result))
-    else:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
 
 
 def fail(message: str, status: int) -> NoReturn:
@@ -422,11 +358,7 @@ def fail(message: str, status: int) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
-    top = parser()
-    args = top.parse_args(argv)  # exits 2 on usage errors
-    for name in ("peer", "file", "id"):
-        if getattr(args, name, None) == "":
-            top.error(f"{name.upper()} must not be empty")  # exits 2
+    args = parse(argv)
     try:
         if args.command == "doctor":
             return doctor(args)
@@ -434,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     except CtlError as exc:
         if args.json and not exc.printed:
             # Still exactly one JSON document on stdout, for scripts.
-            print(json.dumps({"error": str(exc), "exit_status": exc.exit_status}))
+            print(wirejson.dumps({"error": str(exc), "exit_status": exc.exit_status}))
         fail(str(exc), exc.exit_status)
     except KeyboardInterrupt:
         return 130

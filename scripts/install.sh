@@ -75,6 +75,9 @@ else
     "$prefix/bin/pip" install --quiet --upgrade pip
     "$prefix/bin/pip" install --quiet --upgrade "$build"
 fi
+# Every p2pctl command is a new interpreter: in place of pip's console script, a
+# launcher that skips site (python -IS), which p2pctl does not need (p2pctl/launcher.py).
+"$prefix/bin/python" -m p2pctl.launcher "$prefix/bin/p2pctl"
 install -m 0644 "$src/README.md" "$prefix/README.md"
 for command in "${commands[@]}"; do
     ln -sfn "$prefix/bin/$command" "$bindir/$command"

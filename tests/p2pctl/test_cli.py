@@ -124,7 +124,7 @@ async def test_exit_codes_for_usage_and_unreachable_daemon(socket_path: Path) ->
 
 
 def test_human_output_escapes_control_characters_and_json_stays_exact() -> None:
-    from p2pctl.main import show_files, show_status
+    from p2pctl.output import show_files, show_status
 
     hostile = [{"path": "a\x1b[31mred\nfake row", "size": 1, "mtime": 0, "sha256": "c" * 64}]
     shown = show_files(hostile)

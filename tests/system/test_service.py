@@ -137,6 +137,9 @@ def test_make_install_writes_config_units_and_account(container: Container) -> N
     for path in ("/etc/p2pd.toml", "/etc/registryd.toml", "/etc/p2pd/secret"):
         container.run("test", "-s", path)
     container.run("getent", "group", "p2pd")
+    # p2pctl is the launcher without site (p2pctl/launcher.py), not pip's script.
+    launcher = container.run("head", "-n1", "/opt/p2pd/bin/p2pctl").stdout
+    assert launcher == "#!/opt/p2pd/bin/python -IS\n"
     # The secret is root's alone; the unit passes it on, so the config need not name it.
     assert owner_and_mode(container, "/etc/p2pd/secret") == "root:root 600"
     assert owner_and_mode(container, "/etc/p2pd") == "root:root 700"
