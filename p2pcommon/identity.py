@@ -5,9 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-
 SHORT_ID_LENGTH = 7
 
 
@@ -19,6 +16,10 @@ def peer_id_from_der(cert_der: bytes) -> str:
 
 def cert_der_from_pem(cert_pem: str) -> bytes:
     """The DER bytes of one PEM certificate; ValueError if it is not one."""
+    # Here, not at the top: a running p2pd never parses certificates (~8 MiB resident).
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
     except (ValueError, UnicodeEncodeError) as exc:
@@ -32,6 +33,9 @@ def canonical_pem(cert_pem: str) -> str:
     What a registry stores and hands out: extra blocks or text around the
     certificate would reach every member's TLS trust store.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     if cert_pem.count("-----BEGIN") != 1:
         raise ValueError("exactly one PEM certificate is expected")
     try:

@@ -21,12 +21,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import httpx
 import trio
 from pydantic import BaseModel, ValidationError
 
 from p2pcommon.backoff import Backoff
-from p2pcommon.httpserver import BodyTooLarge, read_capped
+from p2pcommon.httpclient import (
+    AnswerTooLarge,
+    ClientConnection,
+    Head,
+    HttpClientError,
+    connect,
+    tls_context,
+)
 from p2pcommon.models import (
     Clients,
     Lease,
@@ -50,6 +56,9 @@ MAX_ANSWER = 128 * 1024 * 1024
 DRIFT_BACK = 300.0
 #: The longest Retry-After taken into account, in seconds.
 MAX_RETRY_AFTER = 300.0
+#: Seconds a kept-alive connection is reused: under registryd's default idle
+#: timeout (30 s), so that it is rarely closed under us.
+KEEPALIVE_EXPIRY = 25.0
 
 
 class RegistryError(Exception):
@@ -117,12 +126,25 @@ def _retry_after(value: str | None) -> float | None:
     return min(float(value.strip()), MAX_RETRY_AFTER)
 
 
-def _describe(exc: httpx.HTTPError) -> str:
-    cause = exc.__cause__ or exc.__context__
-    text = str(exc) or type(exc).__name__
-    if cause is not None and str(cause) and str(cause) not in text:
-        text = f"{text} ({cause})"
-    return text
+class _Registry:
+    """Where one registry URL is, and its kept-alive connection."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.netloc = parts.netloc.rpartition("@")[2]
+        self.path = parts.path
+        self.problem: str | None
+        try:
+            self.port = parts.port or (443 if self.tls else 80)
+        except ValueError as exc:  # a port out of range
+            self.port, self.problem = 0, str(exc)
+        else:
+            usable = parts.scheme in ("http", "https") and self.host
+            self.problem = None if usable else "not an http:// or https:// URL"
+        #: A connection that finished its last exchange, and until when it may be reused.
+        self.idle: tuple[ClientConnection, float] | None = None
 
 
 class RegistryClient:
@@ -148,7 +170,11 @@ class RegistryClient:
         self._signer = Signer(secret)
         self._clock = clock
         self._backoff = backoff or Backoff(base=0.25, cap=10.0)
-        self._http = httpx.AsyncClient(timeout=timeout, verify=verify)
+        self._registries = {url: _Registry(url) for url in self.urls}
+        self._timeout = timeout
+        self._verify = verify
+        # Made on the first https:// exchange: loading a CA bundle costs memory.
+        self._tls: ssl.SSLContext | None = None
         self._exchange_timeout = 3 * timeout
 
     @property
@@ -168,7 +194,10 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for registry in self._registries.values():
+            if registry.idle is not None:
+                connection, registry.idle = registry.idle[0], None
+                await connection.aclose()
 
     # -- the API ----------------------------------------------------------
 
@@ -266,47 +295,102 @@ class RegistryClient:
             self._away_since = self._monotonic()
 
     async def _exchange(self, url: str, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        full_path = urlsplit(url).path + path
-        headers, nonce = self._signer.sign_request(method, full_path, body, now=self._clock())
-        if body:
-            headers["Content-Type"] = "application/json"
+        registry = self._registries[url]
         try:
-            # httpx's timeout bounds each read; this bounds the whole exchange,
-            # and the body is read with a cap: whatever answers at a registry's
-            # URL is unauthenticated until its signature is checked.
+            # The connection's timeouts bound each wait; this bounds the whole
+            # exchange, and the body is read with a cap: whatever answers at a
+            # registry's URL is unauthenticated until its signature is checked.
             with trio.fail_after(self._exchange_timeout):
-                request = self._http.build_request(
-                    method, url + path, content=body, headers=headers
-                )
-                response = await self._http.send(request, stream=True)
+                connection, reused = await self._connection(registry)
                 try:
-                    content = await read_capped(response.aiter_bytes(), MAX_ANSWER)
-                finally:
-                    await response.aclose()
-        except httpx.HTTPError as exc:
-            raise _Failed(_describe(exc)) from None
+                    nonce, head, content = await self._send(
+                        connection, registry, method, path, body
+                    )
+                except HttpClientError:
+                    if not reused:
+                        raise
+                    # The registry closed the kept-alive connection meanwhile: a
+                    # fresh one, and a fresh signature (the nonce may have been seen).
+                    connection, _ = await self._connection(registry, fresh=True)
+                    nonce, head, content = await self._send(
+                        connection, registry, method, path, body
+                    )
+        except HttpClientError as exc:
+            raise _Failed(str(exc)) from None
         except trio.TooSlowError:
             raise _Failed(f"no whole answer within {self._exchange_timeout:g} s") from None
-        except BodyTooLarge:
-            raise _Failed(f"the answer is larger than {MAX_ANSWER} bytes") from None
-        status = response.status_code
+        status = head.status
         if status in (401, 429) or status >= 500:
             error, message = _error_fields(content)
             raise _Failed(
                 f"{status} {error}: {message}".rstrip(": "),
-                _retry_after(response.headers.get("retry-after")),
+                _retry_after(head.header("retry-after")),
             )
         try:
             self._signer.verify_response(
-                status,
-                response.headers.multi_items(),
-                content,
-                nonce=nonce,
-                now=self._clock(),
+                status, head.fields, content, nonce=nonce, now=self._clock()
             )
         except AuthError as exc:
             raise _Failed(f"answer not signed with our secret ({exc}); ignored") from None
         return status, content
+
+    async def _send(
+        self,
+        connection: ClientConnection,
+        registry: _Registry,
+        method: str,
+        path: str,
+        body: bytes,
+    ) -> tuple[str, Head, bytes]:
+        """One signed request on ``connection``; kept for reuse if it ends cleanly."""
+        headers, nonce = self._signer.sign_request(
+            method, registry.path + path, body, now=self._clock()
+        )
+        if body:
+            headers["Content-Type"] = "application/json"
+        try:
+            head = await connection.request(method, registry.path + path, headers, body)
+            content = await connection.body(MAX_ANSWER)
+        except AnswerTooLarge:
+            await connection.aclose()
+            raise _Failed(f"the answer is larger than {MAX_ANSWER} bytes") from None
+        except BaseException:
+            # Cancelled (a deadline) or failed: the connection is in an unknown state.
+            with trio.CancelScope(shield=True):
+                await connection.aclose()
+            raise
+        if connection.reusable and registry.idle is None:
+            registry.idle = (connection, trio.current_time() + KEEPALIVE_EXPIRY)
+        else:
+            await connection.aclose()
+        return nonce, head, content
+
+    async def _connection(
+        self, registry: _Registry, *, fresh: bool = False
+    ) -> tuple[ClientConnection, bool]:
+        """Its kept-alive connection if one is live (and whether it was), else a new one."""
+        if registry.problem is not None:
+            raise HttpClientError(registry.problem)
+        if registry.idle is not None:
+            connection, expires = registry.idle
+            registry.idle = None
+            if not fresh and trio.current_time() < expires:
+                return connection, True
+            await connection.aclose()
+        tls = None
+        if registry.tls:
+            if self._tls is None:
+                self._tls = tls_context(self._verify)
+            tls = self._tls
+        stream = await connect(registry.host, registry.port, tls=tls, connect_timeout=self._timeout)
+        connection = ClientConnection(
+            stream,
+            name="the registry",
+            host=registry.netloc,
+            read_timeout=self._timeout,
+            write_timeout=self._timeout,
+        )
+        return connection, False
 
 
 class _Failed(Exception):

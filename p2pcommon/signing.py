@@ -27,17 +27,18 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from functools import cache, cached_property
+from typing import TYPE_CHECKING, Any, Final
 
-from http_message_signatures import (
-    ContentDigest,
-    HTTPMessageSignaturesException,
-    HTTPMessageSigner,
-    HTTPMessageVerifier,
-    HTTPSignatureComponentResolver,
-    HTTPSignatureKeyResolver,
-    algorithms,
-)
+if TYPE_CHECKING:
+    from http_message_signatures import (
+        HTTPMessageSigner,
+        HTTPMessageVerifier,
+        HTTPSignatureKeyResolver,
+    )
+else:
+    # The package is imported on first need (below); its resolver base only declares.
+    HTTPSignatureKeyResolver = object
 
 from p2pcommon.sigshape import ALGORITHM as ALGORITHM
 from p2pcommon.sigshape import KEY_ID as KEY_ID
@@ -143,30 +144,6 @@ def _authority(host_header: str | None) -> str | None:
     return match.group(0)
 
 
-class _Components(HTTPSignatureComponentResolver):
-    """The package's resolver, refusing the components that need an authority we lack.
-
-    The package lowercases the host and omits the scheme's default port itself
-    (RFC 9421 §2.2.3), from the URL that ``verify_request`` builds from ``Host``.
-    """
-
-    def _need_authority(self, component: str) -> None:
-        if not getattr(self.message, "has_authority", True):
-            raise HTTPMessageSignaturesException(
-                f"{component} covered, but the request has no usable Host header"
-            )
-
-    def get_authority(self) -> str:
-        self._need_authority("@authority")
-        value: str = super().get_authority()  # type: ignore[no-untyped-call]
-        return value
-
-    def get_target_uri(self) -> str:
-        self._need_authority("@target-uri")
-        value: str = super().get_target_uri()  # type: ignore[no-untyped-call]
-        return value
-
-
 @dataclass
 class _Response:
     status_code: int
@@ -185,11 +162,50 @@ class _SecretResolver(HTTPSignatureKeyResolver):
         return self._key if key_id == KEY_ID else None
 
 
-class _Verifier(HTTPMessageVerifier):
-    # The library's own clock checks are disabled: Signer checks ``created``
-    # against the caller's ``now`` after the MAC verified, so "stale" is only
-    # ever reported for authentic messages.
-    max_clock_skew = datetime.timedelta(days=365 * 100)
+@cache
+def _package_classes() -> tuple[type[Any], type[HTTPMessageVerifier]]:
+    """The resolver and verifier classes built on the package, made on first use.
+
+    The package (with the cryptography it imports, ~9 MiB of a daemon's
+    memory) is needed only for messages not in our exact shape and for
+    refusals: a peer talking to a p2p registry never loads it.
+    """
+    from http_message_signatures import (
+        HTTPMessageSignaturesException,
+        HTTPMessageVerifier,
+        HTTPSignatureComponentResolver,
+    )
+
+    class Components(HTTPSignatureComponentResolver):
+        """The package's resolver, refusing the components that need an authority we lack.
+
+        The package lowercases the host and omits the scheme's default port itself
+        (RFC 9421 §2.2.3), from the URL that ``verify_request`` builds from ``Host``.
+        """
+
+        def _need_authority(self, component: str) -> None:
+            if not getattr(self.message, "has_authority", True):
+                raise HTTPMessageSignaturesException(
+                    f"{component} covered, but the request has no usable Host header"
+                )
+
+        def get_authority(self) -> str:
+            self._need_authority("@authority")
+            value: str = super().get_authority()  # type: ignore[no-untyped-call]
+            return value
+
+        def get_target_uri(self) -> str:
+            self._need_authority("@target-uri")
+            value: str = super().get_target_uri()  # type: ignore[no-untyped-call]
+            return value
+
+    class Verifier(HTTPMessageVerifier):
+        # The library's own clock checks are disabled: Signer checks ``created``
+        # against the caller's ``now`` after the MAC verified, so "stale" is only
+        # ever reported for authentic messages.
+        max_clock_skew = datetime.timedelta(days=365 * 100)
+
+    return Components, Verifier
 
 
 def new_nonce() -> str:
@@ -224,14 +240,24 @@ class Signer:
             raise ValueError(f"the shared secret must have at least {MIN_SECRET_LENGTH} characters")
         self._key = secret.encode("utf-8")
         self._exact = ExactShape(self._key)
-        resolver = _SecretResolver(self._key)
-        self._signer = HTTPMessageSigner(
-            signature_algorithm=algorithms.HMAC_SHA256, key_resolver=resolver
+
+    @cached_property
+    def _signer(self) -> HTTPMessageSigner:
+        from http_message_signatures import HTTPMessageSigner, algorithms
+
+        return HTTPMessageSigner(
+            signature_algorithm=algorithms.HMAC_SHA256, key_resolver=_SecretResolver(self._key)
         )
-        self._verifier = _Verifier(
+
+    @cached_property
+    def _verifier(self) -> HTTPMessageVerifier:
+        from http_message_signatures import algorithms
+
+        components, verifier = _package_classes()
+        return verifier(
             signature_algorithm=algorithms.HMAC_SHA256,
-            key_resolver=resolver,
-            component_resolver_class=_Components,
+            key_resolver=_SecretResolver(self._key),
+            component_resolver_class=components,
         )
 
     # -- requests ---------------------------------------------------------
@@ -369,6 +395,8 @@ class Signer:
 
     @staticmethod
     def _check_digest(view: _Headers, body: bytes) -> None:
+        from http_message_signatures import ContentDigest, HTTPMessageSignaturesException
+
         value = view.get("content-digest")
         if value is None:
             raise AuthError(DIGEST_MISMATCH, "no Content-Digest")
@@ -390,6 +418,8 @@ class Signer:
             raise AuthError(MISSING_SIGNATURE)
         # The digest is checked before the MAC: it is cheap and needs no secret.
         self._check_digest(headers, body)
+        from http_message_signatures import HTTPMessageSignaturesException
+
         try:
             results = self._verifier.verify(message, max_age=None, require_components=components)
         except HTTPMessageSignaturesException as exc:

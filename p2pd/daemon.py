@@ -19,9 +19,8 @@ from p2pd.config import LIVE_KEYS, PeerSettings
 from p2pd.control import ControlServer
 from p2pd.downloads import Downloads
 from p2pd.history import History, HistoryUnavailable
-from p2pd.identity import NetworkCA, load_or_create
+from p2pd.identity import load_for_network
 from p2pd.members import Members
-from p2pd.metrics import BindError, PeerMetrics, open_listeners
 from p2pd.peerclient import PeerPool
 from p2pd.peerserver import PeerServer
 from p2pd.registry_link import RegistryLink
@@ -63,10 +62,9 @@ class Daemon:
     async def _run(self, termination: Termination, hangups: AsyncIterator[int]) -> None:
         settings = self.settings
         # The network CA comes from the secret; it issues (or re-issues) our certificate.
-        network = await trio.to_thread.run_sync(NetworkCA.from_secret, self._secret)
         try:
-            identity, new = await trio.to_thread.run_sync(
-                load_or_create, settings.state_dir, network
+            identity, new, network = await trio.to_thread.run_sync(
+                load_for_network, settings.state_dir, self._secret
             )
         except (ValueError, OSError) as exc:
             raise StartupError(f"identity in {settings.state_dir}: {exc}") from None
@@ -164,6 +162,9 @@ class Daemon:
     async def _serve_metrics(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        # Imported only when metrics are served (off by default): prometheus_client costs ~1 MiB.
+        from p2pd.metrics import BindError, PeerMetrics, open_listeners
+
         try:
             listeners = await open_listeners(self.settings.metrics_listen)
         except BindError as exc:

@@ -10,20 +10,23 @@ from __future__ import annotations
 import email.utils
 import errno
 import grp
+import json
 import os
 import pwd
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
+import trio
 
+from p2pcommon.httpclient import ClientConnection, Head, HttpClientError, connect, tls_context
 from p2pcommon.models import split_host_port
+from p2pcommon.registry_client import MAX_ANSWER
 from p2pcommon.settings import ConfigError, load_settings, read_secret
 from p2pcommon.signing import MAX_SKEW, AuthError, Signer
 from p2pd.admin import DROPIN_DIR, SERVICE_SECRET, UNIT_STATE_DIR, dropin_problem
@@ -388,30 +391,28 @@ def probe_registry(
     sent = time.time()
     headers, nonce = signer.sign_request("GET", urlsplit(base).path + "/clients", b"", now=sent)
     try:
-        with httpx.Client(timeout=timeout) as http:
-            response = http.get(base + "/clients", headers=headers)
-    except httpx.HTTPError as exc:
-        timed_out = isinstance(exc, httpx.TimeoutException)
-        why = f"no answer within {timeout:.0f} s" if timed_out else str(exc) or type(exc).__name__
+        head, content = trio.run(_get, base, headers, timeout)
+    except (trio.TooSlowError, HttpClientError) as exc:
+        timed_out = isinstance(exc, trio.TooSlowError)
+        why = f"no answer within {timeout:.0f} s" if timed_out else str(exc)
         fix = f"check the URL in 'registries' in {config}, and that registryd runs there"
         fix += " (`systemctl status registryd` on that host)"
         return CheckResult("registry", "problem", f"{url} is unreachable: {why}", fix), None
     # The server stamped its time somewhere during the round trip: compare with the middle.
-    stamp = server_time(response.headers)
+    stamp = server_time(head.headers)
     reading = None if stamp is None else (stamp[0] - (sent + time.time()) / 2, stamp[1])
-    status = response.status_code
-    reason = _error_of(response)
+    status = head.status
+    reason = _error_of(head, content)
     if status == 200:
         try:
             # Checked at the registry's time: a skew is the clock check's to report.
             now = stamp[0] if stamp else time.time()
-            headers_seen = response.headers.multi_items()
-            signer.verify_response(200, headers_seen, response.content, nonce=nonce, now=now)
+            signer.verify_response(200, head.fields, content, nonce=nonce, now=now)
         except AuthError as exc:
             message = f"{url} answered, but not signed with our secret ({exc})"
             fix = f"check that {url} is a registry of this network ('registries' in {config})"
             return CheckResult("registry", "problem", message, fix), reading
-        members = len(response.json().get("clients", []))
+        members = len(json.loads(content).get("clients", []))
         message = f"{url} accepted our signature; {members} member(s) online"
         return CheckResult("registry", "ok", message), reading
     if status == 401:
@@ -428,17 +429,32 @@ def probe_registry(
     return CheckResult("registry", "problem", message, fix), reading
 
 
-def _error_of(response: httpx.Response) -> str:
+async def _get(base: str, headers: dict[str, str], seconds: float) -> tuple[Head, bytes]:
+    """GET base/clients on a connection of its own, within ``seconds``."""
+    parts = urlsplit(base)
+    tls = tls_context() if parts.scheme == "https" else None
+    port = parts.port or (443 if tls else 80)
+    with trio.fail_after(seconds):
+        stream = await connect(parts.hostname or "", port, tls=tls, connect_timeout=seconds)
+        connection = ClientConnection(stream, name=base, host=parts.netloc.rpartition("@")[2])
+        try:
+            head = await connection.request("GET", parts.path + "/clients", headers)
+            return head, await connection.body(MAX_ANSWER)
+        finally:
+            await connection.aclose()
+
+
+def _error_of(head: Head, content: bytes) -> str:
     try:
-        return str(response.json().get("error", ""))
+        return str(json.loads(content).get("error", ""))
     except (ValueError, AttributeError):
-        return response.reason_phrase
+        return head.reason
 
 
 _CREATED = re.compile(r";\s*created=(\d+)")
 
 
-def server_time(headers: httpx.Headers) -> tuple[float, str] | None:
+def server_time(headers: Mapping[str, str]) -> tuple[float, str] | None:
     """The registry's time and where it was read: the Date header, else the signature."""
     date = headers.get("date")
     if date:

@@ -10,30 +10,39 @@ member instead of one per member, and still admits a request only when the
 hash of the client's certificate is a current member's id.  Knowing the
 secret already lets anyone register, so being able to issue such certificates
 grants nothing more.
+
+Deriving the CA, building certificates and checking signatures take the
+cryptography package, which stays resident once imported (~8 MiB, most of
+it its own OpenSSL).  A running daemon needs none of that: TLS is the
+standard library's.  So ``load_for_network`` keeps its outcome in
+``state_dir`` (``network-ca.crt``), and a restart with the same secret and
+identity reads it back without the package.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import logging
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from p2pcommon.identity import peer_id_from_der, short_id
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger("p2pd.identity")
 
 KEY_FILE = "identity.key"
 CERT_FILE = "identity.crt"
+#: The network CA's certificate, with what it was derived from and checked against.
+NETWORK_FILE = "network-ca.crt"
 VALIDITY = datetime.timedelta(days=100 * 365)
 
 #: HKDF-SHA256 parameters of the network CA's key: changing any makes another network.
@@ -75,10 +84,12 @@ class NetworkCA:
 
     @classmethod
     def from_secret(cls, secret: str) -> NetworkCA:
-        okm = HKDF(
-            algorithm=hashes.SHA256(), length=CA_KDF_LENGTH, salt=CA_KDF_SALT, info=CA_KDF_INFO
-        ).derive(secret.encode("utf-8"))
-        scalar = int.from_bytes(okm, "big") % (P256_ORDER - 1) + 1
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        scalar = int.from_bytes(_ca_key_material(secret), "big") % (P256_ORDER - 1) + 1
         key = ec.derive_private_key(scalar, ec.SECP256R1())
         spki = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -99,7 +110,7 @@ class NetworkCA:
             .not_valid_before(CA_NOT_BEFORE)
             .not_valid_after(CA_NOT_AFTER)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_CA_KEY_USAGE, critical=True)
+            .add_extension(_ca_key_usage(), critical=True)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
@@ -113,6 +124,8 @@ class NetworkCA:
 
     def why_not_issued(self, cert: x509.Certificate) -> str | None:
         """None if this CA signed ``cert``; otherwise why not, in words."""
+        from cryptography.exceptions import InvalidSignature
+
         if cert.issuer == cert.subject:
             return "it was self-signed (made before the network CA)"
         try:
@@ -122,17 +135,36 @@ class NetworkCA:
         return None
 
 
-_CA_KEY_USAGE = x509.KeyUsage(
-    digital_signature=False,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=True,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
+def _ca_key_usage() -> x509.KeyUsage:
+    from cryptography import x509
+
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _ca_key_material(secret: str) -> bytes:
+    """HKDF-SHA256 (RFC 5869) of the secret with the CA's parameters, by the standard library."""
+    prk = hmac.digest(CA_KDF_SALT, secret.encode("utf-8"), "sha256")
+    okm, block = b"", b""
+    for counter in range(1, -(-CA_KDF_LENGTH // 32) + 1):
+        block = hmac.digest(prk, block + CA_KDF_INFO + bytes([counter]), "sha256")
+        okm += block
+    return okm[:CA_KDF_LENGTH]
+
+
+def secret_check(secret: str) -> str:
+    """Names the network CA of ``secret`` without deriving its key (no secret in it:
+    a hash of the key material, which the CA's public certificate already pins)."""
+    return hashlib.sha256(b"p2pd network CA check\0" + _ca_key_material(secret)).hexdigest()[:32]
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
@@ -152,6 +184,10 @@ def build_certificate(
     key: ec.EllipticCurvePrivateKey, network: NetworkCA | None = None
 ) -> x509.Certificate:
     """A certificate for ``key``, issued by ``network`` (self-signed without one)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
     # Servers find trust anchors by subject (a self-signed member's certificate is
     # one), so each subject must be unique: hence the key id in it.
     key_id = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
@@ -177,10 +213,15 @@ def build_certificate(
 
 
 def _cert_bytes(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def create_identity(key_path: Path, cert_path: Path, network: NetworkCA | None = None) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP256R1())
     cert = build_certificate(key, network)
     key_pem = key.private_bytes(
@@ -194,6 +235,9 @@ def create_identity(key_path: Path, cert_path: Path, network: NetworkCA | None =
 
 def _reissue(key_path: Path, cert_path: Path, old: x509.Certificate, network: NetworkCA) -> None:
     """Replace the certificate by one the network CA issues for the same key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     why = network.why_not_issued(old)
     if why is None:
         return
@@ -219,6 +263,9 @@ def load_or_create(state_dir: Path, network: NetworkCA | None = None) -> tuple[I
     With ``network``, a certificate that CA did not issue (an older self-signed
     one, or one of another secret) is re-issued for the same key.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     state_dir.mkdir(parents=True, exist_ok=True)
     key_path, cert_path = state_dir / KEY_FILE, state_dir / CERT_FILE
     new = not key_path.exists() and not cert_path.exists()
@@ -239,3 +286,51 @@ def load_or_create(state_dir: Path, network: NetworkCA | None = None) -> tuple[I
     cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
     cert_der = cert.public_bytes(serialization.Encoding.DER)
     return Identity(key_path, cert_path, cert_pem, peer_id_from_der(cert_der)), new
+
+
+@dataclass(frozen=True)
+class NetworkAnchor:
+    """What a running daemon needs of the network CA: its certificate, as a trust anchor."""
+
+    cert_pem: str
+
+
+def load_for_network(state_dir: Path, secret: str) -> tuple[Identity, bool, NetworkAnchor]:
+    """``load_or_create`` with the network CA of ``secret``, and that CA's certificate.
+
+    Done in full (with cryptography) only when ``network-ca.crt`` does not say
+    that this secret's CA was derived and the identity found issued by it:
+    at first start, after a change of secret, of identity or of the file.
+    """
+    check = secret_check(secret)
+    cached = _cached(state_dir, check)
+    if cached is not None:
+        return cached[0], False, cached[1]
+    network = NetworkCA.from_secret(secret)
+    identity, new = load_or_create(state_dir, network)
+    record = f"p2pd network CA {check} issued {identity.id}\n{network.cert_pem}"
+    try:
+        _write_private(state_dir / NETWORK_FILE, record.encode("ascii"), 0o644)
+    except OSError as exc:
+        # Only the next start's speed depends on it.
+        log.warning("cannot keep the network CA in %s: %s", state_dir, exc.strerror or exc)
+    return identity, new, NetworkAnchor(network.cert_pem)
+
+
+def _cached(state_dir: Path, check: str) -> tuple[Identity, NetworkAnchor] | None:
+    key_path, cert_path = state_dir / KEY_FILE, state_dir / CERT_FILE
+    try:
+        first, _, ca_pem = (state_dir / NETWORK_FILE).read_text(encoding="ascii").partition("\n")
+        cert_pem = cert_path.read_text(encoding="ascii")
+        words = first.split()
+        if words[:3] != ["p2pd", "network", "CA"] or words[3:5] != [check, "issued"]:
+            return None
+        ssl.PEM_cert_to_DER_cert(ca_pem)
+        peer_id = peer_id_from_der(ssl.PEM_cert_to_DER_cert(cert_pem))
+        if words[5:] != [peer_id]:
+            return None
+        if key_path.stat().st_mode & 0o077:
+            os.chmod(key_path, 0o600)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return Identity(key_path, cert_path, cert_pem, peer_id), NetworkAnchor(ca_pem)

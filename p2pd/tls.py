@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
-from cryptography import x509
 
 from p2pcommon.identity import peer_id_from_der
 from p2pcommon.models import Member
-from p2pd.identity import Identity, NetworkCA
+from p2pd.identity import Identity, NetworkAnchor, NetworkCA
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger("p2pd.tls")
 
@@ -134,6 +137,48 @@ def _name_key(name: x509.Name) -> str:
     return " ".join(name.rfc4514_string().lower().split())
 
 
+def _der_item(data: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start of the value, end) of the DER item at ``at``; ValueError if cut short."""
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:
+        size = length & 0x7F
+        if not 0 < size <= 4:
+            raise ValueError("unsupported DER length")
+        length = int.from_bytes(data[at : at + size], "big")
+        at += size
+    if at + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, at, at + length
+
+
+def issuer_and_subject(cert_der: bytes) -> tuple[bytes, bytes]:
+    """The DER of a certificate's issuer and subject names (RFC 5280 §4.1); ValueError else."""
+    try:
+        _, tbs, _ = _der_item(cert_der, 0)  # Certificate
+        _, at, _ = _der_item(cert_der, tbs)  # TBSCertificate
+        items: list[bytes] = []
+        while len(items) < 6:
+            tag, start, end = _der_item(cert_der, at)
+            if not (items == [] and tag == 0xA0):  # the optional version
+                items.append(cert_der[at:end])
+            at = end
+    except IndexError:
+        raise ValueError("truncated DER") from None
+    # serialNumber, signature, issuer, validity, subject
+    issuer, subject = items[2], items[4]
+    if issuer[0] != 0x30 or subject[0] != 0x30:
+        raise ValueError("a name is not a SEQUENCE")
+    return issuer, subject
+
+
+#: The subject p2pd gives its own certificates (p2pd.identity.build_certificate):
+#: one RDN, CN as a UTF8String "p2pd peer " and 16 hex digits.
+_PEER_SUBJECT = re.compile(
+    rb"\x30\x25\x31\x23\x30\x21\x06\x03\x55\x04\x03\x0c\x1ap2pd peer [0-9a-f]{16}"
+)
+
+
 class ServerContexts:
     """The server's context; a membership change costs O(1), not a context per member set.
 
@@ -146,9 +191,16 @@ class ServerContexts:
     decided per request by the member list (PeerServer.handle).
     """
 
-    def __init__(self, identity: Identity, network: NetworkCA | None = None) -> None:
+    def __init__(
+        self, identity: Identity, network: NetworkCA | NetworkAnchor | None = None
+    ) -> None:
         self._identity = identity
         self._network = network
+        #: The CA's subject as DER, for the common case decided without parsing (below).
+        self._ca_subject: bytes | None = None
+        if network is not None:
+            with contextlib.suppress(ValueError):
+                self._ca_subject = issuer_and_subject(ssl.PEM_cert_to_DER_cert(network.cert_pem))[1]
         #: Foreign members' certificates (PEM) by id.
         self._foreign: dict[str, str] = {}
         self._stale = False
@@ -182,19 +234,36 @@ class ServerContexts:
 
         Only the issuer's name is compared: OpenSSL checks the signature in
         the handshake, so a certificate that only claims the CA fails there.
+        A certificate as p2pd makes them, naming the CA byte for byte, is
+        decided from its DER; any other is parsed by cryptography, imported
+        then (a running daemon has no other use for it).
         """
+        if self._network is not None and self._ca_subject is not None:
+            try:
+                issuer, subject = issuer_and_subject(ssl.PEM_cert_to_DER_cert(member.cert))
+            except ValueError:
+                pass
+            else:
+                if issuer == self._ca_subject and _PEER_SUBJECT.fullmatch(subject):
+                    return False
+        return self._parsed_is_foreign(member)
+
+    def _parsed_is_foreign(self, member: Member) -> bool:
+        from cryptography import x509
+
         try:
             cert = x509.load_pem_x509_certificate(member.cert.encode("ascii"))
             if self._network is None:
                 return True
+            network = x509.load_pem_x509_certificate(self._network.cert_pem.encode("ascii"))
             # Names are parsed lazily: a malformed one raises here, not later.
-            if _name_key(cert.subject) == _name_key(self._network.name):
+            if _name_key(cert.subject) == _name_key(network.subject):
                 # As an anchor it would stand in for the CA when issuers are looked up.
                 log.warning(
                     "ignoring %s's certificate: it claims the network CA's name", member.name
                 )
                 return False
-            return not self._network.issued(cert)
+            return cert.issuer != network.subject
         except (ValueError, UnicodeEncodeError) as exc:
             log.warning("ignoring %s's unusable certificate: %s", member.name, exc)
             return False

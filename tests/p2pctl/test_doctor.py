@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from p2pd.config import PeerSettings
@@ -316,11 +315,12 @@ def test_clock_skew_classification() -> None:
 
 
 def test_server_time_from_date_else_from_the_signature() -> None:
-    dated = httpx.Headers({"Date": "Thu, 01 Jan 1970 00:01:40 GMT"})
+    # Names as the client gives them: lowercased.
+    dated = {"date": "Thu, 01 Jan 1970 00:01:40 GMT"}
     assert server_time(dated) == (100.5, "Date header")
-    signed = httpx.Headers({"Signature-Input": 'sig=("@status");created=1700000000;nonce="n"'})
+    signed = {"signature-input": 'sig=("@status");created=1700000000;nonce="n"'}
     assert server_time(signed) == (1_700_000_000.5, "signature's created time")
-    assert server_time(httpx.Headers({"Date": "garbage"})) is None
+    assert server_time({"date": "garbage"}) is None
 
 
 def test_listen_is_ok_when_our_daemon_holds_the_port() -> None:

@@ -1,0 +1,155 @@
+"""A running p2pd loads only what it uses: no HTTP client library, no cryptography
+after its first start, no metrics or config-writing library unless asked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from p2pd.identity import (
+    CA_KDF_INFO,
+    CA_KDF_LENGTH,
+    CA_KDF_SALT,
+    NETWORK_FILE,
+    NetworkCA,
+    _ca_key_material,
+    build_certificate,
+    load_for_network,
+    load_or_create,
+)
+from tests.support import SECRET
+
+#: Loaded on some paths only (identity creation, metrics, config writing, the
+#: signature package's fallback), or not at all (the registry's store, the CLI's).
+HEAVY = [
+    "httpx",
+    "httpcore",
+    "anyio",
+    "cryptography",
+    "http_message_signatures",
+    "prometheus_client",
+    "tomli_w",
+    "redis",
+    "rich",
+]
+
+
+def run_python(code: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_daemon_imports_none_of_the_heavy_packages() -> None:
+    code = "import sys, p2pd.main, p2pd.daemon; print(' '.join(sorted(sys.modules)))"
+    loaded = set(run_python(code).split())
+    assert "p2pd.daemon" in loaded
+    assert [name for name in HEAVY if name in loaded] == []
+
+
+#: A restart: the identity and the network CA read back, and members of the CA taken
+#: into the server's trust store, in a fresh interpreter.
+RESTART = """
+import json, sys
+from pathlib import Path
+from p2pcommon.models import Member
+from p2pd.identity import load_for_network
+from p2pd.members import Members
+from p2pd.tls import ServerContexts
+state, secret, certs = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+identity, new, network = load_for_network(state, secret)
+contexts = ServerContexts(identity, network)
+members = Members.empty(identity.id)
+members.add_listener(contexts.apply)
+members.update([
+    Member(id=f"m{i}", name=f"m{i}", addresses=[], cert=cert, last_seen=0)
+    for i, cert in enumerate(certs)
+])
+print(json.dumps({
+    "id": identity.id, "new": new, "foreign": contexts.foreign,
+    "anchors": contexts.current().cert_store_stats()["x509"],
+    "cryptography": "cryptography" in sys.modules,
+}))
+"""
+
+
+def issued_pems(network: NetworkCA | None, count: int) -> list[str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return [
+        build_certificate(key, network).public_bytes(serialization.Encoding.PEM).decode()
+        for _ in range(count)
+    ]
+
+
+def restart(state: Path, secret: str, certs: list[str]) -> dict[str, object]:
+    result: dict[str, object] = json.loads(
+        run_python(RESTART, str(state), secret, json.dumps(certs))
+    )
+    return result
+
+
+def test_a_restart_needs_no_cryptography(tmp_path: Path) -> None:
+    identity, new, network = load_for_network(tmp_path, SECRET)
+    assert new and (tmp_path / NETWORK_FILE).exists()
+    members = issued_pems(NetworkCA.from_secret(SECRET), 3)
+    again = restart(tmp_path, SECRET, members)
+    assert again == {
+        "id": identity.id,
+        "new": False,
+        "foreign": 0,
+        "anchors": 2,  # the network CA and our own certificate
+        "cryptography": False,
+    }
+    # A self-signed member (its own anchor) is parsed, as before: then cryptography comes.
+    foreign = restart(tmp_path, SECRET, [*members, *issued_pems(None, 1)])
+    assert foreign["foreign"] == 1 and foreign["anchors"] == 3 and foreign["cryptography"]
+
+
+def test_another_secret_or_identity_is_checked_in_full(tmp_path: Path) -> None:
+    first, _, _ = load_for_network(tmp_path, SECRET)
+    # Another secret: re-issued by the other CA, and remembered for that one.
+    moved = restart(tmp_path, "another network secret", [])
+    assert moved["id"] != first.id and moved["cryptography"]
+    assert restart(tmp_path, "another network secret", [])["cryptography"] is False
+    # Back to the first: re-issued again (a new id), not a stale record's word.
+    back, new, _ = load_for_network(tmp_path, SECRET)
+    assert not new and back.id not in (first.id, moved["id"])
+    # An identity replaced behind our back (a restored backup, self-signed): checked again.
+    load_or_create(tmp_path / "other")
+    for name in ("identity.key", "identity.crt"):
+        (tmp_path / name).write_bytes((tmp_path / "other" / name).read_bytes())
+    restored = restart(tmp_path, SECRET, [])
+    assert restored["cryptography"] and restored["id"] != back.id
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "truncated"])
+def test_a_damaged_record_costs_only_the_slow_path(tmp_path: Path, damage: str) -> None:
+    identity, _, _ = load_for_network(tmp_path, SECRET)
+    record = tmp_path / NETWORK_FILE
+    if damage == "missing":
+        record.unlink()
+    elif damage == "garbage":
+        record.write_text("nonsense\n")
+    else:
+        record.write_text(record.read_text()[:200])
+    again, new, network = load_for_network(tmp_path, SECRET)
+    assert (again.id, new) == (identity.id, False)
+    assert "BEGIN CERTIFICATE" in network.cert_pem
+    assert restart(tmp_path, SECRET, [])["cryptography"] is False  # repaired
+
+
+def test_the_key_derivation_is_the_packages_hkdf() -> None:
+    for secret in ("x" * 8, SECRET, "é" * 40):
+        theirs = HKDF(
+            algorithm=hashes.SHA256(), length=CA_KDF_LENGTH, salt=CA_KDF_SALT, info=CA_KDF_INFO
+        ).derive(secret.encode())
+        assert _ca_key_material(secret) == theirs
