@@ -242,14 +242,18 @@ class Peers:
             sampler.start()
         return self
 
-    def fetch(self) -> tuple[float, float]:
-        """One ``p2pctl fetch``: (wall seconds, the receiving daemon's CPU seconds)."""
+    def fetch(self) -> tuple[float, float, float]:
+        """One ``p2pctl fetch``: wall seconds, then the receiver's and the sender's CPU seconds."""
         landed = self.root / "receiver" / "downloads" / self.data.name
         landed.unlink(missing_ok=True)
-        cpu = cpu_seconds(self.receiver.pid)
+        receiver, sender = cpu_seconds(self.receiver.pid), cpu_seconds(self.sender.pid)
         started = time.perf_counter()
         ctl(self.receiver_sock, "fetch", "sender", self.data.name)
-        return time.perf_counter() - started, cpu_seconds(self.receiver.pid) - cpu
+        return (
+            time.perf_counter() - started,
+            cpu_seconds(self.receiver.pid) - receiver,
+            cpu_seconds(self.sender.pid) - sender,
+        )
 
     def rss(self) -> dict[str, tuple[int, int]]:
         for sampler in self.samplers.values():
@@ -281,6 +285,7 @@ def main() -> int:
     writing: list[float] = []
     ours: list[float] = []
     our_cpu: list[float] = []
+    sender_cpu: list[float] = []
     with tempfile.TemporaryDirectory(prefix="p2pd-bench-") as tmp:
         root = Path(tmp)
         share = root / "share"
@@ -299,9 +304,10 @@ def main() -> int:
             for _ in range(args.runs):
                 reference.append(reference_run(url, None))
                 writing.append(reference_run(url, copy))
-                wall, cpu = peers.fetch()
+                wall, cpu, sent_cpu = peers.fetch()
                 ours.append(wall)
                 our_cpu.append(cpu)
+                sender_cpu.append(sent_cpu)
             rss = peers.rss()
     ref, tee, our = (statistics.median(x) for x in (reference, writing, ours))
     mib, gib = args.size_mib, args.size_mib / 1024
@@ -314,6 +320,7 @@ def main() -> int:
     print(f"against the one that also writes: {tee / our:.2f}x")
     cpu = statistics.median(our_cpu) / gib
     print(f"receiver CPU: {cpu:.2f} s per GiB (goal <= 2.0: {'met' if cpu <= 2.0 else 'missed'})")
+    print(f"sender CPU: {statistics.median(sender_cpu) / gib:.2f} s per GiB")
     for name, (idle, peak) in rss.items():
         growth = (peak - idle) / 1024
         print(

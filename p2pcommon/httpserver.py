@@ -419,7 +419,19 @@ class HttpServer:
             return
         if response.stream is not None:
             try:
+                if length <= JOIN_LIMIT and getattr(response.stream, "in_memory", False):
+                    # Bytes read already go out with the head: one write, and one
+                    # wake-up of the client instead of two.
+                    joined = [head]
+                    async for chunk in response.stream:
+                        joined += h11conn.send_with_data_passthrough(h11.Data(data=chunk)) or ()
+                    joined.append(h11conn.send(h11.EndOfMessage()) or b"")
+                    await out.send_all(b"".join(joined))
+                    return
                 await out.send_all(head)
+                send_itself = getattr(response.stream, "send_itself", None)
+                if send_itself is not None and await send_itself(stream, self.limits.send_timeout):
+                    return  # h11 did not see the body: the connection ends here
                 async for chunk in response.stream:
                     # Content-Length framing adds nothing around the data: send it uncopied.
                     pieces = h11conn.send_with_data_passthrough(h11.Data(data=chunk))

@@ -39,9 +39,17 @@ from p2pd.attempts import (
     refused,
     verified,
 )
+from p2pd.bodypump import BodyCut, receive_direct
 from p2pd.history import History, HistoryUnavailable, Outcome, Queued
 from p2pd.members import Members
-from p2pd.partial import existing_copy, place, receive, resume_state
+from p2pd.partial import (
+    SMALL_FILE,
+    existing_copy,
+    place,
+    receive,
+    resume_state,
+    store_small,
+)
 from p2pd.peerclient import InvalidListing, PeerPool, PeerRefused, PeerUnreachable
 from p2pd.peerserver import repr_digest
 from p2pd.transfer import Progress, Transfer, destination, partial_path
@@ -123,30 +131,48 @@ class Downloads:
             size=entry.size,
             started_at=self._clock(),
         )
-        try:
-            existing = await trio.to_thread.run_sync(existing_copy, dest, queued.sha256)
-        except OSError as exc:
-            raise ValueError(f"cannot look at {dest}: {exc.strerror or exc}") from None
-        if existing is None:
-            await self._running_event.wait()  # the persisted queue is known: it can be joined
-        # Another fetch of the same file may have started while we looked.
+        await self._running_event.wait()  # the persisted queue is known: it can be joined
         if (joined := self._joinable(entry.sha256, dest)) is not None:
             return joined
+        # Registered before the disk and the history are looked at (one worker
+        # thread does both): a fetch meanwhile joins it.
+        transfer = self._register(queued)
+        try:
+            existing, unrecorded = await trio.to_thread.run_sync(
+                self._look_and_enqueue, dest, queued
+            )
+        except OSError as exc:
+            reason = f"cannot look at {dest}: {exc.strerror or exc}"
+            # A fetch that joined meanwhile gets the refusal too; this one records it.
+            transfer.end("failed", reason, self._clock(), recorded=False)
+            self._forget(transfer)
+            transfer.done.set()
+            raise ValueError(reason) from None
         if existing is not None:
-            transfer = Transfer(queued, existing, Progress(queued.size, queued.size))
-            transfer.state = State.DONE
+            transfer.dest = existing
+            transfer.progress = Progress(queued.size, queued.size)
             transfer.peer_id, transfer.peer_name = member.id, member.name
             await self._finish(transfer, "ok", None, recorded=False)
             return transfer
-        # Registered before the history is written: a fetch meanwhile joins it.
-        transfer = self._register(queued)
-        try:
-            await trio.to_thread.run_sync(self._history.enqueue, queued)
-        except HistoryUnavailable as exc:
+        if unrecorded is not None:
             # The transfer is worth more than its resumability after a restart.
-            self.history_failed(exc)
+            self.history_failed(unrecorded)
         self._start_soon(transfer)
         return transfer
+
+    def _look_and_enqueue(
+        self, dest: Path, queued: Queued
+    ) -> tuple[Path | None, HistoryUnavailable | None]:
+        """A copy already at ``dest``; else None once ``queued`` is in the persisted
+        queue, with the reason it could not be put there if it could not (blocking)."""
+        existing = existing_copy(dest, queued.sha256)
+        if existing is not None:
+            return existing, None
+        try:
+            self._history.enqueue(queued)
+        except HistoryUnavailable as exc:
+            return None, exc
+        return None, None
 
     def _joinable(self, sha256: str, dest: Path) -> Transfer | None:
         transfer = self._by_key.get((sha256, dest))
@@ -345,10 +371,16 @@ class Downloads:
         partial = partial_path(self._dir, queued.sha256)
         transfer.state = State.CONNECTING
         transfer.peer_id, transfer.peer_name = member.id, member.name
-        try:
-            digest, offset = await trio.to_thread.run_sync(resume_state, partial, queued.size)
-        except OSError as exc:
-            raise fatal_os_error(exc, partial) from None
+        # A small file is received whole, then written from its start: no resume.
+        small = queued.size <= SMALL_FILE
+        blocks: list[bytes] = []
+        digest: Any = None
+        offset = 0
+        if not small:
+            try:
+                digest, offset = await trio.to_thread.run_sync(resume_state, partial, queued.size)
+            except OSError as exc:
+                raise fatal_os_error(exc, partial) from None
         transfer.progress.update(offset, trio.current_time())
         if queued.size and offset >= queued.size:
             await self._verify_and_place(transfer, partial, digest)  # complete before a restart
@@ -378,16 +410,29 @@ class Downloads:
                 raise changed(remote_path)
             transfer.state = State.DOWNLOADING
             window = ProgressWindow(trio.current_time())
+
+            def on_chunk(count: int) -> None:
+                self._received(transfer, window, count)
+
             try:
-                await receive(
-                    connection.body_chunks(),
-                    partial,
-                    offset,
-                    digest,
-                    on_chunk=lambda count: self._received(transfer, window, count),
-                    # Progress follows what arrived; receive() returns once all is written.
-                    on_written=lambda done: None,
-                )
+                if small:
+                    async for chunk in connection.body_chunks():
+                        blocks.append(chunk)
+                        on_chunk(len(chunk))
+                elif (direct := connection.take_body(head)) is not None:
+                    await receive_direct(direct, partial, offset, digest, on_chunk=on_chunk)
+                else:
+                    await receive(
+                        connection.body_chunks(),
+                        partial,
+                        offset,
+                        digest,
+                        on_chunk=on_chunk,
+                        # Progress follows what arrived; receive() returns once all is written.
+                        on_written=lambda done: None,
+                    )
+            except BodyCut as exc:
+                raise Retry(f"connection lost: {member.name} {exc}") from None
             except OSError as exc:
                 await self._discard_partial(queued.sha256)
                 raise fatal_os_error(exc, self._dir) from None
@@ -399,7 +444,27 @@ class Downloads:
                 await self._pool.release(connection)
             else:
                 await connection.aclose()
-        await self._verify_and_place(transfer, partial, digest)
+        if small:
+            await self._store_small(transfer, partial, blocks)
+        else:
+            await self._verify_and_place(transfer, partial, digest)
+
+    async def _store_small(self, transfer: Transfer, partial: Path, blocks: list[bytes]) -> None:
+        """Write, fsync, verify and place a small file's bytes in one worker thread."""
+        queued = transfer.queued
+        received = transfer.progress.bytes_done
+
+        def check(hexdigest: str) -> None:
+            verified(queued.size, queued.sha256, received, hexdigest)
+
+        transfer.state = State.PLACING
+        try:
+            transfer.dest = await trio.to_thread.run_sync(
+                store_small, partial, blocks, transfer.dest, check
+            )
+        except OSError as exc:
+            await self._discard_partial(queued.sha256)
+            raise fatal_os_error(exc, self._dir) from None
 
     async def _verify_and_place(self, transfer: Transfer, partial: Path, digest: Any) -> None:
         queued = transfer.queued

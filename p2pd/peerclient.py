@@ -10,16 +10,14 @@ from __future__ import annotations
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
-from typing import Any, cast
 
-import h11
 import trio
 from pydantic import ValidationError
 
-from p2pcommon.httpserver import BodyTooLarge, read_capped
+from p2pcommon.httpclient import ClientConnection, Head, HttpClientError, error_reason
 from p2pcommon.models import Listing, Member, split_host_port, validation_reason
 from p2pcommon.service import one_line
+from p2pd.bodypump import DIRECT_MIN, DirectBody
 from p2pd.identity import Identity
 from p2pd.tls import PeerMismatch, client_context, presented_id
 from p2pd.tlsstream import BatchedTLSStream
@@ -53,19 +51,20 @@ class InvalidListing(Exception):
     """A member answered GET /files with something that is not a valid listing."""
 
 
-@dataclass
-class Head:
-    status: int
-    headers: dict[str, str]
-
-
 class PeerConnection:
     """One kept-alive connection to one member; requests run one at a time."""
 
     def __init__(self, member: Member, stream: BatchedTLSStream) -> None:
         self.member = member
-        self._stream = stream
-        self._h11 = h11.Connection(h11.CLIENT)
+        self._tls = stream
+        self._http = ClientConnection(
+            stream,
+            name=member.name,
+            host="peer",
+            read_timeout=READ_TIMEOUT,
+            write_timeout=WRITE_TIMEOUT,
+            receive_size=RECEIVE_SIZE,
+        )
 
     @classmethod
     async def open(
@@ -92,12 +91,7 @@ class PeerConnection:
                 trio.BrokenResourceError,
                 PeerMismatch,
             ) as exc:
-                reason: BaseException = exc.__cause__ or exc
-                # trio reports "all attempts to connect failed" with the real
-                # reasons in a group: show the first, not "(1 sub-exception)".
-                while isinstance(reason, BaseExceptionGroup) and reason.exceptions:
-                    reason = reason.exceptions[0]
-                failures.append(f"{address}: {reason or type(exc).__name__}")
+                failures.append(f"{address}: {error_reason(exc)}")
             finally:
                 if tcp is not None:
                     await trio.aclose_forcefully(tcp)
@@ -108,73 +102,46 @@ class PeerConnection:
     @property
     def reusable(self) -> bool:
         """Between requests: fresh, or the last exchange completed on both sides."""
-        states = (self._h11.our_state, self._h11.their_state)
-        return states in ((h11.IDLE, h11.IDLE), (h11.DONE, h11.DONE))
+        return self._http.reusable
 
     async def aclose(self) -> None:
-        await trio.aclose_forcefully(self._stream)
+        await self._http.aclose()
 
     async def request(self, target: str, headers: dict[str, str] | None = None) -> Head:
         """Send a GET and read the answer's head; read the body with ``body()``."""
-        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
-            self._h11.start_next_cycle()
-        fields = [("Host", "peer"), *(headers or {}).items()]
-        data = self._h11.send(h11.Request(method="GET", target=target, headers=fields))
-        end = self._h11.send(h11.EndOfMessage())
-        assert data is not None and end is not None
         try:
-            with trio.fail_after(WRITE_TIMEOUT):
-                await self._stream.send_all(data + end)
-        except trio.TooSlowError:
-            raise PeerUnreachable(f"{self.member.name} stopped reading our request") from None
-        except trio.BrokenResourceError as exc:
-            raise PeerUnreachable(f"{self.member.name}: {exc.__cause__ or exc}") from None
-        while True:
-            event = await self._next_event()
-            if isinstance(event, h11.Response):
-                return Head(
-                    event.status_code,
-                    {n.decode("latin-1"): v.decode("latin-1") for n, v in event.headers},
-                )
-            if not isinstance(event, h11.InformationalResponse):
-                raise PeerUnreachable(f"unexpected answer from {self.member.name}: {event!r}")
+            return await self._http.request("GET", target, headers or {})
+        except HttpClientError as exc:
+            raise PeerUnreachable(str(exc)) from None
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            event = await self._next_event()
-            if isinstance(event, h11.Data):
-                # A fresh buffer h11 no longer holds: no copy needed.
-                yield event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return
-            else:
-                raise PeerUnreachable(f"{self.member.name} closed the connection mid-answer")
+        try:
+            async for chunk in self._http.body_chunks():
+                yield chunk
+        except HttpClientError as exc:
+            raise PeerUnreachable(str(exc)) from None
+
+    def take_body(self, head: Head) -> DirectBody | None:
+        """A large body framed by Content-Length, handed over for ``bodypump.receive_direct``.
+
+        None for anything else (read it with ``body_chunks``).  What h11 has
+        buffered comes along; the connection cannot be reused afterwards.
+        """
+        length = head.header("content-length") or ""
+        if not length.isdigit() or int(length) < DIRECT_MIN or head.header("transfer-encoding"):
+            return None
+        try:
+            buffered = self._http.detach_body()
+        except HttpClientError as exc:
+            raise PeerUnreachable(str(exc)) from None
+        remaining = int(length) - sum(map(len, buffered))
+        return DirectBody(self._tls.raw(), buffered, remaining, READ_TIMEOUT)
 
     async def body(self, limit: int) -> bytes:
         try:
-            return await read_capped(self.body_chunks(), limit)
-        except BodyTooLarge:
-            raise PeerUnreachable(f"{self.member.name} sent more than {limit} bytes") from None
-
-    async def _next_event(self) -> Any:
-        while True:
-            try:
-                event = self._h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise PeerUnreachable(f"{self.member.name} spoke bad HTTP: {exc}") from None
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                with trio.fail_after(READ_TIMEOUT):
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
-            except trio.TooSlowError:
-                raise PeerUnreachable(
-                    f"{self.member.name} sent nothing for {READ_TIMEOUT:g} s"
-                ) from None
-            except trio.BrokenResourceError as exc:
-                raise PeerUnreachable(f"{self.member.name}: {exc.__cause__ or exc}") from None
-            # h11 takes any bytes-like object; a copy to bytes would cost 1 GiB per GiB.
-            self._h11.receive_data(cast(bytes, data))
+            return await self._http.body(limit)
+        except HttpClientError as exc:
+            raise PeerUnreachable(str(exc)) from None
 
 
 class PeerPool:

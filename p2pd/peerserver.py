@@ -32,6 +32,7 @@ from p2pcommon.httpserver import (
     error_response,
 )
 from p2pcommon.paths import UnsafePath, check_relpath, is_safe_relpath
+from p2pd.bodypump import DIRECT_MIN, BodyCut, raw_tls, send_direct
 from p2pd.index import FileEntry
 from p2pd.members import Members
 from p2pd.ratelimit import TokenBucket
@@ -44,6 +45,11 @@ log = logging.getLogger("p2pd.server")
 FILES_PREFIX = "/files/"
 MAX_TARGET = 4096
 CHUNK = 1024 * 1024
+#: Bodies up to this size are read when the file is opened (in the same worker thread).
+READ_AHEAD = 256 * 1024
+#: Bodies sent by worker threads go in segments of this size: between
+#: segments, a rate limit set meanwhile takes effect.
+DIRECT_SEGMENT = 64 * 1024 * 1024
 #: Seconds a request waits for an upload slot before 503.
 SLOT_WAIT = 2.0
 HANDSHAKE_TIMEOUT = 10.0
@@ -313,15 +319,22 @@ class PeerServer:
             return error_response(
                 503, "busy", "all upload slots are in use; retry shortly", [("Retry-After", "5")]
             )
+        # A small body is read by the thread that opens the file: one hop, and the
+        # HTTP layer sends it with the head in one write.
+        ahead = length if length <= READ_AHEAD else 0
         try:
-            handle = await trio.to_thread.run_sync(self._share.open_entry, entry)
+            handle, ready = await trio.to_thread.run_sync(
+                self._share.open_and_read, entry, first, ahead
+            )
         except OSError as exc:
             self._slots.release()
             return self._open_failed(entry, exc)
         except BaseException:
             self._slots.release()
             raise
-        body = FileBody(self, handle, first, length)
+        body = FileBody(self, handle, first, length, ready)
+        if body.direct:
+            headers.append(("Connection", "close"))
         return Response(status, headers=headers, stream=body, length=length)
 
     async def _head(
@@ -383,12 +396,20 @@ class FileBody:
     slot is returned even when the client vanishes before the first byte.
     """
 
-    def __init__(self, server: PeerServer, handle: BinaryIO, offset: int, length: int) -> None:
+    def __init__(
+        self, server: PeerServer, handle: BinaryIO, offset: int, length: int, ready: bytes = b""
+    ) -> None:
         self._server = server
+        #: Bytes from ``offset`` read already (the whole body of a small file).
+        self._ready = ready
+        #: The whole body is in memory: the HTTP layer may send it with the head.
+        self.in_memory = 0 < len(ready) == length
         self._handle = handle
         self._offset = offset
         self._remaining = length
         self._closed = False
+        #: Sent by worker threads (the answer then says Connection: close).
+        self.direct = length >= DIRECT_MIN
         server.stats.active += 1
 
     def __aiter__(self) -> FileBody:
@@ -402,13 +423,52 @@ class FileBody:
         bucket = self._server.bucket
         if bucket is not None:
             await bucket.take(size)
-        chunk = await trio.to_thread.run_sync(os.pread, self._handle.fileno(), size, self._offset)
+        if self._ready:
+            chunk, self._ready = self._ready, b""
+        else:
+            chunk = await trio.to_thread.run_sync(
+                os.pread, self._handle.fileno(), size, self._offset
+            )
         if not chunk:
             raise OSError(f"{self._handle.name} shrank while being served")
-        self._offset += len(chunk)
-        self._remaining -= len(chunk)
-        self._server.stats.served_bytes += len(chunk)
+        self._sent(len(chunk))
         return chunk
+
+    async def send_itself(self, stream: trio.abc.Stream, stall_limit: float) -> bool:
+        """Send the whole body from worker threads (p2pd/bodypump.py); False if it cannot.
+
+        Only a large body over a TLS socket, and only while no rate limit
+        applies (a limit set meanwhile paces the rest through ``__anext__``).
+        The answer said ``Connection: close``: h11 does not see these bytes.
+        """
+        tls = raw_tls(stream) if self.direct else None
+        if tls is None:
+            return False
+        while self._remaining > 0:
+            if self._server.bucket is None:
+                length = min(self._remaining, DIRECT_SEGMENT)
+                try:
+                    await send_direct(
+                        tls,
+                        self._handle.fileno(),
+                        self._offset,
+                        length,
+                        stall_limit=stall_limit,
+                        on_sent=self._sent,
+                    )
+                except BodyCut as exc:
+                    raise trio.BrokenResourceError(str(exc)) from None
+            else:
+                chunk = await self.__anext__()
+                with trio.fail_after(stall_limit):
+                    await stream.send_all(chunk)
+        self._server.stats.served_files += 1
+        return True
+
+    def _sent(self, count: int) -> None:
+        self._offset += count
+        self._remaining -= count
+        self._server.stats.served_bytes += count
 
     async def aclose(self) -> None:
         if not self._closed:

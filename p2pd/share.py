@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -159,6 +160,18 @@ class Share:
         another OSError if it cannot be opened (gone, a link in its path, …).
         """
         return safeopen.open_indexed(self.root, entry)
+
+    def open_and_read(self, entry: FileEntry, offset: int, length: int) -> tuple[BinaryIO, bytes]:
+        """``open_entry``, and up to ``length`` bytes from ``offset`` (blocking).
+
+        Fewer bytes than asked mean the file shrank: the next read finds out.
+        """
+        handle = self.open_entry(entry)
+        try:
+            return handle, os.pread(handle.fileno(), length, offset) if length else b""
+        except BaseException:
+            handle.close()
+            raise
 
     def nudge(self) -> None:
         """Ask for a rescan soon (the index was found stale); call from trio."""

@@ -18,6 +18,8 @@ from typing import Any, cast
 
 import trio
 
+from p2pd.bodypump import RawTLS
+
 #: Socket reads: several records at once.
 TRANSPORT_RECEIVE = 256 * 1024
 
@@ -29,6 +31,11 @@ class BatchedTLSStream(trio.abc.Stream):
         self._outgoing = ssl.MemoryBIO()
         self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=False)
         self._eof = False
+
+    def raw(self) -> RawTLS:
+        """The connection for blocking use by worker threads; nothing else may use it meanwhile."""
+        socket = cast(trio.SocketStream, self.transport).socket
+        return RawTLS(socket.fileno(), self.ssl_object, self._incoming, self._outgoing)
 
     def getpeercert(self, binary_form: bool = False) -> Any:
         return self.ssl_object.getpeercert(binary_form=binary_form)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,10 @@ from typing import Any
 
 from tests.hostile.attacker import Attacker
 
+#: An answer ending with HANG is sent up to it, then the connection stays silent.
 HANG = b"<hang>"
+#: An answer ending with RESET is sent up to it, then the connection is reset (RST).
+RESET = b"<reset>"
 
 
 def http_response(
@@ -42,6 +46,11 @@ class FakeMember:
     routes: dict[str, bytes | Callable[[str], bytes]]
     port: int = 0
     targets: list[str] = field(default_factory=list)
+    #: The head of each request, in order (a route may look at the last one's Range).
+    heads: list[bytes] = field(default_factory=list)
+    #: Called before a RESET, e.g. to wait until the victim read what was sent
+    #: (a reset destroys what the victim's kernel holds unread).
+    before_reset: Callable[[], object] = lambda: None
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -101,12 +110,20 @@ class FakeMember:
                     while b"\r\n\r\n" in buffer:
                         head, buffer = buffer.split(b"\r\n\r\n", 1)
                         target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode("latin-1")
+                        self.heads.append(head)
                         self.targets.append(target)
                         answer = self._answer(target)
-                        if answer == HANG:
+                        sock.settimeout(30)
+                        if answer.endswith(HANG):
+                            sock.sendall(answer[: -len(HANG)])
                             self._stop.wait()
                             return
-                        sock.settimeout(30)
+                        if answer.endswith(RESET):
+                            sock.sendall(answer[: -len(RESET)])
+                            self.before_reset()
+                            linger = struct.pack("ii", 1, 0)
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                            return
                         sock.sendall(answer)
                         sock.settimeout(0.2)
         except (OSError, ssl.SSLError, ValueError, IndexError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from tests.hostile.attacker import (
     register,
     sha256_file,
 )
-from tests.hostile.fake_member import HANG, FakeMember, http_response, listing
+from tests.hostile.fake_member import HANG, RESET, FakeMember, http_response, listing
 from tests.support import VENV_BIN, RunningPeer, RunningRegistry, run_p2pd, run_registryd
 
 FAST = "heartbeat_interval = 0.5\n"
@@ -217,3 +218,97 @@ def test_a_member_announcing_more_bytes_than_listed(scene: Scene, evil: FakeMemb
     assert "where 4 bytes were expected" in json.loads(fetched.stdout)["error"]
     written = sum(p.stat().st_size for p in scene.carol.download_dir.iterdir() if p.is_file())
     assert written <= 4
+
+
+# -- large bodies: received by worker threads (p2pd/bodypump.py) ------------
+
+MIB = 1024 * 1024
+
+
+def file_answer(data: bytes, start: int = 0) -> bytes:
+    """The head of an honest answer for ``data`` from ``start``; the caller adds the body."""
+    digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    headers = {"Repr-Digest": f"sha-256=:{digest}:"}
+    status, reason = 200, "OK"
+    if start:
+        status, reason = 206, "Partial Content"
+        headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+    return http_response(status, b"", headers, reason).replace(
+        b"Content-Length: 0", f"Content-Length: {len(data) - start}".encode()
+    )
+
+
+def range_start(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"range":
+            return int(value.strip().removeprefix(b"bytes=").split(b"-")[0])
+    return 0
+
+
+def test_a_member_that_resets_mid_body_is_resumed(scene: Scene, evil: FakeMember) -> None:
+    """RST after 2 of 3 MiB: the next attempt asks for the rest, and the file verifies."""
+    data = os.urandom(3 * MIB)
+    sha = hashlib.sha256(data).hexdigest()
+    evil.routes["/files"] = listing(entry("reset.bin", sha, len(data)))
+
+    def answer(target: str) -> bytes:
+        start = range_start(evil.heads[-1])
+        if start == 0:
+            return file_answer(data) + data[: 2 * MIB] + RESET
+        return file_answer(data, start) + data[start:]
+
+    evil.routes["/files/reset.bin"] = answer
+    partial = scene.carol.download_dir / f".{sha}.p2pd-partial"
+    evil.before_reset = lambda: poll(
+        lambda: partial.exists() and partial.stat().st_size >= MIB,
+        timeout=60,
+        what="carol to write the first MiB",
+        every=0.02,
+    )
+    join(scene, evil, "evil-reset")
+    fetched = ctl(
+        scene.carol.socket_path, "--json", "fetch", "evil-reset", "reset.bin", timeout=120
+    )
+    assert fetched.returncode == 0, (fetched.stdout, scene.carol.log()[-2000:])
+    outcome = json.loads(fetched.stdout)
+    assert outcome["status"] == "ok", outcome
+    assert sha256_file(Path(outcome["path"])) == sha
+    resumed_from = [range_start(head) for head in evil.heads if b"reset.bin" in head]
+    assert resumed_from[0] == 0 and 0 < resumed_from[-1] <= 2 * MIB, resumed_from
+    assert "evil-reset closed the connection mid-answer" in scene.carol.log()
+    Path(outcome["path"]).unlink()
+
+
+def test_cancel_mid_body_ends_the_transfer_within_a_second(scene: Scene, evil: FakeMember) -> None:
+    """2 of 3 MiB, then silence: `p2pctl cancel` ends it at once, not after the read timeout."""
+    data = os.urandom(3 * MIB)
+    sha = hashlib.sha256(data).hexdigest()
+    evil.routes["/files"] = listing(entry("stall.bin", sha, len(data)))
+    evil.routes["/files/stall.bin"] = file_answer(data) + data[: 2 * MIB] + HANG
+    join(scene, evil, "evil-stall")
+    carol = scene.carol.socket_path
+    started = ctl(carol, "--json", "fetch", "--detach", "evil-stall", "stall.bin", timeout=60)
+    assert started.returncode == 0, started.stderr
+    transfer_id = json.loads(started.stdout)["id"]
+
+    def transfer() -> dict[str, object] | None:
+        downloads = json.loads(ctl(carol, "--json", "downloads", timeout=30).stdout)
+        return next((d for d in downloads if d["id"] == transfer_id), None)
+
+    poll(
+        lambda: (t := transfer()) is not None and int(str(t["bytes_done"])) >= 2 * MIB,
+        timeout=60,
+        what="the first 2 MiB to arrive",
+    )
+    asked = time.monotonic()
+    assert ctl(carol, "cancel", transfer_id, timeout=30).returncode == 0
+
+    def cancelled() -> bool:
+        history = json.loads(ctl(carol, "--json", "history", timeout=30).stdout)
+        return any(h["id"] == transfer_id and h["status"] == "cancelled" for h in history)
+
+    poll(cancelled, timeout=30, what="the cancel to be recorded", every=0.05)
+    # A second is the promise; the rest is p2pctl's own start on a busy machine.
+    assert time.monotonic() - asked < 2.5
+    assert not (scene.carol.download_dir / "stall.bin").exists()

@@ -294,3 +294,41 @@ def test_a_stalled_reader_frees_the_upload_slot(victim: Victim) -> None:
     finally:
         staller.close()
     assert_bob_serves(victim)
+
+
+# -- large bodies: sent by a worker thread (p2pd/bodypump.py) ---------------
+
+
+def test_a_large_file_whole_and_from_an_offset(victim: Victim) -> None:
+    """The thread-sent body is the file's bytes, for 200 and 206; the answer says it closes."""
+    want = (victim.bob.share_dir / "big.bin").read_bytes()
+    whole = peer_get(victim.bob.port, victim.member, "/files/big.bin")
+    assert whole.status == 200 and whole.body == want
+    assert whole.headers["connection"] == "close"
+    offset = 40_000_001
+    tail = peer_get(victim.bob.port, victim.member, "/files/big.bin", {"Range": f"bytes={offset}-"})
+    assert tail.status == 206 and tail.body == want[offset:]
+    assert tail.headers["content-range"] == f"bytes {offset}-{len(want) - 1}/{len(want)}"
+    assert_bob_serves(victim)
+
+
+def test_a_reader_that_resets_mid_body_frees_the_upload_slot_at_once(victim: Victim) -> None:
+    """upload_slots = 1: a reset mid-body ends that upload, and the next is served."""
+    reader = tls(victim.bob.port, victim.member)
+    reader.sendall(build_request("GET", "/files/big.bin", {}))
+    assert reader.recv(65536)  # the answer started
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reader.close()  # an RST, with most of 64 MiB still to send
+    medium = victim.bob.share_dir / "medium.bin"
+    want = medium.read_bytes()
+
+    def served() -> bool:
+        try:
+            answer = peer_get(victim.bob.port, victim.member, "/files/medium.bin")
+        except (Closed, OSError):
+            return False
+        return answer.status == 200 and answer.body == want
+
+    # Within the send timeout (30 s) would be a stall; a reset is seen at the next write.
+    poll(served, timeout=10, what="the upload slot to be freed after the reset", every=0.1)
+    assert_bob_serves(victim)

@@ -1,0 +1,41 @@
+"""A small file is written, verified and placed in one go: never unverified at a
+final name, never over an existing file, no partial file left behind."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from p2pd.attempts import Retry, verified
+from p2pd.partial import store_small
+from p2pd.transfer import partial_path
+
+DATA = b"small file " * 100
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+def check(hexdigest: str) -> None:
+    verified(len(DATA), SHA, len(DATA), hexdigest)
+
+
+def test_verified_bytes_go_to_a_free_name_beside_the_destination(tmp_path: Path) -> None:
+    dest = tmp_path / "sub" / "a.txt"
+    dest.parent.mkdir()
+    dest.write_bytes(b"someone else's")
+    partial = partial_path(tmp_path, SHA)
+    partial.write_bytes(b"left by a crash, longer than the file itself" * 100)
+    placed = store_small(partial, [DATA[:7], DATA[7:]], dest, check)
+    assert placed == tmp_path / "sub" / "a (1).txt"
+    assert placed.read_bytes() == DATA  # rewritten from the start, not appended to
+    assert dest.read_bytes() == b"someone else's"
+    assert not partial.exists()
+
+
+def test_bytes_that_hash_wrong_are_refused_and_not_kept(tmp_path: Path) -> None:
+    dest = tmp_path / "a.txt"
+    partial = partial_path(tmp_path, SHA)
+    with pytest.raises(Retry, match="hash mismatch"):
+        store_small(partial, [b"not the listed bytes"], dest, check)
+    assert list(tmp_path.iterdir()) == []
