@@ -36,6 +36,8 @@ bench: venv
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/index_scale.py
 	$(BIN)/python -m bench.small_files
+	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.cli
 
 # Issue 13's scale benchmark (~10 min; needs redis-server): N virtual peers
 # against one and two registryd, real p2pd among them. QUICK=1 for a smoke run.

@@ -44,8 +44,6 @@ def setup_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # httpx logs every request at INFO: far too chatty for a heartbeat loop.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 #: Characters of one sd_notify value (systemd shows STATUS= in one line).

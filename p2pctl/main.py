@@ -306,7 +306,7 @@ def daemon_status(path: str) -> dict[str, Any] | None:
 
 
 def doctor(args: Args) -> int:
-    # Imported here: pydantic and httpx (and dataclasses, which imports inspect)
+    # Imported here: pydantic and trio (and dataclasses, which imports inspect)
     # would slow every other command's start.
     import dataclasses
 

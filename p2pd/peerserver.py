@@ -207,7 +207,7 @@ class PeerServer:
         return self._epoch + self._share.index.generation
 
     def set_rate_limit(self, rate: int) -> None:
-        """Applies to the next chunk of every upload, including those under way."""
+        """Applies to every upload from its next chunk (a large body: its next 64 MiB segment)."""
         self.bucket = TokenBucket(rate) if rate else None
 
     async def _admit(self, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, str | None] | None:
