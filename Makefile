@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m p2pctl.launcher $(BIN)/p2pctl  # as install.sh does: a quicker start
 	touch $(STAMP)
 
 lint: venv

@@ -8,6 +8,7 @@ Handlers are plain ``async (Request) -> Response`` callables.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = 64 * 1024
 # Bodies larger than this are sent after the head instead of joined to it.
 JOIN_LIMIT = 64 * 1024
+#: A lingering close (``linger_close``): seconds, and bytes read from the client meanwhile.
+LINGER = 1.0
+LINGER_DRAIN = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -418,31 +422,7 @@ class HttpServer:
                 await _close_body(response)
             return
         if response.stream is not None:
-            try:
-                if length <= JOIN_LIMIT and getattr(response.stream, "in_memory", False):
-                    # Bytes read already go out with the head: one write, and one
-                    # wake-up of the client instead of two.
-                    joined = [head]
-                    async for chunk in response.stream:
-                        joined += h11conn.send_with_data_passthrough(h11.Data(data=chunk)) or ()
-                    joined.append(h11conn.send(h11.EndOfMessage()) or b"")
-                    await out.send_all(b"".join(joined))
-                    return
-                await out.send_all(head)
-                send_itself = getattr(response.stream, "send_itself", None)
-                if send_itself is not None and await send_itself(stream, self.limits.send_timeout):
-                    return  # h11 did not see the body: the connection ends here
-                async for chunk in response.stream:
-                    # Content-Length framing adds nothing around the data: send it uncopied.
-                    pieces = h11conn.send_with_data_passthrough(h11.Data(data=chunk))
-                    for piece in pieces or ():
-                        await out.send_all(piece)
-            finally:
-                await _close_body(response)
-            tail = h11conn.send(h11.EndOfMessage())
-            assert tail is not None
-            if tail:
-                await out.send_all(tail)
+            await self._send_stream(stream, out, h11conn, response, response.stream, head)
             return
         body = h11conn.send(h11.Data(data=response.body)) if response.body else b""
         tail = h11conn.send(h11.EndOfMessage())
@@ -453,6 +433,72 @@ class HttpServer:
             await out.send_all(head)
             await out.send_all(body)
             await out.send_all(tail)
+
+    async def _send_stream(
+        self,
+        stream: trio.abc.Stream,
+        out: _DeadlineStream,
+        h11conn: h11.Connection,
+        response: Response,
+        body: AsyncIterable[bytes],
+        head: bytes,
+    ) -> None:
+        """A streamed body: with the head if it is small and read already; by the
+        body itself if it can (``send_itself``: worker threads); else piece by piece."""
+        sent_itself = False
+        try:
+            if response.length <= JOIN_LIMIT and getattr(body, "in_memory", False):
+                # Bytes read already go out with the head: one write, and one
+                # wake-up of the client instead of two.
+                joined = [head]
+                async for chunk in body:
+                    joined += h11conn.send_with_data_passthrough(h11.Data(data=chunk)) or ()
+                joined.append(h11conn.send(h11.EndOfMessage()) or b"")
+                await out.send_all(b"".join(joined))
+                return
+            await out.send_all(head)
+            send_itself = getattr(body, "send_itself", None)
+            if send_itself is not None:
+                sent_itself = await send_itself(stream, self.limits.send_timeout)
+            if not sent_itself:
+                async for chunk in body:
+                    # Content-Length framing adds nothing around the data: send it uncopied.
+                    pieces = h11conn.send_with_data_passthrough(h11.Data(data=chunk))
+                    for piece in pieces or ():
+                        await out.send_all(piece)
+        finally:
+            await _close_body(response)
+        if sent_itself:
+            # h11 did not see the body, so the connection ends (the answer said
+            # so); closing with the client's bytes unread would send an RST,
+            # which can destroy the end of the body before the client reads it.
+            await linger_close(stream)
+            return
+        tail = h11conn.send(h11.EndOfMessage())
+        assert tail is not None
+        if tail:
+            await out.send_all(tail)
+
+
+async def linger_close(
+    stream: trio.abc.Stream, linger: float = LINGER, drain: int = LINGER_DRAIN
+) -> None:
+    """Our FIN, then the client's bytes read (and dropped) until it closes: at most
+    ``linger`` seconds and ``drain`` bytes.  The caller closes the stream after."""
+    transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if not isinstance(transport, trio.abc.HalfCloseableStream):
+        return
+    with (
+        trio.move_on_after(linger),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+    ):
+        await transport.send_eof()
+        drained = 0
+        while drained < drain:
+            data = await transport.receive_some(drain)
+            if not data:
+                break
+            drained += len(data)
 
 
 async def _close_body(response: Response) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from p2pcommon.httpserver import linger_close
 from p2pcommon.identity import peer_id_from_der
 from p2pcommon.models import Member
 from p2pd.identity import Identity, NetworkAnchor, NetworkCA
@@ -110,24 +111,16 @@ async def refuse_handshake(tls: trio.SSLStream[Any], linger: float = ALERT_LINGE
     until it closes, because closing with unread input sends an RST that can
     destroy the alert before the client reads it.
     """
-    transport = tls.transport_stream
     outgoing = getattr(tls, "_outgoing", None)
     pending = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
     try:
-        with (
-            trio.move_on_after(linger),
-            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
-        ):
-            if pending:
-                await transport.send_all(pending)
-            if isinstance(transport, trio.abc.HalfCloseableStream):
-                await transport.send_eof()
-                drained = 0
-                while drained < ALERT_DRAIN:
-                    data = await transport.receive_some(ALERT_DRAIN)
-                    if not data:
-                        break
-                    drained += len(data)
+        if pending:
+            with (
+                trio.move_on_after(linger),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+            ):
+                await tls.transport_stream.send_all(pending)
+        await linger_close(tls, linger, ALERT_DRAIN)
     finally:
         await trio.aclose_forcefully(tls)
 

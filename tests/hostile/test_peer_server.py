@@ -332,3 +332,22 @@ def test_a_reader_that_resets_mid_body_frees_the_upload_slot_at_once(victim: Vic
     # Within the send timeout (30 s) would be a stall; a reset is seen at the next write.
     poll(served, timeout=10, what="the upload slot to be freed after the reset", every=0.1)
     assert_bob_serves(victim)
+
+
+def test_a_pipelined_request_does_not_cut_a_large_body_short(victim: Victim) -> None:
+    """The answer closes the connection; the unread second request must not turn
+    that close into an RST that destroys the body's end before it is read."""
+    want = (victim.bob.share_dir / "big.bin").read_bytes()
+    with tls(victim.bob.port, victim.member) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(build_request("GET", "/files/big.bin", {}))
+        started = sock.recv(65536)
+        # Sent while the body flows: it waits, unread, in bob's socket.
+        sock.sendall(build_request("GET", "/files/hello.txt", {}))
+        head, _, body = started.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        rest = bytearray(body)
+        while chunk := sock.recv(1 << 20):
+            rest += chunk
+    assert len(rest) == len(want) and rest == want
+    assert_bob_serves(victim)

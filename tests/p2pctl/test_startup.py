@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from p2pctl import wirejson
 from p2pctl.main import parser, quick_args
-from tests.p2pctl.test_cli import STATUS, p2pctl, status
+from tests.p2pctl.test_cli import STATUS, status
 from tests.support import VENV_BIN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,6 +173,9 @@ def test_wirejson_refuses_what_json_refuses_with_its_words(data: bytes) -> None:
     assert outcome(lambda: wirejson.loads(data)) == outcome(lambda: json.loads(data))
 
 
+PIPS_SCRIPT = "import sys; from p2pctl.main import main; sys.exit(main())"
+
+
 @pytest.fixture
 def launcher(tmp_path: Path) -> Iterator[Path]:
     """The launcher scripts/install.sh writes, here for the dev venv."""
@@ -204,7 +207,13 @@ async def test_the_launcher_behaves_as_pips_script(launcher: Path, tmp_path: Pat
                 capture_stderr=True,
                 check=False,
             )
-            pips = await p2pctl(socket_path, *call)
+            # What pip's console script runs (the dev venv's p2pctl is the launcher too).
+            pips = await trio.run_process(
+                [str(VENV_BIN / "python"), "-c", PIPS_SCRIPT, "--socket", str(socket_path), *call],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
             seen.append((ours.returncode, ours.stdout, ours.stderr))
             assert seen[-1] == (pips.returncode, pips.stdout, pips.stderr), call
         nursery.cancel_scope.cancel()
