@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.transfer import BIN, SECRET, ctl, free_port, start_peer, wait_for
+from bench.transfer import BIN, ctl, start_peer, start_registry, wait_for
 
 SOURCE = Path(__file__).resolve().parent.parent
 #: The interpreter the venvs are made from (on this machine `python3` on PATH
@@ -63,14 +63,10 @@ def installed_layout(prefix: Path) -> Path:
 @contextlib.contextmanager
 def daemon(root: Path) -> Iterator[Path]:
     """A registryd and one p2pd registered with it; yields the control socket."""
-    port = free_port()
-    env = {**os.environ, "REGISTRYD_SECRET": SECRET, "REGISTRYD_LISTEN": f"127.0.0.1:{port}"}
-    registry = subprocess.Popen(
-        [str(BIN / "registryd"), "--config", os.devnull], env=env, stderr=subprocess.DEVNULL
-    )
+    registry, url = start_registry()
     share = root / "share"
     share.mkdir()
-    peer, socket_path = start_peer(root, "bench", f"http://127.0.0.1:{port}", share)
+    peer, socket_path = start_peer(root, "bench", url, share)
     try:
         wait_for(lambda: '"registered": true' in ctl(socket_path, "--json", "status"), "p2pd")
         yield socket_path

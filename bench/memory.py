@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.transfer import BIN, SECRET, ctl, free_port, start_peer, wait_for
+from bench.transfer import ctl, start_peer, start_registry, wait_for
 
 #: Targets of issue 14, in MiB of VmRSS.
 TARGETS = {"p2pd": 40.0, "registryd": 35.0}
@@ -202,12 +202,7 @@ def main() -> int:
             (share / "docs" / f"note{i}.txt").write_bytes(os.urandom(16 * 1024))
         empty = root / "empty"
         empty.mkdir()
-        port = free_port()
-        env = {**os.environ, "REGISTRYD_SECRET": SECRET, "REGISTRYD_LISTEN": f"127.0.0.1:{port}"}
-        registry = subprocess.Popen(
-            [str(BIN / "registryd"), "--config", os.devnull], env=env, stderr=subprocess.DEVNULL
-        )
-        url = f"http://127.0.0.1:{port}"
+        registry, url = start_registry()
         alpha, alpha_sock = start_peer(root, "alpha", url, share)
         bravo, bravo_sock = start_peer(root, "bravo", url, empty)
         processes = (alpha, bravo, registry)

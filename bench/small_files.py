@@ -18,13 +18,12 @@ import pstats
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.transfer import BIN, SECRET, ctl, free_port, wait_for
+from bench.transfer import cpu_seconds, ctl, start_peer, start_registry, wait_for
 
 SMALL_FILES = 200
 #: Fetched by a raw JSON-RPC call instead of p2pctl.
@@ -35,35 +34,6 @@ WALL_GOAL_MS = 40.0
 DAEMON_GOAL_MS = 4.0
 FOLDER_GOAL = 500.0
 IDLE_SECONDS = 3.0
-
-
-def start_peer(
-    root: Path, name: str, registry: str, share: Path, profile: Path | None
-) -> tuple[subprocess.Popen[bytes], Path]:
-    folder = root / name
-    (folder / "downloads").mkdir(parents=True)
-    socket_path = folder / "control.sock"
-    config = folder / "p2pd.toml"
-    config.write_text(
-        f'name = "{name}"\nshare_dir = "{share}"\ndownload_dir = "{folder / "downloads"}"\n'
-        f'state_dir = "{folder / "state"}"\ncontrol_socket = "{socket_path}"\n'
-        f'listen = "127.0.0.1:{free_port()}"\nregistries = ["{registry}"]\n'
-        f'secret = "{SECRET}"\nheartbeat_interval = 1\n'
-    )
-    command = [str(BIN / "p2pd")]
-    if profile is not None:
-        command = [sys.executable, "-m", "cProfile", "-o", str(profile / f"{name}.prof")]
-        command += ["-m", "p2pd.main"]
-    process = subprocess.Popen(
-        [*command, "--config", str(config)], stderr=(folder / "log").open("w")
-    )
-    return process, socket_path
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rpc_fetch(socket_path: Path, path: str) -> float:
@@ -105,12 +75,7 @@ def main() -> int:
             (share / "many" / f"m{i:04d}.bin").write_bytes(os.urandom(64 * 1024))
         empty = root / "empty"
         empty.mkdir()
-        port = free_port()
-        env = {**os.environ, "REGISTRYD_SECRET": SECRET, "REGISTRYD_LISTEN": f"127.0.0.1:{port}"}
-        registry = subprocess.Popen(
-            [str(BIN / "registryd"), "--config", os.devnull], env=env, stderr=subprocess.DEVNULL
-        )
-        url = f"http://127.0.0.1:{port}"
+        registry, url = start_registry()
         sender, sender_sock = start_peer(root, "sender", url, share, args.profile)
         receiver, receiver_sock = start_peer(root, "receiver", url, empty, args.profile)
         daemons = {"receiver": receiver.pid, "sender": sender.pid}

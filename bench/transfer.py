@@ -171,8 +171,9 @@ class RssSampler(threading.Thread):
 
 
 def start_peer(
-    root: Path, name: str, registry: str, share: Path
+    root: Path, name: str, registry: str, share: Path, profile: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], Path]:
+    """A p2pd sharing ``share``; with ``profile``, under cProfile into that folder."""
     folder = root / name
     (folder / "downloads").mkdir(parents=True)
     socket_path = folder / "control.sock"
@@ -183,10 +184,24 @@ def start_peer(
         f'listen = "127.0.0.1:{free_port()}"\nregistries = ["{registry}"]\n'
         f'secret = "{SECRET}"\nheartbeat_interval = 1\n'
     )
+    command = [str(BIN / "p2pd")]
+    if profile is not None:
+        command = [sys.executable, "-m", "cProfile", "-o", str(profile / f"{name}.prof")]
+        command += ["-m", "p2pd.main"]
     process = subprocess.Popen(
-        [str(BIN / "p2pd"), "--config", str(config)], stderr=(folder / "log").open("w")
+        [*command, "--config", str(config)], stderr=(folder / "log").open("w")
     )
     return process, socket_path
+
+
+def start_registry() -> tuple[subprocess.Popen[bytes], str]:
+    """A registryd on a free loopback port (memory store) and its URL."""
+    port = free_port()
+    env = {**os.environ, "REGISTRYD_SECRET": SECRET, "REGISTRYD_LISTEN": f"127.0.0.1:{port}"}
+    process = subprocess.Popen(
+        [str(BIN / "registryd"), "--config", os.devnull], env=env, stderr=subprocess.DEVNULL
+    )
+    return process, f"http://127.0.0.1:{port}"
 
 
 def ctl(socket_path: Path, *args: str) -> str:
@@ -216,18 +231,9 @@ class Peers:
         self.root, self.data = root, data
 
     def __enter__(self) -> Peers:
-        reg_port = free_port()
-        env = {
-            **os.environ,
-            "REGISTRYD_SECRET": SECRET,
-            "REGISTRYD_LISTEN": f"127.0.0.1:{reg_port}",
-        }
-        self.registry = subprocess.Popen(
-            [str(BIN / "registryd"), "--config", os.devnull], env=env, stderr=subprocess.DEVNULL
-        )
+        self.registry, url = start_registry()
         empty = self.root / "empty-share"
         empty.mkdir()
-        url = f"http://127.0.0.1:{reg_port}"
         self.sender, self.sender_sock = start_peer(self.root, "sender", url, self.data.parent)
         self.receiver, self.receiver_sock = start_peer(self.root, "receiver", url, empty)
         peers_of = self.receiver_sock, self.sender_sock

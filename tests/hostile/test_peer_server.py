@@ -268,6 +268,16 @@ def test_200_idle_connections(victim: Victim) -> None:
     assert_bob_serves(victim)
 
 
+def medium_served(victim: Victim) -> bool:
+    """Whether bob serves medium.bin whole now (upload_slots = 1: its slot is free)."""
+    try:
+        answer = peer_get(victim.bob.port, victim.member, "/files/medium.bin")
+    except (Closed, OSError):
+        return False
+    want = (victim.bob.share_dir / "medium.bin").read_bytes()
+    return answer.status == 200 and answer.body == want
+
+
 def test_a_stalled_reader_frees_the_upload_slot(victim: Victim) -> None:
     """upload_slots = 1: a reader that stops mid-body must not keep the slot forever."""
     staller = tls(victim.bob.port, victim.member)
@@ -276,17 +286,8 @@ def test_a_stalled_reader_frees_the_upload_slot(victim: Victim) -> None:
         staller.sendall(build_request("GET", "/files/big.bin", {}))
         assert staller.recv(4096)  # the answer started; now stop reading, keep the socket open
         medium = victim.bob.share_dir / "medium.bin"
-        want = medium.read_bytes()
-
-        def second_download() -> bool:
-            try:
-                answer = peer_get(victim.bob.port, victim.member, "/files/medium.bin")
-            except (Closed, OSError):
-                return False
-            return answer.status == 200 and answer.body == want
-
         started = time.monotonic()
-        poll(second_download, timeout=75, what="the upload slot to be freed", every=1)
+        poll(lambda: medium_served(victim), timeout=75, what="the upload slot to be freed", every=1)
         assert time.monotonic() - started < 75
         fetched = ctl(victim.alice.socket_path, "--json", "fetch", "bob", "medium.bin", timeout=90)
         assert fetched.returncode == 0, fetched.stderr
@@ -319,18 +320,8 @@ def test_a_reader_that_resets_mid_body_frees_the_upload_slot_at_once(victim: Vic
     assert reader.recv(65536)  # the answer started
     reader.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     reader.close()  # an RST, with most of 64 MiB still to send
-    medium = victim.bob.share_dir / "medium.bin"
-    want = medium.read_bytes()
-
-    def served() -> bool:
-        try:
-            answer = peer_get(victim.bob.port, victim.member, "/files/medium.bin")
-        except (Closed, OSError):
-            return False
-        return answer.status == 200 and answer.body == want
-
     # Within the send timeout (30 s) would be a stall; a reset is seen at the next write.
-    poll(served, timeout=10, what="the upload slot to be freed after the reset", every=0.1)
+    poll(lambda: medium_served(victim), timeout=10, what="the slot to be freed at once", every=0.1)
     assert_bob_serves(victim)
 
 
