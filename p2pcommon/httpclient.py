@@ -20,6 +20,7 @@ import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import h11
 import trio
@@ -38,6 +39,12 @@ _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 class HttpClientError(Exception):
     """The exchange failed; the message says why in words."""
+
+
+class ClosedWithoutAnswer(HttpClientError):
+    """The server closed (or reset) the connection before any byte of an answer:
+    on a kept-alive connection, most likely closed as idle before our request
+    arrived, so one more try on a fresh connection is the usual remedy."""
 
 
 class AnswerTooLarge(HttpClientError):
@@ -65,6 +72,28 @@ class Head:
     def headers(self) -> dict[str, str]:
         """The fields as a dict; a repeated field keeps its last value."""
         return dict(self.fields)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an http:// or https:// URL points: what to connect to, what to send as Host."""
+
+    tls: bool
+    host: str
+    port: int
+    #: For the Host field: host[:port], without any credentials.
+    netloc: str
+    path: str
+
+    @classmethod
+    def of(cls, url: str) -> Origin:
+        """ValueError saying what is wrong with ``url``."""
+        parts = urlsplit(url)
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)  # ValueError for a port out of range
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http:// or https:// URL")
+        return cls(tls, parts.hostname, port, parts.netloc.rpartition("@")[2], parts.path)
 
 
 def error_reason(exc: BaseException) -> str:
@@ -163,6 +192,8 @@ class ClientConnection:
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self._head: Head | None = None
         self._closed_by_server = False
+        #: Whether any byte of the current answer arrived.
+        self._answered = False
         #: A body was handed over (``detach_body``): h11 no longer knows where the stream is.
         self._detached = False
 
@@ -227,7 +258,8 @@ class ClientConnection:
         except trio.TooSlowError:
             raise HttpClientError(f"{self.name} stopped reading our request") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise HttpClientError(f"{self.name}: {error_reason(exc)}") from None
+            raise ClosedWithoutAnswer(f"{self.name}: {error_reason(exc)}") from None
+        self._answered = False
         while True:
             event = await self._next_event()
             if isinstance(event, h11.Response):
@@ -236,7 +268,7 @@ class ClientConnection:
                 self._head = Head(event.status_code, fields_in, reason)
                 return self._head
             if isinstance(event, h11.ConnectionClosed):  # (h11 raises instead, as it is)
-                raise HttpClientError(f"{self.name} closed the connection without answering")
+                raise ClosedWithoutAnswer(f"{self.name} closed the connection without answering")
             if not isinstance(event, h11.InformationalResponse):
                 raise HttpClientError(f"unexpected answer from {self.name}: {event!r}")
 
@@ -277,6 +309,10 @@ class ClientConnection:
                 if not self._closed_by_server:
                     raise HttpClientError(f"{self.name} spoke bad HTTP: {exc}") from None
                 # h11's words for a close before the end of the answer.
+                if not self._answered:
+                    raise ClosedWithoutAnswer(
+                        f"{self.name} closed the connection without answering"
+                    ) from None
                 when = "without answering" if self._head is None else "mid-answer"
                 raise HttpClientError(f"{self.name} closed the connection {when}") from None
             if event is not h11.NEED_DATA:
@@ -289,7 +325,9 @@ class ClientConnection:
                     f"{self.name} sent nothing for {self._read_timeout:g} s"
                 ) from None
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise HttpClientError(f"{self.name}: {error_reason(exc)}") from None
+                kind = HttpClientError if self._answered else ClosedWithoutAnswer
+                raise kind(f"{self.name}: {error_reason(exc)}") from None
             self._closed_by_server = not data
+            self._answered = self._answered or bool(data)
             # h11 takes any bytes-like object (a stream may hand over a bytearray).
             self._h11.receive_data(cast(bytes, data))

@@ -19,7 +19,6 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import trio
 from pydantic import BaseModel, ValidationError
@@ -28,8 +27,10 @@ from p2pcommon.backoff import Backoff
 from p2pcommon.httpclient import (
     AnswerTooLarge,
     ClientConnection,
+    ClosedWithoutAnswer,
     Head,
     HttpClientError,
+    Origin,
     connect,
     tls_context,
 )
@@ -130,19 +131,13 @@ class _Registry:
     """Where one registry URL is, and its kept-alive connection."""
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.tls = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.netloc = parts.netloc.rpartition("@")[2]
-        self.path = parts.path
-        self.problem: str | None
+        self.origin: Origin | None = None
+        self.problem: str | None = None
         try:
-            self.port = parts.port or (443 if self.tls else 80)
-        except ValueError as exc:  # a port out of range
-            self.port, self.problem = 0, str(exc)
-        else:
-            usable = parts.scheme in ("http", "https") and self.host
-            self.problem = None if usable else "not an http:// or https:// URL"
+            self.origin = Origin.of(url)
+        except ValueError as exc:
+            self.problem = str(exc)
+        self.path = self.origin.path if self.origin is not None else ""
         #: A connection that finished its last exchange, and until when it may be reused.
         self.idle: tuple[ClientConnection, float] | None = None
 
@@ -306,10 +301,11 @@ class RegistryClient:
                     nonce, head, content = await self._send(
                         connection, registry, method, path, body
                     )
-                except HttpClientError:
+                except ClosedWithoutAnswer:
                     if not reused:
                         raise
-                    # The registry closed the kept-alive connection meanwhile: a
+                    # The registry closed the kept-alive connection meanwhile (not
+                    # a timeout: a silent registry costs one wait, then failover): a
                     # fresh one, and a fresh signature (the nonce may have been seen).
                     connection, _ = await self._connection(registry, fresh=True)
                     nonce, head, content = await self._send(
@@ -369,8 +365,9 @@ class RegistryClient:
         self, registry: _Registry, *, fresh: bool = False
     ) -> tuple[ClientConnection, bool]:
         """Its kept-alive connection if one is live (and whether it was), else a new one."""
-        if registry.problem is not None:
-            raise HttpClientError(registry.problem)
+        origin = registry.origin
+        if origin is None:
+            raise HttpClientError(registry.problem or "not a URL")
         if registry.idle is not None:
             connection, expires = registry.idle
             registry.idle = None
@@ -378,15 +375,15 @@ class RegistryClient:
                 return connection, True
             await connection.aclose()
         tls = None
-        if registry.tls:
+        if origin.tls:
             if self._tls is None:
                 self._tls = tls_context(self._verify)
             tls = self._tls
-        stream = await connect(registry.host, registry.port, tls=tls, connect_timeout=self._timeout)
+        stream = await connect(origin.host, origin.port, tls=tls, connect_timeout=self._timeout)
         connection = ClientConnection(
             stream,
             name="the registry",
-            host=registry.netloc,
+            host=origin.netloc,
             read_timeout=self._timeout,
             write_timeout=self._timeout,
         )

@@ -34,8 +34,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import trio
 
@@ -55,6 +56,9 @@ SOCKET_READ = 256 * 1024
 #: How often the threads look at ``stop`` while they wait.
 POLL_SLICE = 0.2
 PROGRESS_EVERY = 0.1
+
+
+_T = TypeVar("_T")
 
 
 class BodyCut(Exception):
@@ -171,20 +175,23 @@ def _wait(fd: int, event: int, since: float, timeout: float, stop: threading.Eve
     if time.monotonic() - since >= timeout:
         if event == select.POLLIN:
             raise BodyCut(f"sent nothing for {timeout:g} s")
-        raise BodyCut(f"stopped reading for {timeout:g} s")
+        raise BodyCut(f"read less than {SEND_BLOCK // 1024} KiB in {timeout:g} s")
     poll = select.poll()
     poll.register(fd, event)
     poll.poll(POLL_SLICE * 1000)
 
 
 def _send_all(tls: RawTLS, timeout: float, stop: threading.Event) -> None:
-    """Send what the TLS object has written; ``timeout`` bounds each stall."""
+    """Send what the TLS object has written, all of it within ``timeout``.
+
+    One deadline for the whole (at most SEND_BLOCK and its records): a
+    client that takes a few bytes now and then cannot hold an upload.
+    """
     with memoryview(tls.outgoing.read()) as data:
         sent, since = 0, time.monotonic()
         while sent < len(data):
             try:
                 sent += os.write(tls.socket_fd, data[sent:])
-                since = time.monotonic()
             except BlockingIOError:
                 _wait(tls.socket_fd, select.POLLOUT, since, timeout, stop)
             except OSError as exc:
@@ -203,13 +210,25 @@ class _Ring:
         self._stop = stop
 
     def take_free(self) -> bytearray:
+        if self._stop.is_set():  # once per block: a fast sender never makes us wait
+            raise Stopped
+        return self._take(self.free)
+
+    def take_filled(self) -> tuple[bytearray, int] | None:
+        """The next block to hash; None once the reader is done, or if it never ran
+        (stopped while it waited for its thread)."""
+        try:
+            return self._take(self.filled)
+        except Stopped:
+            return None
+
+    def _take(self, source: queue.SimpleQueue[_T]) -> _T:
         while True:
-            if self._stop.is_set():
-                raise Stopped
             try:
-                return self.free.get(timeout=POLL_SLICE)
+                return source.get(timeout=POLL_SLICE)
             except queue.Empty:
-                continue
+                if self._stop.is_set():
+                    raise Stopped from None
 
 
 def _read_and_write(reader: _Reader, ring: _Ring, partial: Path, offset: int) -> None:
@@ -238,7 +257,7 @@ def _read_and_write(reader: _Reader, ring: _Ring, partial: Path, offset: int) ->
 
 def _hash(ring: _Ring, digest: Any, stop: threading.Event) -> None:
     try:
-        while (item := ring.filled.get()) is not None:
+        while (item := ring.take_filled()) is not None:
             block, count = item
             with memoryview(block) as view:
                 digest.update(view[:count])
@@ -266,6 +285,8 @@ def _send_file(
     try:
         with memoryview(block) as view:
             while sent.done < length:
+                if stop.is_set():  # a fast client never makes the socket wait
+                    raise Stopped
                 want = min(len(view), length - sent.done)
                 count = os.preadv(file_fd, [view[:want]], offset + sent.done)
                 if not count:
@@ -291,9 +312,13 @@ async def _in_threads(
 
     ``on_progress(count)`` gets the growth of ``done()`` every PROGRESS_EVERY
     seconds and at the end; it may raise to end the work.  That, or a
-    cancellation, sets ``stop``; the jobs then return within POLL_SLICE and
-    the error (or Cancelled) comes out.
+    cancellation, sets ``stop``; the jobs then return within POLL_SLICE or
+    one block, and the error (or Cancelled) comes out.  The jobs have a
+    thread limiter of their own: they never wait for one another's thread
+    (the hasher for its reader) nor take the threads the rest of the
+    daemon shares (history, file opens).
     """
+    limiter = trio.CapacityLimiter(len(jobs))
     reported = 0
 
     def report() -> None:
@@ -316,15 +341,30 @@ async def _in_threads(
             nursery.start_soon(watch)
             async with trio.open_nursery() as workers:
                 for job in jobs:
-                    workers.start_soon(trio.to_thread.run_sync, job)
+                    workers.start_soon(partial(trio.to_thread.run_sync, job, limiter=limiter))
             if not complete():
                 # Stopped short: by watch() ending, whose error or cancellation
                 # is on its way; never return as if the work were done.
                 await trio.sleep_forever()
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise unwrap_group(group) from None
+        raise _first_failure(group) from None
     report()
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What to report of several failures at once (a progress check and a cut
+    connection, say): the first that is not a cancellation, else the group."""
+    leaves = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    failures = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
+    return failures[0] if failures else unwrap_group(group)
 
 
 async def receive_direct(

@@ -24,7 +24,14 @@ from urllib.parse import urlsplit
 
 import trio
 
-from p2pcommon.httpclient import ClientConnection, Head, HttpClientError, connect, tls_context
+from p2pcommon.httpclient import (
+    ClientConnection,
+    Head,
+    HttpClientError,
+    Origin,
+    connect,
+    tls_context,
+)
 from p2pcommon.models import split_host_port
 from p2pcommon.registry_client import MAX_ANSWER
 from p2pcommon.settings import ConfigError, load_settings, read_secret
@@ -392,7 +399,7 @@ def probe_registry(
     headers, nonce = signer.sign_request("GET", urlsplit(base).path + "/clients", b"", now=sent)
     try:
         head, content = trio.run(_get, base, headers, timeout)
-    except (trio.TooSlowError, HttpClientError) as exc:
+    except (trio.TooSlowError, HttpClientError, ValueError) as exc:  # ValueError: the URL
         timed_out = isinstance(exc, trio.TooSlowError)
         why = f"no answer within {timeout:.0f} s" if timed_out else str(exc)
         fix = f"check the URL in 'registries' in {config}, and that registryd runs there"
@@ -431,14 +438,13 @@ def probe_registry(
 
 async def _get(base: str, headers: dict[str, str], seconds: float) -> tuple[Head, bytes]:
     """GET base/clients on a connection of its own, within ``seconds``."""
-    parts = urlsplit(base)
-    tls = tls_context() if parts.scheme == "https" else None
-    port = parts.port or (443 if tls else 80)
+    origin = Origin.of(base)
+    tls = tls_context() if origin.tls else None
     with trio.fail_after(seconds):
-        stream = await connect(parts.hostname or "", port, tls=tls, connect_timeout=seconds)
-        connection = ClientConnection(stream, name=base, host=parts.netloc.rpartition("@")[2])
+        stream = await connect(origin.host, origin.port, tls=tls, connect_timeout=seconds)
+        connection = ClientConnection(stream, name=base, host=origin.netloc)
         try:
-            head = await connection.request("GET", parts.path + "/clients", headers)
+            head = await connection.request("GET", origin.path + "/clients", headers)
             return head, await connection.body(MAX_ANSWER)
         finally:
             await connection.aclose()

@@ -161,10 +161,12 @@ def _ca_key_material(secret: str) -> bytes:
     return okm[:CA_KDF_LENGTH]
 
 
-def secret_check(secret: str) -> str:
-    """Names the network CA of ``secret`` without deriving its key (no secret in it:
-    a hash of the key material, which the CA's public certificate already pins)."""
-    return hashlib.sha256(b"p2pd network CA check\0" + _ca_key_material(secret)).hexdigest()[:32]
+def record_mac(secret: str, ca_der: bytes, peer_id: str) -> str:
+    """Ties a kept record to the secret: this CA certificate, derived from it,
+    issued the identity ``peer_id``.  An HMAC keyed by the CA's key material,
+    so an edited or stale certificate in the record does not pass."""
+    message = b"p2pd network CA record 1\0" + ca_der + b"\0" + peer_id.encode("ascii")
+    return hmac.new(_ca_key_material(secret), message, "sha256").hexdigest()
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
@@ -302,32 +304,33 @@ def load_for_network(state_dir: Path, secret: str) -> tuple[Identity, bool, Netw
     that this secret's CA was derived and the identity found issued by it:
     at first start, after a change of secret, of identity or of the file.
     """
-    check = secret_check(secret)
-    cached = _cached(state_dir, check)
+    cached = _cached(state_dir, secret)
     if cached is not None:
         return cached[0], False, cached[1]
     network = NetworkCA.from_secret(secret)
     identity, new = load_or_create(state_dir, network)
-    record = f"p2pd network CA {check} issued {identity.id}\n{network.cert_pem}"
+    mac = record_mac(secret, ssl.PEM_cert_to_DER_cert(network.cert_pem), identity.id)
+    record = f"p2pd network CA issued {identity.id} {mac}\n{network.cert_pem}"
     try:
-        _write_private(state_dir / NETWORK_FILE, record.encode("ascii"), 0o644)
+        # 0600: the MAC lets whoever reads it test guesses of the secret cheaply.
+        _write_private(state_dir / NETWORK_FILE, record.encode("ascii"), 0o600)
     except OSError as exc:
         # Only the next start's speed depends on it.
         log.warning("cannot keep the network CA in %s: %s", state_dir, exc.strerror or exc)
     return identity, new, NetworkAnchor(network.cert_pem)
 
 
-def _cached(state_dir: Path, check: str) -> tuple[Identity, NetworkAnchor] | None:
+def _cached(state_dir: Path, secret: str) -> tuple[Identity, NetworkAnchor] | None:
     key_path, cert_path = state_dir / KEY_FILE, state_dir / CERT_FILE
     try:
         first, _, ca_pem = (state_dir / NETWORK_FILE).read_text(encoding="ascii").partition("\n")
         cert_pem = cert_path.read_text(encoding="ascii")
         words = first.split()
-        if words[:3] != ["p2pd", "network", "CA"] or words[3:5] != [check, "issued"]:
+        if words[:4] != ["p2pd", "network", "CA", "issued"] or len(words) != 6:
             return None
-        ssl.PEM_cert_to_DER_cert(ca_pem)
         peer_id = peer_id_from_der(ssl.PEM_cert_to_DER_cert(cert_pem))
-        if words[5:] != [peer_id]:
+        mac = record_mac(secret, ssl.PEM_cert_to_DER_cert(ca_pem), peer_id)
+        if words[4] != peer_id or not hmac.compare_digest(words[5], mac):
             return None
         if key_path.stat().st_mode & 0o077:
             os.chmod(key_path, 0o600)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ssl
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import contextmanager
 
 import trio
 from pydantic import ValidationError
@@ -49,6 +50,15 @@ class PeerRefused(Exception):
 
 class InvalidListing(Exception):
     """A member answered GET /files with something that is not a valid listing."""
+
+
+@contextmanager
+def _unreachable() -> Iterator[None]:
+    """The HTTP client's errors, as what they mean here: the member cannot be used now."""
+    try:
+        yield
+    except HttpClientError as exc:
+        raise PeerUnreachable(str(exc)) from None
 
 
 class PeerConnection:
@@ -109,17 +119,13 @@ class PeerConnection:
 
     async def request(self, target: str, headers: dict[str, str] | None = None) -> Head:
         """Send a GET and read the answer's head; read the body with ``body()``."""
-        try:
+        with _unreachable():
             return await self._http.request("GET", target, headers or {})
-        except HttpClientError as exc:
-            raise PeerUnreachable(str(exc)) from None
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
-        try:
+        with _unreachable():
             async for chunk in self._http.body_chunks():
                 yield chunk
-        except HttpClientError as exc:
-            raise PeerUnreachable(str(exc)) from None
 
     def take_body(self, head: Head) -> DirectBody | None:
         """A large body framed by Content-Length, handed over for ``bodypump.receive_direct``.
@@ -130,18 +136,14 @@ class PeerConnection:
         length = head.header("content-length") or ""
         if not length.isdigit() or int(length) < DIRECT_MIN or head.header("transfer-encoding"):
             return None
-        try:
+        with _unreachable():
             buffered = self._http.detach_body()
-        except HttpClientError as exc:
-            raise PeerUnreachable(str(exc)) from None
         remaining = int(length) - sum(map(len, buffered))
         return DirectBody(self._tls.raw(), buffered, remaining, READ_TIMEOUT)
 
     async def body(self, limit: int) -> bytes:
-        try:
+        with _unreachable():
             return await self._http.body(limit)
-        except HttpClientError as exc:
-            raise PeerUnreachable(str(exc)) from None
 
 
 class PeerPool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import ssl
 from collections.abc import Iterable, Sequence
@@ -114,13 +115,13 @@ async def refuse_handshake(tls: trio.SSLStream[Any], linger: float = ALERT_LINGE
     outgoing = getattr(tls, "_outgoing", None)
     pending = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
     try:
-        if pending:
-            with (
-                trio.move_on_after(linger),
-                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
-            ):
-                await tls.transport_stream.send_all(pending)
-        await linger_close(tls, linger, ALERT_DRAIN)
+        with trio.move_on_after(linger):  # one deadline for the alert and the linger
+            if pending:
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                ):
+                    await tls.transport_stream.send_all(pending)
+            await linger_close(tls, math.inf, ALERT_DRAIN)
     finally:
         await trio.aclose_forcefully(tls)
 

@@ -143,6 +143,51 @@ async def test_a_connection_the_registry_closed_is_replaced_once() -> None:
         assert listener.accepted == 2
 
 
+UNSIGNED_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def test_a_kept_connection_the_server_closed_as_idle_is_retried_once() -> None:
+    """The server closes its side after answering (an idle timeout, say): the next
+    call finds the connection dead before any answer, and tries a fresh one."""
+    connections: list[int] = []
+
+    async def answer_then_close(stream: trio.SocketStream) -> None:
+        connections.append(1)
+        await read_request(stream)
+        await stream.send_all(UNSIGNED_OK)
+        await stream.aclose()
+
+    async with raw_server(answer_then_close) as port:
+        url = f"http://127.0.0.1:{port}"
+        async with RegistryClient([url], SECRET, timeout=0.5) as client:
+            for _ in range(2):
+                with pytest.raises(RegistryUnavailable, match="not signed with our secret"):
+                    await client.clients()
+    assert len(connections) == 2
+
+
+async def test_a_kept_connection_that_goes_silent_is_not_retried() -> None:
+    """A timeout is no stale connection: the registry may be working on it, and
+    trying again would double the wait before failing over."""
+    connections: list[int] = []
+
+    async def answer_then_hang(stream: trio.SocketStream) -> None:
+        connections.append(1)
+        await read_request(stream)
+        await stream.send_all(UNSIGNED_OK)
+        await read_request(stream)
+        await trio.sleep_forever()
+
+    async with raw_server(answer_then_hang) as port:
+        url = f"http://127.0.0.1:{port}"
+        async with RegistryClient([url], SECRET, timeout=0.5) as client:
+            with pytest.raises(RegistryUnavailable, match="not signed with our secret"):
+                await client.clients()
+            with trio.fail_after(10), pytest.raises(RegistryUnavailable, match="sent nothing"):
+                await client.clients()
+    assert len(connections) == 1
+
+
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()

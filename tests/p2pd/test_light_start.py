@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -131,19 +132,30 @@ def test_another_secret_or_identity_is_checked_in_full(tmp_path: Path) -> None:
     assert restored["cryptography"] and restored["id"] != back.id
 
 
-@pytest.mark.parametrize("damage", ["missing", "garbage", "truncated"])
+@pytest.mark.parametrize("damage", ["missing", "garbage", "truncated", "edited"])
 def test_a_damaged_record_costs_only_the_slow_path(tmp_path: Path, damage: str) -> None:
-    identity, _, _ = load_for_network(tmp_path, SECRET)
+    identity, _, first = load_for_network(tmp_path, SECRET)
     record = tmp_path / NETWORK_FILE
+    assert record.stat().st_mode & 0o777 == 0o600
     if damage == "missing":
         record.unlink()
     elif damage == "garbage":
         record.write_text("nonsense\n")
-    else:
+    elif damage == "truncated":
         record.write_text(record.read_text()[:200])
+    else:  # one character of the CA certificate's base64: still a certificate, not ours
+        head, _, pem = record.read_text().partition("\n")
+        lines = pem.split("\n")
+        lines[3] = lines[3][:10] + ("A" if lines[3][10] != "A" else "B") + lines[3][11:]
+        record.write_text(head + "\n" + "\n".join(lines))
+    damaged = record.read_text() if record.exists() else ""
     again, new, network = load_for_network(tmp_path, SECRET)
     assert (again.id, new) == (identity.id, False)
-    assert "BEGIN CERTIFICATE" in network.cert_pem
+    # The CA derived from the secret, not the file's (ECDSA signatures differ per issue).
+    derived, kept = (x509.load_pem_x509_certificate(c.cert_pem.encode()) for c in (network, first))
+    assert derived.subject == kept.subject
+    assert derived.public_key() == kept.public_key()
+    assert network.cert_pem not in damaged
     assert restart(tmp_path, SECRET, [])["cryptography"] is False  # repaired
 
 
