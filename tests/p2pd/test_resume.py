@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
@@ -67,25 +68,32 @@ async def outcome_of(peer: RunningPeer, transfer_id: str) -> dict[str, Any]:
     return found
 
 
-async def killed_mid_transfer(tmp_path: Path, urls: list[str], bob: RunningPeer, at: int) -> str:
-    """Start alice, fetch bob's big.bin detached, SIGKILL alice after ``at`` bytes: the id."""
+async def killed_mid_transfer(
+    tmp_path: Path, urls: list[str], bob: RunningPeer, at: int, sig: int = signal.SIGKILL
+) -> str:
+    """Start alice, fetch bob's big.bin detached, stop alice with ``sig`` after ``at``
+    bytes: the id.  SIGTERM must stop it at once, mid-body (worker threads included)."""
     with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
         await meet(alice, bob)
         started = await alice.actl_json("fetch", "--detach", "bob", "big.bin")
         await wait_for_bytes(alice, started["id"], at)
-        alice.stop(signal.SIGKILL)
+        asked = time.monotonic()
+        code = alice.stop(sig)
+        if sig == signal.SIGTERM:
+            assert code == 0 and time.monotonic() - asked < 5, (code, alice.log()[-2000:])
         partials = [p for p in alice.download_dir.iterdir() if p.name.startswith(".")]
         assert len(partials) == 1 and not (alice.download_dir / "big.bin").exists()
     return str(started["id"])
 
 
-async def test_resume_after_the_downloader_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+async def test_resume_after_the_downloader_is_killed(tmp_path: Path, sig: int) -> None:
     data = os.urandom(SIZE)
     share_big(tmp_path, "bob", data)
     with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "3"}) as registry:
         urls = [registry.url]
         with run_p2pd(tmp_path, "bob", urls, extra_config=THROTTLE) as bob:
-            transfer_id = await killed_mid_transfer(tmp_path, urls, bob, int(SIZE * 0.6))
+            transfer_id = await killed_mid_transfer(tmp_path, urls, bob, int(SIZE * 0.6), sig)
             with run_p2pd(tmp_path, "alice", urls, extra_config=FAST) as alice:
                 outcome = await outcome_of(alice, transfer_id)
                 assert outcome["status"] == "ok", outcome
