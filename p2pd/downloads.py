@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import secrets
 import time
 from collections import Counter
@@ -50,8 +49,9 @@ from p2pd.partial import (
     resume_state,
     store_small,
 )
-from p2pd.peerclient import InvalidListing, PeerPool, PeerRefused, PeerUnreachable
+from p2pd.peerclient import PeerPool, PeerUnreachable
 from p2pd.peerserver import repr_digest
+from p2pd.sources import find_alternates
 from p2pd.transfer import Progress, Transfer, destination, partial_path
 
 __all__ = ["UNRECORDED_KEPT", "Downloads", "Transfer"]
@@ -60,11 +60,6 @@ log = logging.getLogger("p2pd.downloads")
 
 #: Seconds a member has to answer a file request with its head (and an error body).
 ANSWER_TIMEOUT = 30.0
-#: Looking for other members with the same bytes: how many are asked (at
-#: most), how many at once, and for how long in all.
-MAX_ALTERNATES_ASKED = 32
-ALTERNATES_AT_ONCE = 8
-ALTERNATES_DEADLINE = 5.0
 #: Outcomes kept in memory while the history cannot be written.
 UNRECORDED_KEPT = 100
 #: Transfers running at once; the others wait their turn in state "queued".
@@ -300,47 +295,6 @@ class Downloads:
         )
         transfer.done.set()
 
-    async def _alternates(self, transfer: Transfer) -> list[tuple[Member, str]]:
-        """Other members listing the same bytes, each with its own path for them.
-
-        First the listings kept from earlier (no request: a kept listing that
-        names the bytes makes a source, one that does not rules its member
-        out), then members without one, asked concurrently, a bounded number
-        at a time, under one short deadline: a silent or hostile member costs
-        seconds, not the transfer.
-        """
-        queued = transfer.queued
-        found: list[tuple[Member, str]] = []
-        known = {queued.peer_id}
-        for member_id, listing in reversed(self._pool.cached_listings()):
-            member = self._members.get(member_id)
-            if member is None or member_id in known:
-                continue
-            known.add(member_id)
-            if (path := _path_of(listing.files, queued.sha256, queued.size)) is not None:
-                found.append((member, path))
-        others = [m for m in self._members.unordered() if m.id not in known]
-        if len(others) > MAX_ALTERNATES_ASKED:
-            others = random.sample(others, MAX_ALTERNATES_ASKED)
-        limiter = trio.CapacityLimiter(ALTERNATES_AT_ONCE)
-
-        async def ask(member: Member) -> None:
-            async with limiter:
-                with failure_boundary("source lookup", f"asking {member.name}", log):
-                    try:
-                        listing = await self._pool.listing(member)
-                    except (PeerUnreachable, PeerRefused, InvalidListing) as exc:
-                        log.info("transfer %s: no source: %s", queued.id, exc)
-                        return
-                    if (path := _path_of(listing.files, queued.sha256, queued.size)) is not None:
-                        found.append((member, path))
-
-        with trio.move_on_after(ALTERNATES_DEADLINE):
-            async with trio.open_nursery() as nursery:
-                for member in others:
-                    nursery.start_soon(ask, member)
-        return found
-
     async def _attempts(self, transfer: Transfer) -> None:
         """Run the rounds that ``Attempts`` plans until one attempt succeeds or it ends."""
         queued = transfer.queued
@@ -350,7 +304,7 @@ class Downloads:
             chosen = (member, queued.remote_path) if member is not None else None
             alternates = []
             if plan.asks_alternates(chosen is not None):
-                alternates = await self._alternates(transfer)
+                alternates = await find_alternates(self._pool, self._members, transfer.queued)
             for source, remote_path in plan.sources(chosen, alternates):
                 try:
                     await self._attempt(transfer, source, remote_path)
@@ -478,11 +432,3 @@ class Downloads:
             transfer.dest = await trio.to_thread.run_sync(place, partial, transfer.dest)
         except OSError as exc:
             raise fatal_os_error(exc, transfer.dest) from None
-
-
-def _path_of(files: list[SharedFile], sha256: str, size: int) -> str | None:
-    """The path of a listed file with these bytes, if the listing has one."""
-    for entry in files:
-        if entry.sha256 == sha256 and entry.size == size:
-            return entry.path
-    return None
