@@ -39,6 +39,7 @@ from p2pd.attempts import (
     verified,
 )
 from p2pd.bodypump import BodyCut, receive_direct
+from p2pd.filehttp import repr_digest
 from p2pd.history import History, HistoryUnavailable, Outcome, Queued
 from p2pd.members import Members
 from p2pd.partial import (
@@ -50,7 +51,6 @@ from p2pd.partial import (
     store_small,
 )
 from p2pd.peerclient import PeerPool, PeerUnreachable
-from p2pd.peerserver import repr_digest
 from p2pd.sources import find_alternates
 from p2pd.transfer import Progress, Transfer, destination, partial_path
 

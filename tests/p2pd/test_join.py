@@ -14,10 +14,10 @@ from p2pcommon.httpclient import Head
 from p2pcommon.models import Member, SharedFile
 from p2pd.attempts import State
 from p2pd.downloads import Downloads, Transfer
+from p2pd.filehttp import repr_digest
 from p2pd.history import History, Queued
 from p2pd.members import Members
 from p2pd.peerclient import PeerPool
-from p2pd.peerserver import repr_digest
 from tests.p2pd.test_e2e import FAST, meet
 from tests.p2pd.test_resume import (
     SIZE,

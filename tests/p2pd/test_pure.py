@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from p2pcommon.models import Member
+from p2pd.filehttp import BadTarget, decode_file_target, parse_range, repr_digest
 from p2pd.members import Members, PeerLookupError
 from p2pd.partial import existing_copy, place
-from p2pd.peerserver import BadTarget, decode_file_target, parse_range, repr_digest
 from p2pd.ratelimit import TokenBucket
 from p2pd.transfer import free_name, numbered
 
