@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from p2pcommon.httpserver import linger_close
+from p2pcommon.httpsend import linger_close
 from p2pcommon.identity import peer_id_from_der
 from p2pcommon.models import Member
 from p2pd.identity import Identity, NetworkAnchor, NetworkCA
