@@ -130,25 +130,28 @@ class Downloads:
         if (joined := self._joinable(entry.sha256, dest)) is not None:
             return joined
         # Registered before the disk and the history are looked at (one worker
-        # thread does both): a fetch meanwhile joins it.
+        # thread does both): a fetch meanwhile joins it.  Shielded from here on:
+        # a registered transfer must start or end (its joiners wait on it), even
+        # if the fetch that asked is cancelled meanwhile (a client gone).
         transfer = self._register(queued)
-        try:
-            existing, unrecorded = await trio.to_thread.run_sync(
-                self._look_and_enqueue, dest, queued
-            )
-        except OSError as exc:
-            reason = f"cannot look at {dest}: {exc.strerror or exc}"
-            # A fetch that joined meanwhile gets the refusal too; this one records it.
-            transfer.end("failed", reason, self._clock(), recorded=False)
-            self._forget(transfer)
-            transfer.done.set()
-            raise ValueError(reason) from None
-        if existing is not None:
-            transfer.dest = existing
-            transfer.progress = Progress(queued.size, queued.size)
-            transfer.peer_id, transfer.peer_name = member.id, member.name
-            await self._finish(transfer, "ok", None, recorded=False)
-            return transfer
+        with trio.CancelScope(shield=True):
+            try:
+                existing, unrecorded = await trio.to_thread.run_sync(
+                    self._look_and_enqueue, dest, queued
+                )
+            except OSError as exc:
+                reason = f"cannot look at {dest}: {exc.strerror or exc}"
+                # A fetch that joined meanwhile gets the refusal too.
+                transfer.end("failed", reason, self._clock(), recorded=False)
+                self._forget(transfer)
+                transfer.done.set()
+                raise ValueError(reason) from None
+            if existing is not None:
+                transfer.dest = existing
+                transfer.progress = Progress(queued.size, queued.size)
+                transfer.peer_id, transfer.peer_name = member.id, member.name
+                await self._finish(transfer, "ok", None, recorded=False)
+                return transfer
         if unrecorded is not None:
             # The transfer is worth more than its resumability after a restart.
             self.history_failed(unrecorded)
