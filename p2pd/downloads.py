@@ -22,6 +22,7 @@ from urllib.parse import quote
 import trio
 
 from p2pcommon.boundary import describe, failure_boundary, failures
+from p2pcommon.httpclient import Head
 from p2pcommon.models import Member, SharedFile
 from p2pcommon.service import one_line
 from p2pd.attempts import (
@@ -50,7 +51,7 @@ from p2pd.partial import (
     resume_state,
     store_small,
 )
-from p2pd.peerclient import PeerPool, PeerUnreachable
+from p2pd.peerclient import PeerConnection, PeerPool, PeerUnreachable
 from p2pd.sources import find_alternates
 from p2pd.transfer import Progress, Transfer, destination, partial_path
 
@@ -330,7 +331,7 @@ class Downloads:
         transfer.peer_id, transfer.peer_name = member.id, member.name
         # A small file is received whole, then written from its start: no resume.
         small = queued.size <= SMALL_FILE
-        blocks: list[bytes] = []
+        blocks: list[bytes] | None = None
         digest: Any = None
         offset = 0
         if not small:
@@ -366,33 +367,7 @@ class Downloads:
             if head.headers.get("repr-digest") != repr_digest(queued.sha256):
                 raise changed(remote_path)
             transfer.state = State.DOWNLOADING
-            window = ProgressWindow(trio.current_time())
-
-            def on_chunk(count: int) -> None:
-                self._received(transfer, window, count)
-
-            try:
-                if small:
-                    async for chunk in connection.body_chunks():
-                        blocks.append(chunk)
-                        on_chunk(len(chunk))
-                elif (direct := connection.take_body(head)) is not None:
-                    await receive_direct(direct, partial, offset, digest, on_chunk=on_chunk)
-                else:
-                    await receive(
-                        connection.body_chunks(),
-                        partial,
-                        offset,
-                        digest,
-                        on_chunk=on_chunk,
-                        # Progress follows what arrived; receive() returns once all is written.
-                        on_written=lambda done: None,
-                    )
-            except BodyCut as exc:
-                raise Retry(f"connection lost: {member.name} {exc}") from None
-            except OSError as exc:
-                await self._discard_partial(queued.sha256)
-                raise fatal_os_error(exc, self._dir) from None
+            blocks = await self._receive_body(transfer, connection, head, offset, digest)
             completed = True
         except PeerUnreachable as exc:
             raise Retry(f"connection lost: {exc}") from None
@@ -401,10 +376,53 @@ class Downloads:
                 await self._pool.release(connection)
             else:
                 await connection.aclose()
-        if small:
+        if blocks is not None:
             await self._store_small(transfer, partial, blocks)
         else:
             await self._verify_and_place(transfer, partial, digest)
+
+    async def _receive_body(
+        self,
+        transfer: Transfer,
+        connection: PeerConnection,
+        head: Head,
+        offset: int,
+        digest: Any,
+    ) -> list[bytes] | None:
+        """The answer's body: a small file's in memory (returned), a large one's
+        by worker threads, anything else through h11, both to the partial file."""
+        queued = transfer.queued
+        partial = partial_path(self._dir, queued.sha256)
+        window = ProgressWindow(trio.current_time())
+
+        def on_chunk(count: int) -> None:
+            self._received(transfer, window, count)
+
+        try:
+            if queued.size <= SMALL_FILE:
+                blocks = []
+                async for chunk in connection.body_chunks():
+                    blocks.append(chunk)
+                    on_chunk(len(chunk))
+                return blocks
+            if (direct := connection.take_body(head)) is not None:
+                await receive_direct(direct, partial, offset, digest, on_chunk=on_chunk)
+            else:
+                await receive(
+                    connection.body_chunks(),
+                    partial,
+                    offset,
+                    digest,
+                    on_chunk=on_chunk,
+                    # Progress follows what arrived; receive() returns once all is written.
+                    on_written=lambda done: None,
+                )
+        except BodyCut as exc:
+            raise Retry(f"connection lost: {connection.member.name} {exc}") from None
+        except OSError as exc:
+            await self._discard_partial(queued.sha256)
+            raise fatal_os_error(exc, self._dir) from None
+        return None
 
     async def _store_small(self, transfer: Transfer, partial: Path, blocks: list[bytes]) -> None:
         """Write, fsync, verify and place a small file's bytes in one worker thread."""
