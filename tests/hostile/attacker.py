@@ -169,12 +169,13 @@ def read_response(sock: socket.socket, *, limit: int = 64 * 1024 * 1024) -> RawR
         headers[name.strip().lower()] = value.strip()
     if "content-length" in headers:
         length = int(headers["content-length"])
-        while len(rest) < length:
-            chunk = _recv(sock, min(1 << 20, length - len(rest)))
+        received = bytearray(rest)  # not bytes: += would copy it all again for every record
+        while len(received) < length:
+            chunk = _recv(sock, min(1 << 20, length - len(received)))
             if not chunk:
-                raise Closed(f"body cut at {len(rest)} of {length}")
-            rest += chunk
-        return RawResponse(status, headers, rest[:length])
+                raise Closed(f"body cut at {len(received)} of {length}")
+            received += chunk
+        return RawResponse(status, headers, bytes(received[:length]))
     if headers.get("transfer-encoding", "").lower() == "chunked":
         body = b""
         while True:
