@@ -336,11 +336,13 @@ class FileBody:
         return chunk
 
     async def send_itself(self, stream: trio.abc.Stream, stall_limit: float) -> bool:
-        """Send the whole body from worker threads (p2pd/bodypump.py); False if it cannot.
+        """Send the whole body here, not through h11; False if it cannot (not a large
+        body over a TLS socket).
 
-        Only a large body over a TLS socket, and only while no rate limit
-        applies (a limit set meanwhile paces the rest through ``__anext__``).
-        The answer said ``Connection: close``: h11 does not see these bytes.
+        Segments go from worker threads (p2pd/bodypump.py) while no rate limit
+        applies; while one does, pieces paced by ``__anext__`` go on the stream
+        (a limit set meanwhile takes effect at the next segment).  The answer
+        said ``Connection: close``: h11 does not see these bytes.
         """
         tls = raw_tls(stream) if self.direct else None
         if tls is None:
