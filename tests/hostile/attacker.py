@@ -70,6 +70,13 @@ class Attacker:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(key, hashes.SHA256())
         )
+        return cls.of(directory, cert, key)
+
+    @classmethod
+    def of(
+        cls, directory: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+    ) -> Attacker:
+        """``cert`` and ``key``, written to ``directory`` (named by the id) for ``ssl``."""
         der = cert.public_bytes(serialization.Encoding.DER)
         pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
         directory.mkdir(parents=True, exist_ok=True)

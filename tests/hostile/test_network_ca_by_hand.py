@@ -27,7 +27,6 @@ from tests.hostile.attacker import (
     Attacker,
     Closed,
     peer_get,
-    peer_id_of,
     poll,
     refused,
     register,
@@ -71,19 +70,7 @@ def issued_attacker(directory: Path, secret: str) -> Attacker:
         .not_valid_after(now + datetime.timedelta(days=30))
         .sign(ca_key, hashes.SHA256())
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    cert_path, key_path = directory / "eve.crt", directory / "eve.key"
-    cert_path.write_text(pem)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return Attacker(pem, der, cert_path, key_path, peer_id_of(der))
+    return Attacker.of(directory, cert, key)
 
 
 @dataclass

@@ -35,28 +35,9 @@ from tests.support import SECRET
 DATA = os.urandom(100_000)
 
 
-def attacker_of(
-    directory: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
-) -> Attacker:
-    """A raw TLS client presenting ``cert``: what anyone with the secret can make."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    cert_path, key_path = directory / "client.crt", directory / "client.key"
-    cert_path.write_text(pem)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return Attacker(pem, der, cert_path, key_path, peer_id_from_pem(pem))
-
-
 def issued_client(directory: Path, network: NetworkCA) -> Attacker:
     key = ec.generate_private_key(ec.SECP256R1())
-    return attacker_of(directory, build_certificate(key, network), key)
+    return Attacker.of(directory, build_certificate(key, network), key)
 
 
 def member_of(who: Attacker | Identity, name: str, port: int = 9) -> Member:
@@ -269,7 +250,7 @@ async def test_a_certificate_claiming_the_ca_without_its_signature_is_refused(
         not_valid_before=network.cert.not_valid_before_utc,
         not_valid_after=network.cert.not_valid_after_utc,
     ).sign(forger.key, hashes.SHA256())
-    forged = attacker_of(tmp_path / "forged", cert, key)
+    forged = Attacker.of(tmp_path / "forged", cert, key)
     async with served(tmp_path / "server", network) as s:
         s.members.update([member_of(forged, "forged")])  # even as a member
         assert s.contexts.foreign == 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
@@ -46,6 +48,19 @@ class HeldStore(MemoryStore):
 Answer = tuple[int, dict[str, str], bytes]
 
 
+@asynccontextmanager
+async def serving(store: MemoryStore) -> AsyncIterator[tuple[HttpServer, int]]:
+    """A registry app on ``store`` with a shedding bound of MAX_IN_PROGRESS, on loopback."""
+    app = RegistryApp(
+        Signer(SECRET), store, RegistryMetrics(), shedder=LoadShedder(MAX_IN_PROGRESS)
+    )
+    server = HttpServer(app.handle)
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        await nursery.start(server.run, listeners)
+        yield server, listeners[0].socket.getsockname()[1]
+
+
 async def exchange_start(
     port: int, method: str, path: str, payload: object = None
 ) -> tuple[trio.SocketStream, str]:
@@ -76,14 +91,8 @@ async def read_answer(stream: trio.SocketStream) -> Answer:
 
 async def test_past_the_bound_requests_get_503_at_once_while_the_held_ones_complete() -> None:
     store = HeldStore(90.0)
-    metrics = RegistryMetrics()
-    app = RegistryApp(Signer(SECRET), store, metrics, shedder=LoadShedder(MAX_IN_PROGRESS))
-    server = HttpServer(app.handle)
     peer = Peer.new()
-    async with trio.open_nursery() as nursery:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        await nursery.start(server.run, listeners)
-        port = listeners[0].socket.getsockname()[1]
+    async with serving(store) as (server, port):
         stream, _ = await exchange_start(
             port, "POST", "/register", {"id": peer.id, "name": "a", "cert": peer.cert, "port": 7070}
         )
@@ -150,16 +159,8 @@ async def test_stalled_half_requests_do_not_shed_anyone_else() -> None:
     # An attacker opens many connections and sends one byte on each: they
     # hold connections (bounded per address), never the shedding budget, so a
     # member's whole, signed heartbeat is still served.
-    store = MemoryStore(90.0)
-    app = RegistryApp(
-        Signer(SECRET), store, RegistryMetrics(), shedder=LoadShedder(MAX_IN_PROGRESS)
-    )
-    server = HttpServer(app.handle)
     peer = Peer.new()
-    async with trio.open_nursery() as nursery:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        await nursery.start(server.run, listeners)
-        port = listeners[0].socket.getsockname()[1]
+    async with serving(MemoryStore(90.0)) as (server, port):
         stalled = []
         for _ in range(MAX_IN_PROGRESS * 4):
             stream = await trio.open_tcp_stream("127.0.0.1", port)
