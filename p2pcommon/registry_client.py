@@ -137,9 +137,13 @@ class _Registry:
             self.origin = Origin.of(url)
         except ValueError as exc:
             self.problem = str(exc)
-        self.path = self.origin.path if self.origin is not None else ""
         #: A connection that finished its last exchange, and until when it may be reused.
         self.idle: tuple[ClientConnection, float] | None = None
+
+    @property
+    def path(self) -> str:
+        """The URL's path, which every route follows (a registry behind a prefix)."""
+        return self.origin.path if self.origin is not None else ""
 
 
 class RegistryClient:

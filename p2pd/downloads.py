@@ -367,7 +367,9 @@ class Downloads:
             if head.headers.get("repr-digest") != repr_digest(queued.sha256):
                 raise changed(remote_path)
             transfer.state = State.DOWNLOADING
-            blocks = await self._receive_body(transfer, connection, head, offset, digest)
+            blocks = await self._receive_body(
+                transfer, connection, head, offset, digest, into_memory=small
+            )
             completed = True
         except PeerUnreachable as exc:
             raise Retry(f"connection lost: {exc}") from None
@@ -388,9 +390,11 @@ class Downloads:
         head: Head,
         offset: int,
         digest: Any,
+        *,
+        into_memory: bool,
     ) -> list[bytes] | None:
-        """The answer's body: a small file's in memory (returned), a large one's
-        by worker threads, anything else through h11, both to the partial file."""
+        """The answer's body: in memory (returned) for a small file, else to the
+        partial file, by worker threads if it is large, through h11 if not."""
         queued = transfer.queued
         partial = partial_path(self._dir, queued.sha256)
         window = ProgressWindow(trio.current_time())
@@ -399,7 +403,7 @@ class Downloads:
             self._received(transfer, window, count)
 
         try:
-            if queued.size <= SMALL_FILE:
+            if into_memory:
                 blocks = []
                 async for chunk in connection.body_chunks():
                     blocks.append(chunk)
