@@ -159,8 +159,7 @@ def connect(
         "retry": retry,
         **({"ssl": True, **target.tls_options} if target.tls else {}),
     }
-    # redis.sentinel has no annotations.
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(
         list(target.sentinels),
         sentinel_kwargs={
             **common,
@@ -169,7 +168,7 @@ def connect(
         },
         **common,
     )
-    client = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(
         target.service,
         redis_class=_SentinelPrimary,
         connection_pool_class=_FollowingPool,
