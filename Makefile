@@ -4,18 +4,28 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint format typecheck pytest bench demo clean install uninstall
+.PHONY: venv test lint format typecheck pytest bench demo clean install uninstall lock check-lock wheelhouse
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly the lock (requirements/*.txt, every file checked by its hash), then the
+# project itself, editable; whatever an older lock left in the venv is removed.
+$(STAMP): pyproject.toml requirements/dev.txt requirements/build.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(PYTHON) scripts/lock.py install $(VENV) dev --project . --editable
 	$(BIN)/python -m p2pctl.launcher $(BIN)/p2pctl  # as install.sh does: a quicker start
 	touch $(STAMP)
 
-lint: venv
+# Resolves requirements/*.txt again from pyproject.toml with uv, keeping the pins
+# that still fit; UPGRADE=1 takes the newest versions the ranges allow.
+lock: venv
+	$(BIN)/python scripts/lock.py compile $(if $(UPGRADE),--upgrade)
+
+# Fails when pyproject.toml changed since the lock was made (make test runs it).
+check-lock: venv
+	$(BIN)/python scripts/lock.py check
+
+lint: venv check-lock
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -25,6 +35,7 @@ format: venv
 
 typecheck: venv
 	$(BIN)/mypy
+	$(BIN)/mypy --strict scripts/lock.py
 
 pytest: venv
 	$(BIN)/pytest
@@ -51,9 +62,14 @@ demo: venv
 
 # As root: the package in /opt/p2pd, commands in /usr/local/bin, the units,
 # the user p2pd, and /etc/p2pd.toml + /etc/registryd.toml where absent.
-# WHEELHOUSE=DIR installs offline from wheels built with `pip wheel -w DIR .`.
+# WHEELHOUSE=DIR installs offline from wheels made by `make wheelhouse WHEELHOUSE=DIR`.
 install:
 	bash scripts/install.sh $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE))
+
+# The locked runtime's wheels and p2pd's, for `make install WHEELHOUSE=DIR` on a host
+# without network (same architecture, CPython 3.11 or newer).
+wheelhouse: venv
+	$(BIN)/python scripts/lock.py wheelhouse $(or $(WHEELHOUSE),wheelhouse)
 
 # Removes what install put in place; keeps config, secrets and data.
 uninstall:

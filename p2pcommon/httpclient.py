@@ -15,7 +15,6 @@ wrong in words, naming the server as the caller calls it.
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -144,11 +143,13 @@ async def connect(
 
 
 def tls_context(verify: bool | ssl.SSLContext = True) -> ssl.SSLContext:
-    """The context for an https:// server, verified as httpx verified it.
+    """The context for an https:// server.
 
-    ``True``: the certificate must chain to ``SSL_CERT_FILE`` or ``SSL_CERT_DIR``
-    if set, else to certifi's bundle, and name the host; ``False``: anything
-    goes (tests); a context: used as it is.
+    ``True``: the certificate must chain to the system's trust store (what
+    the host's administrator trusts: ``/etc/ssl/certs`` on Debian, a private
+    CA added with ``update-ca-certificates`` included; OpenSSL's
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` override it) and name the host;
+    ``False``: anything goes (tests); a context: used as it is.
     """
     if isinstance(verify, ssl.SSLContext):
         return verify
@@ -157,13 +158,7 @@ def tls_context(verify: bool | ssl.SSLContext = True) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-    if os.environ.get("SSL_CERT_FILE"):
-        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-    if os.environ.get("SSL_CERT_DIR"):
-        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
-    import certifi
-
-    return ssl.create_default_context(cafile=certifi.where())
+    return ssl.create_default_context()
 
 
 class ClientConnection:

@@ -61,10 +61,11 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     exit 1
 fi
 [ -x "$prefix/bin/python" ] || python3 -m venv "$prefix"
+# Exactly the versions CI tested (requirements/main.txt, each file checked by its
+# hash); an upgrade also removes what an older lock had and this one does not.
 if [ -n "$wheelhouse" ]; then
-    # Offline: the wheels of p2pd and of everything it needs, built elsewhere
-    # (pip wheel --wheel-dir DIR .).
-    "$prefix/bin/pip" install --quiet --no-index --find-links "$wheelhouse" --upgrade p2pd
+    # Offline: wheels made on a connected machine by `make wheelhouse WHEELHOUSE=DIR`.
+    python3 "$src/scripts/lock.py" install "$prefix" main --wheelhouse "$wheelhouse"
 else
     # Built from a copy: pip builds in the tree it is given, and root-owned
     # build/ and *.egg-info left in the user's clone would break `make venv`.
@@ -72,8 +73,7 @@ else
     trap 'rm -rf "$build"' EXIT
     tar -C "$src" --exclude=./.venv --exclude=./.git --exclude=./build --exclude='*.egg-info' \
         -cf - . | tar -C "$build" -xf -
-    "$prefix/bin/pip" install --quiet --upgrade pip
-    "$prefix/bin/pip" install --quiet --upgrade "$build"
+    python3 "$src/scripts/lock.py" install "$prefix" main --project "$build"
 fi
 # Every p2pctl command is a new interpreter: in place of pip's console script, a
 # launcher that skips site (python -IS), which p2pctl does not need (p2pctl/launcher.py).

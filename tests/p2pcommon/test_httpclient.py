@@ -229,12 +229,12 @@ async def test_an_https_registry_is_used_with_the_trust_given(
     with run_registryd(tmp_path, env, port=port):
         url = f"https://localhost:{port}"
         async with RegistryClient([url], SECRET) as client:
-            # certifi's bundle (as httpx's default) does not know the test CA.
+            # The system trust store does not know the test CA.
             with pytest.raises(RegistryUnavailable, match="certificate verify failed"):
                 await client.clients()
         ca_path = tmp_path / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_path))
-        monkeypatch.setenv("SSL_CERT_FILE", str(ca_path))  # as httpx honoured it
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_path))  # OpenSSL's override of that store
         async with RegistryClient([url], SECRET) as client:
             assert await client.clients() == []
 
