@@ -160,7 +160,10 @@ async def test_a_fetch_refused_before_any_transfer_is_in_the_history(
         "started_at": 1000.0,
         "finished_at": 1000.0,
         "bytes_per_second": 0.0,
+        "already_there": False,
     }
+    # The call's error carries the same record: `p2pctl --json fetch` prints it.
+    assert error.data["outcome"] == record
     assert len(record["id"]) == 8
     assert rpc.downloads.active == {}
 
