@@ -55,8 +55,12 @@ def failure_reason(exc: BaseException, connect_timeout: float) -> tuple[str, str
         )
     root = _root(exc)
     if isinstance(root, ssl.SSLCertVerificationError):
+        what = "it presented a certificate that is not this member's"
+        if root.verify_message:
+            # OpenSSL's words too: "self-signed", "expired" and the like tell cases apart.
+            what += f"; certificate verify failed: {root.verify_message}"
         return (
-            "it presented a certificate that is not this member's",
+            what,
             "is the address out of date (another program or p2pd answers there)?",
         )
     if isinstance(root, ssl.SSLError):

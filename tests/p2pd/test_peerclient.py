@@ -79,8 +79,8 @@ async def test_another_certificate_at_the_address_is_named_so(
         message = await why_unreachable(identity, bob_at(address))
     assert message == (
         f"bob is registered but cannot be reached at {address} (it presented a certificate "
-        "that is not this member's): is the address out of date (another program or p2pd "
-        "answers there)?"
+        "that is not this member's; certificate verify failed: self-signed certificate): "
+        "is the address out of date (another program or p2pd answers there)?"
     )
 
 
