@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import sdnotify
@@ -20,12 +20,29 @@ log = logging.getLogger(__name__)
 
 
 def daemon_arguments(
-    prog: str, description: str, default_config: str, argv: list[str] | None
+    prog: str,
+    description: str,
+    default_config: str,
+    argv: list[str] | None,
+    commands: Sequence[tuple[str, str]] = (),
 ) -> argparse.Namespace:
-    """The command line every daemon here shares: --config and --version; then logging."""
+    """The command line every daemon here shares: --config and --version; then logging.
+
+    ``commands`` (usage, what it does) are the administration commands that
+    ``main`` handles before this parser sees them: ``--help`` lists them.
+    """
     from p2pcommon import __version__
 
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    epilog = None
+    if commands:
+        lines = [f"  {prog} {usage}\n      {what}" for usage, what in commands]
+        epilog = "other commands (each has its own --help):\n" + "\n".join(lines)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", metavar="FILE", help=f"TOML config (default {default_config})")
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     args = parser.parse_args(argv)

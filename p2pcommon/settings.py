@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import tomllib
+import types
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin
 
 from pydantic import SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -118,8 +120,38 @@ def read_secret(source: str, path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read {path}: {_reason(exc)}") from None
+        # The absolute path: a relative one (from a variable) leaves the reader
+        # guessing which working directory it was taken against.
+        raise ConfigError(f"{source}: cannot read {path.absolute()}: {_reason(exc)}") from None
     return checked_secret(source, text)
+
+
+def exposed_secret_file(settings: SharedSettings) -> str | None:
+    """A warning when the secret's file may be read by others than its owner, else None.
+
+    Whoever reads the secret can sign registry requests as a member; a file
+    made with the default umask (``openssl rand -hex 16 > secret``) is 0644.
+    The systemd credential is systemd's to protect, an inline secret the
+    config file's (``p2pctl doctor`` checks both).
+    """
+    try:
+        source, path = settings.secret_source()
+    except ConfigError:
+        return None
+    if path is None or source.startswith("systemd"):
+        return None
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None  # reading it failed or will fail, with its own message
+    if not mode & 0o077:
+        return None
+    who = "everyone" if mode & 0o007 else "its group"
+    shown = path.absolute()
+    return (
+        f"the secret file {shown} ({source}) can be read by {who} (mode {mode:04o}): whoever "
+        f"reads it can sign registry requests as a member; fix: chmod 600 {shown}"
+    )
 
 
 def checked_secret(source: str, secret: str) -> str:
@@ -199,11 +231,39 @@ def load_settings(
         raise ConfigError(f"cannot read config file {path}: {_reason(exc)}") from None
     else:
         path_used = path
+    if path_used is not None:
+        data = _paths_from(path_used.absolute().parent, cls, data)
     try:
         settings = cls(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, cls, path_used)) from None
     return settings, path_used
+
+
+def _paths_from(folder: Path, cls: type[SharedSettings], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each relative path key taken against ``folder``, the config file's.
+
+    A config file that says ``secret_file = "secret"`` means the file beside
+    it, whatever the directory the daemon was started from. Paths from the
+    environment stay as given: the shell that sets them has its own directory.
+    """
+    resolved = dict(data)
+    for key, value in data.items():
+        field = cls.model_fields.get(key)
+        if field is None or not isinstance(value, str) or not value:
+            continue
+        if _is_path(field.annotation) and not Path(value).is_absolute():
+            resolved[key] = str(folder / value)
+    return resolved
+
+
+def _is_path(annotation: Any) -> bool:
+    """``Path``, or ``Path | None``: the keys that name a file or folder."""
+    if annotation is Path:
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_is_path(arg) for arg in get_args(annotation))
+    return False
 
 
 def _describe(exc: ValidationError, cls: type[SharedSettings], path: Path | None) -> str:

@@ -36,11 +36,20 @@ EXIT_UNREACHABLE = 3
 
 
 class CtlError(Exception):
-    def __init__(self, message: str, exit_status: int, *, printed: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        exit_status: int,
+        *,
+        printed: bool = False,
+        outcome: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.exit_status = exit_status
         #: The --json document was printed already (a failed fetch's outcome).
         self.printed = printed
+        #: A refused fetch's outcome, as the daemon recorded it in the history.
+        self.outcome = outcome
 
 
 def unreachable(path: str, exc: OSError) -> CtlError:
@@ -49,12 +58,20 @@ def unreachable(path: str, exc: OSError) -> CtlError:
         "PermissionError": "permission denied (join the p2pd group: sudo usermod -aG p2pd $USER)",
         "ConnectionRefusedError": "nothing is listening",
     }.get(type(exc).__name__, exc.strerror or str(exc))
-    return CtlError(
-        f"cannot reach p2pd at {path}: {why}.\n"
-        "Start the service with `sudo systemctl start p2pd`, or point at another daemon "
-        "with --socket PATH or P2PD_SOCKET.",
-        EXIT_UNREACHABLE,
-    )
+    if path == DEFAULT_SOCKET:
+        # The service's socket (RuntimeDirectory=p2pd): the service is what is down.
+        advice = (
+            "Start the service with `sudo systemctl start p2pd`, or point at another daemon "
+            "with --socket PATH or P2PD_SOCKET."
+        )
+    else:
+        # Only a p2pd run by hand (or another unit) listens elsewhere.
+        advice = (
+            f'Start the p2pd whose config says control_socket = "{path}" '
+            "(`p2pd --config FILE`), or check --socket and P2PD_SOCKET: "
+            f"without them p2pctl uses {DEFAULT_SOCKET}."
+        )
+    return CtlError(f"cannot reach p2pd at {path}: {why}.\n{advice}", EXIT_UNREACHABLE)
 
 
 #: Seconds p2pctl waits for any line from the daemon (a waiting fetch gets
@@ -143,10 +160,12 @@ def _refused(error: dict[str, Any]) -> CtlError:
     message = str(error.get("message", "the daemon refused"))
     if error.get("code") == -32601:
         message += " (is p2pd older than this p2pctl?)"
-    candidates = (error.get("data") or {}).get("candidates") or []
-    for candidate in candidates:
+    data = error.get("data")
+    data = data if isinstance(data, dict) else {}
+    for candidate in data.get("candidates") or []:
         message += f"\n  {candidate.get('id', '')[:7]}  {candidate.get('name', '')}"
-    return CtlError(message, EXIT_FAILED)
+    outcome = data.get("outcome")
+    return CtlError(message, EXIT_FAILED, outcome=outcome if isinstance(outcome, dict) else None)
 
 
 def fetch(client: Client, args: Args, params: dict[str, Any]) -> Any:
@@ -338,10 +357,18 @@ def run(args: Args) -> None:
             params["progress"] = True
     elif command == "cancel":
         params = {"id": args.id}
-    if command == "fetch" and not args.detach:
-        result = fetch(client, args, params)
-    else:
-        result = client.call(command, params)
+    try:
+        if command == "fetch" and not args.detach:
+            result = fetch(client, args, params)
+        else:
+            result = client.call(command, params)
+    except CtlError as exc:
+        if args.json and exc.outcome is not None:
+            # A fetch refused before any transfer: its outcome, as the history
+            # has it, like that of a transfer that failed (a list for a folder).
+            print_json([exc.outcome] if args.file.endswith("/") else exc.outcome)
+            exc.printed = True
+        raise
     outcomes = (result if isinstance(result, list) else [result]) if command == "fetch" else []
     failures = [o for o in outcomes if o.get("status") not in (None, "ok")]
     if args.json:
@@ -366,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except CtlError as exc:
         if args.json and not exc.printed:
             # Still exactly one JSON document on stdout, for scripts.
-            print(wirejson.dumps({"error": str(exc), "exit_status": exc.exit_status}))
+            print_json({"error": str(exc), "exit_status": exc.exit_status})
         fail(str(exc), exc.exit_status)
     except KeyboardInterrupt:
         return 130

@@ -132,7 +132,9 @@ def show_history(outcomes: list[dict[str, Any]]) -> str:
             o["status"],
             human_size(o["size"]),
             o.get("peer_name") or o["peer_id"][:7],
-            o["path"] + (f"  ({o['error']})" if o.get("error") else ""),
+            o["path"]
+            + (f"  ({o['error']})" if o.get("error") else "")
+            + ("  (already there)" if o.get("already_there") else ""),
         ]
         for o in outcomes
     ]
@@ -159,7 +161,9 @@ def show(command: str, result: Any, outcomes: list[dict[str, Any]]) -> None:
     elif command in ("ls", "shared"):
         print(show_files(result))
     elif command == "rescan":
-        print(f"{result['shared_files']} files shared (generation {result['generation']})")
+        count = result["shared_files"]
+        files = "1 file" if count == 1 else f"{count} files"
+        print(f"{files} shared (generation {result['generation']}, the listing's ETag)")
     elif command == "cancel":
         print(f"cancelled transfer {printable(str(result['id']))}")
     elif command == "fetch":
@@ -169,7 +173,10 @@ def show(command: str, result: Any, outcomes: list[dict[str, Any]]) -> None:
             elif outcome["status"] == "ok":
                 size = human_size(outcome["size"])
                 path = printable(outcome["path"])
-                print(f"{path}  {size}  sha256 {outcome['sha256']} verified")
+                if outcome.get("already_there"):
+                    print(f"{path}  {size}  already there with sha256 {outcome['sha256']}")
+                else:
+                    print(f"{path}  {size}  sha256 {outcome['sha256']} verified")
     elif command == "downloads":
         print(show_downloads(result))
     elif command == "history":

@@ -71,11 +71,18 @@ def admin_command(argv: list[str]) -> int:
 def config_text(args: argparse.Namespace) -> str:
     keys = [
         Key("name", "Display name shown to the other members.", args.name, "this-host"),
-        Key("share_dir", "Folder shared with the members (read only).", str(Path(args.share))),
+        # Absolute: a relative path in the file is taken from the file's folder,
+        # while on the command line it meant the working directory.
+        Key(
+            "share_dir",
+            "Folder shared with the members (read only).\n"
+            "Relative paths in this file are taken from this file's folder.",
+            str(Path(args.share).absolute()),
+        ),
         Key(
             "download_dir",
             "Where downloads land; partial files are hidden there until verified.",
-            str(Path(args.downloads)),
+            str(Path(args.downloads).absolute()),
         ),
         Key("registries", "Registry URLs, tried in order.", list(args.registry)),
         Key(
@@ -83,7 +90,7 @@ def config_text(args: argparse.Namespace) -> str:
             "The secret shared by all members and registries (or set 'secret' inline).\n"
             f"The service does not need it: it gets {SERVICE_SECRET} (root's alone) as\n"
             "the systemd credential 'secret', which wins over this key.",
-            args.secret_file,
+            str(Path(args.secret_file).absolute()) if args.secret_file else None,
             example="/path/to/secret",
         ),
         Key("listen", "Peer server address.", args.listen, "0.0.0.0:7070"),

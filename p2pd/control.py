@@ -125,13 +125,17 @@ class ControlServer:
         client = Connection(trio.CancelScope(), "unix", idle_since=trio.current_time())
         try:
             with failure_boundary("control client", "a control client", log):
-                if not self._clients.admit(client):
-                    await _send(stream, _TOO_MANY)
-                    return
-                with client.scope:
-                    await self._converse(stream, client)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-            pass  # the client went away (Ctrl-C, kill) or stopped reading: its loss alone
+                # Inside the boundary, so that it never sees them: a client that
+                # goes away (Ctrl-C on a waiting fetch, kill) or stops reading is
+                # how clients end, not a failure to log or count.
+                try:
+                    if not self._clients.admit(client):
+                        await _send(stream, _TOO_MANY)
+                        return
+                    with client.scope:
+                        await self._converse(stream, client)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                    log.debug("a control client went away during its call")
         finally:
             self._clients.discard(client)
             await trio.aclose_forcefully(stream)

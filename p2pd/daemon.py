@@ -6,6 +6,7 @@ import errno
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import trio
 
@@ -44,10 +45,18 @@ Reloader = Callable[[], tuple[PeerSettings, str]]
 
 
 class Daemon:
-    def __init__(self, settings: PeerSettings, secret: str, reload: Reloader | None = None) -> None:
+    def __init__(
+        self,
+        settings: PeerSettings,
+        secret: str,
+        reload: Reloader | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.settings = settings
         self._secret = secret
         self._reload = reload
+        #: The config file it was started with (None: the environment alone), for status.
+        self.config_path = config_path
         self.notifier = Notifier()
 
     async def run(self) -> None:
@@ -120,6 +129,7 @@ class Daemon:
                 self.pool,
                 self.downloads,
                 history,
+                config_path=self.config_path,
             )
             control = ControlServer(settings.control_socket, self.rpc.methods())
             async with trio.open_nursery() as nursery:

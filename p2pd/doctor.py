@@ -73,8 +73,8 @@ def run_checks(
     service_secret: Path = Path(SERVICE_SECRET),
 ) -> list[CheckResult]:
     """All checks in order; those that need the config are skipped when it is bad."""
-    path = config_path or os.environ.get("P2PD_CONFIG") or DEFAULT_PATH
-    config, settings, secret = check_config(path, service_secret)
+    path, origin = config_to_check(config_path, control_sockets, ask_daemon)
+    config, settings, secret = check_config(path, service_secret, origin)
     results = [config]
     if settings is None or secret is None:
         why = "needs a valid config first (see the 'config' check)"
@@ -99,8 +99,29 @@ def run_checks(
     return results
 
 
+def config_to_check(
+    config_path: str | None, control_sockets: Sequence[str], ask_daemon: AskDaemon
+) -> tuple[str, str]:
+    """The config file to check, and why that one (to say so; "" for the usual).
+
+    ``--config``, else ``$P2PD_CONFIG``, else the file the p2pd answering on
+    the control socket was started with (a daemon run by hand rarely uses
+    /etc/p2pd.toml), else the default path.
+    """
+    if config_path:
+        return config_path, ""
+    if from_env := os.environ.get("P2PD_CONFIG"):
+        return from_env, " (from P2PD_CONFIG)"
+    for socket_path in dict.fromkeys(control_sockets):
+        status = ask_daemon(socket_path)
+        started_with = status.get("config") if status else None
+        if isinstance(started_with, str) and started_with:
+            return started_with, f" (the config of the p2pd answering on {socket_path})"
+    return DEFAULT_PATH, ""
+
+
 def check_config(
-    path: str, service_secret: Path = Path(SERVICE_SECRET)
+    path: str, service_secret: Path = Path(SERVICE_SECRET), origin: str = ""
 ) -> tuple[CheckResult, PeerSettings | None, str | None]:
     try:
         settings, _ = load_settings(PeerSettings, explicit_path=path, default_path=DEFAULT_PATH)
@@ -117,8 +138,9 @@ def check_config(
             fix = "run `sudo p2pctl doctor`: only root may read the shared secret"
         else:
             fix = f"edit {path} (or the P2PD_* variable named) as the message says"
-        return CheckResult("config", "problem", str(exc), fix), None, None
-    ok = CheckResult("config", "ok", f"{path} is valid and names a usable secret")
+        problem = f"{path}{origin}: {exc}" if origin else str(exc)
+        return CheckResult("config", "problem", problem, fix), None, None
+    ok = CheckResult("config", "ok", f"{path}{origin} is valid and names a usable secret")
     return ok, settings, secret
 
 

@@ -151,7 +151,7 @@ class Downloads:
                 transfer.dest = existing
                 transfer.progress = Progress(queued.size, queued.size)
                 transfer.peer_id, transfer.peer_name = member.id, member.name
-                await self._finish(transfer, "ok", None, recorded=False)
+                await self._finish(transfer, "ok", None, recorded=False, already_there=True)
                 return transfer
         if unrecorded is not None:
             # The transfer is worth more than its resumability after a restart.
@@ -276,10 +276,17 @@ class Downloads:
         window.add(count, now)
 
     async def _finish(
-        self, transfer: Transfer, status: str, error: str | None, recorded: bool = True
+        self,
+        transfer: Transfer,
+        status: str,
+        error: str | None,
+        recorded: bool = True,
+        already_there: bool = False,
     ) -> None:
         queued = transfer.queued
-        outcome = transfer.end(status, error, self._clock(), recorded=recorded)
+        outcome = transfer.end(
+            status, error, self._clock(), recorded=recorded, already_there=already_there
+        )
         self.outcomes[status] += 1
         try:
             await trio.to_thread.run_sync(self._history.finish, outcome)

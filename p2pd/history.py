@@ -19,7 +19,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
     id TEXT PRIMARY KEY, path TEXT, remote_path TEXT, peer_id TEXT, peer_name TEXT,
     sha256 TEXT, size INTEGER, status TEXT, error TEXT,
-    started_at REAL, finished_at REAL, bytes_per_second REAL
+    started_at REAL, finished_at REAL, bytes_per_second REAL, already_there INTEGER DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS queue (
     id TEXT PRIMARY KEY, peer_id TEXT, peer_name TEXT, remote_path TEXT,
@@ -42,6 +42,8 @@ class Outcome:
     started_at: float
     finished_at: float
     bytes_per_second: float
+    #: ok without a transfer: the same content was at the destination already.
+    already_there: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +88,7 @@ class History:
             db.execute("PRAGMA synchronous=NORMAL")
             with db:
                 db.executescript(_SCHEMA)
+                _add_missing_columns(db)
         except BaseException:
             db.close()
             raise
@@ -132,15 +135,39 @@ class History:
     def finish(self, outcome: Outcome) -> None:
         """Record the outcome and take the transfer off the queue, atomically."""
         with self._connect() as db:
+            fields = asdict(outcome)
             db.execute(
-                "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                tuple(asdict(outcome).values()),
+                f"INSERT OR REPLACE INTO history ({', '.join(fields)}) "
+                f"VALUES ({', '.join('?' * len(fields))})",
+                tuple(fields.values()),
             )
             db.execute("DELETE FROM queue WHERE id = ?", (outcome.id,))
 
     def outcomes(self, limit: int = 1000) -> list[Outcome]:
         with self._connect() as db:
             rows = db.execute(
-                "SELECT * FROM history ORDER BY finished_at DESC LIMIT ?", (limit,)
+                f"SELECT {', '.join(_OUTCOME_FIELDS)} FROM history "
+                "ORDER BY finished_at DESC LIMIT ?",
+                (limit,),
             ).fetchall()
-        return [Outcome(*row) for row in rows]
+        return [_outcome(row) for row in rows]
+
+
+def _outcome(row: tuple[Any, ...]) -> Outcome:
+    fields = dict(zip(_OUTCOME_FIELDS, row, strict=True))
+    # SQLite has no boolean: 0 or 1, and NULL in a row written before the column.
+    fields["already_there"] = bool(fields["already_there"])
+    return Outcome(**fields)
+
+
+_OUTCOME_FIELDS = tuple(Outcome.__dataclass_fields__)
+#: Columns added since the first release, with their type: a history file
+#: written by an older p2pd gets them at its next open (older rows: the default).
+_ADDED_COLUMNS = {"already_there": "INTEGER DEFAULT 0"}
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    present = {row[1] for row in db.execute("PRAGMA table_info(history)")}
+    for name, kind in _ADDED_COLUMNS.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE history ADD COLUMN {name} {kind}")

@@ -5,6 +5,7 @@ Pure: the registry loop feeds it, the peer server and the control socket read it
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -115,13 +116,15 @@ class Members:
     def get(self, peer_id: str) -> Member | None:
         return self._by_id.get(peer_id)
 
-    def resolve(self, peer: str) -> Member:
+    def resolve(self, peer: str, own_name: str | None = None) -> Member:
         """A member by full id, name or id prefix; PeerLookupError if none or several.
 
         An exact full id wins (no name can take it: ids are what members
         authenticate as).  Otherwise names and id prefixes count together: a
         member may name itself like another's short id, and must not get that
         member's ``p2pctl ls``/``fetch`` silently; both are then candidates.
+        Where nothing matches, the error says what PEER may have meant: this
+        daemon itself (its id or ``own_name``), or members named alike.
         """
         if peer in self._by_id:
             return self._by_id[peer]
@@ -137,11 +140,36 @@ class Members:
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise PeerLookupError(
-                f"no member named or prefixed {peer!r}; `p2pctl peers` lists who is online"
-            )
+            raise PeerLookupError(self._no_match(peer, own_name))
         listed = ", ".join(f"{m.name} ({short_id(m.id)})" for m in matches)
         raise PeerLookupError(
             f"{peer!r} matches {len(matches)} members: {listed}; give more of the id",
             matches,
         )
+
+    def _no_match(self, peer: str, own_name: str | None) -> str:
+        """Why PEER names no member, with what it may have meant."""
+        own = bool(peer) and self.own_id.startswith(peer.lower())
+        if own or (own_name is not None and peer.casefold() == own_name.casefold()):
+            return f"{peer!r} is this daemon itself: `p2pctl shared` lists what it shares"
+        alike = suggestions(peer, sorted({m.name for m in self._by_id.values()}))
+        if alike:
+            return f"no member named or prefixed {peer!r}: did you mean {' or '.join(alike)}?"
+        return f"no member named or prefixed {peer!r}; `p2pctl peers` lists who is online"
+
+
+#: Names suggested at most for a PEER that names no member.
+MAX_SUGGESTIONS = 3
+
+
+def suggestions(peer: str, names: Sequence[str]) -> list[str]:
+    """Names ``peer`` may have meant: the same but for case first, then close spellings."""
+    folded = peer.casefold()
+    same = [name for name in names if name.casefold() == folded]
+    by_folded: dict[str, list[str]] = {}
+    for name in names:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    # Typos (bbo, bob2) in any case; difflib's default cutoff 0.6 keeps strangers out.
+    close = difflib.get_close_matches(folded, list(by_folded), n=MAX_SUGGESTIONS, cutoff=0.6)
+    alike = same + [name for key in close for name in by_folded[key] if name not in same]
+    return alike[:MAX_SUGGESTIONS]

@@ -15,11 +15,12 @@ from contextlib import contextmanager
 import trio
 from pydantic import ValidationError
 
-from p2pcommon.httpclient import ClientConnection, Head, HttpClientError, error_reason
+from p2pcommon.httpclient import ClientConnection, Head, HttpClientError
 from p2pcommon.models import Listing, Member, split_host_port, validation_reason
 from p2pcommon.service import one_line
 from p2pd.bodypump import DIRECT_MIN, DirectBody
 from p2pd.identity import Identity
+from p2pd.reach import unreachable_message
 from p2pd.tls import PeerMismatch, client_context, presented_id
 from p2pd.tlsstream import BatchedTLSStream
 
@@ -81,7 +82,7 @@ class PeerConnection:
         cls, identity: Identity, member: Member, context: ssl.SSLContext | None = None
     ) -> PeerConnection:
         context = context or client_context(identity, member.cert)
-        failures = []
+        failures: list[tuple[str, BaseException]] = []
         for address in member.addresses:
             tcp: trio.SocketStream | None = None
             try:
@@ -101,13 +102,11 @@ class PeerConnection:
                 trio.BrokenResourceError,
                 PeerMismatch,
             ) as exc:
-                failures.append(f"{address}: {error_reason(exc)}")
+                failures.append((address, exc))
             finally:
                 if tcp is not None:
                     await trio.aclose_forcefully(tcp)
-        raise PeerUnreachable(
-            f"cannot reach {member.name}: " + "; ".join(failures or ["no address"])
-        )
+        raise PeerUnreachable(unreachable_message(member.name, failures, CONNECT_TIMEOUT))
 
     @property
     def reusable(self) -> bool:

@@ -35,6 +35,9 @@ log = logging.getLogger("p2pd.rpc")
 
 #: Seconds between progress notifications to a fetch that asked for them.
 PROGRESS_PERIOD = 0.5
+#: Seconds `cancel` waits for the transfer to end and its partial file to go
+#: (a transfer notices within a second; removing the file is one unlink).
+CANCEL_WAIT = 10.0
 
 
 class FetchRefused(Exception):
@@ -65,6 +68,8 @@ class Rpc:
     downloads: Downloads
     history: History
     clock: Callable[[], float] = field(default=time.time)
+    #: The config file the daemon was started with (None: the environment alone).
+    config_path: Path | None = None
 
     def methods(self) -> dict[str, Method]:
         return {
@@ -88,6 +93,8 @@ class Rpc:
             "listen": settings.listen,
             "shared_files": len(self.share.index),
             "version": __version__,
+            # For `p2pctl doctor`, which checks the config of the daemon it can reach.
+            "config": None if self.config_path is None else str(self.config_path),
             "registry": self.link.registry_url,
             "registry_error": self.link.error,
             "peers": self.members.count(),
@@ -129,7 +136,8 @@ class Rpc:
                 OPERATION_FAILED,
                 f"cannot read share_dir {self.settings().share_dir}: {exc.strerror or exc}",
             ) from None
-        return {"shared_files": len(self.share.index), "generation": self.share.index.generation}
+        # The generation members see in the listing and its ETag, not the index's count.
+        return {"shared_files": len(self.share.index), "generation": self.server.generation}
 
     async def rpc_fetch(self, params: dict[str, Any], notify: Notify) -> Any:
         """One file (an outcome object), or a whole folder ending in '/' (a list of them).
@@ -145,9 +153,13 @@ class Rpc:
         try:
             transfers = await self._start(peer, path, wanted)
         except FetchRefused as exc:
-            # No transfer exists to record its outcome: record the refusal itself.
-            await self._record_refusal(exc, peer, wanted, started_at)
-            raise exc.error from None
+            # No transfer exists to record its outcome: record the refusal itself,
+            # and send it along, so that `p2pctl --json fetch` can print it as
+            # any other failed outcome (docs/protocol.md §7).
+            outcome = await self._record_refusal(exc, peer, wanted, started_at)
+            error = exc.error
+            data = {**(error.data or {}), "outcome": outcome.to_json()}
+            raise RpcError(error.code, error.message, data) from None
         folder = wanted.endswith("/")
         if params.get("detach"):
             ids = [{"id": t.queued.id} for t in transfers]
@@ -207,7 +219,7 @@ class Rpc:
 
     async def _record_refusal(
         self, refused: FetchRefused, peer: str, wanted: str, started_at: float
-    ) -> None:
+    ) -> Outcome:
         """A `failed` outcome in the history for a fetch that never had a transfer."""
         download_dir = self.settings().download_dir
         outcome = Outcome(
@@ -233,6 +245,7 @@ class Rpc:
             self.downloads.history_failed(exc)
             self.downloads.unrecorded.append(outcome)
             del self.downloads.unrecorded[:-UNRECORDED_KEPT]
+        return outcome
 
     async def rpc_downloads(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
         return [t.to_json() for t in self.downloads.active.values()]
@@ -250,11 +263,22 @@ class Rpc:
         return [o.to_json() for o in sorted(recent + outcomes, key=lambda o: -o.finished_at)]
 
     async def rpc_cancel(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
+        """Answers once the transfer has ended and its partial file is gone: whoever
+        asked may look at download_dir at once, or fetch the file again."""
         transfer_id = params.get("id")
-        if not isinstance(transfer_id, str) or not self.downloads.cancel(transfer_id):
+        transfer = self.downloads.active.get(transfer_id) if isinstance(transfer_id, str) else None
+        if transfer is None or not self.downloads.cancel(transfer.queued.id):
             raise RpcError(
                 OPERATION_FAILED,
                 f"no transfer {transfer_id!r} in progress: `p2pctl downloads` lists them",
+            )
+        with trio.move_on_after(CANCEL_WAIT):
+            await transfer.done.wait()
+        if not transfer.done.is_set():
+            raise RpcError(
+                OPERATION_FAILED,
+                f"transfer {transfer_id} is cancelled but still stopping after {CANCEL_WAIT:g} s "
+                "(see the log): `p2pctl downloads` shows when it is gone",
             )
         return {"id": transfer_id, "cancelled": True}
 
@@ -271,7 +295,7 @@ class Rpc:
 
     def _resolve(self, peer: str) -> Member:
         try:
-            return self.members.resolve(peer)
+            return self.members.resolve(peer, own_name=self.settings().name)
         except PeerLookupError as exc:
             data = {"candidates": [{"id": m.id, "name": m.name} for m in exc.candidates]}
             raise FetchRefused(RpcError(OPERATION_FAILED, str(exc), data)) from None

@@ -125,7 +125,15 @@ class Transfer:
             "rate": round(self.progress.rate),
         }
 
-    def end(self, status: str, error: str | None, finished: float, *, recorded: bool) -> Outcome:
+    def end(
+        self,
+        status: str,
+        error: str | None,
+        finished: float,
+        *,
+        recorded: bool,
+        already_there: bool = False,
+    ) -> Outcome:
         """Take the last state and the outcome (``status``: ok, failed or cancelled)."""
         queued = self.queued
         elapsed = max(finished - queued.started_at, 1e-6)
@@ -143,5 +151,6 @@ class Transfer:
             started_at=queued.started_at,
             finished_at=finished,
             bytes_per_second=self.progress.bytes_done / elapsed if recorded else 0.0,
+            already_there=already_there,
         )
         return self.outcome

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from p2pcommon.configfile import Key, add_init_command, check_and_write, render, run_admin
 from registryd.config import DEFAULT_PATH, RegistrySettings
@@ -38,8 +39,10 @@ def config_text(args: argparse.Namespace) -> str:
         Key(
             "secret_file",
             "The secret shared with every member. Under systemd it comes instead as the\n"
-            "credential 'secret' (LoadCredential=secret:/etc/registryd/secret).",
-            args.secret_file,
+            "credential 'secret' (LoadCredential=secret:/etc/registryd/secret).\n"
+            "A relative path is taken from this file's folder.",
+            # Absolute: as given on the command line, it meant the working directory.
+            str(Path(args.secret_file).absolute()) if args.secret_file else None,
             "/etc/registryd/secret",
         ),
         Key(

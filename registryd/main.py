@@ -24,7 +24,7 @@ from p2pcommon.service import (
     termination_signals,
     unwrap_group,
 )
-from p2pcommon.settings import ConfigError, changed_keys, load_settings
+from p2pcommon.settings import ConfigError, changed_keys, exposed_secret_file, load_settings
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
 from registryd.config import DEFAULT_PATH, RegistrySettings
@@ -272,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return admin_command(words)
     args = daemon_arguments(
-        "registryd", "The p2pd registry: who is online, never any file.", DEFAULT_PATH, argv
+        "registryd",
+        "The p2pd registry: who is online, never any file.",
+        DEFAULT_PATH,
+        argv,
+        [("config init [--store URL]", "write a first config file")],
     )
 
     def load() -> tuple[RegistrySettings, str]:
@@ -283,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings, secret = load()
+        if (warning := exposed_secret_file(settings)) is not None:
+            log.warning("%s", warning)
         trio.run(serve, settings, secret, load)
     except BaseException as exc:
         cause = unwrap_group(exc)

@@ -15,7 +15,20 @@ trap stop_all EXIT
 
 free_port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
+# The arguments as one line a shell reads back as they are (copy-pasteable):
+# plain words bare, anything else in single quotes.
+shell_quoted() {
+    local words=() arg LC_ALL=C  # C: letter ranges mean ASCII letters only
+    for arg in "$@"; do
+        if [[ $arg =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+            words+=("$arg")
+        else
+            words+=("'${arg//\'/\'\\\'\'}'")
+        fi
+    done
+    printf '%s\n' "${words[*]}"
+}
+run() { printf '$ %s\n' "$(shell_quoted "$@")"; "$@"; }
 
 wait_for() {  # wait_for DESCRIPTION COMMAND...: up to 15 s
     for _ in $(seq 150); do "${@:2}" >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -58,6 +71,7 @@ printf 'Grüße aus dem Demo ☃\n' >"$DEMO/bob/share/notes – Grüße.txt"
 start_peer alice
 start_peer bob
 alice() { "$BIN/p2pctl" --socket "$DEMO/alice/control.sock" "$@"; }
+echo "(below, 'alice' stands for: $(shell_quoted "$BIN/p2pctl" --socket "$DEMO/alice/control.sock"))"
 wait_for "alice to see bob" sh -c "'$BIN/p2pctl' --socket '$DEMO/alice/control.sock' --json peers | grep -q '\"bob\"'"
 wait_for "bob to see alice" sh -c "'$BIN/p2pctl' --socket '$DEMO/bob/control.sock' --json peers | grep -q '\"alice\"'"
 # A file is offered once it has been unchanged for stable_after (2 s by

@@ -120,7 +120,20 @@ async def test_exit_codes_for_usage_and_unreachable_daemon(socket_path: Path) ->
     down_json = await p2pctl(socket_path, "--json", "status")
     assert down_json.returncode == 3 and json.loads(down_json.stdout)["exit_status"] == 3
     assert str(socket_path).encode() in down.stderr
-    assert b"systemctl start p2pd" in down.stderr
+    # A socket of a p2pd run by hand: its advice is that p2pd, not the service.
+    assert b"`p2pd --config FILE`" in down.stderr and b"P2PD_SOCKET" in down.stderr
+    assert b"systemctl" not in down.stderr
+
+
+def test_the_advice_for_an_unreachable_daemon_fits_its_socket() -> None:
+    from p2pctl.main import DEFAULT_SOCKET, unreachable
+
+    service = str(unreachable(DEFAULT_SOCKET, FileNotFoundError(2, "No such file")))
+    assert "no such socket" in service and "sudo systemctl start p2pd" in service
+    by_hand = str(unreachable("/tmp/alice/control.sock", ConnectionRefusedError(111, "refused")))
+    assert "nothing is listening" in by_hand and "systemctl" not in by_hand
+    assert 'control_socket = "/tmp/alice/control.sock"' in by_hand
+    assert "--socket" in by_hand and "P2PD_SOCKET" in by_hand and DEFAULT_SOCKET in by_hand
 
 
 def test_human_output_escapes_control_characters_and_json_stays_exact() -> None:

@@ -46,6 +46,27 @@ def test_config_init_writes_a_commented_file_the_daemon_loads(tmp_path: Path) ->
     assert text.count("\n# ") > 10
 
 
+def test_config_init_writes_relative_arguments_as_the_paths_they_meant(tmp_path: Path) -> None:
+    # On the command line "share" is the working directory's; in the file it
+    # would be the file's folder's: config init writes what was meant.
+    (tmp_path / "secret").write_text(SECRET)
+    output = tmp_path / "etc" / "p2pd.toml"
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "p2pd"), "config", "init", "--share", "share",
+            "--downloads", "downloads", "--registry", "http://10.0.0.1:7000",
+            "--secret-file", "secret", "--output", str(output),
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    settings, _ = load_settings(PeerSettings, explicit_path=str(output), default_path="/x")
+    assert settings.share_dir == tmp_path / "share"
+    assert settings.download_dir == tmp_path / "downloads"
+    assert settings.secret_file == tmp_path / "secret"
+    assert settings.resolve_secret() == SECRET
+
+
 def test_config_init_for_the_service_names_no_secret_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

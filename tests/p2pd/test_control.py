@@ -327,3 +327,32 @@ async def test_idle_clients_make_room_so_a_call_never_hangs(socket_path: Path) -
         for stream in idle:
             await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_client_going_away_is_not_a_failure_to_log_or_count(
+    socket_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from p2pcommon.boundary import failures
+
+    noticed = trio.Event()
+
+    async def progress_until_gone(params: dict[str, Any], notify: Notify) -> Any:
+        try:
+            while True:
+                await notify("progress", {"padding": "x" * 4096})
+                await trio.sleep(0.01)
+        finally:
+            noticed.set()
+
+    before = dict(failures)
+    server = ControlServer(socket_path, {"fetch": progress_until_gone})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        stream = await trio.open_unix_socket(str(socket_path))
+        await stream.send_all(jsonrpc.request(1, "fetch", {}))
+        await stream.receive_some(100)
+        await stream.aclose()  # as Ctrl-C on a waiting `p2pctl fetch` does
+        await noticed.wait()
+        nursery.cancel_scope.cancel()
+    assert dict(failures) == before
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")] == []

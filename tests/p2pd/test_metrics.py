@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from p2pcommon.settings import ConfigError, load_settings
 from p2pd.config import PeerSettings
 from p2pd.metrics import PeerMetrics
+from tests.promlint import lint
 from tests.support import (
     VENV_BIN,
     RunningPeer,
@@ -251,12 +252,52 @@ def test_a_real_p2pd_serves_its_metrics(two_peers: tuple[Scraped, RunningPeer]) 
     assert "serving metrics on 127.0.0.1:" in bob.peer.log()
 
 
+def test_a_real_p2pd_s_metrics_pass_promtool_s_lint_rules(
+    two_peers: tuple[Scraped, RunningPeer],
+) -> None:
+    text = httpx.get(two_peers[0].url, timeout=10).text
+    assert "p2pd_uploaded_bytes_total" in text
+    assert lint(text) == []
+
+
+def test_the_lint_flags_what_promtool_flags() -> None:
+    bad = (
+        "# TYPE p2pd_requests counter\np2pd_requests 1\n"
+        "# HELP p2pd_open_total Open.\n# TYPE p2pd_open_total gauge\np2pd_open_total 1\n"
+        "# HELP p2pd_latency_milliseconds L.\n# TYPE p2pd_latency_milliseconds gauge\n"
+        "p2pd_latency_milliseconds 1\n"
+        "# HELP p2pd_size_kb S.\n# TYPE p2pd_size_kb gauge\np2pd_size_kb 1\n"
+        "# HELP p2pd_members_gauge M.\n# TYPE p2pd_members_gauge gauge\np2pd_members_gauge 1\n"
+        '# HELP p2pd_peerCount P.\n# TYPE p2pd_peerCount gauge\np2pd_peerCount{peerName="a"} 1\n'
+    )
+    assert lint(bad) == [
+        "p2pd_requests: counter metrics should have '_total' suffix",
+        "p2pd_open_total: non-counter metrics should not have '_total' suffix",
+        "p2pd_requests: no help text",
+        "p2pd_latency_milliseconds: use base unit 'seconds' instead of 'milliseconds'",
+        "p2pd_size_kb: metric names should not contain abbreviated units ('kb')",
+        "p2pd_members_gauge: metric name should not include type 'gauge'",
+        "p2pd_peerCount: metric names should be written in 'snake_case' not 'camelCase'",
+        "p2pd_peerCount: label names should be written in 'snake_case': 'peerName'",
+    ]
+    collector = PeerMetrics(
+        cast(Any, FakeServer(FakeStats())),
+        cast(Any, FakeDownloads()),
+        cast(Any, FakeShare(FakeIndex([FakeEntry(10)]))),
+        cast(Any, FakeMembers()),
+        lambda: True,
+        failures=Counter({"connection": 3}),
+    )
+    assert lint(collector.render().decode()) == []
+
+
 PROMTOOL = shutil.which("promtool")
 
 
 @pytest.mark.skipif(
     PROMTOOL is None,
-    reason="promtool is not installed (Debian: apt-get install prometheus; .ci/run does)",
+    reason="promtool is not installed (Debian: apt-get install prometheus, ~100 MB); "
+    "test_a_real_p2pd_s_metrics_pass_promtool_s_lint_rules applies its rules without it",
 )
 def test_promtool_finds_nothing_to_lint(two_peers: tuple[Scraped, RunningPeer]) -> None:
     assert PROMTOOL is not None

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
 
 from p2pcommon.models import Listing, Member, SharedFile
 from p2pd import jsonrpc
@@ -160,7 +161,10 @@ async def test_a_fetch_refused_before_any_transfer_is_in_the_history(
         "started_at": 1000.0,
         "finished_at": 1000.0,
         "bytes_per_second": 0.0,
+        "already_there": False,
     }
+    # The call's error carries the same record: `p2pctl --json fetch` prints it.
+    assert error.data["outcome"] == record
     assert len(record["id"]) == 8
     assert rpc.downloads.active == {}
 
@@ -227,3 +231,28 @@ async def test_a_folder_named_without_its_slash_says_how_to_fetch_it(folder: Pat
     rpc = make_rpc(folder, FakePool([shared("docs/a.txt"), shared("docs/b.txt")]))
     error = await refused_fetch(rpc, "bob", "docs")
     assert error.message == "'docs' is a folder: fetch `docs/` to get all its files"
+
+
+async def test_cancel_answers_when_the_transfer_has_ended_within_a_bound(
+    folder: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    rpc = make_rpc(folder, FakePool())
+    queued = Queued("0000cafe", BOB, "bob", "a.txt", SHA, 3, 0)
+    ending = Transfer(queued, folder / "downloads" / "a.txt", Progress(3))
+    rpc.downloads.active[queued.id] = ending
+
+    async def ends_after_a_second() -> None:
+        await trio.sleep(1)
+        ending.done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ends_after_a_second)
+        asked = trio.current_time()
+        answer = await rpc.rpc_cancel({"id": queued.id}, no_notify)
+        assert answer == {"id": queued.id, "cancelled": True}
+        assert trio.current_time() - asked >= 1 and ending.cancel_scope.cancel_called
+
+    stuck = Transfer(Queued("0000dead", BOB, "bob", "b.txt", SHA, 3, 0), folder, Progress(3))
+    rpc.downloads.active["0000dead"] = stuck
+    with pytest.raises(RpcError, match="cancelled but still stopping after 10 s"):
+        await rpc.rpc_cancel({"id": "0000dead"}, no_notify)

@@ -56,3 +56,24 @@ def test_an_exact_full_id_wins_even_over_a_name_equal_to_it() -> None:
     with pytest.raises(PeerLookupError) as caught:
         members.resolve("b")
     assert len(caught.value.candidates) == 2
+
+
+def test_a_peer_that_names_no_member_gets_what_it_may_have_meant() -> None:
+    members = members_with(member(BOB, "bob"), member(CAROL, "Carol"), member("d" * 52, "Bob"))
+
+    def why(peer: str, own_name: str | None = "me") -> str:
+        with pytest.raises(PeerLookupError) as caught:
+            members.resolve(peer, own_name=own_name)
+        assert caught.value.candidates == []
+        return str(caught.value)
+
+    # Names compare exactly; the same letters in another case are suggested first.
+    assert why("BOB") == "no member named or prefixed 'BOB': did you mean Bob or bob?"
+    assert why("carol") == "no member named or prefixed 'carol': did you mean Carol?"
+    assert why("bbo").endswith("did you mean Bob or bob?")  # a typo
+    assert why("dave") == "no member named or prefixed 'dave'; `p2pctl peers` lists who is online"
+    # This daemon itself, by its id (any prefix, any case) or its name (any case).
+    itself = "is this daemon itself: `p2pctl shared` lists what it shares"
+    for own in ("ooooooo", "OOO", "o" * 52, "me", "ME"):
+        assert why(own) == f"{own!r} {itself}"
+    assert why("me", own_name=None).startswith("no member")

@@ -144,3 +144,41 @@ def test_a_bad_store_url_is_named_without_echoing_its_password(
         load_settings(RegistrySettings, explicit_path=None, default_path="/nonexistent")
     assert "REGISTRYD_STORE" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+def test_relative_paths_in_the_file_are_taken_from_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "secret").write_text("the-secret-beside-the-config\n")
+    config = write(tmp_path / "etc", 'secret_file = "secret"\ntls_cert = "tls/c.pem"\n')
+    config.write_text(config.read_text() + 'tls_key = "/abs/k.pem"\n')
+    monkeypatch.chdir(tmp_path)  # elsewhere: the daemon's working directory does not count
+    settings = load(Path("etc/registryd.toml"))
+    assert settings.secret_file == tmp_path / "etc" / "secret"
+    assert settings.resolve_secret() == "the-secret-beside-the-config"
+    assert (settings.tls_cert, settings.tls_key) == (tmp_path / "etc/tls/c.pem", Path("/abs/k.pem"))
+    # A variable's path is the shell's: relative to the working directory, as given.
+    monkeypatch.setenv("REGISTRYD_SECRET_FILE", "elsewhere/secret")
+    settings = load(config)
+    assert settings.secret_file == Path("elsewhere/secret")
+    with pytest.raises(ConfigError, match=f"key 'secret_file': cannot read {tmp_path}/elsewhere"):
+        settings.resolve_secret()
+
+
+def test_a_secret_file_others_may_read_is_a_warning_with_its_fix(tmp_path: Path) -> None:
+    from p2pcommon.settings import exposed_secret_file
+
+    secret = tmp_path / "secret"
+    secret.write_text("0123456789abcdef\n")
+    settings = load(write(tmp_path, f'secret_file = "{secret}"\n'))
+    for mode, who in ((0o604, "everyone"), (0o640, "its group")):
+        secret.chmod(mode)
+        assert exposed_secret_file(settings) == (
+            f"the secret file {secret} (key 'secret_file') can be read by {who} "
+            f"(mode {mode:04o}): whoever reads it can sign registry requests as a member; "
+            f"fix: chmod 600 {secret}"
+        )
+    secret.chmod(0o600)
+    assert exposed_secret_file(settings) is None
+    assert exposed_secret_file(load(write(tmp_path, 'secret = "0123456789abcdef"\n'))) is None
