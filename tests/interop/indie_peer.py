@@ -34,6 +34,7 @@ class IndependentPeer:
         self.members: dict[str, dict[str, Any]] = {}
         self.lease: dict[str, Any] = {}
         self.faults: list[str] = []
+        self.heartbeats = 0
         self._refreshed_at = 0.0
         self._version: int | None = None
         self._members_lock = threading.Lock()
@@ -88,6 +89,7 @@ class IndependentPeer:
         while not self._stop.wait(float(self.lease["heartbeat_interval"])):
             try:
                 self.lease = self.registry.call("POST", "/heartbeat", {"id": self.id}).payload
+                self.heartbeats += 1
                 # §3.4: the list is fetched again only when the membership changed.
                 if self.lease.get("version") != self._version:
                     self.refresh_members()

@@ -36,6 +36,7 @@ BOB_PATH, BOB_DATA = "music/a song.bin", os.urandom(700_000)
 #: In the independent peer's share: large enough for p2pd to resume it (§5).
 INDIE_PATH, INDIE_DATA = "docs/indie notes.bin", os.urandom(3 * MIB)
 INDIE_CUT = MIB
+PEER_TTL = 9
 INTEROP = Path(__file__).parent
 
 
@@ -68,7 +69,8 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     (base / "bob" / "share" / "music").mkdir(parents=True)
     (base / "bob" / "share" / BOB_PATH).write_bytes(BOB_DATA)
     with (
-        run_registryd(base) as registry,
+        # A short lease, so that the independent peer heartbeats within the module.
+        run_registryd(base, {"REGISTRYD_PEER_TTL": str(PEER_TTL)}) as registry,
         run_p2pd(base, "bob", [registry.url], extra_config=FAST) as bob,
         IndependentPeer(
             base / "indie", registry.url, SECRET, "indie", {INDIE_PATH: INDIE_DATA}
@@ -99,8 +101,9 @@ def test_registers_with_hand_signed_requests_and_verifies_answers__sections_2_an
     """§2.1 signing, §2.2 answer checks (inside every call), §3.2 register and
     /clients, §3.3 lease and the observed address, §3.4 version and since=0."""
     indie = network.indie
-    assert indie.lease["ttl"] == 30 and indie.lease["heartbeat_interval"] == 10
+    assert indie.lease["ttl"] == PEER_TTL and indie.lease["heartbeat_interval"] == PEER_TTL / 3
     assert isinstance(indie.lease["version"], int)
+    poll(lambda: indie.heartbeats > 0, what="a heartbeat at the advised interval (§3.3)")
     everyone = indie.registry.call("GET", "/clients").payload["clients"]
     me = next(record for record in everyone if record["id"] == indie.id)
     assert me["addresses"] == [f"127.0.0.1:{indie.server.port}"]
