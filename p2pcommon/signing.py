@@ -21,25 +21,35 @@ from __future__ import annotations
 import base64
 import datetime
 import hmac
-import ipaddress
 import math
-import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache, cached_property
-from typing import TYPE_CHECKING, Any, Final
+from functools import cached_property
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from http_message_signatures import (
-        HTTPMessageSigner,
-        HTTPMessageVerifier,
-        HTTPSignatureKeyResolver,
-    )
-else:
-    # The package is imported on first need (below); its resolver base only declares.
-    HTTPSignatureKeyResolver = object
+    from http_message_signatures import HTTPMessageSigner, HTTPMessageVerifier
 
+from p2pcommon.signing_messages import (
+    NO_AUTHORITY,
+    HeaderView,
+    RequestMessage,
+    ResponseMessage,
+    SecretResolver,
+    as_str_fields,
+    package_classes,
+    parse_signature_field,
+    request_authority,
+)
+from p2pcommon.signing_refusals import BAD_SIGNATURE as BAD_SIGNATURE
+from p2pcommon.signing_refusals import DIGEST_MISMATCH as DIGEST_MISMATCH
+from p2pcommon.signing_refusals import MISSING_SIGNATURE as MISSING_SIGNATURE
+from p2pcommon.signing_refusals import REPLAYED as REPLAYED
+from p2pcommon.signing_refusals import REQUIRED_PARAMETERS as REQUIRED_PARAMETERS
+from p2pcommon.signing_refusals import STALE as STALE
+from p2pcommon.signing_refusals import AuthError as AuthError
+from p2pcommon.signing_refusals import bad_signature, check_shape, package_refusal
 from p2pcommon.sigshape import ALGORITHM as ALGORITHM
 from p2pcommon.sigshape import KEY_ID as KEY_ID
 from p2pcommon.sigshape import LABEL as LABEL
@@ -50,7 +60,6 @@ from p2pcommon.sigshape import RESPONSE_COMPONENTS as RESPONSE_COMPONENTS
 from p2pcommon.sigshape import ExactShape
 from p2pcommon.sigshape import content_digest as content_digest
 
-REQUIRED_PARAMETERS: Final = frozenset({"created", "nonce", "keyid", "alg"})
 #: Derived components (RFC 9421 §2.2) a request signature may cover besides the
 #: required ones, for docs/protocol.md §2.1; any header field may be covered too.
 EXTRA_REQUEST_COMPONENTS: Final = (
@@ -64,149 +73,6 @@ EXTRA_REQUEST_COMPONENTS: Final = (
 #: The shortest shared secret accepted anywhere.
 MIN_SECRET_LENGTH: Final = 8
 
-# The reasons a request is refused with 401; the wording is part of the API.
-MISSING_SIGNATURE: Final = "missing signature"
-BAD_SIGNATURE: Final = "bad signature"
-STALE: Final = "stale"
-REPLAYED: Final = "replayed"
-DIGEST_MISMATCH: Final = "digest mismatch"
-
-_HINTS: Final = {
-    MISSING_SIGNATURE: "sign the request with the network's shared secret (docs/protocol.md §2)",
-    BAD_SIGNATURE: "check that this peer's secret is the same as the registry's",
-    STALE: f"the signature's created time is more than {MAX_SKEW} s from the registry's clock: "
-    "check that both clocks are synchronised (NTP)",
-    REPLAYED: "this nonce was already used: every request needs a fresh nonce",
-    DIGEST_MISMATCH: "Content-Digest is missing or does not match the body",
-}
-
-
-class AuthError(Exception):
-    """A message failed authentication; ``reason`` is one of the five reasons above."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.hint = _HINTS.get(reason, "")
-
-
-class _Headers:
-    """Read-only header view in wire order, as the library's resolvers expect."""
-
-    def __init__(self, fields: Iterable[tuple[str, str]]) -> None:
-        self._fields = list(fields)
-
-    def items(self) -> Iterator[tuple[str, str]]:
-        return iter(self._fields)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(dict.fromkeys(name for name, _ in self._fields))
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(n.lower() == name.lower() for n, _ in self._fields)
-
-    def get(self, name: str) -> str | None:
-        values = [v for n, v in self._fields if n.lower() == name]
-        return ", ".join(values) if values else None
-
-
-@dataclass
-class _Request:
-    method: str
-    url: str
-    headers: Any
-    #: False when the request named no usable authority (no or a malformed
-    #: ``Host``): then ``url`` holds a placeholder host that must never be signed.
-    has_authority: bool = True
-
-
-#: RFC 9110 §7.2 ``Host = uri-host [ ":" port ]``: a reg-name, an IPv4 address or
-#: a bracketed IP literal.  Userinfo ("@") and anything after the port are refused,
-#: so that the URL built from it has exactly this authority.
-_HOST = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
-#: Stands in for the host of a request without a usable ``Host``; never in a signature base.
-_NO_AUTHORITY = "no-authority.invalid"
-
-
-def _authority(host_header: str | None) -> str | None:
-    """The request's authority as sent in ``Host``, or None if it names none usable."""
-    if host_header is None:
-        return None
-    match = _HOST.fullmatch(host_header.strip())
-    if match is None:
-        return None
-    host = match["host"]
-    if host.startswith("["):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return None
-    return match.group(0)
-
-
-@dataclass
-class _Response:
-    status_code: int
-    headers: Any
-    request: None = None
-
-
-class _SecretResolver(HTTPSignatureKeyResolver):
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def resolve_private_key(self, key_id: str) -> bytes:
-        return self._key
-
-    def resolve_public_key(self, key_id: str) -> bytes | None:
-        return self._key if key_id == KEY_ID else None
-
-
-@cache
-def _package_classes() -> tuple[type[Any], type[HTTPMessageVerifier]]:
-    """The resolver and verifier classes built on the package, made on first use.
-
-    The package (with the cryptography it imports, ~9 MiB of a daemon's
-    memory) is needed only for messages not in our exact shape and for
-    refusals: a peer talking to a p2p registry never loads it.
-    """
-    from http_message_signatures import (
-        HTTPMessageSignaturesException,
-        HTTPMessageVerifier,
-        HTTPSignatureComponentResolver,
-    )
-
-    class Components(HTTPSignatureComponentResolver):
-        """The package's resolver, refusing the components that need an authority we lack.
-
-        The package lowercases the host and omits the scheme's default port itself
-        (RFC 9421 §2.2.3), from the URL that ``verify_request`` builds from ``Host``.
-        """
-
-        def _need_authority(self, component: str) -> None:
-            if not getattr(self.message, "has_authority", True):
-                raise HTTPMessageSignaturesException(
-                    f"{component} covered, but the request has no usable Host header"
-                )
-
-        def get_authority(self) -> str:
-            self._need_authority("@authority")
-            value: str = super().get_authority()  # type: ignore[no-untyped-call]
-            return value
-
-        def get_target_uri(self) -> str:
-            self._need_authority("@target-uri")
-            value: str = super().get_target_uri()  # type: ignore[no-untyped-call]
-            return value
-
-    class Verifier(HTTPMessageVerifier):
-        # The library's own clock checks are disabled: Signer checks ``created``
-        # against the caller's ``now`` after the MAC verified, so "stale" is only
-        # ever reported for authentic messages.
-        max_clock_skew = datetime.timedelta(days=365 * 100)
-
-    return Components, Verifier
-
 
 def new_nonce() -> str:
     return secrets.token_urlsafe(16)
@@ -214,16 +80,6 @@ def new_nonce() -> str:
 
 def _datetime(now: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(int(now), tz=datetime.UTC)
-
-
-def _as_str_fields(headers: Iterable[tuple[str | bytes, str | bytes]]) -> list[tuple[str, str]]:
-    return [
-        (
-            n.decode("ascii") if isinstance(n, bytes) else n,
-            v.decode("latin-1") if isinstance(v, bytes) else v,
-        )
-        for n, v in headers
-    ]
 
 
 @dataclass(frozen=True)
@@ -246,17 +102,17 @@ class Signer:
         from http_message_signatures import HTTPMessageSigner, algorithms
 
         return HTTPMessageSigner(
-            signature_algorithm=algorithms.HMAC_SHA256, key_resolver=_SecretResolver(self._key)
+            signature_algorithm=algorithms.HMAC_SHA256, key_resolver=SecretResolver(self._key)
         )
 
     @cached_property
     def _verifier(self) -> HTTPMessageVerifier:
         from http_message_signatures import algorithms
 
-        components, verifier = _package_classes()
+        components, verifier = package_classes()
         return verifier(
             signature_algorithm=algorithms.HMAC_SHA256,
-            key_resolver=_SecretResolver(self._key),
+            key_resolver=SecretResolver(self._key),
             component_resolver_class=components,
         )
 
@@ -271,7 +127,7 @@ class Signer:
         if exact is not None:
             return exact, nonce
         headers: dict[str, str] = {}
-        message = _Request(method=method, url=f"http://registry{path}", headers=headers)
+        message = RequestMessage(method=method, url=f"http://registry{path}", headers=headers)
         self._sign(message, REQUEST_COMPONENTS, body, nonce=nonce, now=now)
         return headers, nonce
 
@@ -310,11 +166,11 @@ class Signer:
         now: float,
         scheme: str,
     ) -> Verified:
-        view = _Headers(_as_str_fields(headers))
-        authority = _authority(view.get("host"))
-        message = _Request(
+        view = HeaderView(as_str_fields(headers))
+        authority = request_authority(view.get("host"))
+        message = RequestMessage(
             method=method,
-            url=f"{scheme}://{authority or _NO_AUTHORITY}{target}",
+            url=f"{scheme}://{authority or NO_AUTHORITY}{target}",
             headers=view,
             has_authority=authority is not None,
         )
@@ -327,7 +183,7 @@ class Signer:
         if exact is not None:
             return exact
         headers: dict[str, str] = {}
-        message = _Response(status_code=status, headers=headers)
+        message = ResponseMessage(status_code=status, headers=headers)
         self._sign(message, RESPONSE_COMPONENTS, body, nonce=nonce, now=now)
         return headers
 
@@ -348,7 +204,7 @@ class Signer:
         else:
             verified = self._library_verify_response(status, fields, body, now=now)
         if not hmac.compare_digest(verified.nonce, nonce):
-            raise AuthError(BAD_SIGNATURE, "the answer does not echo our nonce")
+            raise bad_signature("the answer does not echo the nonce of our request")
 
     def _library_verify_response(
         self,
@@ -358,16 +214,16 @@ class Signer:
         *,
         now: float,
     ) -> Verified:
-        view = _Headers(_as_str_fields(headers))
+        view = HeaderView(as_str_fields(headers))
         return self._verify(
-            _Response(status_code=status, headers=view), RESPONSE_COMPONENTS, body, now=now
+            ResponseMessage(status_code=status, headers=view), RESPONSE_COMPONENTS, body, now=now
         )
 
     # -- shared -----------------------------------------------------------
 
     def _sign(
         self,
-        message: _Request | _Response,
+        message: RequestMessage | ResponseMessage,
         components: tuple[str, ...],
         body: bytes,
         *,
@@ -394,7 +250,7 @@ class Signer:
         message.headers["Signature"] = f"{LABEL}=:{base64.b64encode(mac).decode('ascii')}:"
 
     @staticmethod
-    def _check_digest(view: _Headers, body: bytes) -> None:
+    def _check_digest(view: HeaderView, body: bytes) -> None:
         from http_message_signatures import ContentDigest, HTTPMessageSignaturesException
 
         value = view.get("content-digest")
@@ -407,37 +263,38 @@ class Signer:
 
     def _verify(
         self,
-        message: _Request | _Response,
+        message: RequestMessage | ResponseMessage,
         components: tuple[str, ...],
         body: bytes,
         *,
         now: float,
     ) -> Verified:
-        headers: _Headers = message.headers
+        headers: HeaderView = message.headers
         if "signature-input" not in headers and "signature" not in headers:
             raise AuthError(MISSING_SIGNATURE)
         # The digest is checked before the MAC: it is cheap and needs no secret.
         self._check_digest(headers, body)
+        from cryptography.exceptions import InvalidSignature as MacMismatch
         from http_message_signatures import HTTPMessageSignaturesException
 
+        # The shape before the MAC, so that each refusal names its part.
+        check_shape(
+            headers.get("signature-input"),
+            headers.get("signature"),
+            components,
+            request=isinstance(message, RequestMessage),
+            parse=parse_signature_field,
+        )
         try:
             results = self._verifier.verify(message, max_age=None, require_components=components)
         except HTTPMessageSignaturesException as exc:
-            raise AuthError(BAD_SIGNATURE, str(exc)) from None
+            mac_failed = isinstance(exc.__cause__, MacMismatch)
+            raise package_refusal(exc, message.unresolved, mac_failed) from None
         (result,) = results
         params = result.parameters
-        if result.label != LABEL:
-            raise AuthError(BAD_SIGNATURE, f"signature label must be {LABEL!r}")
-        missing = REQUIRED_PARAMETERS - params.keys()
-        if missing:
-            raise AuthError(BAD_SIGNATURE, f"missing parameters: {', '.join(sorted(missing))}")
-        if params["keyid"] != KEY_ID or params["alg"] != ALGORITHM:
-            raise AuthError(BAD_SIGNATURE, "unexpected keyid or alg")
         nonce = params["nonce"]
         created = params["created"]
-        assert isinstance(nonce, str) and isinstance(created, int)  # checked by the library
-        if not nonce or len(nonce) > MAX_NONCE_LENGTH:
-            raise AuthError(BAD_SIGNATURE, "nonce is empty or too long")
+        assert isinstance(nonce, str) and isinstance(created, int)  # checked by check_shape
         # ``created`` is whole seconds, so compare whole seconds.
         if abs(math.floor(now) - created) > MAX_SKEW:
             raise AuthError(STALE, f"created {created} is {now - created:+.0f} s from now")

@@ -8,6 +8,7 @@ docs/protocol.md §5 (items 4, 5, 7 and 8) is tested without a network.
 
 from __future__ import annotations
 
+import base64
 import errno
 import random
 import re
@@ -82,7 +83,8 @@ class Retry(Exception):
 
 
 class Changed(Retry):
-    """The member now has other bytes under that path than were listed."""
+    """The member cannot give the listed bytes: it has others under that path now,
+    or its answer does not say which bytes it sends (no usable Repr-Digest)."""
 
 
 class Fatal(Exception):
@@ -112,6 +114,33 @@ def changed(remote_path: str) -> Changed:
         f"{remote_path} changed since it was listed (sha256 differs now): "
         "list it again and fetch the new version"
     )
+
+
+#: Said of a member whose answers lack a usable Repr-Digest: its author learns where to look.
+_NOT_OUR_PROTOCOL = "this member does not speak the p2pd peer protocol (docs/protocol.md §4.3)"
+#: One member of an RFC 9530 Repr-Digest dictionary: ``sha-256=:<base64>:`` with parameters.
+_SHA256_MEMBER = re.compile(r"sha-256=:([A-Za-z0-9+/]{43}=):(?:;.*)?")
+
+
+def check_repr_digest(value: str | None, sha256: str, remote_path: str) -> None:
+    """The answer's ``Repr-Digest`` names the listed bytes (docs/protocol.md §4.3).
+
+    Required: without it a resumed download could append another file's bytes
+    to the partial one.  Missing or unreadable, the member does not speak our
+    protocol; readable but another digest, the file changed since it was listed.
+    Either way asking that member again cannot help (``Changed``).
+    """
+    if value is None:
+        raise Changed(f"the answer has no Repr-Digest header: {_NOT_OUR_PROTOCOL}")
+    digests = [_SHA256_MEMBER.fullmatch(member.strip()) for member in value.split(",")]
+    found = [match[1] for match in digests if match is not None]
+    if len(found) != 1:
+        raise Changed(
+            f"the answer's Repr-Digest {value[:120]!r} has no single sha-256 digest "
+            f"(sha-256=:<base64>:): {_NOT_OUR_PROTOCOL}"
+        )
+    if base64.b64decode(found[0]).hex() != sha256:
+        raise changed(remote_path)
 
 
 def check_framing(status: int, headers: Mapping[str, str], size: int, offset: int) -> None:

@@ -31,16 +31,15 @@ from p2pd.attempts import (
     ProgressWindow,
     Retry,
     State,
-    changed,
     check_framing,
     check_queued,
+    check_repr_digest,
     fatal_os_error,
     is_sha256,
     refused,
     verified,
 )
 from p2pd.bodypump import BodyCut, receive_direct
-from p2pd.filehttp import repr_digest
 from p2pd.history import History, HistoryUnavailable, Outcome, Queued
 from p2pd.members import Members
 from p2pd.partial import (
@@ -371,8 +370,7 @@ class Downloads:
                     body = await connection.body(65536)
                 raise refused(head.status, one_line(body[:200].decode(errors="replace"), 200))
             check_framing(head.status, head.headers, queued.size, offset)
-            if head.headers.get("repr-digest") != repr_digest(queued.sha256):
-                raise changed(remote_path)
+            check_repr_digest(head.header("repr-digest"), queued.sha256, remote_path)
             transfer.state = State.DOWNLOADING
             blocks = await self._receive_body(
                 transfer, connection, head, offset, digest, into_memory=small

@@ -78,10 +78,10 @@ class RegistryApp:
             "/register": (("POST",), self._register),
             "/heartbeat": (("POST",), self._heartbeat),
             "/leave": (("POST",), self._leave),
-            "/clients": (("GET",), self._clients),
-            # Load balancers probe with HEAD as often as with GET.
+            # Every GET route answers HEAD with GET's head (docs/protocol.md §3.2).
+            "/clients": (("GET", "HEAD"), self._clients),
             "/healthz": (("GET", "HEAD"), None),
-            "/metrics": (("GET",), None),
+            "/metrics": (("GET", "HEAD"), None),
         }
         # Bound once: looking a labelled child up is a measurable part of a heartbeat.
         self._latency = {route: metrics.latency.labels(route) for route in [*self._routes, "other"]}
@@ -107,9 +107,9 @@ class RegistryApp:
             response = error_response(405, "method not allowed", f"{path} takes {allowed}")
             response.headers.append(("Allow", allowed))
         elif path == "/healthz":
+            # The body stays: the HTTP layer sends only the head of a HEAD
+            # answer, with the Content-Length GET's body has.
             response = self._healthz()
-            if request.method == "HEAD":
-                response.body = b""
         elif path == "/metrics":
             response = await self._render_metrics()
         elif (retry := self._shedder.retry_after(request.in_progress)) is not None:
@@ -183,7 +183,11 @@ class RegistryApp:
             return self._refuse(request, err, now)
         answer = await action(request, now)
         body = answer.raw if answer.raw is not None else self._encode(answer.payload).encode()
-        headers = self._signer.sign_response(answer.status, body, nonce=verified.nonce, now=now)
+        # A HEAD answer has no content, so its Content-Digest is the empty
+        # content's (RFC 9530 appendix B.2) and a client verifies it like any
+        # answer; the HTTP layer sends only the head, with GET's Content-Length.
+        content = b"" if request.method == "HEAD" else body
+        headers = self._signer.sign_response(answer.status, content, nonce=verified.nonce, now=now)
         return Response(answer.status, body, [self._response_type, *headers.items()])
 
     def _refuse(self, request: Request, err: AuthError, now: float) -> Response:

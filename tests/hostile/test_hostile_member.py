@@ -172,6 +172,30 @@ def test_bytes_that_do_not_match_the_listing(scene: Scene, evil: FakeMember) -> 
     assert not (scene.carol.download_dir / "liar.bin").exists()
 
 
+def test_a_member_without_repr_digest_is_told_it_does_not_speak_the_protocol(
+    scene: Scene, evil: FakeMember
+) -> None:
+    """docs/protocol.md §4.3: the reason is the missing header, not a file that changed."""
+    plain, odd = b"bare", b"odd!"
+    evil.routes["/files"] = listing(
+        entry("plain.bin", hashlib.sha256(plain).hexdigest()),
+        entry("odd.bin", hashlib.sha256(odd).hexdigest()),
+    )
+    evil.routes["/files/plain.bin"] = http_response(200, plain)
+    evil.routes["/files/odd.bin"] = http_response(200, odd, {"Repr-Digest": "sha-256=beef"})
+    join(scene, evil, "evil-plain")
+    for path, words in [
+        ("plain.bin", "the answer has no Repr-Digest header"),
+        ("odd.bin", "has no single sha-256 digest"),
+    ]:
+        fetched = ctl(scene.carol.socket_path, "--json", "fetch", "evil-plain", path, timeout=120)
+        assert fetched.returncode == 1, fetched.stdout
+        error = json.loads(fetched.stdout)["error"]
+        assert words in error and "does not speak the p2pd peer protocol" in error, error
+        assert "changed since it was listed" not in error
+        assert not (scene.carol.download_dir / path).exists()
+
+
 def test_a_member_that_never_answers(scene: Scene, evil: FakeMember) -> None:
     """TLS completes, then silence: `p2pctl ls` fails within about 30 s; carol keeps serving."""
     evil.routes["/files"] = HANG

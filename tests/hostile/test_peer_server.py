@@ -209,6 +209,17 @@ def test_oversize_headers(victim: Victim) -> None:
     assert_bob_serves(victim)
 
 
+def test_a_request_without_host_gets_400(victim: Victim) -> None:
+    """RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400 (docs/protocol.md §4)."""
+    with tls(victim.bob.port, victim.member) as sock:
+        sock.sendall(b"GET /files/hello.txt HTTP/1.1\r\n\r\n")
+        answer = read_response(sock)
+    assert answer.status == 400, answer
+    assert answer.json()["error"] == "bad request"
+    assert "Host" in answer.json()["message"]
+    assert b"hello from bob" not in answer.body
+
+
 def dribbler(
     sock: socket.socket | ssl.SSLSocket, first: bytes, stop: threading.Event, closed: list[object]
 ) -> None:

@@ -193,15 +193,16 @@ def test_a_too_short_secret_is_refused() -> None:
 def test_our_signing_writes_exactly_what_the_library_would() -> None:
     from http_message_signatures import HTTPMessageSigner, algorithms
 
-    from p2pcommon.signing import REQUEST_COMPONENTS, _Request, _SecretResolver
+    from p2pcommon.signing import REQUEST_COMPONENTS
+    from p2pcommon.signing_messages import RequestMessage, SecretResolver
 
     ours, _ = Signer(SECRET).sign_request("POST", "/heartbeat", b'{"id":"x"}', now=1e9, nonce="n")
     theirs: dict[str, str] = {}
     library = HTTPMessageSigner(
-        signature_algorithm=algorithms.HMAC_SHA256, key_resolver=_SecretResolver(SECRET.encode())
+        signature_algorithm=algorithms.HMAC_SHA256, key_resolver=SecretResolver(SECRET.encode())
     )
     library.sign(
-        _Request(method="POST", url="http://registry/heartbeat", headers=theirs),
+        RequestMessage(method="POST", url="http://registry/heartbeat", headers=theirs),
         key_id="p2p",
         created=datetime.datetime.fromtimestamp(1e9, tz=datetime.UTC),
         nonce="n",

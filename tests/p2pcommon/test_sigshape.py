@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 import pytest
 from http_message_signatures import HTTPMessageSigner, algorithms
 
-from p2pcommon.signing import AuthError, Signer, Verified, _Request, _Response, _SecretResolver
+from p2pcommon.signing import AuthError, Signer, Verified
+from p2pcommon.signing_messages import RequestMessage, ResponseMessage, SecretResolver
 from p2pcommon.sigshape import ExactShape
 
 SECRET = "network-secret-for-tests"
@@ -56,9 +57,9 @@ def package_headers(
     headers: dict[str, str] = {} if digest is None else {"Content-Digest": digest}
     HTTPMessageSigner(
         signature_algorithm=algorithms.HMAC_SHA256,
-        key_resolver=_SecretResolver(secret.encode()),
+        key_resolver=SecretResolver(secret.encode()),
     ).sign(
-        _Request(method=method, url=f"http://registry.example:7000{path}", headers=headers),
+        RequestMessage(method=method, url=f"http://registry.example:7000{path}", headers=headers),
         key_id=key_id,
         created=datetime.datetime.fromtimestamp(created, tz=datetime.UTC),
         nonce=nonce,
@@ -325,9 +326,9 @@ def test_requests_we_sign_are_byte_for_byte_the_packages(
     ours = ExactShape(KEY).sign_request(method, path, body, nonce=nonce, now=now)
     theirs: dict[str, str] = {}
     HTTPMessageSigner(
-        signature_algorithm=algorithms.HMAC_SHA256, key_resolver=_SecretResolver(KEY)
+        signature_algorithm=algorithms.HMAC_SHA256, key_resolver=SecretResolver(KEY)
     ).sign(
-        _Request(method=method, url=f"http://registry{path}", headers=theirs),
+        RequestMessage(method=method, url=f"http://registry{path}", headers=theirs),
         key_id="p2p",
         created=datetime.datetime.fromtimestamp(int(now), tz=datetime.UTC),
         nonce=nonce,
@@ -345,9 +346,9 @@ def test_answers_we_sign_are_byte_for_byte_the_packages(status: int) -> None:
     ours = ExactShape(KEY).sign_response(status, body, nonce="n-1", now=NOW)
     theirs: dict[str, str] = {}
     HTTPMessageSigner(
-        signature_algorithm=algorithms.HMAC_SHA256, key_resolver=_SecretResolver(KEY)
+        signature_algorithm=algorithms.HMAC_SHA256, key_resolver=SecretResolver(KEY)
     ).sign(
-        _Response(status_code=status, headers=theirs),
+        ResponseMessage(status_code=status, headers=theirs),
         key_id="p2p",
         created=datetime.datetime.fromtimestamp(int(NOW), tz=datetime.UTC),
         nonce="n-1",

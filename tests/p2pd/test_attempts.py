@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import random
 from pathlib import Path
@@ -23,6 +24,7 @@ from p2pd.attempts import (
     changed,
     check_framing,
     check_queued,
+    check_repr_digest,
     fatal_os_error,
     is_final,
     refused,
@@ -183,6 +185,29 @@ def test_framing_must_be_exactly_the_listed_bytes_from_the_offset() -> None:
         check_framing(200, {}, 10, 0)
     with pytest.raises(Retry, match="another range than the bytes from 4"):
         check_framing(206, {"content-length": "6", "content-range": "bytes 0-5/10"}, 10, 4)
+
+
+def test_repr_digest_is_required_and_names_the_listed_bytes() -> None:
+    """docs/protocol.md §4.3: missing or unreadable, the member does not speak the protocol."""
+    ours = "sha-256=:" + base64.b64encode(bytes.fromhex(SHA)).decode() + ":"
+    other = "sha-256=:" + base64.b64encode(bytes(32)).decode() + ":"
+    sha512 = "sha-512=:" + base64.b64encode(bytes(64)).decode() + ":"
+    check_repr_digest(ours, SHA, "a.bin")
+    check_repr_digest(f"{sha512}, {ours}", SHA, "a.bin")  # an RFC 9530 dictionary
+    check_repr_digest(f"{ours};note=1", SHA, "a.bin")
+    with pytest.raises(Changed, match="a.bin changed since it was listed"):
+        check_repr_digest(other, SHA, "a.bin")
+    for value, words in [
+        (None, "the answer has no Repr-Digest header"),
+        ("sha-256=abc", "has no single sha-256 digest"),
+        (sha512, "has no single sha-256 digest"),
+        (f"{ours}, {other}", "has no single sha-256 digest"),
+        (SHA, "has no single sha-256 digest"),  # the listing's hex is not the header's form
+    ]:
+        with pytest.raises(Changed, match=words) as caught:
+            check_repr_digest(value, SHA, "a.bin")
+        assert "does not speak the p2pd peer protocol (docs/protocol.md §4.3)" in str(caught.value)
+        assert "changed since it was listed" not in str(caught.value)
 
 
 def test_a_trickle_ends_the_attempt() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from p2pcommon.httpserver import Request, Response
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
+from tests.hostile.attacker import content_digest, sign
 from tests.registryd.conftest import Clock, signed
 from tests.support import SECRET, Peer
 
@@ -131,6 +134,22 @@ async def test_answers_are_signed_with_the_request_nonce(app: RegistryApp, clock
     response = await app.handle(request)
     signer.verify_response(
         response.status, response.headers, response.body, nonce=nonce, now=clock.now
+    )
+
+
+async def test_a_sha512_request_is_answered_with_a_sha256_digest(
+    app: RegistryApp, clock: Clock
+) -> None:
+    """docs/protocol.md §2.1/§2.2: the registry accepts sha-512; its answers carry sha-256."""
+    digest = "sha-512=:" + base64.b64encode(hashlib.sha512(b"").digest()).decode() + ":"
+    headers = sign("GET", "/clients", b"", created=int(clock.now), nonce="n-512", digest=digest)
+    fields = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    response = await app.handle(Request("GET", "/clients", fields, b"", "192.0.2.3"))
+    assert response.status == 200, response.body
+    answer = dict(response.headers)
+    assert answer["Content-Digest"] == content_digest(response.body)  # sha-256=:…:
+    Signer(SECRET).verify_response(
+        response.status, response.headers, response.body, nonce="n-512", now=clock.now
     )
 
 

@@ -1,0 +1,131 @@
+"""An independent p2p peer, written from docs/protocol.md alone (the parts in indie_*.py).
+
+It is a *foreign* member (§1): its own self-signed certificate.  It
+registers and heartbeats (§2, §3.2, §3.3), learns the members (§3.4),
+downloads from them (indie_client) and serves its own share (indie_server).
+Standard library and ``cryptography`` only: nothing of the project.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.interop.indie_client import PeerClient
+from tests.interop.indie_identity import Identity, network_ca_pem, new_identity
+from tests.interop.indie_registry import Registry, RegistryRefused
+from tests.interop.indie_server import PeerServer
+
+#: Seconds between two member-list fetches caused by an unknown client.
+REFRESH_AT_MOST_EVERY = 1.0
+
+
+class IndependentPeer:
+    def __init__(
+        self, directory: Path, registry_url: str, secret: str, name: str, files: dict[str, bytes]
+    ) -> None:
+        self.name = name
+        self.identity: Identity = new_identity(directory, name)
+        self.registry = Registry(registry_url, secret)
+        self.client = PeerClient(self.identity)
+        self.server = PeerServer(self.identity, network_ca_pem(secret), files, self.is_member)
+        self.members: dict[str, dict[str, Any]] = {}
+        self.lease: dict[str, Any] = {}
+        self.faults: list[str] = []
+        self.heartbeats = 0
+        self._refreshed_at = 0.0
+        self._version: int | None = None
+        self._members_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True)
+        self._left = False
+
+    @property
+    def id(self) -> str:
+        return self.identity.id
+
+    def __enter__(self) -> IndependentPeer:
+        self.server.start()
+        try:
+            self.register()
+        except BaseException:
+            self.server.stop()
+            raise
+        self._heartbeat.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._heartbeat.is_alive():
+            self._heartbeat.join(timeout=15)
+        if not self._left:
+            self.leave()
+        self.server.stop()
+
+    # -- §3: the registry -------------------------------------------------
+
+    def register(self) -> dict[str, Any]:
+        """§3.2 ``POST /register`` without ``addresses``: the registry records the
+        address it saw with our port (§3.3, observed address rule)."""
+        payload = {
+            "id": self.id,
+            "name": self.name,
+            "cert": self.identity.cert_pem,
+            "port": self.server.port,
+        }
+        self.lease = self.registry.call("POST", "/register", payload).payload
+        return self.lease
+
+    def leave(self) -> None:
+        """§3.2 ``POST /leave``: removed at once."""
+        self._left = True
+        self._stop.set()
+        self.registry.call("POST", "/leave", {"id": self.id})
+
+    def _heartbeat_loop(self) -> None:
+        """§3.3: heartbeat at the interval the registry advised; 404 means register again."""
+        while not self._stop.wait(float(self.lease["heartbeat_interval"])):
+            try:
+                self.lease = self.registry.call("POST", "/heartbeat", {"id": self.id}).payload
+                self.heartbeats += 1
+                # §3.4: the list is fetched again only when the membership changed.
+                if self.lease.get("version") != self._version:
+                    self.refresh_members()
+            except RegistryRefused as exc:
+                if " 404 " in str(exc):
+                    self.register()
+                else:
+                    self.faults.append(f"heartbeat: {exc}")
+            except Exception as exc:
+                self.faults.append(f"heartbeat: {exc!r}")
+
+    def refresh_members(self) -> dict[str, dict[str, Any]]:
+        """§3.4 ``GET /clients?since=0``: the whole list, which includes ourselves."""
+        answer = self.registry.call("GET", "/clients", query="?since=0").payload
+        if answer.get("since") != 0 or answer.get("full") is not True:
+            raise RegistryRefused(f"not a full answer to since=0: {answer!r}")
+        members = {record["id"]: record for record in answer["clients"] if record["id"] != self.id}
+        with self._members_lock:
+            self.members, self._version = members, answer["version"]
+            self._refreshed_at = time.monotonic()
+        return members
+
+    def member_named(self, name: str) -> dict[str, Any]:
+        found = [m for m in self.refresh_members().values() if m["name"] == name]
+        assert len(found) == 1, f"members named {name}: {found}"
+        return found[0]
+
+    def is_member(self, client_id: str) -> bool:
+        """§1: a request is admitted only from a current member, checked every time."""
+        if client_id in self.members:
+            return True
+        with self._members_lock:
+            recent = time.monotonic() - self._refreshed_at < REFRESH_AT_MOST_EVERY
+        if not recent:
+            try:
+                self.refresh_members()
+            except Exception as exc:
+                self.faults.append(f"member list: {exc!r}")
+        return client_id in self.members
