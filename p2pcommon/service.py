@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sdnotify
 import trio
 
 from p2pcommon.boundary import failure_boundary
+
+if TYPE_CHECKING:
+    import argparse
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,9 @@ def daemon_arguments(
     prog: str, description: str, default_config: str, argv: list[str] | None
 ) -> argparse.Namespace:
     """The command line every daemon here shares: --config and --version; then logging."""
+    # Here, not at the top: only the start-up child parses arguments (p2pcommon.prepare).
+    import argparse
+
     from p2pcommon import __version__
 
     parser = argparse.ArgumentParser(prog=prog, description=description)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from p2pcommon.service import daemon_arguments, unwrap_group
-from p2pcommon.settings import ConfigError, load_settings
-from p2pd.config import DEFAULT_PATH, PeerSettings, check_folders
+from p2pcommon.prepare import PrepareError
+from p2pd.prepare import prepare_start, reload_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,32 +14,29 @@ def main(argv: list[str] | None = None) -> int:
         from p2pd.admin import admin_command
 
         return admin_command(words)
-    args = daemon_arguments(
-        "p2pd", "The p2pd peer daemon: shares a folder with the members.", DEFAULT_PATH, argv
-    )
-
-    def load() -> tuple[PeerSettings, str]:
-        settings, _ = load_settings(
-            PeerSettings, explicit_path=args.config, default_path=DEFAULT_PATH
-        )
-        secret = settings.resolve_secret()
-        check_folders(settings)
-        return settings, secret
-
+    # The arguments, the configuration and the identity are handled by a short
+    # child process (p2pd.prepare): what it imports never stays in the daemon.
     try:
-        settings, secret = load()
-    except ConfigError as exc:
-        print(f"p2pd: configuration error: {exc}", file=sys.stderr)
-        return 2
+        prepared = prepare_start(words)
+    except PrepareError as exc:
+        if exc.config:
+            print(f"p2pd: configuration error: {exc}", file=sys.stderr)
+            return 2
+        print(f"p2pd: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(prepared, int):  # --help, --version, a usage error: the child said it
+        return prepared
     # Imported only once the configuration is known good: a config error
     # should answer fast, without loading TLS, watchdog and HTTP machinery.
     import trio
 
+    from p2pcommon.service import setup_logging, unwrap_group
     from p2pd.control import ControlSocketInUse
     from p2pd.daemon import Daemon, StartupError
 
+    setup_logging()
     try:
-        trio.run(Daemon(settings, secret, reload=load).run)
+        trio.run(Daemon(prepared, reload=lambda: reload_options(words)).run)
     except BaseException as exc:
         cause = unwrap_group(exc)
         if isinstance(cause, KeyboardInterrupt):

@@ -16,21 +16,23 @@ import trio
 from p2pcommon.boundary import keep_running
 from p2pcommon.httpserver import HttpServer, Limits
 from p2pcommon.models import split_host_port
+from p2pcommon.options import ConfigError, changed_keys
+from p2pcommon.prepare import PrepareError
 from p2pcommon.service import (
     Notifier,
     Termination,
-    daemon_arguments,
     reload_on_hangup,
+    setup_logging,
     termination_signals,
     unwrap_group,
 )
-from p2pcommon.settings import ConfigError, changed_keys, load_settings
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
-from registryd.config import DEFAULT_PATH, RegistrySettings
 from registryd.guards import FailureLimiter, LoadShedder
 from registryd.health import StoreHealth
 from registryd.metrics import RegistryMetrics
+from registryd.options import RegistryOptions
+from registryd.prepare import prepare_options, reload_options
 from registryd.store import MemoryStore, Store, StoreError
 from registryd.watched_store import WatchedStore
 
@@ -44,7 +46,7 @@ class StartupError(Exception):
     """The registry cannot start for a reason outside its configuration."""
 
 
-def make_store(settings: RegistrySettings) -> Store:
+def make_store(settings: RegistryOptions) -> Store:
     if settings.store == "memory":
         return MemoryStore(settings.peer_ttl)
     from registryd.redis_store import RedisStore
@@ -57,7 +59,7 @@ def make_store(settings: RegistrySettings) -> Store:
         raise StartupError(f"cannot use the store {_store_name(settings)}: {exc}") from None
 
 
-def _ssl_context(settings: RegistrySettings) -> ssl.SSLContext:
+def _ssl_context(settings: RegistryOptions) -> ssl.SSLContext:
     assert settings.tls_cert is not None and settings.tls_key is not None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -92,7 +94,7 @@ async def _shared_port_listeners(host: str, port: int) -> list[trio.abc.Listener
     return [trio.SocketListener(sock) for sock in socks]
 
 
-async def _open_listeners(settings: RegistrySettings) -> list[trio.abc.Listener[Any]]:
+async def _open_listeners(settings: RegistryOptions) -> list[trio.abc.Listener[Any]]:
     host, port = split_host_port(settings.listen)
     try:
         if settings.reuse_port:
@@ -132,10 +134,10 @@ async def _expire_loop(store: Store, metrics: RegistryMetrics) -> None:
 
 
 #: Reads the configuration again: new settings and secret, or ConfigError.
-Reloader = Callable[[], tuple[RegistrySettings, str]]
+Reloader = Callable[[], tuple[RegistryOptions, str]]
 
 
-async def check_reload(settings: RegistrySettings, secret: str, load: Reloader) -> None:
+async def check_reload(settings: RegistryOptions, secret: str, load: Reloader) -> None:
     """On SIGHUP: check the file now, so that a restart will not fail on it.
 
     registryd applies its configuration at start only (members re-register by
@@ -158,7 +160,7 @@ async def check_reload(settings: RegistrySettings, secret: str, load: Reloader) 
 
 
 async def serve(
-    settings: RegistrySettings,
+    settings: RegistryOptions,
     secret: str,
     reload: Reloader | None = None,
     *,
@@ -172,7 +174,7 @@ async def serve(
 
 
 async def _serve(
-    settings: RegistrySettings,
+    settings: RegistryOptions,
     secret: str,
     reload: Reloader | None,
     notifier: Notifier,
@@ -215,7 +217,7 @@ async def _serve(
 
 
 async def _run(
-    settings: RegistrySettings,
+    settings: RegistryOptions,
     secret: str,
     store: WatchedStore,
     notifier: Notifier,
@@ -256,7 +258,7 @@ async def _run(
         nursery.cancel_scope.cancel()
 
 
-def _store_name(settings: RegistrySettings) -> str:
+def _store_name(settings: RegistryOptions) -> str:
     # A Redis URL may carry a password: show only its scheme and hosts.
     if settings.store == "memory":
         return "memory"
@@ -271,19 +273,22 @@ def main(argv: list[str] | None = None) -> int:
         from registryd.admin import admin_command
 
         return admin_command(words)
-    args = daemon_arguments(
-        "registryd", "The p2pd registry: who is online, never any file.", DEFAULT_PATH, argv
-    )
-
-    def load() -> tuple[RegistrySettings, str]:
-        settings, _ = load_settings(
-            RegistrySettings, explicit_path=args.config, default_path=DEFAULT_PATH
-        )
-        return settings, settings.resolve_secret()
-
+    # The arguments and the configuration are read by a short child process
+    # (registryd.prepare): what it imports never stays in the registry.
     try:
-        settings, secret = load()
-        trio.run(serve, settings, secret, load)
+        prepared = prepare_options(words)
+    except PrepareError as exc:
+        if exc.config:
+            print(f"registryd: configuration error: {exc}", file=sys.stderr)
+            return 2
+        print(f"registryd: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(prepared, int):  # --help, --version, a usage error: the child said it
+        return prepared
+    settings, secret = prepared
+    setup_logging()
+    try:
+        trio.run(serve, settings, secret, lambda: reload_options(words))
     except BaseException as exc:
         cause = unwrap_group(exc)
         if isinstance(cause, ConfigError):

@@ -1,0 +1,60 @@
+"""registryd's start-up child: the configuration (p2pcommon.prepare).
+
+``python -m registryd.prepare`` reads the configuration (pydantic-settings) and
+resolves the secret; the registry gets the outcome, never those modules.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from p2pcommon.options import ConfigError
+from p2pcommon.prepare import Answer, PrepareError, child_main, config_error, run_child
+from registryd.options import RegistryOptions
+
+DESCRIPTION = "The p2pd registry: who is online, never any file."
+
+
+def prepare_options(words: list[str]) -> tuple[RegistryOptions, str] | int:
+    """The options and secret for ``registryd WORDS``, or the child's exit status
+    when it answered nothing (``--help``, ``--version``, a usage error).
+
+    PrepareError when the start cannot go on (``config``: the configuration's fault).
+    """
+    answer = run_child("registryd.prepare", "start", words)
+    if isinstance(answer, int):
+        return answer
+    return RegistryOptions.model_validate(answer["options"]), answer["secret"]
+
+
+def reload_options(words: list[str]) -> tuple[RegistryOptions, str]:
+    """The configuration read again (SIGHUP), or ConfigError saying why not."""
+    try:
+        prepared = prepare_options(words)
+    except PrepareError as exc:
+        raise ConfigError(str(exc)) from None
+    if isinstance(prepared, int):
+        raise ConfigError(f"reading the configuration ended with status {prepared}, no answer")
+    return prepared
+
+
+def _prepare(what: str, words: list[str]) -> Answer:
+    # Imported here, in the child only: these are what the registry must not keep.
+    from p2pcommon.service import daemon_arguments
+    from p2pcommon.settings import load_settings
+    from registryd.config import DEFAULT_PATH, RegistrySettings
+
+    args = daemon_arguments("registryd", DESCRIPTION, DEFAULT_PATH, words)
+    try:
+        settings, _ = load_settings(
+            RegistrySettings, explicit_path=args.config, default_path=DEFAULT_PATH
+        )
+        secret = settings.resolve_secret()
+    except ConfigError as exc:
+        return config_error(str(exc))
+    # The inline secret's value travels once, resolved, as "secret".
+    return {"options": settings.model_dump(mode="json", exclude={"secret"}), "secret": secret}
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(_prepare))
