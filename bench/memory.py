@@ -16,9 +16,12 @@ library is mapped in it.
 Then a breakdown of what the imports cost: a fresh interpreter imports each
 daemon's modules as it does at start, with ``importlib``'s module loading
 wrapped so that each module's own RSS growth (not counting the modules it
-imports itself) is charged to its top-level package.  What the running
-daemon has on top of its imports (threads, sockets, TLS contexts, the index,
-the allocator's slack) is shown as "running".
+imports itself) is charged to the third-party package that loaded it (the
+standard library pydantic loads counts as pydantic's), to ours, or to the
+standard library our code loads; OpenSSL and SQLite, which several need,
+have lines of their own.  What the running daemon has on top of its imports
+(threads, sockets, TLS contexts, the index, the allocator's slack) is shown
+as "running".
 
     .venv/bin/python -m bench.memory [--settle SECONDS]
 """
@@ -45,7 +48,7 @@ TARGETS = {"p2pd": 40.0, "registryd": 40.0}
 #: start-up child (p2pd.prepare) answered; registryd's first register loads cryptography.
 IMPORTS = {
     "p2pd": ["p2pd.main", "p2pd.daemon"],
-    "registryd": ["registryd.main", "cryptography.x509"],
+    "registryd": ["registryd.main", "registryd.server", "cryptography.x509"],
 }
 
 #: The file cryptography's compiled part is loaded from (OpenSSL is linked into it).
@@ -54,41 +57,57 @@ CRYPTOGRAPHY_LIBRARY = "cryptography/hazmat/bindings/_rust"
 #: Our own packages, summed as one line.
 OURS = {"p2pd", "p2pcommon", "registryd"}
 
+#: Standard modules around a large C library, shown on their own line whoever loads
+#: them first (several packages need them).
+LIBRARIES = {
+    "_ssl": "OpenSSL (libssl, libcrypto)",
+    "ssl": "OpenSSL (libssl, libcrypto)",
+    "_hashlib": "OpenSSL (libssl, libcrypto)",
+    "_sqlite3": "SQLite (libsqlite3)",
+    "sqlite3": "SQLite (libsqlite3)",
+}
+
 #: Run by ``python -c`` so that nothing is imported before the loading is wrapped.
+#: Each module's own growth is recorded with its owner: the outermost third-party
+#: package being loaded when it was (so that the standard library trio loads,
+#: ssl for one, counts as trio's), or null when our code loaded it directly.
 _IMPORT_PROBE = r"""
 import sys, os, json
 import _frozen_importlib as bootstrap
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+OURS = set(sys.argv[1].split(","))
 def rss():
     with open("/proc/self/statm", "rb") as f:
         fields = f.read().split()
     resident, shared = int(fields[1]), int(fields[2])
     return resident * PAGE_KIB, (resident - shared) * PAGE_KIB
-totals = {}
-stack = [[0, 0]]
+def third_party(top):
+    return not (top in OURS or top in sys.stdlib_module_names or top.startswith("_"))
+modules = {}
+stack = [[0, 0, None]]
 original = bootstrap._load_unlocked
 def load(spec):
+    top = spec.name.partition(".")[0]
+    outer = next((frame[2] for frame in stack if frame[2] is not None), None)
+    owner = outer or (top if third_party(top) else None)
     before = rss()
-    stack.append([0, 0])
+    stack.append([0, 0, owner])
     try:
         return original(spec)
     finally:
         after = rss()
         nested = stack.pop()
         grown = (after[0] - before[0], after[1] - before[1])
-        entry = totals.setdefault(spec.name.partition(".")[0], [0, 0, 0])
-        entry[0] += grown[0] - nested[0]
-        entry[1] += grown[1] - nested[1]
-        entry[2] += 1
+        modules[spec.name] = [grown[0] - nested[0], grown[1] - nested[1], owner]
         stack[-1][0] += grown[0]
         stack[-1][1] += grown[1]
 bootstrap._load_unlocked = load
 start = rss()
 import importlib
-for name in sys.argv[1:]:
+for name in sys.argv[2:]:
     importlib.import_module(name)
 end = rss()
-print(json.dumps({"start": start, "end": end, "packages": totals}))
+print(json.dumps({"start": start, "end": end, "modules": modules}))
 """
 
 
@@ -111,7 +130,7 @@ def maps_cryptography(pid: int) -> bool:
 def import_breakdown(daemon: str) -> dict[str, object]:
     """What importing ``daemon``'s modules costs, per top-level package (KiB)."""
     result = subprocess.run(
-        [sys.executable, "-c", _IMPORT_PROBE, *IMPORTS[daemon]],
+        [sys.executable, "-c", _IMPORT_PROBE, ",".join(OURS), *IMPORTS[daemon]],
         check=True,
         capture_output=True,
         text=True,
@@ -121,21 +140,37 @@ def import_breakdown(daemon: str) -> dict[str, object]:
     return data
 
 
-def _group(packages: dict[str, list[int]]) -> list[tuple[str, int, int, int]]:
-    """(name, RSS KiB, anonymous KiB, modules): the standard library and ours summed."""
-    grouped: dict[str, list[int]] = {}
-    for name, (rss, anon, count) in packages.items():
-        if name in OURS:
-            key = "ours (p2pd, p2pcommon, registryd)"
-        elif name in sys.stdlib_module_names or name.startswith("_"):
-            key = "standard library"
+def _group(modules: dict[str, list[object]]) -> list[tuple[str, int, int, int, str]]:
+    """(group, RSS KiB, anonymous KiB, modules, its largest parts) by owner, largest first."""
+    grouped: dict[str, dict[str, list[int]]] = {}
+    for name, (rss, anon, owner) in modules.items():
+        assert isinstance(rss, int) and isinstance(anon, int)
+        top = name.partition(".")[0]
+        if top in LIBRARIES:
+            group = LIBRARIES[top]
+        elif isinstance(owner, str):
+            group = owner
+        elif top in OURS:
+            group = "ours (p2pd, p2pcommon, registryd)"
         else:
-            key = name
-        entry = grouped.setdefault(key, [0, 0, 0])
-        entry[0] += rss
-        entry[1] += anon
-        entry[2] += count
-    rows = [(name, rss, anon, count) for name, (rss, anon, count) in grouped.items()]
+            group = "standard library our code imports"
+        part = grouped.setdefault(group, {}).setdefault(top, [0, 0, 0])
+        part[0] += rss
+        part[1] += anon
+        part[2] += 1
+    rows = []
+    for group, parts in grouped.items():
+        largest = sorted(parts.items(), key=lambda item: -item[1][0])
+        shown = [f"{top} {_mib(kib).strip()}" for top, (kib, _, _) in largest[:4] if kib >= 128]
+        rows.append(
+            (
+                group,
+                sum(p[0] for p in parts.values()),
+                sum(p[1] for p in parts.values()),
+                sum(p[2] for p in parts.values()),
+                ", ".join(shown),
+            )
+        )
     return sorted(rows, key=lambda row: -row[1])
 
 
@@ -163,20 +198,22 @@ def report(daemon: str, idle: dict[str, Sequence[dict[str, int]]]) -> bool:
     probe = import_breakdown(daemon)
     start, end = probe["start"], probe["end"]
     assert isinstance(start, list) and isinstance(end, list)
-    packages = probe["packages"]
-    assert isinstance(packages, dict)
+    modules = probe["modules"]
+    assert isinstance(modules, dict)
     every = [status for statuses in idle.values() for status in statuses]
     running = min(s["VmRSS"] for s in every)
     running_anon = min(s["RssAnon"] for s in every)
     imported = " + ".join(IMPORTS[daemon])
-    print(f"  where it goes (MiB; RSS / anonymous; {imported} in a fresh interpreter):")
+    print(
+        f"  where it goes (MiB; RSS / anonymous; {imported} in a fresh interpreter; "
+        "each package with what it loads):"
+    )
     print(f"    {'bare interpreter (with site)':38} {_mib(start[0])} / {_mib(start[1])}")
-    rows = _group(packages)
-    for name, rss_kib, anon, count in rows:
-        if rss_kib < 256:
-            continue
-        print(f"    {name:38} {_mib(rss_kib)} / {_mib(anon)}   ({count} modules)")
+    rows = _group(modules)
     small = [row for row in rows if row[1] < 256]
+    for name, rss_kib, anon, count, parts in rows:
+        if rss_kib >= 256:
+            print(f"    {name:38} {_mib(rss_kib)} / {_mib(anon)}   ({count} modules: {parts})")
     if small:
         rss_kib, anon = sum(r[1] for r in small), sum(r[2] for r in small)
         names = ", ".join(r[0] for r in small[:6]) + (", …" if len(small) > 6 else "")

@@ -26,7 +26,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from p2pcommon.logs import setup_logging
+
+if TYPE_CHECKING:
+    import argparse
 
 #: Seconds the child gets: an interpreter, the configuration, maybe a new key.
 DEADLINE = 60.0
@@ -44,52 +49,71 @@ class PrepareError(Exception):
         self.config = config
 
 
+class Child:
+    """A start-up child at work: started at once, its answer collected with ``answer()``.
+
+    The daemon loads its own modules meanwhile (on another core), so that the
+    child costs its start little more than the longer of the two.
+    """
+
+    def __init__(self, module: str, what: str, words: Sequence[str], deadline: float) -> None:
+        command = [sys.executable, "-m", module]
+        self._shown = f"{' '.join(command[1:])} {what}"
+        self._deadline = deadline
+        self._ends = time.monotonic() + deadline
+        # The daemon is the service's main process: only it speaks to systemd.
+        env = {name: value for name, value in os.environ.items() if name != "NOTIFY_SOCKET"}
+        self._read_end, write_end = os.pipe()
+        try:
+            self._process = subprocess.Popen(
+                [*command, str(write_end), what, *words],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(write_end,),
+                env=env,
+            )
+        except OSError as exc:
+            os.close(self._read_end)
+            raise PrepareError(f"cannot start {self._shown}: {exc}", config=False) from None
+        finally:
+            os.close(write_end)
+
+    def answer(self) -> Answer | int:
+        """What the child answered, or its exit status if it gave no answer.
+
+        PrepareError for an error answer, a child killed by a signal, an answer
+        that is too long or not JSON, and one that took longer than the
+        deadline (the child is killed then).
+        """
+        child = self._process
+        try:
+            data = _read_answer(self._read_end, self._ends, self._shown)
+            child.wait(timeout=max(0.0, self._ends - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise PrepareError(
+                f"{self._shown} did not finish within {self._deadline:g} s: is the machine "
+                "overloaded, or the configuration or state_dir on a file system that does "
+                "not answer?",
+                config=False,
+            ) from None
+        finally:
+            os.close(self._read_end)
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        if child.returncode < 0:
+            raise PrepareError(
+                f"{self._shown} was killed by signal {-child.returncode}", config=False
+            )
+        if not data:
+            return child.returncode
+        return _parse(data, self._shown)
+
+
 def run_child(
     module: str, what: str, words: Sequence[str], *, deadline: float = DEADLINE
 ) -> Answer | int:
-    """What ``python -m module`` answered, or its exit status if it gave no answer.
-
-    PrepareError for an error answer, a child killed by a signal, an answer
-    that is too long or not JSON, and one that took longer than ``deadline``
-    seconds (the child is killed then).
-    """
-    command = [sys.executable, "-m", module]
-    # The daemon is the service's main process: only it speaks to systemd.
-    env = {name: value for name, value in os.environ.items() if name != "NOTIFY_SOCKET"}
-    read_end, write_end = os.pipe()
-    try:
-        child = subprocess.Popen(
-            [*command, str(write_end), what, *words],
-            stdin=subprocess.DEVNULL,
-            pass_fds=(write_end,),
-            env=env,
-        )
-    except OSError as exc:
-        os.close(read_end)
-        raise PrepareError(f"cannot start {' '.join(command)}: {exc}", config=False) from None
-    finally:
-        os.close(write_end)
-    shown = f"{' '.join(command[1:])} {what}"
-    ends = time.monotonic() + deadline
-    try:
-        data = _read_answer(read_end, ends, shown)
-        child.wait(timeout=max(0.0, ends - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        raise PrepareError(
-            f"{shown} did not finish within {deadline:g} s: is the machine overloaded, "
-            "or the configuration or state_dir on a file system that does not answer?",
-            config=False,
-        ) from None
-    finally:
-        os.close(read_end)
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    if child.returncode < 0:
-        raise PrepareError(f"{shown} was killed by signal {-child.returncode}", config=False)
-    if not data:
-        return child.returncode
-    return _parse(data, shown)
+    """``python -m module`` started and its answer collected (``Child.answer``)."""
+    return Child(module, what, words, deadline).answer()
 
 
 def _read_answer(fd: int, deadline: float, shown: str) -> bytes:
@@ -133,6 +157,22 @@ def config_error(message: str) -> Answer:
 def startup_error(message: str) -> Answer:
     """The answer of a child that cannot prepare the start for another reason."""
     return {"error": "startup", "message": message}
+
+
+def daemon_arguments(
+    prog: str, description: str, default_config: str, argv: list[str]
+) -> argparse.Namespace:
+    """The command line every daemon here shares: --config and --version; then logging."""
+    import argparse
+
+    from p2pcommon import __version__
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", metavar="FILE", help=f"TOML config (default {default_config})")
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
+    args = parser.parse_args(argv)
+    setup_logging()
+    return args
 
 
 def child_main(prepare: Callable[[str, list[str]], Answer]) -> int:

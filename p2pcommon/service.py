@@ -1,4 +1,4 @@
-"""What every daemon here needs from its surroundings: logging, systemd, signals."""
+"""What every daemon here needs from its surroundings: systemd and signals."""
 
 from __future__ import annotations
 
@@ -6,49 +6,15 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sdnotify
 import trio
 
 from p2pcommon.boundary import failure_boundary
 
-if TYPE_CHECKING:
-    import argparse
-
 log = logging.getLogger(__name__)
-
-
-def daemon_arguments(
-    prog: str, description: str, default_config: str, argv: list[str] | None
-) -> argparse.Namespace:
-    """The command line every daemon here shares: --config and --version; then logging."""
-    # Here, not at the top: only the start-up child parses arguments (p2pcommon.prepare).
-    import argparse
-
-    from p2pcommon import __version__
-
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", metavar="FILE", help=f"TOML config (default {default_config})")
-    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
-    args = parser.parse_args(argv)
-    setup_logging()
-    return args
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr; journald adds its own timestamps."""
-    if os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(levelname)s %(name)s: %(message)s"
-    else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 #: Characters of one sd_notify value (systemd shows STATUS= in one line).

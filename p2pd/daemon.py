@@ -12,6 +12,7 @@ import trio
 
 from p2pcommon.boundary import keep_running
 from p2pcommon.httpserver import Limits
+from p2pcommon.memory import release_start_up_garbage
 from p2pcommon.models import RegisterRequest, split_host_port
 from p2pcommon.options import ConfigError, changed_keys
 from p2pcommon.registry_client import RegistryClient
@@ -146,6 +147,7 @@ class Daemon:
                     settings.control_socket,
                 )
                 self.notifier.ready(self.status_line())
+                release_start_up_garbage()
                 signal_name = await termination.wait()
                 log.info("stopping on %s", signal_name)
                 self.notifier.stopping()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from p2pcommon.prepare import PrepareError
-from p2pd.prepare import prepare_start, reload_options
+from p2pcommon.prepare import DEADLINE, Child, PrepareError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,27 +15,29 @@ def main(argv: list[str] | None = None) -> int:
         return admin_command(words)
     # The arguments, the configuration and the identity are handled by a short
     # child process (p2pd.prepare): what it imports never stays in the daemon.
+    # The daemon's own modules load meanwhile.
     try:
-        prepared = prepare_start(words)
+        child = Child("p2pd.prepare", "start", words, DEADLINE)
+        import trio
+
+        from p2pcommon.logs import setup_logging
+        from p2pcommon.service import unwrap_group
+        from p2pd.control import ControlSocketInUse
+        from p2pd.daemon import Daemon, StartupError
+        from p2pd.prepare import prepared, reload_options
+
+        ready = prepared(child)
     except PrepareError as exc:
         if exc.config:
             print(f"p2pd: configuration error: {exc}", file=sys.stderr)
             return 2
         print(f"p2pd: {exc}", file=sys.stderr)
         return 1
-    if isinstance(prepared, int):  # --help, --version, a usage error: the child said it
-        return prepared
-    # Imported only once the configuration is known good: a config error
-    # should answer fast, without loading TLS, watchdog and HTTP machinery.
-    import trio
-
-    from p2pcommon.service import setup_logging, unwrap_group
-    from p2pd.control import ControlSocketInUse
-    from p2pd.daemon import Daemon, StartupError
-
+    if isinstance(ready, int):  # --help, --version, a usage error: the child said it
+        return ready
     setup_logging()
     try:
-        trio.run(Daemon(prepared, reload=lambda: reload_options(words)).run)
+        trio.run(Daemon(ready, reload=lambda: reload_options(words)).run)
     except BaseException as exc:
         cause = unwrap_group(exc)
         if isinstance(cause, KeyboardInterrupt):

@@ -16,10 +16,13 @@ from pathlib import Path
 
 from p2pcommon.options import ConfigError
 from p2pcommon.prepare import (
+    DEADLINE,
     Answer,
+    Child,
     PrepareError,
     child_main,
     config_error,
+    daemon_arguments,
     run_child,
     startup_error,
 )
@@ -41,13 +44,13 @@ class Prepared:
     network: NetworkAnchor
 
 
-def prepare_start(words: list[str]) -> Prepared | int:
-    """The configuration and identity for ``p2pd WORDS``, or the child's exit status
-    when it answered nothing (``--help``, ``--version``, a usage error).
+def prepared(child: Child) -> Prepared | int:
+    """The configuration and identity ``child`` prepared, or its exit status when it
+    answered nothing (``--help``, ``--version``, a usage error).
 
     PrepareError when the start cannot go on (``config``: the configuration's fault).
     """
-    answer = run_child("p2pd.prepare", "start", words)
+    answer = child.answer()
     if isinstance(answer, int):
         return answer
     identity = answer["identity"]
@@ -67,7 +70,7 @@ def prepare_start(words: list[str]) -> Prepared | int:
 def reload_options(words: list[str]) -> tuple[PeerOptions, str]:
     """The configuration read again (SIGHUP), or ConfigError saying why not."""
     try:
-        answer = run_child("p2pd.prepare", "reload", words)
+        answer = run_child("p2pd.prepare", "reload", words, deadline=DEADLINE)
     except PrepareError as exc:
         raise ConfigError(str(exc)) from None
     if isinstance(answer, int):
@@ -77,7 +80,6 @@ def reload_options(words: list[str]) -> tuple[PeerOptions, str]:
 
 def _prepare(what: str, words: list[str]) -> Answer:
     # Imported here, in the child only: these are what the daemon must not keep.
-    from p2pcommon.service import daemon_arguments
     from p2pcommon.settings import load_settings
     from p2pd.config import DEFAULT_PATH, PeerSettings, check_folders
     from p2pd.identity import load_for_network

@@ -9,19 +9,27 @@ from __future__ import annotations
 import sys
 
 from p2pcommon.options import ConfigError
-from p2pcommon.prepare import Answer, PrepareError, child_main, config_error, run_child
+from p2pcommon.prepare import (
+    DEADLINE,
+    Answer,
+    Child,
+    PrepareError,
+    child_main,
+    config_error,
+    daemon_arguments,
+)
 from registryd.options import RegistryOptions
 
 DESCRIPTION = "The p2pd registry: who is online, never any file."
 
 
-def prepare_options(words: list[str]) -> tuple[RegistryOptions, str] | int:
-    """The options and secret for ``registryd WORDS``, or the child's exit status
-    when it answered nothing (``--help``, ``--version``, a usage error).
+def prepared(child: Child) -> tuple[RegistryOptions, str] | int:
+    """The options and secret ``child`` prepared, or its exit status when it
+    answered nothing (``--help``, ``--version``, a usage error).
 
     PrepareError when the start cannot go on (``config``: the configuration's fault).
     """
-    answer = run_child("registryd.prepare", "start", words)
+    answer = child.answer()
     if isinstance(answer, int):
         return answer
     return RegistryOptions.model_validate(answer["options"]), answer["secret"]
@@ -30,17 +38,16 @@ def prepare_options(words: list[str]) -> tuple[RegistryOptions, str] | int:
 def reload_options(words: list[str]) -> tuple[RegistryOptions, str]:
     """The configuration read again (SIGHUP), or ConfigError saying why not."""
     try:
-        prepared = prepare_options(words)
+        options = prepared(Child("registryd.prepare", "reload", words, DEADLINE))
     except PrepareError as exc:
         raise ConfigError(str(exc)) from None
-    if isinstance(prepared, int):
-        raise ConfigError(f"reading the configuration ended with status {prepared}, no answer")
-    return prepared
+    if isinstance(options, int):
+        raise ConfigError(f"reading the configuration ended with status {options}, no answer")
+    return options
 
 
 def _prepare(what: str, words: list[str]) -> Answer:
     # Imported here, in the child only: these are what the registry must not keep.
-    from p2pcommon.service import daemon_arguments
     from p2pcommon.settings import load_settings
     from registryd.config import DEFAULT_PATH, RegistrySettings
 
