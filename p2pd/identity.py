@@ -14,9 +14,10 @@ grants nothing more.
 Deriving the CA, building certificates and checking signatures take the
 cryptography package, which stays resident once imported (~8 MiB, most of
 it its own OpenSSL).  A running daemon needs none of that: TLS is the
-standard library's.  So ``load_for_network`` keeps its outcome in
-``state_dir`` (``network-ca.crt``), and a restart with the same secret and
-identity reads it back without the package.
+standard library's.  So ``load_for_network`` runs in the start-up child
+(``p2pd.prepare``), never in the daemon, and keeps its outcome in
+``state_dir`` (``network-ca.crt``): a restart with the same secret and
+identity reads it back without the package, even there.
 """
 
 from __future__ import annotations
