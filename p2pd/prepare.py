@@ -16,7 +16,6 @@ from pathlib import Path
 
 from p2pcommon.options import ConfigError
 from p2pcommon.prepare import (
-    DEADLINE,
     Answer,
     Child,
     PrepareError,
@@ -45,8 +44,8 @@ class Prepared:
 
 
 def prepared(child: Child) -> Prepared | int:
-    """The configuration and identity ``child`` prepared, or its exit status when it
-    answered nothing (``--help``, ``--version``, a usage error).
+    """The configuration and identity ``child`` (``p2pd.prepare start``) prepared, or
+    its exit status when it answered nothing (``--help``, ``--version``, a usage error).
 
     PrepareError when the start cannot go on (``config``: the configuration's fault).
     """
@@ -70,7 +69,7 @@ def prepared(child: Child) -> Prepared | int:
 def reload_options(words: list[str]) -> tuple[PeerOptions, str]:
     """The configuration read again (SIGHUP), or ConfigError saying why not."""
     try:
-        answer = run_child("p2pd.prepare", "reload", words, deadline=DEADLINE)
+        answer = run_child("p2pd.prepare", "reload", words)
     except PrepareError as exc:
         raise ConfigError(str(exc)) from None
     if isinstance(answer, int):
