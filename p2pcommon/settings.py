@@ -23,8 +23,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from p2pcommon.options import ConfigError as ConfigError
 from p2pcommon.options import SharedOptions
-from p2pcommon.options import changed_keys as changed_keys
-from p2pcommon.options import check_listen as check_listen
 from p2pcommon.signing import MIN_SECRET_LENGTH
 
 

@@ -13,7 +13,6 @@ from typing import ClassVar
 from pydantic_settings import SettingsConfigDict
 
 from p2pcommon.settings import ConfigError, SharedSettings
-from p2pd.options import LIVE_KEYS as LIVE_KEYS
 from p2pd.options import PeerOptions
 
 DEFAULT_PATH = "/etc/p2pd.toml"
