@@ -1,14 +1,12 @@
-"""What every daemon here needs from its surroundings: logging, systemd, signals."""
+"""What every daemon here needs from its surroundings: systemd and signals."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import sdnotify
@@ -17,50 +15,6 @@ import trio
 from p2pcommon.boundary import failure_boundary
 
 log = logging.getLogger(__name__)
-
-
-def daemon_arguments(
-    prog: str,
-    description: str,
-    default_config: str,
-    argv: list[str] | None,
-    commands: Sequence[tuple[str, str]] = (),
-) -> argparse.Namespace:
-    """The command line every daemon here shares: --config and --version; then logging.
-
-    ``commands`` (usage, what it does) are the administration commands that
-    ``main`` handles before this parser sees them: ``--help`` lists them.
-    """
-    from p2pcommon import __version__
-
-    epilog = None
-    if commands:
-        lines = [f"  {prog} {usage}\n      {what}" for usage, what in commands]
-        epilog = "other commands (each has its own --help):\n" + "\n".join(lines)
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", metavar="FILE", help=f"TOML config (default {default_config})")
-    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
-    args = parser.parse_args(argv)
-    setup_logging()
-    return args
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr; journald adds its own timestamps."""
-    if os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(levelname)s %(name)s: %(message)s"
-    else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 #: Characters of one sd_notify value (systemd shows STATUS= in one line).

@@ -5,7 +5,9 @@ Both daemons follow the same rules (README, Configuration): a TOML file
 overridable by ``<PREFIX><KEY>``, unknown keys and bad values refused with a
 message naming the key and where it came from.  pydantic-settings does the
 parsing; this module chooses the file, orders the sources (environment over
-file) and words the errors.
+file) and words the errors.  The keys and their rules are the options
+classes' (``p2pcommon.options``); a daemon imports this module only in its
+start-up child (``p2pcommon.prepare``), never while it runs.
 """
 
 from __future__ import annotations
@@ -18,28 +20,23 @@ import types
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin
 
-from pydantic import SecretStr, ValidationError, model_validator
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from p2pcommon.models import split_host_port
+from p2pcommon.options import ConfigError as ConfigError
+from p2pcommon.options import SharedOptions
 from p2pcommon.signing import MIN_SECRET_LENGTH
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; the message says what and how to fix it."""
+class SharedSettings(BaseSettings, SharedOptions):
+    """Reads the keys of a daemon's options class (a subclass lists it second)."""
 
-
-class SharedSettings(BaseSettings):
-    """Keys and rules common to registryd and p2pd."""
-
-    # Subclasses set env_prefix, e.g. "P2PD_".
-    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+    # Subclasses set env_prefix, e.g. "P2PD_".  Environment values stay text:
+    # list keys take a JSON list or comma-separated items (their validators).
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True, enable_decoding=False)
 
     #: Variables with the prefix that are not keys but are meant for other tools.
     foreign_env: ClassVar[frozenset[str]] = frozenset({"CONFIG"})
-
-    secret: SecretStr | None = None
-    secret_file: Path | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -52,12 +49,6 @@ class SharedSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values arrive as init arguments; the environment wins over them.
         return (env_settings, init_settings)
-
-    @model_validator(mode="after")
-    def _one_secret_source(self) -> SharedSettings:
-        if self.secret is not None and self.secret_file is not None:
-            raise ValueError("set only one of 'secret' and 'secret_file'")
-        return self
 
     def secret_source(self) -> tuple[str, Path | None]:
         """Where the secret comes from, as errors name it, and its file (None: inline).
@@ -169,23 +160,8 @@ def log_for(cls: type[SharedSettings]) -> logging.Logger:
     return logging.getLogger(env_prefix(cls).removesuffix("_").lower() or __name__)
 
 
-def changed_keys(
-    old: SharedSettings, old_secret: str, new: SharedSettings, new_secret: str
-) -> set[str]:
-    """What a reload would change: the keys whose values differ, and "secret"
-    when the secret's text did (a secret_file may keep its path, not its content)."""
-    before, after = old.model_dump(), new.model_dump()
-    changed = {key for key in before if before[key] != after[key]}
-    return changed | {"secret"} if new_secret != old_secret else changed
-
-
 def _reason(exc: BaseException) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-
-
-def check_listen(value: str) -> str:
-    split_host_port(value)
-    return value
 
 
 Settings = TypeVar("Settings", bound=SharedSettings)

@@ -5,25 +5,27 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+import ssl
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import trio
 
 from p2pcommon.boundary import keep_running
 from p2pcommon.httpserver import Limits
+from p2pcommon.memory import release_start_up_garbage
 from p2pcommon.models import RegisterRequest, split_host_port
+from p2pcommon.options import ConfigError, changed_keys
 from p2pcommon.registry_client import RegistryClient
 from p2pcommon.service import Notifier, Termination, reload_on_hangup, termination_signals
-from p2pcommon.settings import ConfigError, changed_keys
-from p2pd.config import LIVE_KEYS, PeerSettings
 from p2pd.control import ControlServer
 from p2pd.downloads import Downloads
 from p2pd.history import History, HistoryUnavailable
-from p2pd.identity import load_for_network
+from p2pd.identity import unusable_key
 from p2pd.members import Members
+from p2pd.options import LIVE_KEYS, PeerOptions
 from p2pd.peerclient import PeerPool
 from p2pd.peerserver import PeerServer
+from p2pd.prepare import Prepared
 from p2pd.registry_link import RegistryLink
 from p2pd.rpc import Rpc
 from p2pd.share import Share
@@ -41,22 +43,17 @@ class StartupError(Exception):
 
 
 #: Reads the configuration again: new settings and secret, or ConfigError.
-Reloader = Callable[[], tuple[PeerSettings, str]]
+Reloader = Callable[[], tuple[PeerOptions, str]]
 
 
 class Daemon:
-    def __init__(
-        self,
-        settings: PeerSettings,
-        secret: str,
-        reload: Reloader | None = None,
-        config_path: Path | None = None,
-    ) -> None:
-        self.settings = settings
-        self._secret = secret
+    def __init__(self, prepared: Prepared, reload: Reloader | None = None) -> None:
+        self.settings = prepared.options
+        self._secret = prepared.secret
+        self.identity = prepared.identity
+        self._network = prepared.network
+        self._config_path = prepared.config_path
         self._reload = reload
-        #: The config file it was started with (None: the environment alone), for status.
-        self.config_path = config_path
         self.notifier = Notifier()
 
     async def run(self) -> None:
@@ -69,21 +66,14 @@ class Daemon:
             await self._run(termination, hangups)
 
     async def _run(self, termination: Termination, hangups: AsyncIterator[int]) -> None:
-        settings = self.settings
-        # The network CA comes from the secret; it issues (or re-issues) our certificate.
+        settings, identity = self.settings, self.identity
         try:
-            identity, new, network = await trio.to_thread.run_sync(
-                load_for_network, settings.state_dir, self._secret
-            )
-        except (ValueError, OSError) as exc:
+            contexts = ServerContexts(identity, self._network)
+        except ssl.SSLError as exc:  # changed since p2pd.prepare checked the pair
+            why = unusable_key(identity.key_path, identity.cert_path, exc)
+            raise StartupError(f"identity in {settings.state_dir}: {why}") from None
+        except OSError as exc:
             raise StartupError(f"identity in {settings.state_dir}: {exc}") from None
-        log.info(
-            "%s identity %s (%s)",
-            "created" if new else "using",
-            identity.short_id,
-            identity.cert_path,
-        )
-        self.identity = identity
         self.members = Members.empty(identity.id)
         self.share = Share(
             settings.share_dir, settings.state_dir, stable_after=settings.stable_after
@@ -91,7 +81,7 @@ class Daemon:
         self.server = PeerServer(
             self.share,
             self.members,
-            ServerContexts(identity, network),
+            contexts,
             upload_slots=settings.upload_slots,
             rate_limit=settings.upload_rate_limit,
             limits=Limits(max_body_bytes=0, idle_timeout=60.0, request_timeout=15.0),
@@ -129,7 +119,7 @@ class Daemon:
                 self.pool,
                 self.downloads,
                 history,
-                config_path=self.config_path,
+                config_path=self._config_path,
             )
             control = ControlServer(settings.control_socket, self.rpc.methods())
             async with trio.open_nursery() as nursery:
@@ -159,6 +149,7 @@ class Daemon:
                     settings.control_socket,
                 )
                 self.notifier.ready(self.status_line())
+                release_start_up_garbage()
                 signal_name = await termination.wait()
                 log.info("stopping on %s", signal_name)
                 self.notifier.stopping()

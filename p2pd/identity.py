@@ -14,9 +14,10 @@ grants nothing more.
 Deriving the CA, building certificates and checking signatures take the
 cryptography package, which stays resident once imported (~8 MiB, most of
 it its own OpenSSL).  A running daemon needs none of that: TLS is the
-standard library's.  So ``load_for_network`` keeps its outcome in
-``state_dir`` (``network-ca.crt``), and a restart with the same secret and
-identity reads it back without the package.
+standard library's.  So ``load_for_network`` runs in the start-up child
+(``p2pd.prepare``), never in the daemon, and keeps its outcome in
+``state_dir`` (``network-ca.crt``): a restart with the same secret and
+identity reads it back without the package, even there.
 """
 
 from __future__ import annotations
@@ -56,6 +57,21 @@ P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 #: but for the (randomized) signature; 9999-12-31 is RFC 5280's "no expiry".
 CA_NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 CA_NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
+
+
+#: What to do about a damaged or half identity (the peer id is the certificate's hash).
+_RESTORE_OR_RENEW = (
+    f"restore it from a backup, or remove both {KEY_FILE} and {CERT_FILE} "
+    "to become a new member with a new id"
+)
+
+
+def unusable_key(key_path: Path, cert_path: Path, refusal: ssl.SSLError | None = None) -> str:
+    """Why the key cannot serve (ssl's ``refusal`` of the pair, if any), and what to do,
+    in words: OpenSSL says "PEM lib"."""
+    if refusal is not None and refusal.reason == "KEY_VALUES_MISMATCH":
+        return f"{key_path} is not the key of {cert_path}: {_RESTORE_OR_RENEW}"
+    return f"{key_path} is not a readable PEM private key: {_RESTORE_OR_RENEW}"
 
 
 @dataclass(frozen=True)
@@ -243,9 +259,12 @@ def _reissue(key_path: Path, cert_path: Path, old: x509.Certificate, network: Ne
     why = network.why_not_issued(old)
     if why is None:
         return
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (ValueError, TypeError):  # garbage, cut short, or protected by a password
+        raise ValueError(unusable_key(key_path, cert_path)) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{key_path} is not an ECDSA key")
+        raise ValueError(f"{key_path} is not an ECDSA key: {_RESTORE_OR_RENEW}")
     cert = build_certificate(key, network)
     _write_private(cert_path, _cert_bytes(cert), 0o644)
     old_id = peer_id_from_der(old.public_bytes(serialization.Encoding.DER))
@@ -275,13 +294,15 @@ def load_or_create(state_dir: Path, network: NetworkCA | None = None) -> tuple[I
         create_identity(key_path, cert_path, network)
     elif not key_path.exists() or not cert_path.exists():
         missing = key_path if not key_path.exists() else cert_path
-        raise ValueError(
-            f"{missing} is missing while its pair exists: restore it from a backup, or remove "
-            f"both {KEY_FILE} and {CERT_FILE} to become a new member with a new id"
-        )
+        raise ValueError(f"{missing} is missing while its pair exists: {_RESTORE_OR_RENEW}")
     if key_path.stat().st_mode & 0o077:
         os.chmod(key_path, 0o600)
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except ValueError:
+        raise ValueError(
+            f"{cert_path} is not a readable PEM certificate: {_RESTORE_OR_RENEW}"
+        ) from None
     if network is not None and not new:
         _reissue(key_path, cert_path, cert, network)
     cert_pem = cert_path.read_text(encoding="ascii")
@@ -306,9 +327,11 @@ def load_for_network(state_dir: Path, secret: str) -> tuple[Identity, bool, Netw
     """
     cached = _cached(state_dir, secret)
     if cached is not None:
+        check_key_pair(cached[0])
         return cached[0], False, cached[1]
     network = NetworkCA.from_secret(secret)
     identity, new = load_or_create(state_dir, network)
+    check_key_pair(identity)
     mac = record_mac(secret, ssl.PEM_cert_to_DER_cert(network.cert_pem), identity.id)
     record = f"p2pd network CA issued {identity.id} {mac}\n{network.cert_pem}"
     try:
@@ -318,6 +341,19 @@ def load_for_network(state_dir: Path, secret: str) -> tuple[Identity, bool, Netw
         # Only the next start's speed depends on it.
         log.warning("cannot keep the network CA in %s: %s", state_dir, exc.strerror or exc)
     return identity, new, NetworkAnchor(network.cert_pem)
+
+
+def check_key_pair(identity: Identity) -> None:
+    """ValueError saying which file and what to do unless TLS can use the key pair.
+
+    Loaded as the peer server will load it (the standard library's ssl), so
+    that a damaged key stops the start with words, not later with "PEM lib".
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(identity.cert_path, identity.key_path)
+    except ssl.SSLError as exc:
+        raise ValueError(unusable_key(identity.key_path, identity.cert_path, exc)) from None
 
 
 def _cached(state_dir: Path, secret: str) -> tuple[Identity, NetworkAnchor] | None:

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-from pathlib import Path
 
-from p2pcommon.service import daemon_arguments, unwrap_group
-from p2pcommon.settings import ConfigError, exposed_secret_file, load_settings
-from p2pd.config import DEFAULT_PATH, PeerSettings, check_folders
-
-#: What `p2pd --help` lists beside running the daemon (p2pd.admin runs them).
-ADMIN_COMMANDS = (
-    ("config init --share DIR --downloads DIR --registry URL", "write a first config file"),
-    ("install [--config FILE]", "let the systemd service reach the configured folders"),
-)
+from p2pcommon.prepare import DEADLINE, Child, PrepareError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,41 +13,31 @@ def main(argv: list[str] | None = None) -> int:
         from p2pd.admin import admin_command
 
         return admin_command(words)
-    args = daemon_arguments(
-        "p2pd",
-        "The p2pd peer daemon: shares a folder with the members.",
-        DEFAULT_PATH,
-        argv,
-        ADMIN_COMMANDS,
-    )
-    config_path: Path | None = None
-
-    def load() -> tuple[PeerSettings, str]:
-        nonlocal config_path
-        settings, config_path = load_settings(
-            PeerSettings, explicit_path=args.config, default_path=DEFAULT_PATH
-        )
-        secret = settings.resolve_secret()
-        check_folders(settings)
-        return settings, secret
-
+    # The arguments, the configuration and the identity are handled by a short
+    # child process (p2pd.prepare): what it imports never stays in the daemon.
+    # The daemon's own modules load meanwhile.
     try:
-        settings, secret = load()
-    except ConfigError as exc:
-        print(f"p2pd: configuration error: {exc}", file=sys.stderr)
-        return 2
-    if (warning := exposed_secret_file(settings)) is not None:
-        logging.getLogger("p2pd").warning("%s", warning)
-    # Imported only once the configuration is known good: a config error
-    # should answer fast, without loading TLS, watchdog and HTTP machinery.
-    import trio
+        child = Child("p2pd.prepare", "start", words, DEADLINE)
+        import trio
 
-    from p2pd.control import ControlSocketInUse
-    from p2pd.daemon import Daemon, StartupError
+        from p2pcommon.logs import setup_logging
+        from p2pcommon.service import unwrap_group
+        from p2pd.control import ControlSocketInUse
+        from p2pd.daemon import Daemon, StartupError
+        from p2pd.prepare import prepared, reload_options
 
-    started_with = config_path.absolute() if config_path is not None else None
+        ready = prepared(child)
+    except PrepareError as exc:
+        if exc.config:
+            print(f"p2pd: configuration error: {exc}", file=sys.stderr)
+            return 2
+        print(f"p2pd: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(ready, int):  # --help, --version, a usage error: the child said it
+        return ready
+    setup_logging()
     try:
-        trio.run(Daemon(settings, secret, reload=load, config_path=started_with).run)
+        trio.run(Daemon(ready, reload=lambda: reload_options(words)).run)
     except BaseException as exc:
         cause = unwrap_group(exc)
         if isinstance(cause, KeyboardInterrupt):

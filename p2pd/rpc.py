@@ -19,12 +19,12 @@ import trio
 from p2pcommon import __version__
 from p2pcommon.boundary import failures
 from p2pcommon.models import Listing, Member, SharedFile
-from p2pd.config import PeerSettings
 from p2pd.control import Method, Notify
 from p2pd.downloads import UNRECORDED_KEPT, Downloads, Transfer
 from p2pd.history import History, HistoryUnavailable, Outcome
 from p2pd.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RpcError
 from p2pd.members import Members, PeerLookupError
+from p2pd.options import PeerOptions
 from p2pd.peerclient import InvalidListing, PeerPool, PeerRefused, PeerUnreachable
 from p2pd.peerserver import PeerServer, status_fields
 from p2pd.registry_link import RegistryLink
@@ -59,7 +59,7 @@ class Rpc:
 
     own_id: str
     #: The settings in force: a reload (SIGHUP) replaces the daemon's object.
-    settings: Callable[[], PeerSettings]
+    settings: Callable[[], PeerOptions]
     members: Members
     share: Share
     server: PeerServer

@@ -1,63 +1,19 @@
-"""registryd's configuration (README: Configuration)."""
+"""Reading registryd's configuration: the TOML file and ``REGISTRYD_*`` variables.
+
+The keys and their rules are ``registryd.options``'; this module is imported by
+the start-up child (``registryd.prepare``) and ``registryd config init``,
+never by the running registry.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
-from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from p2pcommon.settings import SharedSettings, check_listen
-from registryd.guards import DEFAULT_MAX_IN_PROGRESS
+from p2pcommon.settings import SharedSettings
+from registryd.options import RegistryOptions
 
 DEFAULT_PATH = "/etc/registryd.toml"
 
 
-class RegistrySettings(SharedSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="REGISTRYD_", extra="forbid", validate_default=True
-    )
-
-    listen: Annotated[str, AfterValidator(check_listen)] = "0.0.0.0:7000"
-    peer_ttl: Annotated[float, Field(gt=0, le=86400)] = 30.0
-    store: str = "memory"
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    #: Seconds a kept-alive connection may stay silent before it is closed.
-    idle_timeout: Annotated[float, Field(gt=0)] = 30.0
-    #: Seconds a client has to send a whole request once it started.
-    request_timeout: Annotated[float, Field(gt=0)] = 10.0
-    #: Largest request body accepted, in bytes.
-    max_body: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
-    #: Requests one process works on at once; past it, 503 with Retry-After.
-    max_in_progress: Annotated[int, Field(ge=1)] = DEFAULT_MAX_IN_PROGRESS
-    #: SO_REUSEPORT: several processes (one per core, on one Redis) share ``listen``.
-    reuse_port: bool = False
-
-    @field_validator("store")
-    @classmethod
-    def _known_store(cls, value: str) -> str:
-        if value == "memory":
-            return value
-        from registryd.redis_connect import check_url
-
-        # A malformed URL is a configuration error at start, not a traceback later.
-        check_url(value)
-        return value
-
-    @model_validator(mode="after")
-    def _tls_pair(self) -> RegistrySettings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("set both 'tls_cert' and 'tls_key', or neither")
-        return self
-
-    @model_validator(mode="after")
-    def _shared_port_needs_a_shared_store(self) -> RegistrySettings:
-        if self.reuse_port and self.store == "memory":
-            raise ValueError(
-                "'reuse_port = true' needs a shared store: with 'store = \"memory\"' each "
-                "process sharing the port would have its own members; set 'store' to a "
-                "redis:// URL, or 'reuse_port = false'"
-            )
-        return self
+class RegistrySettings(SharedSettings, RegistryOptions):
+    model_config = SettingsConfigDict(env_prefix="REGISTRYD_")

@@ -1,9 +1,11 @@
 """A running p2pd loads only what it uses: no HTTP client library, no cryptography
-after its first start, no metrics or config-writing library unless asked."""
+(its identity is made by the start-up child), no configuration loader, no metrics
+or config-writing library unless asked."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from p2pcommon.identity import peer_id_from_pem
 from p2pd.identity import (
     CA_KDF_INFO,
     CA_KDF_LENGTH,
@@ -25,7 +28,7 @@ from p2pd.identity import (
     load_for_network,
     load_or_create,
 )
-from tests.support import SECRET
+from tests.support import SECRET, run_p2pd, run_registryd
 
 #: Loaded on some paths only (identity creation, metrics, config writing, the
 #: signature package's fallback), or not at all (the registry's store, the CLI's).
@@ -50,11 +53,60 @@ def run_python(code: str, *args: str) -> str:
     return result.stdout
 
 
+#: Loaded by the start-up child only (p2pd.prepare, registryd.prepare): the configuration
+#: loader and what it brings.
+START_UP_ONLY = ["pydantic_settings", "dotenv", "argparse", "asyncio", "p2pcommon.settings"]
+
+
 def test_the_daemon_imports_none_of_the_heavy_packages() -> None:
     code = "import sys, p2pd.main, p2pd.daemon; print(' '.join(sorted(sys.modules)))"
     loaded = set(run_python(code).split())
     assert "p2pd.daemon" in loaded
-    assert [name for name in HEAVY if name in loaded] == []
+    assert [name for name in [*HEAVY, *START_UP_ONLY] if name in loaded] == []
+
+
+def test_registryd_imports_no_configuration_loader() -> None:
+    code = "import sys, registryd.main, registryd.server; print(' '.join(sorted(sys.modules)))"
+    loaded = set(run_python(code).split())
+    assert "registryd.server" in loaded
+    # cryptography comes with the first register (the member's certificate is checked).
+    assert [name for name in [*START_UP_ONLY, "cryptography"] if name in loaded] == []
+
+
+#: cryptography's compiled part (OpenSSL is linked into it), as /proc/PID/maps shows it.
+CRYPTOGRAPHY_LIBRARY = "cryptography/hazmat/bindings/_rust"
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_first_start_leaves_no_cryptography_in_the_daemon(tmp_path: Path) -> None:
+    # The probe sees the library where it is loaded: in this test process.
+    assert CRYPTOGRAPHY_LIBRARY in Path(f"/proc/{os.getpid()}/maps").read_text()
+    with (
+        run_registryd(tmp_path) as registry,
+        run_p2pd(tmp_path, "alice", [registry.url]) as alice,
+    ):
+        # A first start: the identity and the network CA were made, by cryptography...
+        assert "created identity" in alice.log()
+        assert (alice.state_dir / NETWORK_FILE).exists()
+        cert_pem = (alice.state_dir / "identity.crt").read_text()
+        assert alice.ctl_json("status")["id"] == peer_id_from_pem(cert_pem)
+        # ...in the start-up child, which is gone; the daemon never loaded it.
+        assert children_of(alice.process.pid) == []
+        assert CRYPTOGRAPHY_LIBRARY not in Path(f"/proc/{alice.process.pid}/maps").read_text()
 
 
 #: A restart: the identity and the network CA read back, and members of the CA taken

@@ -9,7 +9,7 @@ import signal
 import pytest
 import trio
 
-import registryd.main
+import registryd.server
 from p2pcommon.service import Notifier
 from registryd.config import RegistrySettings
 from registryd.store import MemoryStore, Store
@@ -30,7 +30,7 @@ class RecordingNotifier(Notifier):
 
 @pytest.fixture(autouse=True)
 def notifier(monkeypatch: pytest.MonkeyPatch) -> type[RecordingNotifier]:
-    monkeypatch.setattr(registryd.main, "Notifier", RecordingNotifier)
+    monkeypatch.setattr(registryd.server, "Notifier", RecordingNotifier)
     return RecordingNotifier
 
 
@@ -48,16 +48,18 @@ async def test_sighup_and_sigterm_during_start_up_are_handled_once_serving(
     def messages() -> list[str]:
         return [record.getMessage() for record in caplog.records]
 
-    monkeypatch.setattr(registryd.main, "make_store", slow_make_store)
+    monkeypatch.setattr(registryd.server, "make_store", slow_make_store)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            await nursery.start(registryd.main.serve, settings, SECRET, lambda: (settings, SECRET))
+            await nursery.start(
+                registryd.server.serve, settings, SECRET, lambda: (settings, SECRET)
+            )
 
             async def reloaded() -> bool:
                 return "reload: the config is valid and unchanged" in messages()
 
             await wait_until(reloaded, what="the SIGHUP's reload check")
-            monkeypatch.setattr(registryd.main, "make_store", _never_called)
+            monkeypatch.setattr(registryd.server, "make_store", _never_called)
             os.kill(os.getpid(), signal.SIGTERM)
     assert "stopping on SIGTERM" in messages()
     assert messages()[-1] == "stopped"
@@ -77,9 +79,9 @@ async def test_sigterm_during_start_up_stops_gracefully_once_started(
         os.kill(os.getpid(), signal.SIGTERM)
         return MemoryStore(settings.peer_ttl)
 
-    monkeypatch.setattr(registryd.main, "make_store", slow_make_store)
+    monkeypatch.setattr(registryd.server, "make_store", slow_make_store)
     with trio.fail_after(30):
-        await registryd.main.serve(settings, SECRET, lambda: (settings, SECRET))
+        await registryd.server.serve(settings, SECRET, lambda: (settings, SECRET))
     messages = [record.getMessage() for record in caplog.records]
     assert "stopping on SIGTERM" in messages
     assert messages[-1] == "stopped"

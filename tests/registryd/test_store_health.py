@@ -13,8 +13,8 @@ from p2pcommon.httpserver import Request
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
 from registryd.health import StoreHealth
-from registryd.main import _expire_loop
 from registryd.metrics import RegistryMetrics
+from registryd.server import _expire_loop
 from registryd.store import MemoryStore, StoreError
 from registryd.watched_store import WatchedStore
 from tests.support import SECRET, Peer
