@@ -171,30 +171,40 @@ class ControlServer:
             await _send(stream, jsonrpc.notification(name, params))
 
         if isinstance(parsed, jsonrpc.Call):
-            answer = await self._dispatch(parsed, notify)
-            return b"" if answer is None else jsonrpc.encode(answer)
+            answer = await self._dispatch(parsed, notify, jsonrpc.MAX_ANSWER)
+            return b"" if answer is None else answer + b"\n"
         # A batch: its calls run one after another, as calls on a connection
         # do; its answers go back together, in one array, only for calls with
-        # an id (and for items that were not calls at all).
-        answers: list[dict[str, Any]] = []
+        # an id (and for items that were not calls at all).  They share one
+        # line, and so one budget: a call whose result would pass what is left
+        # of it gets an error instead.
+        answers: list[bytes] = []
+        left = jsonrpc.MAX_ANSWER - 2
         for item in parsed:
             if isinstance(item, RpcError):
-                answers.append(jsonrpc.error_message(item.call_id, item.code, item.message))
-            elif (answer := await self._dispatch(item, notify)) is not None:
-                answers.append(answer)
+                error = jsonrpc.error_message(item.call_id, item.code, item.message)
+                encoded: bytes | None = jsonrpc.compact(error)
+            else:
+                encoded = await self._dispatch(item, notify, left)
+            if encoded is not None:
+                answers.append(encoded)
+                left -= len(encoded) + 1
         # A batch of notifications only is owed no answer at all, not "[]".
-        return jsonrpc.encode(answers) if answers else b""
+        return b"[" + b",".join(answers) + b"]\n" if answers else b""
 
-    async def _dispatch(self, call: jsonrpc.Call, notify: Notify) -> dict[str, Any] | None:
-        """The answer to one call, or None for a notification."""
+    async def _dispatch(self, call: jsonrpc.Call, notify: Notify, budget: int) -> bytes | None:
+        """The encoded answer to one call, within ``budget`` bytes; None for a notification."""
         method = self._methods.get(call.method)
         if method is None:
             error = jsonrpc.error_message(
                 call.id, jsonrpc.METHOD_NOT_FOUND, f"no method {call.method!r}"
             )
-            return None if call.notification else error
+            return None if call.notification else jsonrpc.compact(error)
         try:
             value = await method(call.params, notify)
+            if call.notification:
+                return None
+            return await _encoded(call, value, budget)
         except RpcError as exc:
             answer = jsonrpc.error_message(call.id, exc.code, exc.message, exc.data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
@@ -206,6 +216,24 @@ class ControlServer:
             answer = jsonrpc.error_message(
                 call.id, jsonrpc.INTERNAL_ERROR, "internal error: see the log"
             )
-        else:
-            answer = jsonrpc.result_message(call.id, value)
-        return None if call.notification else answer
+        return None if call.notification else jsonrpc.compact(answer)
+
+
+async def _encoded(call: jsonrpc.Call, value: Any, budget: int) -> bytes:
+    """The result's answer, encoded a slice at a time with the event loop running
+    in between; RpcError "answer too large" as soon as it passes ``budget``."""
+    pieces: list[bytes | memoryview] = []
+    size = 0
+    for piece in jsonrpc.result_pieces(call.id, value):
+        size += len(piece)
+        if size > budget:
+            limit = jsonrpc.MAX_ANSWER // 2**20
+            raise RpcError(
+                jsonrpc.INTERNAL_ERROR,
+                f"answer too large: the result of {call.method!r} passes the {limit} MiB one "
+                "answer line may hold (a batch's answers share it): ask for it in a call of "
+                "its own, not in a batch",
+            )
+        pieces.append(piece)
+        await trio.lowlevel.checkpoint()
+    return b"".join(pieces)

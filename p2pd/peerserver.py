@@ -58,6 +58,17 @@ DIRECT_SEGMENT = 64 * 1024 * 1024
 #: Seconds a request waits for an upload slot before 503.
 SLOT_WAIT = 2.0
 HANDSHAKE_TIMEOUT = 10.0
+#: Listing entries encoded at a time (~3 ms) before the event loop runs again.
+LISTING_SLICE = 2000
+
+
+@dataclass(frozen=True)
+class ListingBody:
+    """The encoded listing of one generation; ``files_at``: where its array starts."""
+
+    generation: int
+    body: bytes
+    files_at: int
 
 
 @dataclass
@@ -93,7 +104,8 @@ class PeerServer:
         self.bucket = TokenBucket(rate_limit) if rate_limit else None
         self.stats = UploadStats()
         self.http = HttpServer(self.handle, limits or Limits(max_body_bytes=0), admit=self._admit)
-        self._listing_cache: tuple[int, bytes] | None = None
+        self._listing_cache: ListingBody | None = None
+        self._listing_lock = trio.Lock()
         # Listed generation = this start's time in µs + the index's changes.
         # The index counts from 0 on each start: alone, a restarted member
         # would reuse "1", "2", … for other listings, and a cached listing
@@ -145,7 +157,7 @@ class PeerServer:
             )
         path = request.path
         if path == "/files":
-            return self._listing(request)
+            return await self._listing(request)
         if not path.startswith(FILES_PREFIX):
             return error_response(404, "not found", "the routes are /files and /files/<path>")
         try:
@@ -162,20 +174,47 @@ class PeerServer:
     def release_slot(self) -> None:
         self._slots.release()
 
-    def _listing(self, request: Request) -> Response:
+    async def _listing(self, request: Request) -> Response:
         self.stats.listings_served += 1
-        generation = self.generation
-        etag = f'"{generation}"'
+        etag = f'"{self.generation}"'
         if none_match(request.header(b"if-none-match"), etag):
             return Response(304, headers=[("ETag", etag)])
-        cached = self._listing_cache
-        if cached is None or cached[0] != generation:
-            files = [entry.to_json() for entry in self._share.index.listing()]
-            body = json.dumps(
-                {"generation": generation, "files": files}, separators=(",", ":")
-            ).encode()
-            cached = self._listing_cache = (generation, body)
-        return Response(200, cached[1], [("Content-Type", "application/json"), ("ETag", etag)])
+        cached = await self._listing_body()
+        etag = f'"{cached.generation}"'  # the one built: the share may have changed meanwhile
+        return Response(200, cached.body, [("Content-Type", "application/json"), ("ETag", etag)])
+
+    async def listing_files_json(self) -> memoryview:
+        """The listing's "files" array as JSON: what `p2pctl shared` shows (no copy)."""
+        cached = await self._listing_body()
+        return memoryview(cached.body)[cached.files_at : -1]
+
+    async def _listing_body(self) -> ListingBody:
+        """``GET /files``'s body for the current generation, built once per generation.
+
+        Built LISTING_SLICE entries at a time with the event loop running in
+        between: a share of a million files takes a second or more to encode,
+        and a stalled loop is a daemon the watchdog kills.  One build at a
+        time; those who ask meanwhile wait for it.
+        """
+        async with self._listing_lock:
+            generation = self.generation
+            cached = self._listing_cache
+            if cached is not None and cached.generation == generation:
+                return cached
+            # The index's sorted list is replaced on change, never modified: it
+            # stays the listing of ``generation`` while this runs.
+            entries = self._share.index.listing()
+            head = b'{"generation":%d,"files":' % generation
+            pieces = [head, b"["]
+            for start in range(0, len(entries), LISTING_SLICE):
+                chunk = [entry.to_json() for entry in entries[start : start + LISTING_SLICE]]
+                encoded = json.dumps(chunk, separators=(",", ":")).encode()[1:-1]
+                pieces.append(b"," + encoded if start else encoded)
+                await trio.lowlevel.checkpoint()
+            pieces.append(b"]}")
+            cached = ListingBody(generation, b"".join(pieces), len(head))
+            self._listing_cache = cached
+            return cached
 
     async def _file(self, request: Request, entry: FileEntry) -> Response:
         etag = file_etag(entry.sha256)
