@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 from collections.abc import Callable
 
 
@@ -30,3 +31,14 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def release_start_up_garbage() -> None:
+    """Once serving: free what start-up left unreachable, and give the heap's free pages back.
+
+    Start-up allocates and drops more than a daemon ever holds again (the
+    first scan's hash blocks, module loading, parsing); measured, this gives
+    back ≈ 0.7 MiB of p2pd's idle RSS (bench/memory.py).
+    """
+    gc.collect()
+    release_free_memory()

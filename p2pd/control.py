@@ -176,16 +176,19 @@ class ControlServer:
         # A batch: its calls run one after another, as calls on a connection
         # do; its answers go back together, in one array, only for calls with
         # an id (and for items that were not calls at all).  They share one
-        # line, and so one budget: a call whose result would pass what is left
-        # of it gets an error instead.
+        # line, and so one budget: a call whose answer would pass what is left
+        # of it (minus the room kept for the short errors of the calls after
+        # it) gets the error "answer too large" instead.
         answers: list[bytes] = []
         left = jsonrpc.MAX_ANSWER - 2
+        kept = sum(_room(item) for item in parsed)
         for item in parsed:
+            kept -= _room(item)
             if isinstance(item, RpcError):
                 error = jsonrpc.error_message(item.call_id, item.code, item.message)
                 encoded: bytes | None = jsonrpc.compact(error)
             else:
-                encoded = await self._dispatch(item, notify, left)
+                encoded = await self._dispatch(item, notify, left - kept)
             if encoded is not None:
                 answers.append(encoded)
                 left -= len(encoded) + 1
@@ -197,7 +200,7 @@ class ControlServer:
         method = self._methods.get(call.method)
         if method is None:
             error = jsonrpc.error_message(
-                call.id, jsonrpc.METHOD_NOT_FOUND, f"no method {call.method!r}"
+                call.id, jsonrpc.METHOD_NOT_FOUND, f"no method {call.method[:100]!r}"
             )
             return None if call.notification else jsonrpc.compact(error)
         try:
@@ -216,24 +219,39 @@ class ControlServer:
             answer = jsonrpc.error_message(
                 call.id, jsonrpc.INTERNAL_ERROR, "internal error: see the log"
             )
-        return None if call.notification else jsonrpc.compact(answer)
+        if call.notification:
+            return None
+        encoded = jsonrpc.compact(answer)
+        return encoded if len(encoded) <= budget else _too_large(call)
+
+
+#: Room kept in a batch's line for each call's error answer, besides its id.
+ERROR_ROOM = 512
+
+
+def _room(item: jsonrpc.Call | RpcError) -> int:
+    call_id = item.call_id if isinstance(item, RpcError) else item.id
+    return ERROR_ROOM + len(jsonrpc.compact(call_id))
+
+
+def _too_large(call: jsonrpc.Call) -> bytes:
+    limit = jsonrpc.MAX_ANSWER // 2**20
+    message = (
+        f"answer too large: {call.method[:40]!r} would pass the {limit} MiB that one answer "
+        "line holds (a batch's answers share it): ask for it in a call of its own"
+    )
+    return jsonrpc.compact(jsonrpc.error_message(call.id, jsonrpc.INTERNAL_ERROR, message))
 
 
 async def _encoded(call: jsonrpc.Call, value: Any, budget: int) -> bytes:
     """The result's answer, encoded a slice at a time with the event loop running
-    in between; RpcError "answer too large" as soon as it passes ``budget``."""
-    pieces: list[bytes | memoryview] = []
+    in between; "answer too large" instead as soon as it passes ``budget``."""
+    pieces: list[bytes | bytearray | memoryview] = []
     size = 0
     for piece in jsonrpc.result_pieces(call.id, value):
         size += len(piece)
         if size > budget:
-            limit = jsonrpc.MAX_ANSWER // 2**20
-            raise RpcError(
-                jsonrpc.INTERNAL_ERROR,
-                f"answer too large: the result of {call.method!r} passes the {limit} MiB one "
-                "answer line may hold (a batch's answers share it): ask for it in a call of "
-                "its own, not in a batch",
-            )
+            return _too_large(call)
         pieces.append(piece)
         await trio.lowlevel.checkpoint()
     return b"".join(pieces)

@@ -86,7 +86,7 @@ class RawJson:
     """A result that is JSON already (compact, non-ASCII escaped), sent as it is:
     e.g. a listing kept as bytes, which would otherwise be decoded to be encoded."""
 
-    data: bytes | memoryview
+    data: bytes | bytearray | memoryview
 
 
 def encode(message: dict[str, Any] | list[dict[str, Any]]) -> bytes:
@@ -100,7 +100,9 @@ def compact(value: Any) -> bytes:
     return json.dumps(value, separators=_COMPACT).encode()
 
 
-def result_pieces(call_id: int | str | None, value: Any) -> Iterator[bytes | memoryview]:
+def result_pieces(
+    call_id: int | str | None, value: Any
+) -> Iterator[bytes | bytearray | memoryview]:
     """The answer ``result_message`` would encode, in pieces of bounded work each.
 
     A long list goes ENCODE_SLICE items at a time and RawJson as it is, so that

@@ -13,14 +13,16 @@ they are.
 Validating a large body holds the interpreter's lock for seconds (pydantic's
 parser is one call): even in a worker thread it would stall the event loop
 (the control socket, the watchdog).  Bodies over ``IN_THREAD_MAX`` are
-therefore checked by a short child process, ``python -m p2pd.listing``,
-which answers the canonical form (``child_output``) or the first problem.
+therefore checked by a short child process, ``python -m p2pd.listing``
+(p2pd.listing_child), which answers the kept form (``child_output``) or the
+first problem.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import re
 import sys
 from array import array
 from collections.abc import Iterable, Iterator
@@ -36,10 +38,7 @@ IN_THREAD_MAX = 1024 * 1024
 #: The child's exit status when the listing is invalid (its reason on stderr).
 INVALID_STATUS = 3
 _SEPARATORS = (",", ":")
-
-
-class ChildOutputError(ValueError):
-    """The checking child's answer is not what ``child_output`` writes."""
+_ENTRY_START = re.compile(rb'\{"path":')
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,21 +46,19 @@ class MemberListing:
     """One member's listing, compact.  ``data`` is the JSON array of its entries."""
 
     generation: int
-    data: bytes
+    data: bytes | bytearray
     #: Where each entry starts in ``data``, and one more: ``len(data)``.
     offsets: array[int]
 
     @classmethod
     def of(cls, generation: int, files: Iterable[SharedFile]) -> MemberListing:
         """The canonical form of entries (validated already, or a test's own)."""
-        pieces, offsets, at = [], array("Q"), 1
-        for entry in files:
-            offsets.append(at)
-            piece = json.dumps(entry.to_json(), separators=_SEPARATORS).encode("ascii")
-            pieces.append(piece)
-            at += len(piece) + 1  # the comma, or the closing bracket
-        offsets.append(at)
-        return cls(generation, b"[" + b",".join(pieces) + b"]", offsets)
+        entries = [entry.to_json() for entry in files]
+        data = json.dumps(entries, separators=_SEPARATORS).encode("ascii")
+        # '{"path":' starts each entry, and only there (see the module's doc).
+        offsets = array("Q", (match.start() for match in _ENTRY_START.finditer(data)))
+        offsets.append(len(data))
+        return cls(generation, data, offsets)
 
     @classmethod
     def validated(cls, body: bytes) -> MemberListing:
@@ -132,34 +129,16 @@ def _json_string(text: str) -> bytes:
     return json.dumps(text).encode("ascii")
 
 
-# -- the checking child: body on stdin, the canonical form (or the problem) out ------
+# -- the checking child: body on stdin, the kept form (or the problem) out ------------
 
 
-def child_output(listing: MemberListing) -> list[bytes]:
+def child_output(listing: MemberListing) -> list[bytes | bytearray]:
     """``GENERATION COUNT\\n``, the offsets (little-endian u64), then the data."""
     offsets = array("Q", listing.offsets)
     if sys.byteorder != "little":
         offsets.byteswap()
     header = f"{listing.generation} {len(listing)}\n".encode("ascii")
     return [header, offsets.tobytes(), listing.data]
-
-
-def from_child_output(output: bytes) -> MemberListing:
-    """What ``child_output`` wrote, checked for shape; ChildOutputError otherwise."""
-    header, newline, rest = output.partition(b"\n")
-    words = header.split()
-    if not newline or len(words) != 2 or not all(word.isdigit() for word in words):
-        raise ChildOutputError("no header line")
-    generation, count = int(words[0]), int(words[1])
-    size = 8 * (count + 1)
-    offsets = array("Q")
-    offsets.frombytes(rest[:size])
-    if sys.byteorder != "little":
-        offsets.byteswap()
-    data = rest[size:]
-    if len(offsets) != count + 1 or offsets[-1] != len(data) or data[:1] != b"[":
-        raise ChildOutputError("offsets that do not fit the data")
-    return MemberListing(generation, data, offsets)
 
 
 def main() -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
@@ -18,17 +17,13 @@ import trio
 from pydantic import ValidationError
 
 from p2pcommon.httpclient import ClientConnection, Head, HttpClientError
+from p2pcommon.memory import release_free_memory
 from p2pcommon.models import Member, split_host_port, validation_reason
 from p2pcommon.service import one_line
 from p2pd.bodypump import DIRECT_MIN, DirectBody
 from p2pd.identity import Identity
-from p2pd.listing import (
-    IN_THREAD_MAX,
-    INVALID_STATUS,
-    ChildOutputError,
-    MemberListing,
-    from_child_output,
-)
+from p2pd.listing import IN_THREAD_MAX, MemberListing
+from p2pd.listing_child import ChildOutputError, InvalidBody, check_in_child
 from p2pd.reach import unreachable_message
 from p2pd.tls import PeerMismatch, client_context, presented_id
 from p2pd.tlsstream import BatchedTLSStream
@@ -204,7 +199,7 @@ class PeerPool:
 
     @property
     def cached_bytes(self) -> int:
-        """Memory the kept listings hold (at most LISTING_CACHE_BUDGET)."""
+        """Memory the kept listings hold: within LISTING_CACHE_BUDGET, or the newest alone."""
         return self._listings_bytes
 
     async def acquire(self, member: Member) -> tuple[PeerConnection, bool]:
@@ -285,8 +280,14 @@ class PeerPool:
         if head.status != 200:
             text = one_line(body[:200].decode("utf-8", "replace"), 200)
             raise PeerRefused(head.status, f"{member.name} answered {head.status}: {text}")
+        large = len(body) > IN_THREAD_MAX
         listing = await self._checked(member, body)
+        del body
         self._keep(member.id, head.headers.get("etag"), listing)
+        if large:
+            # Tens of MiB freed in pieces (the body, a listing the budget let
+            # go): glibc would keep them as the daemon's for as long as it runs.
+            release_free_memory()
         return listing
 
     async def _checked(self, member: Member, body: bytes) -> MemberListing:
@@ -304,52 +305,38 @@ class PeerPool:
                     f"{member.name} sent an invalid listing: {validation_reason(exc)}"
                 ) from None
         size = f"{len(body) / 2**20:.0f} MiB"
-        result = None
+        listing = None
         with trio.move_on_after(CHECK_TIMEOUT):
             async with self._checks:
-                result = await trio.run_process(
-                    [sys.executable, "-m", "p2pd.listing"],
-                    stdin=body,
-                    capture_stdout=True,
-                    capture_stderr=True,
-                    check=False,
-                )
-        if result is None:
+                try:
+                    listing = await check_in_child(body)
+                except InvalidBody as exc:
+                    raise InvalidListing(f"{member.name} sent an invalid listing: {exc}") from None
+                except ChildOutputError as exc:
+                    log.warning("checking %s's listing (%s) failed: %s", member.name, size, exc)
+                    raise PeerUnreachable(
+                        f"{member.name}'s listing ({size}) could not be checked: the checking "
+                        "process failed (see the log)"
+                    ) from None
+        if listing is None:
             raise PeerUnreachable(
                 f"{member.name}'s listing ({size}) could not be checked within "
                 f"{CHECK_TIMEOUT:g} s: this host is busy; try again later"
             )
-        problem = one_line(result.stderr.decode("utf-8", "replace"), 300)
-        if result.returncode == INVALID_STATUS:
-            raise InvalidListing(f"{member.name} sent an invalid listing: {problem}")
-        try:
-            if result.returncode == 0:
-                return from_child_output(result.stdout)
-        except ChildOutputError as exc:
-            problem = str(exc)
-        log.warning(
-            "checking %s's listing (%s) failed: status %s: %s",
-            member.name,
-            size,
-            result.returncode,
-            problem,
-        )
-        raise PeerUnreachable(
-            f"{member.name}'s listing ({size}) could not be checked: the checking process "
-            f"ended with status {result.returncode} (see the log)"
-        )
+        return listing
 
     def _keep(self, member_id: str, etag: str | None, listing: MemberListing) -> None:
         """Keep the listing for If-None-Match, within MAX_CACHED_LISTINGS and the budget:
-        the least recently used go first; one larger than the budget is not kept."""
+        the least recently used go first.  The newest is kept even alone over the
+        budget (a listing is at most MAX_LISTING): asked again, it is a 304."""
         old = self._listings.pop(member_id, None)
         if old is not None:
             self._listings_bytes -= old[1].nbytes
-        if not etag or listing.nbytes > LISTING_CACHE_BUDGET:
+        if not etag:
             return
         self._listings[member_id] = (etag, listing)
         self._listings_bytes += listing.nbytes
-        while (
+        while len(self._listings) > 1 and (
             len(self._listings) > MAX_CACHED_LISTINGS or self._listings_bytes > LISTING_CACHE_BUDGET
         ):
             _, (_, evicted) = self._listings.popitem(last=False)
