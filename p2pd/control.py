@@ -29,6 +29,8 @@ from p2pd.jsonrpc import RpcError
 log = logging.getLogger("p2pd.control")
 
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
+#: A part of an answer line: encoded here, or JSON kept elsewhere (jsonrpc.RawJson).
+Piece = bytes | bytearray | memoryview
 Method = Callable[[dict[str, Any], Notify], Awaitable[Any]]
 MAX_CONNECTIONS = 64
 #: Seconds a client may stay connected without sending a call.
@@ -172,37 +174,42 @@ class ControlServer:
 
         if isinstance(parsed, jsonrpc.Call):
             answer = await self._dispatch(parsed, notify, jsonrpc.MAX_ANSWER)
-            return b"" if answer is None else answer + b"\n"
+            return b"" if answer is None else b"".join([*answer, b"\n"])
         # A batch: its calls run one after another, as calls on a connection
         # do; its answers go back together, in one array, only for calls with
         # an id (and for items that were not calls at all).  They share one
         # line, and so one budget: a call whose answer would pass what is left
         # of it (minus the room kept for the short errors of the calls after
         # it) gets the error "answer too large" instead.
-        answers: list[bytes] = []
+        pieces: list[Piece] = [b"["]
         left = jsonrpc.MAX_ANSWER - 2
         kept = sum(_room(item) for item in parsed)
         for item in parsed:
             kept -= _room(item)
             if isinstance(item, RpcError):
                 error = jsonrpc.error_message(item.call_id, item.code, item.message)
-                encoded: bytes | None = jsonrpc.compact(error)
+                encoded: list[Piece] | None = [jsonrpc.compact(error)]
             else:
                 encoded = await self._dispatch(item, notify, left - kept)
             if encoded is not None:
-                answers.append(encoded)
-                left -= len(encoded) + 1
+                if len(pieces) > 1:
+                    pieces.append(b",")
+                pieces += encoded
+                left -= sum(map(len, encoded)) + 1
         # A batch of notifications only is owed no answer at all, not "[]".
-        return b"[" + b",".join(answers) + b"]\n" if answers else b""
+        return b"".join([*pieces, b"]\n"]) if len(pieces) > 1 else b""
 
-    async def _dispatch(self, call: jsonrpc.Call, notify: Notify, budget: int) -> bytes | None:
-        """The encoded answer to one call, within ``budget`` bytes; None for a notification."""
+    async def _dispatch(
+        self, call: jsonrpc.Call, notify: Notify, budget: int
+    ) -> list[Piece] | None:
+        """The encoded answer to one call, in pieces, within ``budget`` bytes; None for a
+        notification.  Pieces, so that a batch's line is joined once, not twice."""
         method = self._methods.get(call.method)
         if method is None:
             error = jsonrpc.error_message(
                 call.id, jsonrpc.METHOD_NOT_FOUND, f"no method {call.method[:100]!r}"
             )
-            return None if call.notification else jsonrpc.compact(error)
+            return None if call.notification else [jsonrpc.compact(error)]
         try:
             value = await method(call.params, notify)
             if call.notification:
@@ -222,7 +229,7 @@ class ControlServer:
         if call.notification:
             return None
         encoded = jsonrpc.compact(answer)
-        return encoded if len(encoded) <= budget else _too_large(call)
+        return [encoded if len(encoded) <= budget else _too_large(call)]
 
 
 #: Room kept in a batch's line for each call's error answer, besides its id.
@@ -243,15 +250,15 @@ def _too_large(call: jsonrpc.Call) -> bytes:
     return jsonrpc.compact(jsonrpc.error_message(call.id, jsonrpc.INTERNAL_ERROR, message))
 
 
-async def _encoded(call: jsonrpc.Call, value: Any, budget: int) -> bytes:
+async def _encoded(call: jsonrpc.Call, value: Any, budget: int) -> list[Piece]:
     """The result's answer, encoded a slice at a time with the event loop running
     in between; "answer too large" instead as soon as it passes ``budget``."""
-    pieces: list[bytes | bytearray | memoryview] = []
+    pieces: list[Piece] = []
     size = 0
     for piece in jsonrpc.result_pieces(call.id, value):
         size += len(piece)
         if size > budget:
-            return _too_large(call)
+            return [_too_large(call)]
         pieces.append(piece)
         await trio.lowlevel.checkpoint()
-    return b"".join(pieces)
+    return pieces
