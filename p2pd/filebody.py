@@ -144,7 +144,7 @@ class FileBody:
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise unwrap_group(group) from None
-        if self._cut is not None:
+        if self._cut is not None and self._remaining > 0:
             raise trio.BrokenResourceError(self._cut)
         self._server.stats.served_files += 1
         return True
