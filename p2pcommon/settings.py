@@ -196,16 +196,15 @@ def load_settings(
     data: dict[str, Any] = {}
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         if chosen:
             raise ConfigError(f"config file {path} does not exist") from None
         path_used: Path | None = None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {_reason(exc)}") from None
     else:
+        data = _parse_toml(path, raw)
         path_used = path
     if path_used is not None:
         data = _paths_from(path_used.absolute().parent, cls, data)
@@ -214,6 +213,36 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigError(_describe(exc, cls, path_used)) from None
     return settings, path_used
+
+
+#: A config file is a few kilobytes; one larger than this is not a config file.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def _parse_toml(path: Path, raw: bytes) -> dict[str, Any]:
+    """The TOML document in ``raw`` (the file ``path``); ConfigError naming what is wrong.
+
+    TOML is UTF-8 by definition: any other encoding (a file saved as Latin-1,
+    a stray byte) is said with the byte and where it is, not as a traceback.
+    """
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: is it the config file?"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        shown = path.absolute()
+        raise ConfigError(
+            f"{shown} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}, "
+            f"line {line}): TOML is UTF-8, save the file as UTF-8 (from Latin-1: "
+            f"iconv -f latin1 -t utf-8 {shown} > {shown}.new, then move it into place)"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 def _paths_from(folder: Path, cls: type[SharedSettings], data: dict[str, Any]) -> dict[str, Any]:

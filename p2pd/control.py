@@ -29,6 +29,8 @@ from p2pd.jsonrpc import RpcError
 log = logging.getLogger("p2pd.control")
 
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
+#: A part of an answer line: encoded here, or JSON kept elsewhere (jsonrpc.RawJson).
+Piece = bytes | bytearray | memoryview
 Method = Callable[[dict[str, Any], Notify], Awaitable[Any]]
 MAX_CONNECTIONS = 64
 #: Seconds a client may stay connected without sending a call.
@@ -171,30 +173,48 @@ class ControlServer:
             await _send(stream, jsonrpc.notification(name, params))
 
         if isinstance(parsed, jsonrpc.Call):
-            answer = await self._dispatch(parsed, notify)
-            return b"" if answer is None else jsonrpc.encode(answer)
+            answer = await self._dispatch(parsed, notify, jsonrpc.MAX_ANSWER)
+            return b"" if answer is None else b"".join([*answer, b"\n"])
         # A batch: its calls run one after another, as calls on a connection
         # do; its answers go back together, in one array, only for calls with
-        # an id (and for items that were not calls at all).
-        answers: list[dict[str, Any]] = []
+        # an id (and for items that were not calls at all).  They share one
+        # line, and so one budget: a call whose answer would pass what is left
+        # of it (minus the room kept for the short errors of the calls after
+        # it) gets the error "answer too large" instead.
+        pieces: list[Piece] = [b"["]
+        left = jsonrpc.MAX_ANSWER - 2
+        kept = sum(_room(item) for item in parsed)
         for item in parsed:
+            kept -= _room(item)
             if isinstance(item, RpcError):
-                answers.append(jsonrpc.error_message(item.call_id, item.code, item.message))
-            elif (answer := await self._dispatch(item, notify)) is not None:
-                answers.append(answer)
+                error = jsonrpc.error_message(item.call_id, item.code, item.message)
+                encoded: list[Piece] | None = [jsonrpc.compact(error)]
+            else:
+                encoded = await self._dispatch(item, notify, left - kept)
+            if encoded is not None:
+                if len(pieces) > 1:
+                    pieces.append(b",")
+                pieces += encoded
+                left -= sum(map(len, encoded)) + 1
         # A batch of notifications only is owed no answer at all, not "[]".
-        return jsonrpc.encode(answers) if answers else b""
+        return b"".join([*pieces, b"]\n"]) if len(pieces) > 1 else b""
 
-    async def _dispatch(self, call: jsonrpc.Call, notify: Notify) -> dict[str, Any] | None:
-        """The answer to one call, or None for a notification."""
+    async def _dispatch(
+        self, call: jsonrpc.Call, notify: Notify, budget: int
+    ) -> list[Piece] | None:
+        """The encoded answer to one call, in pieces, within ``budget`` bytes; None for a
+        notification.  Pieces, so that a batch's line is joined once, not twice."""
         method = self._methods.get(call.method)
         if method is None:
             error = jsonrpc.error_message(
-                call.id, jsonrpc.METHOD_NOT_FOUND, f"no method {call.method!r}"
+                call.id, jsonrpc.METHOD_NOT_FOUND, f"no method {call.method[:100]!r}"
             )
-            return None if call.notification else error
+            return None if call.notification else [jsonrpc.compact(error)]
         try:
             value = await method(call.params, notify)
+            if call.notification:
+                return None
+            return await _encoded(call, value, budget)
         except RpcError as exc:
             answer = jsonrpc.error_message(call.id, exc.code, exc.message, exc.data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
@@ -206,6 +226,39 @@ class ControlServer:
             answer = jsonrpc.error_message(
                 call.id, jsonrpc.INTERNAL_ERROR, "internal error: see the log"
             )
-        else:
-            answer = jsonrpc.result_message(call.id, value)
-        return None if call.notification else answer
+        if call.notification:
+            return None
+        encoded = jsonrpc.compact(answer)
+        return [encoded if len(encoded) <= budget else _too_large(call)]
+
+
+#: Room kept in a batch's line for each call's error answer, besides its id.
+ERROR_ROOM = 512
+
+
+def _room(item: jsonrpc.Call | RpcError) -> int:
+    call_id = item.call_id if isinstance(item, RpcError) else item.id
+    return ERROR_ROOM + len(jsonrpc.compact(call_id))
+
+
+def _too_large(call: jsonrpc.Call) -> bytes:
+    limit = jsonrpc.MAX_ANSWER // 2**20
+    message = (
+        f"answer too large: {call.method[:40]!r} would pass the {limit} MiB that one answer "
+        "line holds (a batch's answers share it): ask for it in a call of its own"
+    )
+    return jsonrpc.compact(jsonrpc.error_message(call.id, jsonrpc.INTERNAL_ERROR, message))
+
+
+async def _encoded(call: jsonrpc.Call, value: Any, budget: int) -> list[Piece]:
+    """The result's answer, encoded a slice at a time with the event loop running
+    in between; "answer too large" instead as soon as it passes ``budget``."""
+    pieces: list[Piece] = []
+    size = 0
+    for piece in jsonrpc.result_pieces(call.id, value):
+        size += len(piece)
+        if size > budget:
+            return [_too_large(call)]
+        pieces.append(piece)
+        await trio.lowlevel.checkpoint()
+    return pieces

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,14 @@ MAX_DEPTH = 32
 #: Calls in one batch: a line of a million tiny invalid calls must not become
 #: a million error answers held in memory at once.
 MAX_BATCH = 100
+#: The longest answer line, a batch's answers together: past it a call's result
+#: is replaced by an "answer too large" error (a batch of 100 listings of a
+#: large share must not become a GiB in memory).
+MAX_ANSWER = 64 * 1024 * 1024
+#: Items of a list result encoded at a time: between them the event loop runs.
+ENCODE_SLICE = 2000
 _OPENERS = re.compile(rb"[\[{]")
+_COMPACT = (",", ":")
 
 
 class RpcError(Exception):
@@ -73,11 +81,46 @@ class Call:
 Batch = list[Call | RpcError]
 
 
+@dataclass(frozen=True)
+class RawJson:
+    """A result that is JSON already (compact, non-ASCII escaped), sent as it is:
+    e.g. a listing kept as bytes, which would otherwise be decoded to be encoded."""
+
+    data: bytes | bytearray | memoryview
+
+
 def encode(message: dict[str, Any] | list[dict[str, Any]]) -> bytes:
     """One answer (or a batch's list of answers) as one line."""
+    return compact(message) + b"\n"
+
+
+def compact(value: Any) -> bytes:
     # ASCII escapes: any str, even one holding a lone surrogate from a strange
     # file name, encodes; every JSON reader decodes it back.
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(value, separators=_COMPACT).encode()
+
+
+def result_pieces(
+    call_id: int | str | None, value: Any
+) -> Iterator[bytes | bytearray | memoryview]:
+    """The answer ``result_message`` would encode, in pieces of bounded work each.
+
+    A long list goes ENCODE_SLICE items at a time and RawJson as it is, so that
+    whoever joins the pieces can let the event loop run between them and stop
+    once they pass a budget, instead of building a huge answer in one call.
+    """
+    yield b'{"jsonrpc":"2.0","id":' + compact(call_id) + b',"result":'
+    if isinstance(value, RawJson):
+        yield value.data
+    elif isinstance(value, list) and len(value) > ENCODE_SLICE:
+        yield b"["
+        for start in range(0, len(value), ENCODE_SLICE):
+            items = compact(value[start : start + ENCODE_SLICE])[1:-1]
+            yield b"," + items if start else items
+        yield b"]"
+    else:
+        yield compact(value)
+    yield b"}"
 
 
 def result_message(call_id: int | str | None, value: Any) -> dict[str, Any]:

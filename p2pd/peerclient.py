@@ -7,6 +7,7 @@ id (docs/protocol.md §1).  Addresses are tried in the order the registry lists 
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -16,13 +17,18 @@ import trio
 from pydantic import ValidationError
 
 from p2pcommon.httpclient import ClientConnection, Head, HttpClientError
-from p2pcommon.models import Listing, Member, split_host_port, validation_reason
+from p2pcommon.memory import release_free_memory
+from p2pcommon.models import Member, split_host_port, validation_reason
 from p2pcommon.service import one_line
 from p2pd.bodypump import DIRECT_MIN, DirectBody
 from p2pd.identity import Identity
+from p2pd.listing import IN_THREAD_MAX, MemberListing
+from p2pd.listing_child import ChildOutputError, InvalidBody, check_in_child
 from p2pd.reach import unreachable_message
 from p2pd.tls import PeerMismatch, client_context, presented_id
 from p2pd.tlsstream import BatchedTLSStream
+
+log = logging.getLogger("p2pd.peerclient")
 
 CONNECT_TIMEOUT = 5.0
 #: Seconds a member may stay silent while we wait for bytes, or stop reading ours.
@@ -33,8 +39,15 @@ LISTING_TIMEOUT = 30.0
 RECEIVE_SIZE = 256 * 1024
 #: A listing of ~400 000 files; more is refused rather than held in memory.
 MAX_LISTING = 64 * 1024 * 1024
-#: Listings kept for revalidation by ETag (the members used most recently).
+#: Listings kept for revalidation by ETag (the members used most recently), and
+#: the memory they may take together (p2pd.listing: about the size of each body).
 MAX_CACHED_LISTINGS = 32
+LISTING_CACHE_BUDGET = 64 * 1024 * 1024
+#: Seconds to check a large listing (a child process; ~3 s for 64 MiB), waiting
+#: for one included; and how many such children run at once (each holds a
+#: parse of several times the body's size for those seconds).
+CHECK_TIMEOUT = 60.0
+CHECKS_AT_ONCE = 1
 #: Client contexts kept (the members connected to most recently): each holds our key.
 MAX_CLIENT_CONTEXTS = 64
 
@@ -157,8 +170,10 @@ class PeerPool:
         self._identity = identity
         self._max_idle = max_idle_per_member
         self._idle: dict[str, list[PeerConnection]] = {}
-        # The most recently used members' listings, for If-None-Match.
-        self._listings: OrderedDict[str, tuple[str, Listing]] = OrderedDict()
+        # The most recently used members' listings, for If-None-Match, within a budget.
+        self._listings: OrderedDict[str, tuple[str, MemberListing]] = OrderedDict()
+        self._listings_bytes = 0
+        self._checks = trio.CapacityLimiter(CHECKS_AT_ONCE)
         # Building a context loads our key and the member's certificate: do it once
         # per member used lately, not for every member there ever was.
         self._contexts: OrderedDict[str, ssl.SSLContext] = OrderedDict()
@@ -178,9 +193,14 @@ class PeerPool:
         self._contexts.move_to_end(member.cert)
         return PeerConnection.open(self._identity, member, context)
 
-    def cached_listings(self) -> list[tuple[str, Listing]]:
+    def cached_listings(self) -> list[tuple[str, MemberListing]]:
         """(member id, listing) for every listing kept, most recently used last; no I/O."""
         return [(member_id, listing) for member_id, (_, listing) in self._listings.items()]
+
+    @property
+    def cached_bytes(self) -> int:
+        """Memory the kept listings hold: within LISTING_CACHE_BUDGET, or the newest alone."""
+        return self._listings_bytes
 
     async def acquire(self, member: Member) -> tuple[PeerConnection, bool]:
         """A connection to ``member`` and whether it was reused."""
@@ -225,7 +245,7 @@ class PeerPool:
             await connection.aclose()
             raise
 
-    async def listing(self, member: Member) -> Listing:
+    async def listing(self, member: Member) -> MemberListing:
         """GET /files from ``member``, validated, revalidated by ETag.
 
         PeerUnreachable if it does not answer in time, PeerRefused for an
@@ -260,21 +280,67 @@ class PeerPool:
         if head.status != 200:
             text = one_line(body[:200].decode("utf-8", "replace"), 200)
             raise PeerRefused(head.status, f"{member.name} answered {head.status}: {text}")
-        try:
-            # In a thread: tens of MiB of JSON take seconds to check, and the
-            # loop (other members, the control socket, the watchdog) goes on.
-            listing = await trio.to_thread.run_sync(Listing.model_validate_json, body)
-        except ValidationError as exc:
-            raise InvalidListing(
-                f"{member.name} sent an invalid listing: {validation_reason(exc)}"
-            ) from None
-        etag = head.headers.get("etag")
-        if etag:
-            self._listings[member.id] = (etag, listing)
-            self._listings.move_to_end(member.id)
-            while len(self._listings) > MAX_CACHED_LISTINGS:
-                self._listings.popitem(last=False)
+        large = len(body) > IN_THREAD_MAX
+        listing = await self._checked(member, body)
+        del body
+        self._keep(member.id, head.headers.get("etag"), listing)
+        if large:
+            # Tens of MiB freed in pieces (the body, a listing the budget let
+            # go): glibc would keep them as the daemon's for as long as it runs.
+            release_free_memory()
         return listing
+
+    async def _checked(self, member: Member, body: bytes) -> MemberListing:
+        """The body as a valid listing (docs/protocol.md §4.2), checked off the event loop.
+
+        A small body in a worker thread; a large one in a child process:
+        pydantic holds the interpreter's lock for the whole parse, seconds for
+        tens of MiB, which in a thread would stall the loop all the same.
+        """
+        if len(body) <= IN_THREAD_MAX:
+            try:
+                return await trio.to_thread.run_sync(MemberListing.validated, body)
+            except ValidationError as exc:
+                raise InvalidListing(
+                    f"{member.name} sent an invalid listing: {validation_reason(exc)}"
+                ) from None
+        size = f"{len(body) / 2**20:.0f} MiB"
+        listing = None
+        with trio.move_on_after(CHECK_TIMEOUT):
+            async with self._checks:
+                try:
+                    listing = await check_in_child(body)
+                except InvalidBody as exc:
+                    raise InvalidListing(f"{member.name} sent an invalid listing: {exc}") from None
+                except ChildOutputError as exc:
+                    log.warning("checking %s's listing (%s) failed: %s", member.name, size, exc)
+                    raise PeerUnreachable(
+                        f"{member.name}'s listing ({size}) could not be checked: the checking "
+                        "process failed (see the log)"
+                    ) from None
+        if listing is None:
+            raise PeerUnreachable(
+                f"{member.name}'s listing ({size}) could not be checked within "
+                f"{CHECK_TIMEOUT:g} s: this host is busy; try again later"
+            )
+        return listing
+
+    def _keep(self, member_id: str, etag: str | None, listing: MemberListing) -> None:
+        """Keep the listing for If-None-Match, within MAX_CACHED_LISTINGS and the budget:
+        the least recently used go first.  The newest is kept even alone over the
+        budget (a listing is at most MAX_LISTING): asked again, it is a 304."""
+        old = self._listings.pop(member_id, None)
+        if old is not None:
+            self._listings_bytes -= old[1].nbytes
+        if not etag:
+            return
+        self._listings[member_id] = (etag, listing)
+        self._listings_bytes += listing.nbytes
+        while len(self._listings) > 1 and (
+            len(self._listings) > MAX_CACHED_LISTINGS or self._listings_bytes > LISTING_CACHE_BUDGET
+        ):
+            _, (_, evicted) = self._listings.popitem(last=False)
+            self._listings_bytes -= evicted.nbytes
 
     async def aclose(self) -> None:
         for connections in self._idle.values():

@@ -12,12 +12,11 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
@@ -28,7 +27,7 @@ from p2pcommon.httpserver import (
     Response,
     error_response,
 )
-from p2pd.bodypump import DIRECT_MIN, BodyCut, raw_tls, send_direct
+from p2pd.filebody import NO_BODY, FileBody
 from p2pd.filehttp import (
     FILES_PREFIX,
     BadTarget,
@@ -46,18 +45,26 @@ from p2pd.ratelimit import TokenBucket
 from p2pd.safeopen import FileChanged
 from p2pd.share import Share
 from p2pd.tls import PeerMismatch, ServerContexts, presented_id, refuse_handshake
+from p2pd.uploads import BUSY, MIN_UPLOAD_RATE, PACE_WINDOW, UploadPace, UploadSlots
 
 log = logging.getLogger("p2pd.server")
 
-CHUNK = 1024 * 1024
 #: Bodies up to this size are read when the file is opened (in the same worker thread).
 READ_AHEAD = 256 * 1024
-#: Bodies sent by worker threads go in segments of this size: between
-#: segments, a rate limit set meanwhile takes effect.
-DIRECT_SEGMENT = 64 * 1024 * 1024
 #: Seconds a request waits for an upload slot before 503.
 SLOT_WAIT = 2.0
 HANDSHAKE_TIMEOUT = 10.0
+#: Listing entries encoded at a time (~3 ms) before the event loop runs again.
+LISTING_SLICE = 2000
+
+
+@dataclass(frozen=True)
+class ListingBody:
+    """The encoded listing of one generation; ``files_at``: where its array starts."""
+
+    generation: int
+    body: bytes
+    files_at: int
 
 
 @dataclass
@@ -81,6 +88,8 @@ class PeerServer:
         upload_slots: int,
         rate_limit: int,
         limits: Limits | None = None,
+        min_upload_rate: int = MIN_UPLOAD_RATE,
+        pace_window: float = PACE_WINDOW,
     ) -> None:
         self._share = share
         self._members = members
@@ -88,12 +97,16 @@ class PeerServer:
         # The trust store follows the member list by its changes, from what it holds now.
         contexts.apply(members.unordered(), ())
         members.add_listener(contexts.apply)
-        self._slots = trio.Semaphore(upload_slots)
+        self.slots = UploadSlots(upload_slots)
         self.upload_slots = upload_slots
+        #: The pace floor (p2pd/uploads.py): bytes/s over ``pace_window`` seconds; 0: none.
+        self.min_upload_rate = min_upload_rate
+        self.pace_window = pace_window
         self.bucket = TokenBucket(rate_limit) if rate_limit else None
         self.stats = UploadStats()
         self.http = HttpServer(self.handle, limits or Limits(max_body_bytes=0), admit=self._admit)
-        self._listing_cache: tuple[int, bytes] | None = None
+        self._listing_cache: ListingBody | None = None
+        self._listing_lock = trio.Lock()
         # Listed generation = this start's time in µs + the index's changes.
         # The index counts from 0 on each start: alone, a restarted member
         # would reuse "1", "2", … for other listings, and a cached listing
@@ -145,7 +158,7 @@ class PeerServer:
             )
         path = request.path
         if path == "/files":
-            return self._listing(request)
+            return await self._listing(request)
         if not path.startswith(FILES_PREFIX):
             return error_response(404, "not found", "the routes are /files and /files/<path>")
         try:
@@ -159,23 +172,63 @@ class PeerServer:
             return error_response(404, "not found", "no such file in this share")
         return await self._file(request, entry)
 
-    def release_slot(self) -> None:
-        self._slots.release()
+    def release_slot(self, member: str) -> None:
+        self.slots.release(member)
 
-    def _listing(self, request: Request) -> Response:
+    def too_slow(self, pace: UploadPace, now: float) -> str | None:
+        """Why an upload is ended for its pace now (p2pd/uploads.py), or None."""
+        if self.min_upload_rate <= 0 or not self.slots.contended(now, self.pace_window):
+            return None
+        rate = pace.rate(now)
+        if rate is None or rate >= self.min_upload_rate:
+            return None
+        return (
+            f"it read {rate / 1024:.1f} KiB/s over the last {self.pace_window:g} s, under the "
+            f"{self.min_upload_rate / 1024:g} KiB/s an upload must keep while others wait "
+            "for a slot"
+        )
+
+    async def _listing(self, request: Request) -> Response:
         self.stats.listings_served += 1
-        generation = self.generation
-        etag = f'"{generation}"'
+        etag = f'"{self.generation}"'
         if none_match(request.header(b"if-none-match"), etag):
             return Response(304, headers=[("ETag", etag)])
-        cached = self._listing_cache
-        if cached is None or cached[0] != generation:
-            files = [entry.to_json() for entry in self._share.index.listing()]
-            body = json.dumps(
-                {"generation": generation, "files": files}, separators=(",", ":")
-            ).encode()
-            cached = self._listing_cache = (generation, body)
-        return Response(200, cached[1], [("Content-Type", "application/json"), ("ETag", etag)])
+        cached = await self._listing_body()
+        etag = f'"{cached.generation}"'  # the one built: the share may have changed meanwhile
+        return Response(200, cached.body, [("Content-Type", "application/json"), ("ETag", etag)])
+
+    async def listing_files_json(self) -> memoryview:
+        """The listing's "files" array as JSON: what `p2pctl shared` shows (no copy)."""
+        cached = await self._listing_body()
+        return memoryview(cached.body)[cached.files_at : -1]
+
+    async def _listing_body(self) -> ListingBody:
+        """``GET /files``'s body for the current generation, built once per generation.
+
+        Built LISTING_SLICE entries at a time with the event loop running in
+        between: a share of a million files takes a second or more to encode,
+        and a stalled loop is a daemon the watchdog kills.  One build at a
+        time; those who ask meanwhile wait for it.
+        """
+        async with self._listing_lock:
+            generation = self.generation
+            cached = self._listing_cache
+            if cached is not None and cached.generation == generation:
+                return cached
+            # The index's sorted list is replaced on change, never modified: it
+            # stays the listing of ``generation`` while this runs.
+            entries = self._share.index.listing()
+            head = b'{"generation":%d,"files":' % generation
+            pieces = [head, b"["]
+            for start in range(0, len(entries), LISTING_SLICE):
+                chunk = [entry.to_json() for entry in entries[start : start + LISTING_SLICE]]
+                encoded = json.dumps(chunk, separators=(",", ":")).encode()[1:-1]
+                pieces.append(b"," + encoded if start else encoded)
+                await trio.lowlevel.checkpoint()
+            pieces.append(b"]}")
+            cached = ListingBody(generation, b"".join(pieces), len(head))
+            self._listing_cache = cached
+            return cached
 
     async def _file(self, request: Request, entry: FileEntry) -> Response:
         etag = file_etag(entry.sha256)
@@ -211,15 +264,10 @@ class PeerServer:
         headers.insert(0, ("Content-Type", "application/octet-stream"))
         if request.method == "HEAD":
             return await self._head(entry, status, headers, length)
-        acquired = False
-        with trio.move_on_after(SLOT_WAIT):
-            await self._slots.acquire()
-            acquired = True
-        if not acquired:
-            self.stats.refused_busy += 1
-            return error_response(
-                503, "busy", "all upload slots are in use; retry shortly", [("Retry-After", "5")]
-            )
+        member = request.client_id or request.client_host
+        refusal = await self.slots.acquire(member, SLOT_WAIT)
+        if refusal is not None:
+            return self._busy(refusal, member)
         # A small body is read by the thread that opens the file: one hop, and the
         # HTTP layer sends it with the head in one write.
         ahead = length if length <= READ_AHEAD else 0
@@ -228,15 +276,31 @@ class PeerServer:
                 self._share.open_and_read, entry, first, ahead
             )
         except OSError as exc:
-            self._slots.release()
+            self.slots.release(member)
             return self._open_failed(entry, exc)
         except BaseException:
-            self._slots.release()
+            self.slots.release(member)
             raise
-        body = FileBody(self, handle, first, length, ready)
+        body = FileBody(self, member, handle, first, length, ready, what=entry.path)
         if body.direct:
             headers.append(("Connection", "close"))
         return Response(status, headers=headers, stream=body, length=length)
+
+    def _busy(self, refusal: str, member: str) -> Response:
+        """503, saying whether every slot is taken or only those this member may have."""
+        slots = self.slots
+        if refusal == BUSY:
+            self.stats.refused_busy += 1
+            message = f"all {slots.total} upload slots are in use; retry shortly"
+        else:
+            self.stats.refused[refusal] += 1
+            message = (
+                f"this member has {slots.held_by(member)} of the {slots.total} upload slots, "
+                f"and the free ones are kept for other members (one member may hold "
+                f"{slots.member_share} while others may want them); retry when one of its "
+                "uploads ends"
+            )
+        return error_response(503, refusal, message, [("Retry-After", "5")])
 
     async def _head(
         self, entry: FileEntry, status: int, headers: list[tuple[str, str]], length: int
@@ -275,110 +339,6 @@ class PeerServer:
             "the file cannot be read now; retry later",
             [("Retry-After", "5")],
         )
-
-
-class _NoBody:
-    """The empty body of a HEAD answer: its Content-Length is GET's, no byte follows."""
-
-    def __aiter__(self) -> _NoBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        raise StopAsyncIteration
-
-
-NO_BODY = _NoBody()
-
-
-class FileBody:
-    """The bytes of one upload; holds an upload slot and the open file until closed.
-
-    The HTTP layer calls ``aclose`` whether or not the body was sent, so the
-    slot is returned even when the client vanishes before the first byte.
-    """
-
-    def __init__(
-        self, server: PeerServer, handle: BinaryIO, offset: int, length: int, ready: bytes = b""
-    ) -> None:
-        self._server = server
-        #: Bytes from ``offset`` read already (the whole body of a small file).
-        self._ready = ready
-        #: The whole body is in memory: the HTTP layer may send it with the head.
-        self.in_memory = 0 < len(ready) == length
-        self._handle = handle
-        self._offset = offset
-        self._remaining = length
-        self._closed = False
-        #: Sent by worker threads (the answer then says Connection: close).
-        self.direct = length >= DIRECT_MIN
-        server.stats.active += 1
-
-    def __aiter__(self) -> FileBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._remaining <= 0:
-            self._server.stats.served_files += 1
-            raise StopAsyncIteration
-        size = min(CHUNK, self._remaining)
-        bucket = self._server.bucket
-        if bucket is not None:
-            await bucket.take(size)
-        if self._ready:
-            chunk, self._ready = self._ready, b""
-        else:
-            chunk = await trio.to_thread.run_sync(
-                os.pread, self._handle.fileno(), size, self._offset
-            )
-        if not chunk:
-            raise OSError(f"{self._handle.name} shrank while being served")
-        self._sent(len(chunk))
-        return chunk
-
-    async def send_itself(self, stream: trio.abc.Stream, stall_limit: float) -> bool:
-        """Send the whole body here, not through h11; False if it cannot (not a large
-        body over a TLS socket).
-
-        Segments go from worker threads (p2pd/bodypump.py) while no rate limit
-        applies; while one does, pieces paced by ``__anext__`` go on the stream
-        (a limit set meanwhile takes effect at the next segment).  The answer
-        said ``Connection: close``: h11 does not see these bytes.
-        """
-        tls = raw_tls(stream) if self.direct else None
-        if tls is None:
-            return False
-        while self._remaining > 0:
-            if self._server.bucket is None:
-                length = min(self._remaining, DIRECT_SEGMENT)
-                try:
-                    await send_direct(
-                        tls,
-                        self._handle.fileno(),
-                        self._offset,
-                        length,
-                        stall_limit=stall_limit,
-                        on_sent=self._sent,
-                    )
-                except BodyCut as exc:
-                    raise trio.BrokenResourceError(str(exc)) from None
-            else:
-                chunk = await self.__anext__()
-                with trio.fail_after(stall_limit):
-                    await stream.send_all(chunk)
-        self._server.stats.served_files += 1
-        return True
-
-    def _sent(self, count: int) -> None:
-        self._offset += count
-        self._remaining -= count
-        self._server.stats.served_bytes += count
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._server.stats.active -= 1
-            self._server.release_slot()
-            self._handle.close()
 
 
 def status_fields(server: PeerServer) -> dict[str, Any]:

@@ -18,11 +18,12 @@ import trio
 
 from p2pcommon import __version__
 from p2pcommon.boundary import failures
-from p2pcommon.models import Listing, Member, SharedFile
+from p2pcommon.models import Member, SharedFile
 from p2pd.control import Method, Notify
 from p2pd.downloads import UNRECORDED_KEPT, Downloads, Transfer
 from p2pd.history import History, HistoryUnavailable, Outcome
-from p2pd.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RpcError
+from p2pd.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
+from p2pd.listing import MemberListing
 from p2pd.members import Members, PeerLookupError
 from p2pd.options import PeerOptions
 from p2pd.peerclient import InvalidListing, PeerPool, PeerRefused, PeerUnreachable
@@ -115,7 +116,7 @@ class Rpc:
             for m in self.members.others()
         ]
 
-    async def rpc_ls(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
+    async def rpc_ls(self, params: dict[str, Any], notify: Notify) -> RawJson:
         peer = params.get("peer")
         if not isinstance(peer, str) or not peer:
             raise RpcError(INVALID_PARAMS, "ls needs params {'peer': NAME, ID or ID-PREFIX}")
@@ -123,10 +124,13 @@ class Rpc:
             _, listing = await self._files_of(peer)
         except FetchRefused as exc:
             raise exc.error from None
-        return [entry.to_json() for entry in listing.files]
+        # The kept listing is the answer's JSON already: nothing to build.
+        return RawJson(listing.data)
 
-    async def rpc_shared(self, params: dict[str, Any], notify: Notify) -> list[dict[str, object]]:
-        return [entry.to_json() for entry in self.share.index.listing()]
+    async def rpc_shared(self, params: dict[str, Any], notify: Notify) -> RawJson:
+        # The peer server's listing body, kept by generation: its "files" array
+        # is this answer, built once per change of the share, off the loop.
+        return RawJson(await self.server.listing_files_json())
 
     async def rpc_rescan(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
         try:
@@ -181,11 +185,9 @@ class Rpc:
         member, listing = await self._files_of(peer)
         known = {"peer_id": member.id, "peer_name": member.name}
         folder = wanted.endswith("/")
-        entries = [
-            f for f in listing.files if (f.path.startswith(wanted) if folder else f.path == wanted)
-        ]
+        entries = listing.under(wanted) if folder else listing.with_path(wanted)
         if not entries:
-            is_folder = not folder and any(f.path.startswith(wanted + "/") for f in listing.files)
+            is_folder = not folder and listing.has_under(wanted + "/")
             message = (
                 f"{path!r} is a folder: fetch `{wanted}/` to get all its files"
                 if is_folder
@@ -282,7 +284,7 @@ class Rpc:
             )
         return {"id": transfer_id, "cancelled": True}
 
-    async def _files_of(self, peer: str) -> tuple[Member, Listing]:
+    async def _files_of(self, peer: str) -> tuple[Member, MemberListing]:
         """The member PEER names and its listing, or FetchRefused saying why not."""
         member = self._resolve(peer)
         try:

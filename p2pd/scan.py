@@ -14,12 +14,10 @@ which says when to look again.  Runs in worker threads only.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import logging
 import os
-import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -29,6 +27,8 @@ from pathlib import Path
 from p2pcommon.boundary import describe
 from p2pcommon.paths import UnsafePath, check_relpath
 from p2pd import safeopen
+from p2pd.hashcache import FileKey
+from p2pd.hashcache import HashCache as HashCache
 from p2pd.index import FileEntry
 
 log = logging.getLogger("p2pd.share")
@@ -43,13 +43,6 @@ BATCH_SECONDS = 1.0
 MAX_SKIPPED_EXAMPLES = 20
 MAX_SKIPPED_REMEMBERED = 10_000
 MAX_SKIP_WARNINGS_PER_SCAN = 100
-
-
-@dataclass(frozen=True, slots=True)
-class _Stat:
-    size: int
-    mtime_ns: int
-    inode: int
 
 
 def printable(path: str) -> str:
@@ -120,7 +113,7 @@ class Skipped:
 
 
 #: Files held back by a scan: path → (what was seen, time.monotonic() since when unchanged).
-Seen = dict[str, tuple[_Stat, float]]
+Seen = dict[str, tuple[FileKey, float]]
 
 
 class Waiting:
@@ -160,7 +153,7 @@ class Waiting:
             self._hold(path, st, forced=True)
 
     def _hold(self, path: str, st: os.stat_result, *, forced: bool) -> bool:
-        key = _Stat(st.st_size, st.st_mtime_ns, st.st_ino)
+        key = FileKey(st.st_size, st.st_mtime_ns, st.st_ino)
         age = (time.time_ns() - st.st_mtime_ns) / 1e9
         now = time.monotonic()
         before = self._before.get(path)
@@ -172,158 +165,6 @@ class Waiting:
         due = now + max(0.0, self.stable_after - max(age, unchanged))
         self._due = due if self._due is None else min(self._due, due)
         return True
-
-
-class HashCache:
-    """sha256 by (path, size, mtime_ns, inode): in memory, kept in SQLite across restarts.
-
-    Used from one worker thread at a time.  SQLite's failures (the state
-    folder full or read-only, a corrupt file) are logged once and reported
-    in ``error``; the scan goes on with the hashes in memory, and the whole
-    cache is written again at the start of a later scan once SQLite works.
-    """
-
-    def __init__(
-        self,
-        db_path: Path,
-        *,
-        batch_files: int = BATCH_FILES,
-        batch_seconds: float = BATCH_SECONDS,
-    ) -> None:
-        self._db_path = db_path
-        self._batch_files = batch_files
-        self._batch_seconds = batch_seconds
-        self._known: dict[str, tuple[_Stat, str]] | None = None
-        self._pending: dict[str, tuple[_Stat, str]] = {}
-        self._last_commit = time.monotonic()
-        #: The disk copy is stale (a write failed): rewrite all of it when SQLite works again.
-        self._resync = False
-        self.error: str | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self._db_path, timeout=5.0)
-        try:
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, "
-                "mtime_ns INTEGER, inode INTEGER, sha256 TEXT)"
-            )
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
-    def _failed(self, exc: Exception) -> None:
-        self._resync = True
-        self._pending.clear()
-        text = describe(exc)
-        if getattr(exc, "sqlite_errorcode", None) in (
-            sqlite3.SQLITE_CORRUPT,
-            sqlite3.SQLITE_NOTADB,
-        ):
-            # Only a cache: set the damaged file aside (for a post-mortem), so
-            # that the next scan writes a new one.
-            aside = self._db_path.with_name(self._db_path.name + ".corrupt")
-            with contextlib.suppress(OSError):
-                os.replace(self._db_path, aside)
-                text += f"; moved to {aside.name}, a new cache is written at the next scan"
-        if self.error is None:
-            log.warning(
-                "the hash cache %s cannot be used (%s): going on without it; "
-                "hashes are kept in memory only, so a restart hashes every file again",
-                self._db_path,
-                text,
-            )
-        self.error = f"the hash cache {self._db_path} cannot be used ({text})"
-
-    def _recovered(self) -> None:
-        if self.error is not None:
-            log.info("the hash cache %s works again", self._db_path)
-        self.error = None
-        self._resync = False
-
-    def _load(self) -> dict[str, tuple[_Stat, str]]:
-        if self._known is None:
-            self._known = {}
-            try:
-                with contextlib.closing(self._connect()) as connection:
-                    rows = connection.execute(
-                        "SELECT path, size, mtime_ns, inode, sha256 FROM hashes"
-                    ).fetchall()
-            except (sqlite3.Error, OSError) as exc:
-                self._failed(exc)
-            else:
-                self._known = {
-                    r[0]: (_Stat(r[1], r[2], r[3]), r[4])
-                    for r in rows
-                    if isinstance(r[0], str) and isinstance(r[4], str) and len(r[4]) == 64
-                }
-        return self._known
-
-    def begin_scan(self) -> None:
-        """Load the cache, or write all of it again if SQLite failed before."""
-        if self._known is None:
-            self._load()
-        elif self._resync:
-            known = self._known
-            try:
-                with contextlib.closing(self._connect()) as connection, connection:
-                    connection.execute("DELETE FROM hashes")
-                    connection.executemany(
-                        "INSERT INTO hashes VALUES (?, ?, ?, ?, ?)",
-                        [(p, s.size, s.mtime_ns, s.inode, h) for p, (s, h) in known.items()],
-                    )
-            except (sqlite3.Error, OSError) as exc:
-                self._failed(exc)
-            else:
-                self._recovered()
-
-    def lookup(self, path: str, key: _Stat) -> str | None:
-        known = self._load().get(path)
-        return known[1] if known is not None and known[0] == key else None
-
-    def add(self, path: str, key: _Stat, sha: str) -> None:
-        """Record a hash; committed with others every ``batch_files`` or ``batch_seconds``."""
-        self._load()[path] = (key, sha)
-        if self._resync:
-            return
-        self._pending[path] = (key, sha)
-        if (
-            len(self._pending) >= self._batch_files
-            or time.monotonic() - self._last_commit >= self._batch_seconds
-        ):
-            self._commit([])
-
-    def flush(self) -> None:
-        """Commit the hashes not committed yet."""
-        if self._pending and not self._resync:
-            self._commit([])
-
-    def finish_scan(self, present: set[str]) -> None:
-        """Commit what is pending and forget the files that are gone."""
-        known = self._load()
-        gone = [p for p in known if p not in present]
-        for path in gone:
-            del known[path]
-            self._pending.pop(path, None)
-        if not self._resync and (self._pending or gone):
-            self._commit(gone)
-
-    def store(self, rows: list[tuple[str, _Stat, str]], present: set[str]) -> None:
-        """Record hashes and forget the files not in ``present``, in one go."""
-        for path, key, sha in rows:
-            self.add(path, key, sha)
-        self.finish_scan(present)
-
-    def _commit(self, gone: list[str]) -> None:
-        rows = [(p, s.size, s.mtime_ns, s.inode, h) for p, (s, h) in self._pending.items()]
-        self._pending.clear()
-        self._last_commit = time.monotonic()
-        try:
-            with contextlib.closing(self._connect()) as connection, connection:
-                connection.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)", rows)
-                connection.executemany("DELETE FROM hashes WHERE path = ?", [(p,) for p in gone])
-        except (sqlite3.Error, OSError) as exc:
-            self._failed(exc)
 
 
 @dataclass
@@ -444,7 +285,7 @@ def _visit(
     progress.files += 1
     if not waiting.ready(relative, st):
         return None  # perhaps still being written: not hashed, looked at again once stable
-    sha = cache.lookup(relative, _Stat(st.st_size, st.st_mtime_ns, st.st_ino))
+    sha = cache.lookup(relative, FileKey(st.st_size, st.st_mtime_ns, st.st_ino))
     if sha is None:
         try:
             fd = os.open(name, safeopen.FILE_FLAGS, dir_fd=dir_fd)
@@ -467,7 +308,7 @@ def _visit(
             log.debug("%s changed while being hashed; indexed once it settles", relative)
             waiting.hold(relative, st)
             return None
-        cache.add(relative, _Stat(st.st_size, st.st_mtime_ns, st.st_ino), sha)
+        cache.add(relative, FileKey(st.st_size, st.st_mtime_ns, st.st_ino), sha)
         progress.hashed += 1
         progress.hashed_bytes += st.st_size
     return FileEntry(

@@ -8,7 +8,7 @@ import random
 import trio
 
 from p2pcommon.boundary import failure_boundary
-from p2pcommon.models import Member, SharedFile
+from p2pcommon.models import Member
 from p2pd.history import Queued
 from p2pd.members import Members
 from p2pd.peerclient import InvalidListing, PeerPool, PeerRefused, PeerUnreachable
@@ -40,7 +40,7 @@ async def find_alternates(
         if member is None or member_id in known:
             continue
         known.add(member_id)
-        if (path := path_of(listing.files, queued.sha256, queued.size)) is not None:
+        if (path := listing.path_of(queued.sha256, queued.size)) is not None:
             found.append((member, path))
     others = [m for m in members.unordered() if m.id not in known]
     if len(others) > MAX_ALTERNATES_ASKED:
@@ -55,7 +55,7 @@ async def find_alternates(
                 except (PeerUnreachable, PeerRefused, InvalidListing) as exc:
                     log.info("transfer %s: no source: %s", queued.id, exc)
                     return
-                if (path := path_of(listing.files, queued.sha256, queued.size)) is not None:
+                if (path := listing.path_of(queued.sha256, queued.size)) is not None:
                     found.append((member, path))
 
     with trio.move_on_after(ALTERNATES_DEADLINE):
@@ -63,11 +63,3 @@ async def find_alternates(
             for member in others:
                 nursery.start_soon(ask, member)
     return found
-
-
-def path_of(files: list[SharedFile], sha256: str, size: int) -> str | None:
-    """The path of a listed file with these bytes, if the listing has one."""
-    for entry in files:
-        if entry.sha256 == sha256 and entry.size == size:
-            return entry.path
-    return None

@@ -356,3 +356,61 @@ async def test_a_client_going_away_is_not_a_failure_to_log_or_count(
         nursery.cancel_scope.cancel()
     assert dict(failures) == before
     assert [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")] == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [],
+        [{"path": f"é/{i}", "size": i} for i in range(jsonrpc.ENCODE_SLICE * 2 + 7)],
+        {"a": [1, 2]},
+        "text \udcff",
+        None,
+    ],
+)
+def test_an_answer_in_pieces_is_the_answer_encoded_at_once(value: Any) -> None:
+    joined = b"".join(jsonrpc.result_pieces(7, value))
+    assert joined + b"\n" == jsonrpc.result(7, value)
+
+
+def test_kept_json_is_sent_as_it_is() -> None:
+    kept = jsonrpc.RawJson(memoryview(b'xx[{"path":"a"}]yy')[2:-2])
+    assert (
+        b"".join(jsonrpc.result_pieces("i", kept))
+        == b'{"jsonrpc":"2.0","id":"i","result":[{"path":"a"}]}'
+    )
+
+
+async def test_an_answer_line_never_passes_its_budget(
+    socket_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch shares one line: results past the budget become short errors, in place."""
+    monkeypatch.setattr(jsonrpc, "MAX_ANSWER", 64 * 1024)
+    big = [{"n": i, "padding": "x" * 80} for i in range(200)]  # ~20 KiB encoded
+
+    async def listing(params: dict[str, Any], notify: Notify) -> Any:
+        return big
+
+    server = ControlServer(socket_path, {"listing": listing, "echo": echo})
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "listing"} for i in range(10)]
+    batch.append({"jsonrpc": "2.0", "id": "x" * 300, "method": "echo", "params": {}})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        stream = await trio.open_unix_socket(str(socket_path))
+        async with stream:
+            await stream.send_all(json.dumps(batch).encode() + b"\n")
+            line = b""
+            while not line.endswith(b"\n"):
+                line += await stream.receive_some(65536)
+        nursery.cancel_scope.cancel()
+    assert len(line) <= 64 * 1024 + 1
+    answers = json.loads(line)
+    assert [a["id"] for a in answers] == [b["id"] for b in batch]  # one each, in order
+    results = [a for a in answers if "result" in a]
+    assert len(results) >= 2 and results[-1] == {"jsonrpc": "2.0", "id": "x" * 300, "result": {}}
+    assert all(a["result"] == big for a in results[:-1])
+    errors = [a["error"] for a in answers if "error" in a]
+    assert errors  # 10 listings of ~20 KiB do not fit in 64 KiB
+    for error in errors:
+        assert error["code"] == jsonrpc.INTERNAL_ERROR
+        assert error["message"].startswith("answer too large: 'listing'")

@@ -18,13 +18,14 @@ import pytest
 import trio
 import trio.testing
 
-from p2pcommon.models import Listing, Member, SharedFile
+from p2pcommon.models import Member, SharedFile
 from p2pd import jsonrpc
 from p2pd.config import PeerSettings
 from p2pd.control import ControlServer
 from p2pd.downloads import Downloads, Transfer
 from p2pd.history import History, Outcome, Queued
 from p2pd.jsonrpc import LineBuffer, RpcError
+from p2pd.listing import MemberListing
 from p2pd.members import Members
 from p2pd.peerclient import PeerUnreachable
 from p2pd.rpc import Rpc
@@ -48,10 +49,10 @@ class FakePool:
         self.files = files or []
         self.down = down
 
-    async def listing(self, member: Member) -> Listing:
+    async def listing(self, member: Member) -> MemberListing:
         if self.down:
             raise PeerUnreachable(f"{member.name} at 127.0.0.1:1: connection refused")
-        return Listing.model_construct(generation=1, files=self.files)
+        return MemberListing.of(1, self.files)
 
 
 class QuickDownloads(Downloads):
