@@ -9,14 +9,13 @@ existing file is overwritten.  Every outcome goes to the history.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import trio
@@ -27,6 +26,7 @@ from p2pcommon.models import Member, SharedFile
 from p2pcommon.service import one_line
 from p2pd.attempts import (
     Attempts,
+    Changed,
     Fatal,
     ProgressWindow,
     Retry,
@@ -37,16 +37,19 @@ from p2pd.attempts import (
     fatal_os_error,
     is_sha256,
     refused,
-    verified,
 )
 from p2pd.bodypump import BodyCut, receive_direct
 from p2pd.history import History, HistoryUnavailable, Outcome, Queued
 from p2pd.members import Members
 from p2pd.partial import (
     SMALL_FILE,
+    Partial,
+    TooManyBytes,
+    discard_partial,
     existing_copy,
     place,
     receive,
+    restart,
     resume_state,
     store_small,
 )
@@ -163,9 +166,9 @@ class Downloads:
     ) -> tuple[Path | None, HistoryUnavailable | None]:
         """A copy already at ``dest``; else None once ``queued`` is in the persisted
         queue, with the reason it could not be put there if it could not (blocking)."""
-        existing = existing_copy(dest, queued.sha256)
+        existing = existing_copy(self._dir, queued.remote_path, queued.sha256, queued.size)
         if existing is not None:
-            return existing, None
+            return self._dir / existing, None
         try:
             self._history.enqueue(queued)
         except HistoryUnavailable as exc:
@@ -261,11 +264,12 @@ class Downloads:
     async def _discard_partial(self, sha256: str) -> None:
         if not is_sha256(sha256):
             return
-        partial = partial_path(self._dir, sha256)
         try:
-            await trio.to_thread.run_sync(lambda: partial.unlink(missing_ok=True))
+            await trio.to_thread.run_sync(discard_partial, self._dir, sha256)
         except OSError as exc:  # e.g. download_dir remounted read-only
-            log.warning("cannot remove %s: %s", partial, exc.strerror or exc)
+            log.warning(
+                "cannot remove %s: %s", partial_path(self._dir, sha256), exc.strerror or exc
+            )
 
     def _received(self, transfer: Transfer, window: ProgressWindow, count: int) -> None:
         """Each chunk as it arrives: progress moves smoothly, not in 1 MiB writes."""
@@ -332,23 +336,37 @@ class Downloads:
 
     async def _attempt(self, transfer: Transfer, member: Member, remote_path: str) -> None:
         queued = transfer.queued
-        partial = partial_path(self._dir, queued.sha256)
         transfer.state = State.CONNECTING
         transfer.peer_id, transfer.peer_name = member.id, member.name
         # A small file is received whole, then written from its start: no resume.
-        small = queued.size <= SMALL_FILE
-        blocks: list[bytes] | None = None
-        digest: Any = None
-        offset = 0
-        if not small:
-            try:
-                digest, offset = await trio.to_thread.run_sync(resume_state, partial, queued.size)
-            except OSError as exc:
-                raise fatal_os_error(exc, partial) from None
-        transfer.progress.update(offset, trio.current_time())
-        if queued.size and offset >= queued.size:
-            await self._verify_and_place(transfer, partial, digest)  # complete before a restart
+        if queued.size <= SMALL_FILE:
+            transfer.progress.update(0, trio.current_time())
+            blocks = await self._fetch(transfer, member, remote_path, None)
+            assert blocks is not None
+            await self._store_small(transfer, blocks)
             return
+        try:
+            partial = await trio.to_thread.run_sync(
+                resume_state, self._dir, queued.sha256, queued.size
+            )
+        except OSError as exc:
+            raise fatal_os_error(exc, partial_path(self._dir, queued.sha256)) from None
+        try:
+            transfer.progress.update(partial.offset, trio.current_time())
+            if partial.offset < queued.size:
+                await self._fetch(transfer, member, remote_path, partial)
+            await self._verify_and_place(transfer, partial)  # also one complete before a restart
+        finally:
+            os.close(partial.fd)
+
+    async def _fetch(
+        self, transfer: Transfer, member: Member, remote_path: str, partial: Partial | None
+    ) -> list[bytes] | None:
+        """Ask ``member`` for the bytes: into ``partial`` from its offset, or (None) into
+        memory, returned.  The answer's framing and digest are checked before a byte
+        of its body is taken."""
+        queued = transfer.queued
+        offset = partial.offset if partial is not None else 0
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
             with trio.fail_after(ANSWER_TIMEOUT):
@@ -361,20 +379,20 @@ class Downloads:
             raise Retry(f"no answer within {ANSWER_TIMEOUT:g} s") from None
         completed = False
         try:
-            if head.status == 200 and offset:
-                digest, offset = hashlib.sha256(), 0  # the member ignored Range: start over
+            if head.status == 200 and partial is not None and offset:
+                # The member ignored Range: start over.
+                await trio.to_thread.run_sync(restart, partial)
+                offset = 0
                 transfer.progress = Progress(queued.size)
             elif head.status not in (200, 206):
                 body = b""
                 with trio.move_on_after(ANSWER_TIMEOUT):
                     body = await connection.body(65536)
                 raise refused(head.status, one_line(body[:200].decode(errors="replace"), 200))
-            check_framing(head.status, head.headers, queued.size, offset)
+            check_framing(head.status, head.fields, queued.size, offset)
             check_repr_digest(head.header("repr-digest"), queued.sha256, remote_path)
             transfer.state = State.DOWNLOADING
-            blocks = await self._receive_body(
-                transfer, connection, head, offset, digest, into_memory=small
-            )
+            blocks = await self._receive_body(transfer, connection, head, partial)
             completed = True
         except PeerUnreachable as exc:
             raise Retry(f"connection lost: {exc}") from None
@@ -383,49 +401,57 @@ class Downloads:
                 await self._pool.release(connection)
             else:
                 await connection.aclose()
-        if blocks is not None:
-            await self._store_small(transfer, partial, blocks)
-        else:
-            await self._verify_and_place(transfer, partial, digest)
+        return blocks
 
     async def _receive_body(
         self,
         transfer: Transfer,
         connection: PeerConnection,
         head: Head,
-        offset: int,
-        digest: Any,
-        *,
-        into_memory: bool,
+        partial: Partial | None,
     ) -> list[bytes] | None:
-        """The answer's body: in memory (returned) for a small file, else to the
-        partial file, by worker threads if it is large, through h11 if not."""
+        """The answer's body: in memory (returned) for a small file, else into the
+        partial file, by worker threads if it is large, through h11 if not.
+
+        On every path the bytes are counted against the listed size: the first
+        one past it ends the attempt unwritten (the framing was checked, so only
+        a bug of ours or of h11 would get there).
+        """
         queued = transfer.queued
-        partial = partial_path(self._dir, queued.sha256)
         window = ProgressWindow(trio.current_time())
 
         def on_chunk(count: int) -> None:
             self._received(transfer, window, count)
 
         try:
-            if into_memory:
-                blocks = []
+            if partial is None:
+                blocks, received = [], 0
                 async for chunk in connection.body_chunks():
+                    received += len(chunk)
+                    if received > queued.size:
+                        raise TooManyBytes(f"sent more than the {queued.size} bytes listed")
                     blocks.append(chunk)
                     on_chunk(len(chunk))
                 return blocks
             if (direct := connection.take_body(head)) is not None:
-                await receive_direct(direct, partial, offset, digest, on_chunk=on_chunk)
+                if direct.length != queued.size - partial.offset:
+                    raise TooManyBytes(f"sent a body of {direct.length} bytes")
+                await receive_direct(
+                    direct, partial.fd, partial.offset, partial.digest, on_chunk=on_chunk
+                )
             else:
                 await receive(
                     connection.body_chunks(),
-                    partial,
-                    offset,
-                    digest,
+                    partial.fd,
+                    partial.offset,
+                    queued.size,
+                    partial.digest,
                     on_chunk=on_chunk,
                     # Progress follows what arrived; receive() returns once all is written.
                     on_written=lambda done: None,
                 )
+        except TooManyBytes as exc:
+            raise Changed(f"{exc}: refused, nothing past them was written") from None
         except BodyCut as exc:
             raise Retry(f"connection lost: {connection.member.name} {exc}") from None
         except OSError as exc:
@@ -433,32 +459,28 @@ class Downloads:
             raise fatal_os_error(exc, self._dir) from None
         return None
 
-    async def _store_small(self, transfer: Transfer, partial: Path, blocks: list[bytes]) -> None:
+    async def _store_small(self, transfer: Transfer, blocks: list[bytes]) -> None:
         """Write, fsync, verify and place a small file's bytes in one worker thread."""
         queued = transfer.queued
-        received = transfer.progress.bytes_done
-
-        def check(hexdigest: str) -> None:
-            verified(queued.size, queued.sha256, received, hexdigest)
-
         transfer.state = State.PLACING
         try:
-            transfer.dest = await trio.to_thread.run_sync(
-                store_small, partial, blocks, transfer.dest, check
+            placed = await trio.to_thread.run_sync(
+                store_small, self._dir, queued.sha256, queued.size, blocks, queued.remote_path
             )
         except OSError as exc:
             await self._discard_partial(queued.sha256)
             raise fatal_os_error(exc, self._dir) from None
+        transfer.dest = self._dir / placed
 
-    async def _verify_and_place(self, transfer: Transfer, partial: Path, digest: Any) -> None:
+    async def _verify_and_place(self, transfer: Transfer, partial: Partial) -> None:
+        """Exactly the listed size on disk and the listed sha256, then linked into place;
+        bytes that do not verify are discarded (Retry): a resume never starts from them."""
         queued = transfer.queued
-        try:
-            verified(queued.size, queued.sha256, transfer.progress.bytes_done, digest.hexdigest())
-        except Retry:
-            await self._discard_partial(queued.sha256)  # never resume from bytes that hash wrong
-            raise
         transfer.state = State.PLACING
         try:
-            transfer.dest = await trio.to_thread.run_sync(place, partial, transfer.dest)
+            placed = await trio.to_thread.run_sync(
+                place, self._dir, partial, queued.sha256, queued.size, queued.remote_path
+            )
         except OSError as exc:
             raise fatal_os_error(exc, transfer.dest) from None
+        transfer.dest = self._dir / placed
