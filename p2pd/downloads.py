@@ -54,10 +54,11 @@ from p2pd.partial import (
     store_small,
 )
 from p2pd.peerclient import PeerConnection, PeerPool, PeerUnreachable
+from p2pd.schedule import Schedule
 from p2pd.sources import find_alternates
 from p2pd.transfer import Progress, Transfer, destination, partial_path
 
-__all__ = ["UNRECORDED_KEPT", "Downloads", "Transfer"]
+__all__ = ["MAX_TRANSFERS", "UNRECORDED_KEPT", "Downloads", "QueueFull", "Transfer"]
 
 log = logging.getLogger("p2pd.downloads")
 
@@ -67,6 +68,14 @@ ANSWER_TIMEOUT = 30.0
 UNRECORDED_KEPT = 100
 #: Transfers running at once; the others wait their turn in state "queued".
 CONCURRENT_TRANSFERS = 8
+#: Transfers queued or running at most: a queued one costs about 2 KiB of memory
+#: and 0.3 ms to queue (bench/folder_fetch.py), so 10 000 cost ~20 MiB and ~3 s.
+#: A listing may hold a million files: a fetch past this is refused whole.
+MAX_TRANSFERS = 10_000
+
+
+class QueueFull(ValueError):
+    """No room for another transfer (MAX_TRANSFERS are queued or running)."""
 
 
 class Downloads:
@@ -84,9 +93,8 @@ class Downloads:
         self._history = history
         self._clock = clock
         self.active: dict[str, Transfer] = {}
-        self._running = trio.CapacityLimiter(CONCURRENT_TRANSFERS)
         # Transfers of the same bytes share one partial file: one at a time.
-        self._same_bytes: dict[str, trio.Lock] = {}
+        self._schedule = Schedule[Transfer](CONCURRENT_TRANSFERS, lambda t: t.queued.sha256)
         #: Transfers queued or running, by (sha256, destination): a fetch joins them.
         self._by_key: dict[tuple[str, Path], Transfer] = {}
         self._nursery: trio.Nursery | None = None
@@ -120,6 +128,11 @@ class Downloads:
         dest = destination(self._dir, entry.path)
         if (joined := self._joinable(entry.sha256, dest)) is not None:
             return joined
+        if len(self.active) >= MAX_TRANSFERS:
+            raise QueueFull(
+                f"{len(self.active)} transfers are queued or running, the most p2pd takes: "
+                "wait for some to finish (`p2pctl downloads`), or cancel some, then fetch again"
+            )
         queued = Queued(
             id=secrets.token_hex(4),
             peer_id=member.id,
@@ -175,6 +188,15 @@ class Downloads:
             return None, exc
         return None, None
 
+    def joins(self, entry: SharedFile) -> bool:
+        """Whether a fetch of ``entry`` would join a transfer queued or running."""
+        return self._joinable(entry.sha256, destination(self._dir, entry.path)) is not None
+
+    @property
+    def room(self) -> int:
+        """How many more transfers may be queued now."""
+        return max(MAX_TRANSFERS - len(self.active), 0)
+
     def _joinable(self, sha256: str, dest: Path) -> Transfer | None:
         transfer = self._by_key.get((sha256, dest))
         if transfer is None or transfer.cancel_scope.cancel_called:
@@ -197,8 +219,21 @@ class Downloads:
         return transfer
 
     def _start_soon(self, transfer: Transfer) -> None:
+        """Queue it: a task is made only when it may run (``_dispatch``)."""
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_transfer, transfer)
+        if transfer.cancel_scope.cancel_called:  # while it was being looked at
+            self._nursery.start_soon(self._end_unstarted, transfer)
+            return
+        self._schedule.add(transfer)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start the queued transfers that may run now."""
+        assert self._nursery is not None
+        if self._nursery.cancel_scope.cancel_called:
+            return  # shutting down: the rest stays in the persisted queue
+        for transfer in self._schedule.ready():
+            self._nursery.start_soon(self._run_transfer, transfer)
 
     def history_failed(self, exc: HistoryUnavailable) -> None:
         if self.history_error != str(exc):
@@ -209,20 +244,29 @@ class Downloads:
         transfer = self.active.get(transfer_id)
         if transfer is None:
             return False
+        if transfer.cancel_scope.cancel_called:
+            return True  # cancelled already: it is ending
         transfer.state = State.CANCELLING
         transfer.cancel_scope.cancel()
+        if self._schedule.drop(transfer):
+            # It waited its turn, without a task: it ends here, and leaves the
+            # partial file (another transfer's, or kept from a failure) alone.
+            assert self._nursery is not None
+            self._nursery.start_soon(self._end_unstarted, transfer)
         return True
 
+    async def _end_unstarted(self, transfer: Transfer) -> None:
+        await self._record(transfer, "cancelled", "cancelled by the user")
+
     async def _run_transfer(self, transfer: Transfer) -> None:
-        """One transfer, start to outcome, inside its own failure boundary."""
+        """One transfer, start to outcome, inside its own failure boundary.  It alone
+        of the transfers of its bytes runs now (the schedule sees to it): it alone
+        touches their partial file."""
         sha256 = transfer.queued.sha256
         status: str = "cancelled"
         error: str | None = "cancelled by the user"
-        lock = self._same_bytes.setdefault(sha256, trio.Lock())
-        with transfer.cancel_scope:
-            async with lock, self._running:
-                # Only the holder of the lock touches the shared partial file:
-                # cancelling a transfer that waits its turn must not delete it.
+        try:
+            with transfer.cancel_scope:
                 finished, keep_partial = False, False
                 try:
                     status, error, keep_partial = await self._outcome_of(transfer)
@@ -231,8 +275,12 @@ class Downloads:
                     if not keep_partial and (finished or transfer.cancel_scope.cancel_called):
                         with trio.CancelScope(shield=True):
                             await self._discard_partial(sha256)
-        if not lock.locked() and not lock.statistics().tasks_waiting:
-            self._same_bytes.pop(sha256, None)
+        finally:
+            self._schedule.done(transfer)
+            self._dispatch()
+        await self._record(transfer, status, error)
+
+    async def _record(self, transfer: Transfer, status: str, error: str | None) -> None:
         with trio.CancelScope(shield=True), failure_boundary("transfer", "recording", log):
             await self._finish(transfer, status, error)
         # Also when recording failed: nobody waits forever for it.
