@@ -5,65 +5,39 @@ resumes it with ``Range`` (rebuilding the hash state from the bytes on disk),
 verifies the sha256 of the listing, fsyncs, and links the file into place
 under a free name, so that nothing is ever at a final name unverified and no
 existing file is overwritten.  Every outcome goes to the history.
+
+This module keeps the transfers (a bounded queue of records, persisted, of
+which ``p2pd.schedule`` starts 8 at a time) and runs their rounds;
+``p2pd.receiving`` makes one attempt from one member.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 import trio
 
 from p2pcommon.boundary import describe, failure_boundary, failures
-from p2pcommon.httpclient import Head
 from p2pcommon.models import Member, SharedFile
-from p2pcommon.service import one_line
-from p2pd.attempts import (
-    Attempts,
-    Changed,
-    Fatal,
-    ProgressWindow,
-    Retry,
-    State,
-    check_framing,
-    check_queued,
-    check_repr_digest,
-    fatal_os_error,
-    is_sha256,
-    refused,
-)
-from p2pd.bodypump import BodyCut, receive_direct
+from p2pd.attempts import Attempts, Fatal, ProgressWindow, Retry, State, check_queued
 from p2pd.history import History, HistoryUnavailable, Outcome, Queued
 from p2pd.members import Members
-from p2pd.partial import (
-    SMALL_FILE,
-    Partial,
-    TooManyBytes,
-    discard_partial,
-    existing_copy,
-    place,
-    receive,
-    restart,
-    resume_state,
-    store_small,
-)
-from p2pd.peerclient import PeerConnection, PeerPool, PeerUnreachable
+from p2pd.partial import existing_copy
+from p2pd.peerclient import PeerPool
+from p2pd.receiving import Receiver, discard_quietly
 from p2pd.schedule import Schedule
 from p2pd.sources import find_alternates
-from p2pd.transfer import Progress, Transfer, destination, partial_path
+from p2pd.transfer import Progress, Transfer, destination
 
 __all__ = ["MAX_TRANSFERS", "UNRECORDED_KEPT", "Downloads", "QueueFull", "Transfer"]
 
 log = logging.getLogger("p2pd.downloads")
 
-#: Seconds a member has to answer a file request with its head (and an error body).
-ANSWER_TIMEOUT = 30.0
 #: Outcomes kept in memory while the history cannot be written.
 UNRECORDED_KEPT = 100
 #: Transfers running at once; the others wait their turn in state "queued".
@@ -88,6 +62,7 @@ class Downloads:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
+        self._receiver = Receiver(pool, download_dir, self._received)
         self._members = members
         self._dir = download_dir
         self._history = history
@@ -274,7 +249,7 @@ class Downloads:
                 finally:
                     if not keep_partial and (finished or transfer.cancel_scope.cancel_called):
                         with trio.CancelScope(shield=True):
-                            await self._discard_partial(sha256)
+                            await discard_quietly(self._dir, sha256)
         finally:
             self._schedule.done(transfer)
             self._dispatch()
@@ -308,16 +283,6 @@ class Downloads:
             log.error("transfer %s failed: %s", transfer.queued.id, describe(exc))
             log.debug("transfer %s failed", transfer.queued.id, exc_info=True)
             return "failed", f"internal error: {describe(exc)}", True
-
-    async def _discard_partial(self, sha256: str) -> None:
-        if not is_sha256(sha256):
-            return
-        try:
-            await trio.to_thread.run_sync(discard_partial, self._dir, sha256)
-        except OSError as exc:  # e.g. download_dir remounted read-only
-            log.warning(
-                "cannot remove %s: %s", partial_path(self._dir, sha256), exc.strerror or exc
-            )
 
     def _received(self, transfer: Transfer, window: ProgressWindow, count: int) -> None:
         """Each chunk as it arrives: progress moves smoothly, not in 1 MiB writes."""
@@ -369,7 +334,7 @@ class Downloads:
                 alternates = await find_alternates(self._pool, self._members, transfer.queued)
             for source, remote_path in plan.sources(chosen, alternates):
                 try:
-                    await self._attempt(transfer, source, remote_path)
+                    await self._receiver.attempt(transfer, source, remote_path)
                     return
                 except Retry as exc:
                     ending = plan.failed(source.name, exc)
@@ -381,154 +346,3 @@ class Downloads:
                 raise after
             transfer.state = State.WAITING
             await trio.sleep(after)
-
-    async def _attempt(self, transfer: Transfer, member: Member, remote_path: str) -> None:
-        queued = transfer.queued
-        transfer.state = State.CONNECTING
-        transfer.peer_id, transfer.peer_name = member.id, member.name
-        # A small file is received whole, then written from its start: no resume.
-        if queued.size <= SMALL_FILE:
-            transfer.progress.update(0, trio.current_time())
-            blocks = await self._fetch(transfer, member, remote_path, None)
-            assert blocks is not None
-            await self._store_small(transfer, blocks)
-            return
-        try:
-            partial = await trio.to_thread.run_sync(
-                resume_state, self._dir, queued.sha256, queued.size
-            )
-        except OSError as exc:
-            raise fatal_os_error(exc, partial_path(self._dir, queued.sha256)) from None
-        try:
-            transfer.progress.update(partial.offset, trio.current_time())
-            if partial.offset < queued.size:
-                await self._fetch(transfer, member, remote_path, partial)
-            await self._verify_and_place(transfer, partial)  # also one complete before a restart
-        finally:
-            os.close(partial.fd)
-
-    async def _fetch(
-        self, transfer: Transfer, member: Member, remote_path: str, partial: Partial | None
-    ) -> list[bytes] | None:
-        """Ask ``member`` for the bytes: into ``partial`` from its offset, or (None) into
-        memory, returned.  The answer's framing and digest are checked before a byte
-        of its body is taken."""
-        queued = transfer.queued
-        offset = partial.offset if partial is not None else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        try:
-            with trio.fail_after(ANSWER_TIMEOUT):
-                connection, head = await self._pool.request(
-                    member, "/files/" + quote(remote_path), headers
-                )
-        except PeerUnreachable as exc:
-            raise Retry(str(exc)) from None
-        except trio.TooSlowError:
-            raise Retry(f"no answer within {ANSWER_TIMEOUT:g} s") from None
-        completed = False
-        try:
-            if head.status == 200 and partial is not None and offset:
-                # The member ignored Range: start over.
-                await trio.to_thread.run_sync(restart, partial)
-                offset = 0
-                transfer.progress = Progress(queued.size)
-            elif head.status not in (200, 206):
-                body = b""
-                with trio.move_on_after(ANSWER_TIMEOUT):
-                    body = await connection.body(65536)
-                raise refused(head.status, one_line(body[:200].decode(errors="replace"), 200))
-            check_framing(head.status, head.fields, queued.size, offset)
-            check_repr_digest(head.header("repr-digest"), queued.sha256, remote_path)
-            transfer.state = State.DOWNLOADING
-            blocks = await self._receive_body(transfer, connection, head, partial)
-            completed = True
-        except PeerUnreachable as exc:
-            raise Retry(f"connection lost: {exc}") from None
-        finally:
-            if completed:
-                await self._pool.release(connection)
-            else:
-                await connection.aclose()
-        return blocks
-
-    async def _receive_body(
-        self,
-        transfer: Transfer,
-        connection: PeerConnection,
-        head: Head,
-        partial: Partial | None,
-    ) -> list[bytes] | None:
-        """The answer's body: in memory (returned) for a small file, else into the
-        partial file, by worker threads if it is large, through h11 if not.
-
-        On every path the bytes are counted against the listed size: the first
-        one past it ends the attempt unwritten (the framing was checked, so only
-        a bug of ours or of h11 would get there).
-        """
-        queued = transfer.queued
-        window = ProgressWindow(trio.current_time())
-
-        def on_chunk(count: int) -> None:
-            self._received(transfer, window, count)
-
-        try:
-            if partial is None:
-                blocks, received = [], 0
-                async for chunk in connection.body_chunks():
-                    received += len(chunk)
-                    if received > queued.size:
-                        raise TooManyBytes(f"sent more than the {queued.size} bytes listed")
-                    blocks.append(chunk)
-                    on_chunk(len(chunk))
-                return blocks
-            if (direct := connection.take_body(head)) is not None:
-                if direct.length != queued.size - partial.offset:
-                    raise TooManyBytes(f"sent a body of {direct.length} bytes")
-                await receive_direct(
-                    direct, partial.fd, partial.offset, partial.digest, on_chunk=on_chunk
-                )
-            else:
-                await receive(
-                    connection.body_chunks(),
-                    partial.fd,
-                    partial.offset,
-                    queued.size,
-                    partial.digest,
-                    on_chunk=on_chunk,
-                    # Progress follows what arrived; receive() returns once all is written.
-                    on_written=lambda done: None,
-                )
-        except TooManyBytes as exc:
-            raise Changed(f"{exc}: refused, nothing past them was written") from None
-        except BodyCut as exc:
-            raise Retry(f"connection lost: {connection.member.name} {exc}") from None
-        except OSError as exc:
-            await self._discard_partial(queued.sha256)
-            raise fatal_os_error(exc, self._dir) from None
-        return None
-
-    async def _store_small(self, transfer: Transfer, blocks: list[bytes]) -> None:
-        """Write, fsync, verify and place a small file's bytes in one worker thread."""
-        queued = transfer.queued
-        transfer.state = State.PLACING
-        try:
-            placed = await trio.to_thread.run_sync(
-                store_small, self._dir, queued.sha256, queued.size, blocks, queued.remote_path
-            )
-        except OSError as exc:
-            await self._discard_partial(queued.sha256)
-            raise fatal_os_error(exc, self._dir) from None
-        transfer.dest = self._dir / placed
-
-    async def _verify_and_place(self, transfer: Transfer, partial: Partial) -> None:
-        """Exactly the listed size on disk and the listed sha256, then linked into place;
-        bytes that do not verify are discarded (Retry): a resume never starts from them."""
-        queued = transfer.queued
-        transfer.state = State.PLACING
-        try:
-            placed = await trio.to_thread.run_sync(
-                place, self._dir, partial, queued.sha256, queued.size, queued.remote_path
-            )
-        except OSError as exc:
-            raise fatal_os_error(exc, transfer.dest) from None
-        transfer.dest = self._dir / placed
