@@ -3,7 +3,7 @@
 As h11 keeps its state machine (``_state.py``) apart from the ``Connection``
 that does the I/O, this module decides and ``p2pd.downloads`` acts: nothing
 here opens a socket or a file, sleeps or reads a clock, so every rule of
-docs/protocol.md §5 (items 4, 5, 7 and 8) is tested without a network.
+docs/protocol.md §5 (items 6, 7, 9 and 10) is tested without a network.
 """
 
 from __future__ import annotations
