@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -124,6 +125,7 @@ def discard(root_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=root_fd)
 
 
+@functools.cache
 def _umask() -> int:
     """The process's umask, read without changing it (os.umask would, for every thread)."""
     try:
@@ -140,7 +142,12 @@ def link_into(fd: int, root_fd: int, name: str, parent_fd: int, target: str) -> 
     in ``parent_fd``; FileExistsError if ``target`` is taken, by anything."""
     if _PROC_FD.is_dir():
         # The inode itself, by its descriptor: whatever ``name`` is by now.
-        os.link(f"{_PROC_FD}/{fd}", target, dst_dir_fd=parent_fd, follow_symlinks=True)
+        try:
+            os.link(f"{_PROC_FD}/{fd}", target, dst_dir_fd=parent_fd, follow_symlinks=True)
+        except FileNotFoundError:
+            if os.fstat(fd).st_nlink == 0:  # a file without a name cannot get one back
+                raise OSError(errno.ESTALE, f"{name} was removed while being placed") from None
+            raise
         return
     os.link(name, target, src_dir_fd=root_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
     if not same_inode(os.stat(target, dir_fd=parent_fd, follow_symlinks=False), os.fstat(fd)):
