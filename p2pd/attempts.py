@@ -3,7 +3,7 @@
 As h11 keeps its state machine (``_state.py``) apart from the ``Connection``
 that does the I/O, this module decides and ``p2pd.downloads`` acts: nothing
 here opens a socket or a file, sleeps or reads a clock, so every rule of
-docs/protocol.md §5 (items 4, 5, 7 and 8) is tested without a network.
+docs/protocol.md §5 (items 6, 7, 9 and 10) is tested without a network.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import base64
 import errno
 import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -143,16 +143,42 @@ def check_repr_digest(value: str | None, sha256: str, remote_path: str) -> None:
         raise changed(remote_path)
 
 
-def check_framing(status: int, headers: Mapping[str, str], size: int, offset: int) -> None:
-    """The answer carries exactly the listed bytes from ``offset``: a member cannot
-    make us write more than the listing said (a disk-filling stream) or at
-    another offset than we asked."""
+#: A Content-Length value: digits only (int() would also take "+5", " 5" or "٥").
+_LENGTH = re.compile(r"[0-9]{1,19}")
+
+
+def check_framing(status: int, fields: Sequence[tuple[str, str]], size: int, offset: int) -> None:
+    """The answer is framed to carry exactly the listed bytes from ``offset``.
+
+    A member cannot make us write, or hold, more than the listing said (a
+    disk- or memory-filling stream), nor at another offset than we asked:
+    the only framing taken is one ``Content-Length`` of exactly the bytes
+    expected.  Any ``Transfer-Encoding`` is refused, with or without a
+    length (RFC 9112 §6.3: a message with both is suspect; h11 would let the
+    encoding win and read on), and so is an answer delimited by the close.
+    ``fields``: the head's fields, names lowercased.  Changed: the member
+    does not speak the protocol, and asking it again cannot help.
+    """
     expected = size - offset
-    length = headers.get("content-length", "")
-    if not length.isdigit() or int(length) != expected:
-        raise Retry(f"announced {length or 'no length'} where {expected} bytes were expected")
-    if status == 206 and not headers.get("content-range", "").startswith(f"bytes {offset}-"):
-        raise Retry(f"answered another range than the bytes from {offset}")
+    encodings = [value for name, value in fields if name == "transfer-encoding"]
+    if encodings:
+        raise Changed(
+            f"answered with Transfer-Encoding: {', '.join(encodings)[:60]}: a file answer must "
+            f"be framed by Content-Length alone ({_NOT_OUR_PROTOCOL}); nothing was written"
+        )
+    lengths = [value.strip() for name, value in fields if name == "content-length"]
+    length = ", ".join(lengths)
+    if len(lengths) != 1 or not _LENGTH.fullmatch(lengths[0]) or int(lengths[0]) != expected:
+        raise Changed(
+            f"announced {length[:60] or 'no length'} where {expected} bytes were expected"
+        )
+    if status == 206:
+        content_range = ", ".join(v for n, v in fields if n == "content-range")
+        if content_range.strip() != f"bytes {offset}-{size - 1}/{size}":
+            raise Changed(
+                f"answered another range than the bytes from {offset} to its end "
+                f"({content_range[:60]!r} for bytes {offset}-{size - 1}/{size})"
+            )
 
 
 def check_queued(queued: Queued) -> None:
@@ -184,9 +210,15 @@ def fatal_os_error(exc: OSError, where: Path) -> Fatal:
     return Fatal(f"cannot write {where}: {exc.strerror or exc}")
 
 
-def verified(size: int, sha256: str, bytes_done: int, hexdigest: str) -> None:
-    """The bytes received are the listed file; Retry (after discarding them) if not."""
-    if bytes_done != size or hexdigest != sha256:
+def verified(size: int, sha256: str, on_disk: int, hexdigest: str) -> None:
+    """The file holds exactly the listed bytes: ``on_disk`` (its length, from fstat) is
+    the listed size, and the hash of every byte in it is the listed sha256.  Retry
+    (the caller discards the file) if not."""
+    if on_disk != size:
+        raise Retry(
+            f"hash mismatch: the file holds {on_disk} bytes where {size} were listed; discarded"
+        )
+    if hexdigest != sha256:
         raise Retry("hash mismatch: the bytes received are not the listed file; discarded")
 
 

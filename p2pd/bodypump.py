@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import trio
@@ -89,6 +88,11 @@ class DirectBody:
     remaining: int
     #: Seconds the member may stay silent.
     read_timeout: float
+
+    @property
+    def length(self) -> int:
+        """The whole body's length: what will be written."""
+        return self.remaining + sum(map(len, self.buffered))
 
 
 class _Reader:
@@ -231,24 +235,19 @@ class _Ring:
                     raise Stopped from None
 
 
-def _read_and_write(reader: _Reader, ring: _Ring, partial: Path, offset: int) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if offset else os.O_TRUNC)
+def _read_and_write(reader: _Reader, ring: _Ring, fd: int, offset: int) -> None:
     try:
-        fd = os.open(partial, flags, 0o666)
-        try:
-            at = offset
-            while reader.left:
-                block = ring.take_free()
-                with memoryview(block) as view:
-                    count = reader.fill(view)
-                    written = 0
-                    while written < count:
-                        written += os.pwrite(fd, view[written:count], at + written)
-                at += count
-                ring.filled.put((block, count))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        at = offset
+        while reader.left:
+            block = ring.take_free()
+            with memoryview(block) as view:
+                count = reader.fill(view)
+                written = 0
+                while written < count:
+                    written += os.pwrite(fd, view[written:count], at + written)
+            at += count
+            ring.filled.put((block, count))
+        os.fsync(fd)
     except Stopped:
         pass  # whoever set stop (a cancellation, the hasher) has the reason
     finally:
@@ -369,24 +368,26 @@ def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 async def receive_direct(
     body: DirectBody,
-    partial: Path,
+    fd: int,
     offset: int,
     digest: Any,
     *,
     on_chunk: Callable[[int], None],
 ) -> None:
-    """Write ``body`` to ``partial`` at ``offset``, hashing it into ``digest``.
+    """Write ``body`` into the open file ``fd`` at ``offset``, hashing it into ``digest``,
+    then fsync.
 
-    The partial file is opened (created) as ``partial.receive`` does.  Raises
-    BodyCut when the member fails mid-body, OSError for the file, and
-    whatever ``on_chunk`` raises.
+    Exactly the body's length is read from the connection (what the caller
+    checked against the listing), never a byte more.  Raises BodyCut when
+    the member fails mid-body, OSError for the file, and whatever
+    ``on_chunk`` raises.
     """
     stop = threading.Event()
     reader = _Reader(body, stop)
     ring = _Ring(stop)
     await _in_threads(
         [
-            functools.partial(_read_and_write, reader, ring, partial, offset),
+            functools.partial(_read_and_write, reader, ring, fd, offset),
             functools.partial(_hash, ring, digest, stop),
         ],
         stop,

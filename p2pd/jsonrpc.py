@@ -209,7 +209,36 @@ def call_of(message: Any) -> Call:
         raise RpcError(
             INVALID_PARAMS, "params must be an object of named parameters", call_id=call_id
         )
+    for name, value in params.items():
+        if not _is_text(name) or not _is_text(value):
+            raise RpcError(
+                INVALID_PARAMS,
+                f"param {name!r} is not valid Unicode text (it holds a lone surrogate "
+                "such as \\ud800): send names and paths as UTF-8 text",
+                call_id=call_id,
+            )
     return Call(call_id, method, params, notification="id" not in message)
+
+
+def _is_text(value: Any) -> bool:
+    """Whether every string in ``value`` (at any depth) is valid Unicode text.
+
+    JSON may spell a lone surrogate (``"\\ud800"``), which no file name, no
+    SQLite text and no UTF-8 output can carry: refused here, once, for every
+    method, rather than failing deep inside one.  The depth is bounded by
+    MAX_DEPTH (checked before parsing).
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_is_text(k) and _is_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_text(item) for item in value)
+    return True
 
 
 def _too_deep(line: bytes, limit: int = MAX_DEPTH) -> bool:

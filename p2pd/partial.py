@@ -1,9 +1,12 @@
 """The partial file and the final name: blocking file work, run in worker threads.
 
 A download's bytes go to a hidden partial file named by their sha256 (so a
-resume may come from any member with the same bytes); once verified, the
-partial file is linked to a free name beside its destination, so nothing
-unverified is ever at a final name and no existing file is overwritten.
+resume may come from any member with the same bytes); once verified (exactly
+the listed size on disk, and the listed sha256), the partial file is linked
+to a free name beside its destination, so nothing unverified is ever at a
+final name and no existing file is overwritten.  Every name in download_dir
+is reached without following links (``p2pd.downloaddir``); the partial file
+is used through one descriptor from its opening to its placing.
 """
 
 from __future__ import annotations
@@ -12,14 +15,27 @@ import hashlib
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterable, Callable
+import stat
+from collections.abc import AsyncIterable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from p2pcommon.service import unwrap_group
-from p2pd.transfer import free_name, numbered
+from p2pd.attempts import verified
+from p2pd.downloaddir import (
+    READ_FLAGS,
+    create_partial,
+    discard,
+    open_folder,
+    open_partial,
+    open_root,
+    place_fd,
+    same_inode,
+)
+from p2pd.transfer import numbered, partial_name
 
 log = logging.getLogger("p2pd.partial")
 
@@ -32,127 +48,202 @@ SMALL_FILE = 256 * 1024
 WRITE_BLOCK = 1024 * 1024
 
 
-def hash_file(path: Path, limit: int) -> tuple[Any, int]:
+class TooManyBytes(Exception):
+    """The member sent more body bytes than the listing and its answer said."""
+
+
+@dataclass
+class Partial:
+    """An open partial file: its descriptor, and the hash and length of what it holds."""
+
+    fd: int
+    digest: Any
+    offset: int
+
+
+def hash_fd(fd: int, limit: int) -> tuple[Any, int]:
+    """SHA-256 of the first ``limit`` bytes of ``fd`` (fewer if it is shorter)."""
     digest = hashlib.sha256()
     done = 0
-    with path.open("rb") as f:
-        while done < limit and (block := f.read(min(HASH_BLOCK, limit - done))):
-            digest.update(block)
-            done += len(block)
+    while done < limit and (block := os.pread(fd, min(HASH_BLOCK, limit - done), done)):
+        digest.update(block)
+        done += len(block)
     return digest, done
 
 
-def resume_state(partial: Path, size: int) -> tuple[Any, int]:
-    """The hash state and length of the bytes already in the partial file."""
-    if not partial.exists():
-        return hashlib.sha256(), 0
-    return hash_file(partial, size)
+def resume_state(download_dir: Path, sha256: str, size: int) -> Partial:
+    """The partial file of ``sha256``, open, with the hash state of the bytes in it.
 
-
-def close_quietly(handle: Any) -> None:
+    Bytes past the listed ``size`` (left by an older p2pd that let a member
+    send more) are cut off first: a resume never keeps them.
+    """
+    root = open_root(download_dir)
     try:
-        handle.close()
-    except OSError as exc:  # a failed flush: the attempt already failed, or fails at verify
-        log.warning("closing %s: %s", handle.name, exc.strerror or exc)
-
-
-def same_content(path: Path, sha256: str) -> bool:
+        fd = open_partial(root, partial_name(sha256))
+    finally:
+        os.close(root)
     try:
-        return path.is_file() and hash_file(path, path.stat().st_size)[0].hexdigest() == sha256
-    except OSError:
-        return False
+        if os.fstat(fd).st_size > size:
+            os.ftruncate(fd, size)
+        digest, offset = hash_fd(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Partial(fd, digest, offset)
 
 
-def existing_copy(dest: Path, sha256: str) -> Path | None:
-    """``dest`` or one of its numbered siblings, if it already holds these bytes."""
-    for number in itertools.count():
-        candidate = numbered(dest, number)
-        if not candidate.exists():
-            return None
-        if same_content(candidate, sha256):
-            return candidate
-    raise AssertionError("unreachable")
+def restart(partial: Partial) -> None:
+    """Empty the partial file (the member ignored Range): it is written from 0 again."""
+    os.ftruncate(partial.fd, 0)
+    partial.digest, partial.offset = hashlib.sha256(), 0
 
 
-def place(partial: Path, dest: Path) -> Path:
-    """Link the verified partial file to a free name next to ``dest``; never overwrite."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        target = free_name(dest, lambda p: p.exists() or p.is_symlink())
+def verify(fd: int, size: int, sha256: str, digest: Any) -> None:
+    """The file is exactly the listed one: ``size`` bytes on disk, hashed to ``sha256``
+    (``digest`` has hashed every byte written to it, in order).  Retry if not."""
+    verified(size, sha256, os.fstat(fd).st_size, digest.hexdigest())
+
+
+def place(download_dir: Path, partial: Partial, sha256: str, size: int, dest: str) -> str:
+    """Verify the partial file, then link it at a free name beside ``dest`` (relative to
+    download_dir); the name used.  Bytes that do not verify are discarded (Retry)."""
+    root = open_root(download_dir)
+    try:
+        name = partial_name(sha256)
         try:
-            os.link(partial, target)
-        except FileExistsError:
-            continue  # taken since we looked: take the next one
-        partial.unlink()
-        directory = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        return target
+            verify(partial.fd, size, sha256, partial.digest)
+        except BaseException:
+            discard(root, name)  # never resume from bytes that hash wrong
+            raise
+        return place_fd(partial.fd, root, name, download_dir, dest)
+    finally:
+        os.close(root)
 
 
 def store_small(
-    partial: Path, blocks: list[bytes], dest: Path, check: Callable[[str], None]
-) -> Path:
-    """A small file's bytes: written to ``partial`` from its start, fsynced, checked
-    by their sha256 (``check`` raises to refuse them, and the partial file is then
-    removed), and placed at a free name beside ``dest``.  Blocking: one worker thread."""
-    digest = hashlib.sha256()
-    with open(partial, "wb") as handle:
-        for block in blocks:
-            handle.write(block)
-            digest.update(block)
-        handle.flush()
-        os.fsync(handle.fileno())
+    download_dir: Path, sha256: str, size: int, blocks: Iterable[bytes], dest: str
+) -> str:
+    """A small file's bytes: written to a new partial file, fsynced, verified (Retry,
+    the partial file removed, if they are not the listed ones) and placed at a free
+    name beside ``dest``; the name used.  Blocking: one worker thread."""
+    root = open_root(download_dir)
     try:
-        check(digest.hexdigest())
-    except BaseException:
-        partial.unlink(missing_ok=True)  # never resume from bytes that hash wrong
-        raise
-    return place(partial, dest)
+        name = partial_name(sha256)
+        fd = create_partial(root, name)
+        try:
+            digest = hashlib.sha256()
+            at = 0
+            for block in blocks:
+                _write_all(fd, block, at)
+                digest.update(block)
+                at += len(block)
+            os.fsync(fd)
+            try:
+                verify(fd, size, sha256, digest)
+            except BaseException:
+                discard(root, name)
+                raise
+            return place_fd(fd, root, name, download_dir, dest)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(root)
+
+
+def discard_partial(download_dir: Path, sha256: str) -> None:
+    root = open_root(download_dir)
+    try:
+        discard(root, partial_name(sha256))
+    finally:
+        os.close(root)
+
+
+def existing_copy(download_dir: Path, dest: str, sha256: str, size: int) -> str | None:
+    """``dest`` or one of its numbered siblings (relative to download_dir), if it already
+    holds these bytes.  A link at one of the names counts as taken, never as a copy:
+    nothing is read through it."""
+    folder, _, base = dest.rpartition("/")
+    root = open_root(download_dir)
+    try:
+        try:
+            dir_fd = open_folder(root, download_dir, folder, create=False)
+        except FileNotFoundError:
+            return None
+    finally:
+        os.close(root)
+    try:
+        for number in itertools.count():
+            name = numbered(Path(base), number).name
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            if stat.S_ISREG(st.st_mode) and st.st_size == size and _holds(dir_fd, name, st, sha256):
+                return f"{folder}/{name}" if folder else name
+    finally:
+        os.close(dir_fd)
+    raise AssertionError("unreachable")
+
+
+def _holds(dir_fd: int, name: str, st: os.stat_result, sha256: str) -> bool:
+    """Whether the regular file ``name`` (still the one ``st`` describes) hashes to ``sha256``."""
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return False  # swapped for a link meanwhile, unreadable: not a copy we can vouch for
+    try:
+        if not same_inode(os.fstat(fd), st):
+            return False
+        digest, _ = hash_fd(fd, st.st_size)
+        return bool(digest.hexdigest() == sha256)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview, at: int) -> None:
+    written = 0
+    with memoryview(data) as view:
+        while written < len(view):
+            written += os.pwrite(fd, view[written:], at + written)
 
 
 async def receive(
     chunks: AsyncIterable[bytes],
-    partial: Path,
+    fd: int,
     offset: int,
+    end: int,
     digest: Any,
     *,
     on_chunk: Callable[[int], None],
     on_written: Callable[[int], None],
 ) -> None:
-    """Write ``chunks`` at ``offset``, hashing them; the file is opened by the first write.
+    """Write ``chunks`` into ``fd`` from ``offset``, hashing them, then fsync.
 
-    ``on_chunk(length)`` sees every chunk as it arrives (and may raise to end
-    the attempt); ``on_written(bytes in the file)`` follows the writes.  An
-    OSError of the file comes out as itself.
+    ``end`` is where the listed file ends: a chunk that would go past it is
+    refused (TooManyBytes) before any of it is written.  ``on_chunk(length)``
+    sees every chunk as it arrives (and may raise to end the attempt);
+    ``on_written(bytes in the file)`` follows the writes.  An OSError of the
+    file comes out as itself.
 
     Double-buffered: while a worker thread hashes and writes one block
     (both release the GIL), this task decrypts the next, so that receiving
     costs max(decrypt, hash + write) rather than their sum; at most two
-    1 MiB blocks are held.  A small file costs one thread hop for opening,
-    writing, fsync and closing.
+    1 MiB blocks are held.
     """
-    handle: Any = None
     done = offset
     pending: list[bytes] = []
     pending_size = 0
 
     def write(blocks: list[bytes], at: int, last: bool) -> None:
-        nonlocal handle
-        if handle is None:
-            handle = open(partial, "r+b" if offset else "wb")  # noqa: SIM115
-        handle.seek(at)
         # Block by block: joining them first would double the memory held.
         for block in blocks:
-            handle.write(block)
+            _write_all(fd, block, at)
             digest.update(block)
+            at += len(block)
         if last:
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            handle = None
+            os.fsync(fd)
 
     # Capacity 0: a block is handed over only when the writer is free.
     to_writer, for_writer = trio.open_memory_channel[tuple[list[bytes], int, bool]](0)
@@ -176,6 +267,8 @@ async def receive(
             nursery.start_soon(writer)
             async with to_writer:
                 async for chunk in chunks:
+                    if done + pending_size + len(chunk) > end:
+                        raise TooManyBytes(f"sent more than the {end - offset} bytes announced")
                     pending.append(chunk)
                     pending_size += len(chunk)
                     on_chunk(len(chunk))
@@ -187,8 +280,3 @@ async def receive(
     except BaseExceptionGroup as group:
         # One task failed and the other was cancelled: the failure itself.
         raise unwrap_group(group) from None
-    finally:
-        if handle is not None:
-            # Shielded: a handle left open in a cancelled scope leaks until GC.
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(close_quietly, handle)

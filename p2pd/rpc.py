@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from p2pcommon import __version__
 from p2pcommon.boundary import failures
 from p2pcommon.models import Member, SharedFile
 from p2pd.control import Method, Notify
-from p2pd.downloads import UNRECORDED_KEPT, Downloads, Transfer
+from p2pd.downloads import MAX_TRANSFERS, UNRECORDED_KEPT, Downloads, Transfer
 from p2pd.history import History, HistoryUnavailable, Outcome
 from p2pd.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
 from p2pd.listing import MemberListing
@@ -209,6 +210,12 @@ class Rpc:
                 ),
                 **known,
             )
+        new = sum(not self.downloads.joins(entry) for entry in entries)
+        if new > self.downloads.room:
+            queued = len(self.downloads.active)
+            raise FetchRefused(
+                RpcError(OPERATION_FAILED, _too_many(path, wanted, entries, new, queued)), **known
+            )
         transfers: list[Transfer] = []
         for entry in entries:
             try:
@@ -312,6 +319,38 @@ def _unsafe(download_dir: Path, entries: list[SharedFile]) -> list[str]:
         except ValueError as exc:
             refused.append(str(exc))
     return refused
+
+
+def _too_many(path: str, wanted: str, entries: list[SharedFile], new: int, queued: int) -> str:
+    """Why a fetch of ``new`` more transfers is refused, and how to make it fit."""
+    if new > MAX_TRANSFERS:
+        # Too big in itself: the parts it could be fetched in, largest first.
+        counts = Counter(
+            wanted + rest.split("/", 1)[0] + "/"
+            for entry in entries
+            if "/" in (rest := entry.path[len(wanted) :])
+        )
+        loose = len(entries) - sum(counts.values())
+        parts = [f"{folder} ({count} files)" for folder, count in _largest(counts, 5)]
+        if len(counts) > 5:
+            parts.append(f"… {len(counts) - 5} more folders")
+        if loose:
+            parts.append(f"its {loose} files by name")
+        return (
+            f"{path!r} holds {len(entries)} files: more than p2pd queues at once "
+            f"({MAX_TRANSFERS} transfers); nothing was fetched. Fetch it a part at a time"
+            + (f": {', '.join(parts)}" if parts else "")
+        )
+    what = f"{path!r} ({new} files)" if wanted.endswith("/") else repr(path)
+    return (
+        f"no room for {what}: {queued} transfers are queued or running, and p2pd takes "
+        f"{MAX_TRANSFERS} at most; wait for some to finish (`p2pctl downloads`), or cancel "
+        "some, then fetch again"
+    )
+
+
+def _largest(counts: Counter[str], n: int) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
 
 
 def _intended(download_dir: Path, wanted: str) -> Path:

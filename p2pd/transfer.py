@@ -18,9 +18,13 @@ PARTIAL_SUFFIX = ".p2pd-partial"
 NAME_MAX = 255
 
 
-def partial_path(download_dir: Path, sha256: str) -> Path:
+def partial_name(sha256: str) -> str:
     """Hidden, named by content: a resume may come from any member listing the same bytes."""
-    return download_dir / f".{sha256}{PARTIAL_SUFFIX}"
+    return f".{sha256}{PARTIAL_SUFFIX}"
+
+
+def partial_path(download_dir: Path, sha256: str) -> Path:
+    return download_dir / partial_name(sha256)
 
 
 def destination(download_dir: Path, remote_path: str) -> Path:

@@ -12,7 +12,7 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,10 @@ from tests.hostile.attacker import Attacker
 HANG = b"<hang>"
 #: An answer ending with RESET is sent up to it, then the connection is reset (RST).
 RESET = b"<reset>"
+
+#: A route's answer: its bytes, or pieces sent one after another (a stream that may
+#: go on until the victim hangs up), after which the connection is closed.
+Answer = bytes | Iterable[bytes]
 
 
 def http_response(
@@ -43,7 +47,7 @@ class FakeMember:
 
     who: Attacker
     trusted: list[str]
-    routes: dict[str, bytes | Callable[[str], bytes]]
+    routes: dict[str, Answer | Callable[[str], Answer]]
     port: int = 0
     targets: list[str] = field(default_factory=list)
     #: The head of each request, in order (a route may look at the last one's Range).
@@ -114,6 +118,12 @@ class FakeMember:
                         self.targets.append(target)
                         answer = self._answer(target)
                         sock.settimeout(30)
+                        if not isinstance(answer, bytes):
+                            for piece in answer:
+                                if self._stop.is_set():
+                                    break
+                                sock.sendall(piece)
+                            return
                         if answer.endswith(HANG):
                             sock.sendall(answer[: -len(HANG)])
                             self._stop.wait()
@@ -129,7 +139,7 @@ class FakeMember:
         except (OSError, ssl.SSLError, ValueError, IndexError):
             return
 
-    def _answer(self, target: str) -> bytes:
+    def _answer(self, target: str) -> Answer:
         route = self.routes.get(target)
         if route is None:
             for prefix, value in self.routes.items():

@@ -177,14 +177,40 @@ def test_nobody_to_ask_gives_up_with_the_chosen_member_offline() -> None:
 
 
 def test_framing_must_be_exactly_the_listed_bytes_from_the_offset() -> None:
-    check_framing(200, {"content-length": "10"}, 10, 0)
-    check_framing(206, {"content-length": "6", "content-range": "bytes 4-9/10"}, 10, 4)
-    with pytest.raises(Retry, match="announced 11 where 10 bytes were expected"):
-        check_framing(200, {"content-length": "11"}, 10, 0)
-    with pytest.raises(Retry, match="announced no length"):
-        check_framing(200, {}, 10, 0)
-    with pytest.raises(Retry, match="another range than the bytes from 4"):
-        check_framing(206, {"content-length": "6", "content-range": "bytes 0-5/10"}, 10, 4)
+    check_framing(200, [("content-length", "10")], 10, 0)
+    check_framing(206, [("content-length", "6"), ("content-range", "bytes 4-9/10")], 10, 4)
+    with pytest.raises(Changed, match="announced 11 where 10 bytes were expected"):
+        check_framing(200, [("content-length", "11")], 10, 0)
+    with pytest.raises(Changed, match="announced no length"):
+        check_framing(200, [], 10, 0)
+    with pytest.raises(Changed, match="another range than the bytes from 4"):
+        check_framing(206, [("content-length", "6"), ("content-range", "bytes 0-5/10")], 10, 4)
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        # RFC 9112 §6.3: both is suspect, whatever h11 makes of it.
+        ([("content-length", "10"), ("transfer-encoding", "chunked")], "Transfer-Encoding"),
+        ([("transfer-encoding", "chunked")], "Transfer-Encoding: chunked"),
+        ([("transfer-encoding", "identity"), ("content-length", "10")], "Transfer-Encoding"),
+        ([("content-length", "10"), ("content-length", "10")], "announced 10, 10 where"),
+        ([("content-length", "+10")], "announced \\+10 where"),
+        ([("content-length", "١٠")], "where 10 bytes"),  # digits, but not ASCII ones
+        ([("content-length", "")], "where 10 bytes"),
+    ],
+)
+def test_any_other_framing_is_refused_as_not_our_protocol(
+    fields: list[tuple[str, str]], words: str
+) -> None:
+    with pytest.raises(Changed, match=words):
+        check_framing(200, fields, 10, 0)
+
+
+def test_a_206_must_name_exactly_the_rest_of_the_file() -> None:
+    for content_range in ["bytes 4-8/10", "bytes 4-9/11", "bytes 4-9/*", "bytes 4-"]:
+        with pytest.raises(Changed, match="another range"):
+            check_framing(206, [("content-length", "6"), ("content-range", content_range)], 10, 4)
 
 
 def test_repr_digest_is_required_and_names_the_listed_bytes() -> None:
@@ -220,8 +246,10 @@ def test_a_trickle_ends_the_attempt() -> None:
 
 def test_verification() -> None:
     verified(3, SHA, 3, SHA)
-    with pytest.raises(Retry, match="hash mismatch"):
+    with pytest.raises(Retry, match="hash mismatch: the file holds 2 bytes where 3"):
         verified(3, SHA, 2, SHA)
+    with pytest.raises(Retry, match="the file holds 4 bytes where 3"):
+        verified(3, SHA, 4, SHA)  # more on disk than listed: never placed
     with pytest.raises(Retry, match="hash mismatch"):
         verified(3, SHA, 3, "cd" * 32)
 

@@ -7,7 +7,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +43,24 @@ async def tls_pair() -> AsyncIterator[tuple[trio.SSLStream[Any], BatchedTLSStrea
     await trio.aclose_forcefully(us)
 
 
+@pytest.fixture
+def partial(tmp_path: Path) -> Iterator[int]:
+    """The open partial file ``tmp_path / "p"`` that a download writes into."""
+    fd = os.open(tmp_path / "p", os.O_RDWR | os.O_CREAT, 0o600)
+    yield fd
+    os.close(fd)
+
+
 def body(us: BatchedTLSStream, remaining: int, buffered: list[bytes] | None = None) -> DirectBody:
     return DirectBody(us.raw(), buffered or [], remaining, read_timeout=20)
 
 
 async def test_a_body_lands_whole_hashed_and_at_its_offset(
-    tls_pair: tuple[trio.SSLStream[Any], BatchedTLSStream], tmp_path: Path
+    tls_pair: tuple[trio.SSLStream[Any], BatchedTLSStream], tmp_path: Path, partial: int
 ) -> None:
     member, us = tls_pair
     data = os.urandom(3 * MIB + 5)
-    partial = tmp_path / "partial"
-    partial.write_bytes(data[:7])  # a resume from byte 7
+    os.pwrite(partial, data[:7], 0)  # a resume from byte 7
     digest = hashlib.sha256(data[:7])
     # What the HTTP layer had buffered past the head comes first.
     buffered, rest = data[7:1000], data[1000:]
@@ -63,13 +70,13 @@ async def test_a_body_lands_whole_hashed_and_at_its_offset(
         await receive_direct(
             body(us, len(rest), [buffered]), partial, 7, digest, on_chunk=progress.append
         )
-    assert partial.read_bytes() == data
+    assert (tmp_path / "p").read_bytes() == data
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
     assert sum(progress) == len(data) - 7
 
 
 async def test_cancel_ends_it_within_a_second_while_the_member_is_silent(
-    tls_pair: tuple[trio.SSLStream[Any], BatchedTLSStream], tmp_path: Path
+    tls_pair: tuple[trio.SSLStream[Any], BatchedTLSStream], tmp_path: Path, partial: int
 ) -> None:
     member, us = tls_pair
     arrived = trio.Event()
@@ -90,16 +97,14 @@ async def test_cancel_ends_it_within_a_second_while_the_member_is_silent(
         nursery.start_soon(cancel_once_it_stalls)
         nursery.start_soon(member.send_all, os.urandom(MIB))  # of 4, then silence
         started = time.monotonic()
-        await receive_direct(
-            body(us, 4 * MIB), tmp_path / "p", 0, hashlib.sha256(), on_chunk=on_chunk
-        )
+        await receive_direct(body(us, 4 * MIB), partial, 0, hashlib.sha256(), on_chunk=on_chunk)
     assert nursery.cancel_scope.cancelled_caught
     assert time.monotonic() - started < 2  # 1 MiB, then at most a poll slice after the cancel
     assert (tmp_path / "p").stat().st_size == MIB  # whole blocks only: a clean prefix
 
 
 async def test_the_threads_take_none_of_the_daemons_shared_ones(
-    tls_pair: tuple[trio.SSLStream[Any], BatchedTLSStream], tmp_path: Path
+    tls_pair: tuple[trio.SSLStream[Any], BatchedTLSStream], tmp_path: Path, partial: int
 ) -> None:
     """Every shared worker thread busy (uploads, history): a download still runs."""
     member, us = tls_pair
@@ -109,13 +114,13 @@ async def test_the_threads_take_none_of_the_daemons_shared_ones(
         nursery.start_soon(member.send_all, b"x" * 2 * MIB)
         with trio.fail_after(30):
             await receive_direct(
-                body(us, 2 * MIB), tmp_path / "p", 0, hashlib.sha256(), on_chunk=lambda n: None
+                body(us, 2 * MIB), partial, 0, hashlib.sha256(), on_chunk=lambda n: None
             )
     assert (tmp_path / "p").read_bytes() == b"x" * 2 * MIB
 
 
 async def test_an_error_from_the_progress_check_ends_it_with_that_error(
-    tls_pair: tuple[trio.SSLStream[Any], BatchedTLSStream], tmp_path: Path
+    tls_pair: tuple[trio.SSLStream[Any], BatchedTLSStream], tmp_path: Path, partial: int
 ) -> None:
     member, us = tls_pair
 
@@ -125,14 +130,12 @@ async def test_an_error_from_the_progress_check_ends_it_with_that_error(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(member.send_all, b"x" * MIB)
         with pytest.raises(ValueError, match="too little"):
-            await receive_direct(
-                body(us, 4 * MIB), tmp_path / "p", 0, hashlib.sha256(), on_chunk=too_slow
-            )
+            await receive_direct(body(us, 4 * MIB), partial, 0, hashlib.sha256(), on_chunk=too_slow)
         nursery.cancel_scope.cancel()
 
 
 async def test_a_member_that_closes_mid_body_is_a_cut(
-    tls_pair: tuple[trio.SSLStream[Any], BatchedTLSStream], tmp_path: Path
+    tls_pair: tuple[trio.SSLStream[Any], BatchedTLSStream], tmp_path: Path, partial: int
 ) -> None:
     member, us = tls_pair
 
@@ -144,7 +147,7 @@ async def test_a_member_that_closes_mid_body_is_a_cut(
         nursery.start_soon(send_then_cut)
         with pytest.raises(BodyCut, match="mid-answer"):
             await receive_direct(
-                body(us, 4 * MIB), tmp_path / "p", 0, hashlib.sha256(), on_chunk=lambda n: None
+                body(us, 4 * MIB), partial, 0, hashlib.sha256(), on_chunk=lambda n: None
             )
 
 

@@ -12,7 +12,7 @@ import pytest
 from p2pcommon.models import Member
 from p2pd.filehttp import BadTarget, decode_file_target, parse_range, repr_digest
 from p2pd.members import Members, PeerLookupError
-from p2pd.partial import existing_copy, place
+from p2pd.partial import existing_copy, place, resume_state
 from p2pd.ratelimit import TokenBucket
 from p2pd.transfer import free_name, numbered
 
@@ -160,12 +160,17 @@ def test_a_long_taken_name_gets_a_free_shortened_one(tmp_path: Path) -> None:
     assert len(name.encode()) == 254
     taken = tmp_path / name
     taken.write_text("mine")
-    assert existing_copy(taken, hashlib.sha256(b"theirs").hexdigest()) is None
-    partial = tmp_path / ".partial"
-    partial.write_bytes(b"theirs")
-    placed = place(partial, taken)
+    theirs = hashlib.sha256(b"theirs").hexdigest()
+    assert existing_copy(tmp_path, name, theirs, 6) is None
+    partial = resume_state(tmp_path, theirs, 6)
+    try:
+        os.pwrite(partial.fd, b"theirs", 0)
+        partial.digest.update(b"theirs")
+        placed = tmp_path / place(tmp_path, partial, theirs, 6, name)
+    finally:
+        os.close(partial.fd)
     assert placed.name.endswith(" (1).txt") and placed.name.startswith("Grüße xxx")
     assert len(placed.name.encode()) == 255
     assert placed.read_bytes() == b"theirs" and taken.read_text() == "mine"
-    assert existing_copy(taken, hashlib.sha256(b"theirs").hexdigest()) == placed
+    assert existing_copy(tmp_path, name, theirs, 6) == placed.name
     assert free_name(taken, os.path.lexists).name.endswith(" (2).txt")

@@ -8,16 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from p2pd.attempts import Retry, verified
+from p2pd.attempts import Retry
 from p2pd.partial import store_small
 from p2pd.transfer import partial_path
 
 DATA = b"small file " * 100
 SHA = hashlib.sha256(DATA).hexdigest()
-
-
-def check(hexdigest: str) -> None:
-    verified(len(DATA), SHA, len(DATA), hexdigest)
 
 
 def test_verified_bytes_go_to_a_free_name_beside_the_destination(tmp_path: Path) -> None:
@@ -26,7 +22,7 @@ def test_verified_bytes_go_to_a_free_name_beside_the_destination(tmp_path: Path)
     dest.write_bytes(b"someone else's")
     partial = partial_path(tmp_path, SHA)
     partial.write_bytes(b"left by a crash, longer than the file itself" * 100)
-    placed = store_small(partial, [DATA[:7], DATA[7:]], dest, check)
+    placed = tmp_path / store_small(tmp_path, SHA, len(DATA), [DATA[:7], DATA[7:]], "sub/a.txt")
     assert placed == tmp_path / "sub" / "a (1).txt"
     assert placed.read_bytes() == DATA  # rewritten from the start, not appended to
     assert dest.read_bytes() == b"someone else's"
@@ -34,8 +30,12 @@ def test_verified_bytes_go_to_a_free_name_beside_the_destination(tmp_path: Path)
 
 
 def test_bytes_that_hash_wrong_are_refused_and_not_kept(tmp_path: Path) -> None:
-    dest = tmp_path / "a.txt"
-    partial = partial_path(tmp_path, SHA)
     with pytest.raises(Retry, match="hash mismatch"):
-        store_small(partial, [b"not the listed bytes"], dest, check)
+        store_small(tmp_path, SHA, len(DATA), [b"not the listed bytes"], "a.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_more_bytes_than_listed_are_never_placed(tmp_path: Path) -> None:
+    with pytest.raises(Retry, match="holds 1101 bytes where 1100 were listed"):
+        store_small(tmp_path, SHA, len(DATA), [DATA, b"!"], "a.txt")
     assert list(tmp_path.iterdir()) == []
