@@ -190,7 +190,10 @@ async def test_slow_readers_are_ended_when_others_wait_for_a_slot(tmp_path: Path
         trickles = [Reader(s.port, s.mallory, "/files/big.bin", 4 * KiB, 0.1) for _ in range(3)]
         for reader in trickles:
             reader.start()
-        fast = Reader(s.port, s.bob, "/files/big.bin", 256 * KiB, 0.02).start()
+        await until(lambda: s.server.slots.active == 3, "mallory's three slots")
+        # Bob reads well above the floor (~1.6 MB/s) but long enough (~5 s) to hold the
+        # last slot while carol comes: only the trickles can make room for her.
+        fast = Reader(s.port, s.bob, "/files/big.bin", 32 * KiB, 0.02).start()
         await until(lambda: s.server.slots.active == 4, "every slot to be taken")
         await trio.sleep(2.5)  # past a whole window of trickling
         assert not any(reader.ended.is_set() for reader in trickles)  # nobody waited yet
