@@ -8,8 +8,10 @@ Handlers are plain ``async (Request) -> Response`` callables.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +21,19 @@ import trio
 
 from p2pcommon.boundary import failure_boundary
 from p2pcommon.connections import Connection, ConnectionTable
+from p2pcommon.fdlimit import connection_bound
 from p2pcommon.httphead import http_date as http_date
 from p2pcommon.httpsend import send_response
+from p2pcommon.logs import RepeatedLines
 
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 64 * 1024
+#: What accept(2) says when the process or the system is out of something: the
+#: listener is fine, the connection waits in the backlog until we retry.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: Seconds between accept attempts while one of those lasts.
+ACCEPT_RETRY = 0.1
 
 
 @dataclass(frozen=True)
@@ -38,10 +47,15 @@ class Limits:
     #: Seconds one write may wait for a client that stopped reading; then the
     #: connection (and what it holds, e.g. an upload slot) is let go.
     send_timeout: float = 30.0
-    #: Connections served at once, in all and from one address.  Past either
-    #: bound the longest-idle connection makes room, or the newcomer is closed.
+    #: Connections served at once, in all and from one address (an IPv6 /64).
+    #: Past either bound an idle or stalled connection makes room
+    #: (p2pcommon.connections), or the newcomer is closed.
     max_connections: int = 1024
     max_per_address: int = 256
+    #: File descriptors kept free for everything but connections (files,
+    #: databases, the store, control clients, transfers): the connection bound
+    #: is lowered to fit under the process's limit less this.
+    fd_reserve: int = 256
 
 
 @dataclass
@@ -137,8 +151,11 @@ class HttpServer:
     ) -> None:
         self._handler = handler
         self._admit = admit
-        self.limits = limits or Limits()
-        self._table = ConnectionTable(self.limits.max_connections, self.limits.max_per_address)
+        self.limits = limits = limits or Limits()
+        bound = connection_bound(limits.max_connections, limits.fd_reserve)
+        self._table = ConnectionTable(bound, min(limits.max_per_address, bound))
+        # One line a minute at most while accept fails: it is retried ten times a second.
+        self._accept_errors = RepeatedLines(log)
         self._accepting = trio.CancelScope()
         self._closing = False
         self._drained = trio.Event()
@@ -158,8 +175,34 @@ class HttpServer:
     async def _accept(
         self, listeners: Sequence[trio.abc.Listener[Any]], nursery: trio.Nursery
     ) -> None:
+        # trio.serve_listeners logs each failed accept with a traceback, ten a second.
         with self._accepting:
-            await trio.serve_listeners(self.serve_stream, list(listeners), handler_nursery=nursery)
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(self._accept_from, listener, nursery)
+
+    async def _accept_from(self, listener: trio.abc.Listener[Any], nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    self._accept_errors.log(
+                        logging.ERROR,
+                        "accept failed",
+                        "cannot accept connections: %s (%s); retrying every %g s. The "
+                        "connection bound (%d) should have come first: is something else "
+                        "holding file descriptors?",
+                        errno.errorcode.get(exc.errno or 0, exc.errno),
+                        os.strerror(exc.errno or 0),
+                        ACCEPT_RETRY,
+                        self._table.max_connections,
+                    )
+                    await trio.sleep(ACCEPT_RETRY)
+                    continue
+                nursery.start_soon(self.serve_stream, stream)
 
     async def shutdown(self, deadline: float) -> None:
         """Stop accepting, close idle connections, give busy ones ``deadline`` seconds."""
@@ -206,7 +249,7 @@ class HttpServer:
                     conn = Connection(
                         trio.CancelScope(), client_host, idle_since=trio.current_time()
                     )
-                    if not self._table.admit(conn):
+                    if not self._table.admit(conn, trio.current_time()):
                         log.warning(
                             "refused a connection from %s: too many connections", client_host
                         )
@@ -253,7 +296,7 @@ class HttpServer:
             if not await self._exchange(stream, h11conn, conn, client_host, client_id):
                 return
             h11conn.start_next_cycle()
-            conn.idle_since = trio.current_time()
+            conn.became_idle(trio.current_time())
 
     async def _exchange(
         self,
@@ -264,7 +307,6 @@ class HttpServer:
         client_id: str | None,
     ) -> bool:
         """Receive one request and answer it; False if the connection is to end."""
-        conn.idle = True
         try:
             request = await self._receive_request(stream, h11conn, conn, client_host)
         except _Closing as closing:
@@ -312,9 +354,13 @@ class HttpServer:
         with trio.move_on_after(limits.idle_timeout) as scope:
             if not buffered and not closed:
                 await self._receive_into(stream, h11conn)
-            conn.idle = False
-            scope.deadline = trio.current_time() + limits.request_timeout
-            return await self._read_request(stream, h11conn, client_host)
+            now = trio.current_time()
+            conn.request_started(now)
+            scope.deadline = now + limits.request_timeout
+            request = await self._read_request(stream, h11conn, client_host)
+            # Whole: busy from now on, never evicted (bounded by its own deadlines).
+            conn.request_received()
+            return request
         if conn.idle:
             return None  # an idle keep-alive connection is closed quietly
         raise _Closing(error_response(408, "request timeout", "send the whole request sooner"))

@@ -7,9 +7,11 @@ touches a socket, so the HTTP glue and the tests can drive it alike.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,14 +20,22 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 
+from p2pcommon.connections import address_key
 from p2pcommon.httpserver import Request, Response, error_response, json_response
 from p2pcommon.identity import canonical_pem, peer_id_from_pem, short_id
+from p2pcommon.member_proof import (
+    BAD_MEMBER_SIGNATURE,
+    MemberProofError,
+    MemberSignature,
+    check_member_signature,
+    split_member_signature,
+)
 from p2pcommon.models import Lease, MemberRequest, RegisterRequest, join_host_port
-from p2pcommon.signing import MAX_SKEW, REPLAYED, AuthError, Signer
-from registryd.guards import FailureLimiter, LoadShedder
+from p2pcommon.signing import MAX_SKEW, REPLAYED, AuthError, Signer, Verified
+from registryd.guards import FailureLimiter, LoadShedder, NewMemberLimiter
 from registryd.health import StoreHealth
 from registryd.metrics import RegistryMetrics
-from registryd.store import Store, StoreError
+from registryd.store import NewMembersLimited, Store, StoreError, WrongLease
 from registryd.table import Changes, Entry
 
 log = logging.getLogger("registryd")
@@ -47,8 +57,35 @@ def _error(status: int, error: str, message: str) -> Answer:
     return Answer(status, {"error": error, "message": message})
 
 
+@dataclass(frozen=True)
+class Call:
+    """An authenticated request, as an action gets it."""
+
+    request: Request
+    now: float
+    verified: Verified
+    #: The ``member`` signature of a register (docs/protocol.md §2.5), else None.
+    member: MemberSignature | None = None
+
+
+class _Unsigned(Exception):
+    """Raised by an action to answer with ``response`` as it is: a refusal that is
+    not signed, like every 401 and 429 (docs/protocol.md §2.2)."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def lease_hash(token: str) -> str:
+    """What a store keeps of a lease token: its SHA-256, in hex."""
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+#: Bytes of entropy in a lease token: 128 bits, 22 base64url characters.
+LEASE_BYTES = 16
+
 Body = TypeVar("Body", bound=BaseModel)
-Action = Callable[[Request, float], Awaitable[Answer]]
+Action = Callable[[Call], Awaitable[Answer]]
 
 
 class RegistryApp:
@@ -60,6 +97,7 @@ class RegistryApp:
         *,
         limiter: FailureLimiter | None = None,
         shedder: LoadShedder | None = None,
+        newcomers: NewMemberLimiter | None = None,
         health: StoreHealth | None = None,
         clock: Callable[[], float] = time.time,
         scheme: str = "http",
@@ -69,6 +107,7 @@ class RegistryApp:
         self._metrics = metrics
         self._limiter = limiter or FailureLimiter()
         self._shedder = shedder or LoadShedder()
+        self._newcomers = newcomers or NewMemberLimiter()
         self._clock = clock
         self._scheme = scheme
         # Shared with the WatchedStore in front of ``store``; a memory store never fails.
@@ -166,12 +205,17 @@ class RegistryApp:
 
     async def _authenticated(self, request: Request, action: Action) -> Response:
         now = self._clock()
+        headers, member = request.headers, None
+        if request.path == "/register":
+            # The member's own signature is checked by the action, with the body's
+            # certificate; ``sig`` is checked here as on every route.
+            headers, member = split_member_signature(headers)
         try:
             # The whole target: @query and @request-target are derived from it.
             verified = self._signer.verify_request(
                 request.method,
                 request.target,
-                request.headers,
+                headers,
                 request.body,
                 now=now,
                 scheme=self._scheme,
@@ -181,19 +225,24 @@ class RegistryApp:
                 raise AuthError(REPLAYED)
         except AuthError as err:
             return self._refuse(request, err, now)
-        answer = await action(request, now)
+        try:
+            answer = await action(Call(request, now, verified, member))
+        except _Unsigned as unsigned:
+            return unsigned.response
         body = answer.raw if answer.raw is not None else self._encode(answer.payload).encode()
         # A HEAD answer has no content, so its Content-Digest is the empty
         # content's (RFC 9530 appendix B.2) and a client verifies it like any
         # answer; the HTTP layer sends only the head, with GET's Content-Length.
         content = b"" if request.method == "HEAD" else body
-        headers = self._signer.sign_response(answer.status, content, nonce=verified.nonce, now=now)
-        return Response(answer.status, body, [self._response_type, *headers.items()])
+        signed = self._signer.sign_response(answer.status, content, nonce=verified.nonce, now=now)
+        return Response(answer.status, body, [self._response_type, *signed.items()])
 
     def _refuse(self, request: Request, err: AuthError, now: float) -> Response:
         host = request.client_host
-        retry_after = self._limiter.retry_after(host, now)
-        self._limiter.record_failure(host, now)
+        # Counted per party: an IPv6 host has a whole /64 to try from.
+        source = address_key(host)
+        retry_after = self._limiter.retry_after(source, now)
+        self._limiter.record_failure(source, now)
         self._metrics.auth_failures.labels(err.reason).inc()
         if retry_after is not None:
             self._metrics.rate_limited.inc()
@@ -208,7 +257,8 @@ class RegistryApp:
 
     # -- actions ----------------------------------------------------------
 
-    async def _register(self, request: Request, now: float) -> Answer:
+    async def _register(self, call: Call) -> Answer:
+        request, now = call.request, call.now
         parsed = _parse(RegisterRequest, request.body)
         if isinstance(parsed, Answer):
             return parsed
@@ -224,8 +274,24 @@ class RegistryApp:
                 "id mismatch",
                 "field 'id' must be the lowercase unpadded base32 SHA-256 of the certificate's DER",
             )
+        try:
+            check_member_signature(
+                call.member,
+                member_id=parsed.id,
+                cert_pem=cert,
+                method=request.method,
+                path=request.path,
+                digest=(request.header(b"content-digest") or b"").decode("latin-1"),
+                created=call.verified.created,
+                nonce=call.verified.nonce,
+            )
+        except MemberProofError as exc:
+            raise _Unsigned(
+                self._refuse(request, AuthError(BAD_MEMBER_SIGNATURE, str(exc), hint=str(exc)), now)
+            ) from None
         addresses = parsed.addresses or [join_host_port(request.client_host, parsed.port)]
-        new = await self._store.register(parsed.id, parsed.name, cert, tuple(addresses), now)
+        token = secrets.token_urlsafe(LEASE_BYTES)
+        new = await self._store_register(parsed, cert, tuple(addresses), token, call)
         self._metrics.registrations.inc()
         if new:
             log.info(
@@ -233,29 +299,89 @@ class RegistryApp:
             )
         # Read after the change: the member then fetches at least its own join.
         version = await self._store.version(now)
-        return Answer(200, self.lease(version).model_dump())
+        lease = self.lease(version).model_copy(update={"lease": token})
+        return Answer(200, lease.model_dump(exclude_none=True))
 
-    async def _heartbeat(self, request: Request, now: float) -> Answer:
-        parsed = _parse(MemberRequest, request.body)
+    async def _store_register(
+        self, parsed: RegisterRequest, cert: str, addresses: tuple[str, ...], token: str, call: Call
+    ) -> bool:
+        """Register with a new lease; a new id only if its source may add one now (429)."""
+        source, now = address_key(call.request.client_host), call.now
+        # Taken before the store is asked, given back if the id was a member: no
+        # other register from this source can take the same token meanwhile.
+        took = self._newcomers.try_take(source, now)
+        try:
+            new = await self._store.register(
+                parsed.id,
+                parsed.name,
+                cert,
+                addresses,
+                now,
+                lease_hash=lease_hash(token),
+                allow_new=took,
+            )
+        except NewMembersLimited:
+            self._metrics.new_members_limited.inc()
+            retry = self._newcomers.retry_after(source, now)
+            log.info("refused a new member from %s: too many new ids", call.request.client_host)
+            raise _Unsigned(
+                error_response(
+                    429,
+                    "too many new members",
+                    f"this address registered many new ids lately; retry in {retry} s "
+                    "(members already registered are not limited)",
+                    [("Retry-After", str(retry))],
+                )
+            ) from None
+        except BaseException:
+            if took:
+                self._newcomers.give_back(source, now)
+            raise
+        if took and not new:
+            self._newcomers.give_back(source, now)
+        return new
+
+    async def _heartbeat(self, call: Call) -> Answer:
+        parsed = _parse(MemberRequest, call.request.body)
         if isinstance(parsed, Answer):
             return parsed
-        version = await self._store.renew(parsed.id, now)
+        try:
+            version = await self._store.renew(
+                parsed.id, call.now, lease_hash=lease_hash(parsed.lease)
+            )
+        except WrongLease:
+            return self._wrong_lease()
         if version is None:
             return _error(404, "unknown member", "this id has no live lease: register again")
         self._metrics.heartbeats.inc()
-        return Answer(200, self.lease(version).model_dump())
+        return Answer(200, self.lease(version).model_dump(exclude_none=True))
 
-    async def _leave(self, request: Request, now: float) -> Answer:
-        parsed = _parse(MemberRequest, request.body)
+    async def _leave(self, call: Call) -> Answer:
+        parsed = _parse(MemberRequest, call.request.body)
         if isinstance(parsed, Answer):
             return parsed
-        if not await self._store.leave(parsed.id):
+        try:
+            left = await self._store.leave(parsed.id, call.now, lease_hash=lease_hash(parsed.lease))
+        except WrongLease:
+            return self._wrong_lease()
+        if not left:
             return _error(404, "unknown member", "this id is not registered")
         self._metrics.leaves.inc()
         log.info("%s left", short_id(parsed.id))
         return Answer(200, {"ok": True})
 
-    async def _clients(self, request: Request, now: float) -> Answer:
+    def _wrong_lease(self) -> Answer:
+        self._metrics.wrong_leases.inc()
+        return _error(
+            403,
+            "wrong lease",
+            "this member holds another lease: only its last register's lease renews or "
+            "ends it; a member that registered again since (with another registry, or "
+            "another process with the same identity) registers again",
+        )
+
+    async def _clients(self, call: Call) -> Answer:
+        request, now = call.request, call.now
         since = _since(request.target)
         if isinstance(since, Answer):
             return since

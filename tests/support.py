@@ -24,6 +24,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from p2pcommon.identity import peer_id_from_pem
+from p2pcommon.member_proof import (
+    add_member_signature,
+    created_of,
+    member_params,
+    sign_base,
+    signature_base,
+)
+from p2pcommon.models import RegisterRequest
 from p2pd.identity import build_certificate
 
 SECRET = "test-secret-of-the-network"
@@ -38,14 +46,35 @@ def make_cert_pem() -> str:
 
 @dataclass(frozen=True)
 class Peer:
+    """A member's identity as p2pd makes it: its key, its certificate, its id."""
+
     id: str
     cert: str
     name: str
+    key: ec.EllipticCurvePrivateKey
 
     @classmethod
     def new(cls, name: str = "alice") -> Peer:
-        cert = make_cert_pem()
-        return cls(id=peer_id_from_pem(cert), cert=cert, name=name)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = build_certificate(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
+        return cls(id=peer_id_from_pem(cert), cert=cert, name=name, key=key)
+
+    def registration(
+        self, port: int = 7070, *, name: str | None = None, addresses: list[str] | None = None
+    ) -> RegisterRequest:
+        return RegisterRequest(
+            id=self.id, name=name or self.name, cert=self.cert, port=port, addresses=addresses
+        )
+
+    async def prove(self, base: bytes) -> bytes:
+        """The member signature's value (docs/protocol.md §2.5), signed in this process."""
+        return sign_base(self.key, base)
+
+    def add_proof(self, headers: dict[str, str], method: str, path: str, nonce: str) -> None:
+        """Add the ``member`` signature to ``headers`` signed by p2pcommon.signing."""
+        params = member_params(self.id, created_of(headers["Signature-Input"]), nonce)
+        base = signature_base(method, path, headers["Content-Digest"], params)
+        add_member_signature(headers, params, sign_base(self.key, base))
 
 
 def free_port() -> int:

@@ -23,7 +23,15 @@ def payload(response: Response) -> Any:
 
 async def register(app: RegistryApp, peer: Peer, now: float, **extra: Any) -> Response:
     body = {"id": peer.id, "name": peer.name, "cert": peer.cert, "port": 7070, **extra}
-    return await app.handle(signed("POST", "/register", body, now=now))
+    return await app.handle(signed("POST", "/register", body, now=now, member=peer))
+
+
+async def lease_of(app: RegistryApp, peer: Peer, now: float) -> str:
+    """Register ``peer``; the lease token its heartbeats and leave show."""
+    response = await register(app, peer, now)
+    assert response.status == 200, response.body
+    token: str = payload(response)["lease"]
+    return token
 
 
 async def listed(app: RegistryApp, now: float) -> list[dict[str, Any]]:
@@ -39,6 +47,10 @@ async def test_register_answers_the_lease(app: RegistryApp, clock: Clock) -> Non
     lease = payload(response)
     assert (lease["ttl"], lease["heartbeat_interval"]) == (30.0, 10.0)
     assert isinstance(lease["version"], int)
+    # 128 random bits, base64url; a new one at every register.
+    assert len(lease["lease"]) == 22
+    again = payload(await register(app, Peer.new(), clock.now))
+    assert again["lease"] != lease["lease"]
 
 
 async def test_source_address_is_recorded_when_none_is_advertised(
@@ -100,15 +112,17 @@ async def test_invalid_json_is_a_400(app: RegistryApp, clock: Clock) -> None:
 
 async def test_lease_lifecycle_with_a_fake_clock(app: RegistryApp, clock: Clock) -> None:
     peer = Peer.new()
-    await register(app, peer, clock.now)
+    token = await lease_of(app, peer, clock.now)
     clock.now += 25
-    beat = await app.handle(signed("POST", "/heartbeat", {"id": peer.id}, now=clock.now))
+    body = {"id": peer.id, "lease": token}
+    beat = await app.handle(signed("POST", "/heartbeat", body, now=clock.now))
     assert beat.status == 200
+    assert "lease" not in payload(beat)  # the lease stays the register's
     clock.now += 25  # 50 s after registering, 25 s after the heartbeat
     assert [c["id"] for c in await listed(app, clock.now)] == [peer.id]
     clock.now += 5
     assert await listed(app, clock.now) == []
-    late = await app.handle(signed("POST", "/heartbeat", {"id": peer.id}, now=clock.now))
+    late = await app.handle(signed("POST", "/heartbeat", body, now=clock.now))
     assert late.status == 404
     assert "register again" in payload(late)["message"]
 
@@ -117,12 +131,30 @@ async def test_leave_removes_at_once_and_unknown_leave_is_404(
     app: RegistryApp, clock: Clock
 ) -> None:
     peer = Peer.new()
-    await register(app, peer, clock.now)
-    left = await app.handle(signed("POST", "/leave", {"id": peer.id}, now=clock.now))
+    body = {"id": peer.id, "lease": await lease_of(app, peer, clock.now)}
+    left = await app.handle(signed("POST", "/leave", body, now=clock.now))
     assert left.status == 200
     assert await listed(app, clock.now) == []
-    again = await app.handle(signed("POST", "/leave", {"id": peer.id}, now=clock.now))
+    again = await app.handle(signed("POST", "/leave", body, now=clock.now))
     assert again.status == 404
+
+
+async def test_only_the_last_registers_lease_renews_or_ends_a_member(
+    app: RegistryApp, clock: Clock
+) -> None:
+    peer = Peer.new()
+    old = await lease_of(app, peer, clock.now)
+    new = await lease_of(app, peer, clock.now + 1)
+    for path in ("/heartbeat", "/leave"):
+        body = {"id": peer.id, "lease": old}
+        refused = await app.handle(signed("POST", path, body, now=clock.now + 2))
+        assert (refused.status, payload(refused)["error"]) == (403, "wrong lease")
+    assert [c["id"] for c in await listed(app, clock.now + 2)] == [peer.id]
+    # Refused without a lease at all (a body of an older p2pd): 400, nothing changed.
+    bare = await app.handle(signed("POST", "/heartbeat", {"id": peer.id}, now=clock.now + 2))
+    assert (bare.status, payload(bare)["message"]) == (400, "field 'lease': Field required")
+    body = {"id": peer.id, "lease": new}
+    assert (await app.handle(signed("POST", "/leave", body, now=clock.now + 3))).status == 200
 
 
 async def test_answers_are_signed_with_the_request_nonce(app: RegistryApp, clock: Clock) -> None:
@@ -200,8 +232,8 @@ async def test_unknown_route_and_wrong_method(app: RegistryApp, clock: Clock) ->
 
 async def test_metrics_count_events_and_hold_no_secret(app: RegistryApp, clock: Clock) -> None:
     peer = Peer.new()
-    await register(app, peer, clock.now)
-    await app.handle(signed("POST", "/heartbeat", {"id": peer.id}, now=clock.now))
+    body = {"id": peer.id, "lease": await lease_of(app, peer, clock.now)}
+    await app.handle(signed("POST", "/heartbeat", body, now=clock.now))
     await app.handle(signed("GET", "/clients", now=clock.now, secret="wrong-secret!"))
     response = await app.handle(Request("GET", "/metrics", [], b"", "h"))
     text = response.body.decode()
@@ -227,7 +259,7 @@ async def test_only_the_certificate_itself_reaches_the_members(
     """Extra blocks after a valid certificate would poison every member's trust store."""
     alice = Peer.new("alice")
     body = {"id": alice.id, "name": "alice", "cert": alice.cert + extra, "port": 7070}
-    response = await app.handle(signed("POST", "/register", body, now=clock.now))
+    response = await app.handle(signed("POST", "/register", body, now=clock.now, member=alice))
     if extra.startswith("-----BEGIN"):
         assert response.status == 400
         assert payload(response)["error"] == "bad certificate"
