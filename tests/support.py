@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,18 +176,23 @@ def registryd_env(port: int, extra: Mapping[str, str] = {}) -> dict[str, str]:
 
 @contextmanager
 def run_registryd(
-    tmp_path: Path, extra_env: Mapping[str, str] = {}, port: int | None = None
+    tmp_path: Path,
+    extra_env: Mapping[str, str] = {},
+    port: int | None = None,
+    *,
+    wrapper: Sequence[str] = (),
 ) -> Iterator[RunningRegistry]:
     """Start the real registryd, wait for its READY=1, stop it with SIGTERM afterwards.
 
     It gets an empty config file so that a /etc/registryd.toml on the machine
-    never leaks into a test; the environment configures it.
+    never leaks into a test; the environment configures it.  ``wrapper`` is a
+    command that execs it (``prlimit --nofile=…``).
     """
     port = port or free_port()
     config = tmp_path / f"registryd-{port}.toml"
     config.write_text("")
     log_path = tmp_path / f"registryd-{port}.log"
-    command = [str(VENV_BIN / "registryd"), "--config", str(config)]
+    command = [*wrapper, str(VENV_BIN / "registryd"), "--config", str(config)]
     with daemon_process(command, registryd_env(port, extra_env), log_path) as (process, notify):
         yield RunningRegistry(f"http://127.0.0.1:{port}", process, log_path, notify)
 
@@ -325,6 +330,7 @@ def run_p2pd(
     extra_config: str = "",
     port: int | None = None,
     extra_env: Mapping[str, str] = {},
+    wrapper: Sequence[str] = (),
 ) -> Iterator[RunningPeer]:
     """Start the real p2pd with its own folders; wait for READY=1; SIGTERM it afterwards."""
     port = port or free_port()
@@ -334,7 +340,7 @@ def run_p2pd(
     log_path = base / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("P2PD_", "NOTIFY_"))}
     env.update(extra_env)
-    command = [str(VENV_BIN / "p2pd"), "--config", str(config)]
+    command = [*wrapper, str(VENV_BIN / "p2pd"), "--config", str(config)]
     try:
         with daemon_process(command, env, log_path, ready_timeout=60) as (process, notify):
             yield RunningPeer(

@@ -95,8 +95,8 @@ async def test_past_the_bound_requests_get_503_at_once_while_the_held_ones_compl
     store = HeldStore(90.0)
     peer = Peer.new()
     async with serving(store) as (server, port):
-        body = {"id": peer.id, "name": "a", "cert": peer.cert, "port": 7070}
-        stream, _ = await exchange_start(port, "POST", "/register", body, peer)
+        register = {"id": peer.id, "name": "a", "cert": peer.cert, "port": 7070}
+        stream, _ = await exchange_start(port, "POST", "/register", register, peer)
         status, _, answer = await read_answer(stream)
         assert status == 200
         await stream.aclose()
