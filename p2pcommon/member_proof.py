@@ -1,4 +1,4 @@
-"""The register's proof that the sender holds the member's key (docs/protocol.md §2.5).
+"""The register's proof that the sender holds the member's key (docs/protocol.md §2.4).
 
 ``POST /register`` carries, beside the network's ``sig`` signature, a second
 RFC 9421 signature labelled ``member``: made with the member's identity key
@@ -114,7 +114,7 @@ class RegisterProof:
     prove: MemberProver
 
     async def sign(self, method: str, target: str, headers: dict[str, str], nonce: str) -> None:
-        """The same created and nonce as ``sig``, over the same components (§2.5)."""
+        """The same created and nonce as ``sig``, over the same components (§2.4)."""
         params = member_params(self.member_id, created_of(headers["Signature-Input"]), nonce)
         base = signature_base(method, target, headers["Content-Digest"], params)
         add_member_signature(headers, params, await self.prove(base))
@@ -205,7 +205,7 @@ def check_member_signature(
     if member is None:
         raise MemberProofError(
             "a register must carry a second signature labelled 'member', made with the key "
-            "of the certificate in 'cert' (docs/protocol.md §2.5)"
+            "of the certificate in 'cert' (docs/protocol.md §2.4)"
         )
     if member.components is None or member.signature is None:
         raise MemberProofError(

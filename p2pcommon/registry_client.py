@@ -146,7 +146,7 @@ class RegistryClient:
     async def register(
         self, request: RegisterRequest, prove: MemberProver, *, rounds: int = 1
     ) -> Lease:
-        """Register (or renew the record), proving the key with ``prove`` (§2.5):
+        """Register (or renew the record), proving the key with ``prove`` (§2.4):
         the answer's ``lease`` is what heartbeats and the leave show."""
         payload = request.model_dump()
         proof = RegisterProof(request.id, prove)

@@ -1,4 +1,4 @@
-"""The register's proof, signed by a short child process (docs/protocol.md §2.5).
+"""The register's proof, signed by a short child process (docs/protocol.md §2.4).
 
 Each register carries a signature by the identity key over that request
 (its body and nonce), so it is made anew at every register: at start, after

@@ -10,7 +10,7 @@ since ours.  A heartbeat that fails (overload, outage) is retried as a
 heartbeat: only a registry that no longer knows us gets a new register, so
 that an overloaded registry is not answered with a wave of registrations.
 
-Each register proves that we hold our identity key (docs/protocol.md §2.5:
+Each register proves that we hold our identity key (docs/protocol.md §2.4:
 ``prove`` signs in a short child process) and gets a lease token, which our
 heartbeats and our leave show.  A registry that holds another lease for us
 (403: we registered again elsewhere since, or another process has our

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from p2pcommon.connections import address_key
 from p2pcommon.httpserver import Request, Response, error_response, json_response
 from p2pcommon.identity import canonical_pem, peer_id_from_pem, short_id
+from p2pcommon.logs import RepeatedLines
 from p2pcommon.member_proof import (
     BAD_MEMBER_SIGNATURE,
     MemberProofError,
@@ -64,7 +65,7 @@ class Call:
     request: Request
     now: float
     verified: Verified
-    #: The ``member`` signature of a register (docs/protocol.md §2.5), else None.
+    #: The ``member`` signature of a register (docs/protocol.md §2.4), else None.
     member: MemberSignature | None = None
 
 
@@ -108,6 +109,8 @@ class RegistryApp:
         self._limiter = limiter or FailureLimiter()
         self._shedder = shedder or LoadShedder()
         self._newcomers = newcomers or NewMemberLimiter()
+        # A source turned away keeps trying: a few lines a minute say so.
+        self._refusals = RepeatedLines(log, burst=5)
         self._clock = clock
         self._scheme = scheme
         # Shared with the WatchedStore in front of ``store``; a memory store never fails.
@@ -323,7 +326,12 @@ class RegistryApp:
         except NewMembersLimited:
             self._metrics.new_members_limited.inc()
             retry = self._newcomers.retry_after(source, now)
-            log.info("refused a new member from %s: too many new ids", call.request.client_host)
+            self._refusals.log(
+                logging.INFO,
+                "refused new members",
+                "refused a new member from %s: too many new ids from its address",
+                call.request.client_host,
+            )
             raise _Unsigned(
                 error_response(
                     429,

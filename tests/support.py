@@ -67,7 +67,7 @@ class Peer:
         )
 
     async def prove(self, base: bytes) -> bytes:
-        """The member signature's value (docs/protocol.md §2.5), signed in this process."""
+        """The member signature's value (docs/protocol.md §2.4), signed in this process."""
         return sign_base(self.key, base)
 
     def add_proof(self, headers: dict[str, str], method: str, path: str, nonce: str) -> None:

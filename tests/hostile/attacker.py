@@ -121,7 +121,7 @@ def sign(
     """Content-Digest, Signature-Input and Signature over the base of RFC 9421 §2.5.
 
     With ``member`` (an id and a key), the register's second signature too
-    (docs/protocol.md §2.5): labelled ``member``, ECDSA P-256 as RFC 9421
+    (docs/protocol.md §2.4): labelled ``member``, ECDSA P-256 as RFC 9421
     §3.3.4 has it (raw r‖s), over the same components, created and nonce.
     """
     digest = digest if digest is not None else content_digest(body)
@@ -298,7 +298,7 @@ def register(
     source: str | None = None,
     **fields: Any,
 ) -> RawResponse:
-    """Register ``who`` as a member does: proven by its own key (docs/protocol.md §2.5)."""
+    """Register ``who`` as a member does: proven by its own key (docs/protocol.md §2.4)."""
     payload = {"id": who.id, "name": name, "cert": who.cert_pem, "port": port, **fields}
     return signed(url, "POST", "/register", payload, source=source, member=(who.id, who.key()))
 

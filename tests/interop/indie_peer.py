@@ -71,7 +71,7 @@ class IndependentPeer:
     def register(self) -> dict[str, Any]:
         """§3.2 ``POST /register`` without ``addresses``: the registry records the
         address it saw with our port (§3.3, observed address rule); proven by our
-        key (§2.5)."""
+        key (§2.4)."""
         payload = {
             "id": self.id,
             "name": self.name,

@@ -2,7 +2,7 @@
 
 Requests are signed by hand (§2.1: Content-Digest, then the RFC 9421
 signature base, HMAC-SHA256 keyed by the secret's UTF-8 bytes; a register
-also by the member's own key, §2.5) and every signed answer is verified as
+also by the member's own key, §2.4) and every signed answer is verified as
 §2.2 says before anything in it is believed.  Standard library, and
 ``cryptography`` for the member's ECDSA signature.
 """
@@ -85,7 +85,7 @@ class Registry:
         member: tuple[str, ec.EllipticCurvePrivateKey] | None = None,
     ) -> Answer:
         """One signed request (§2.1) and its verified answer (§2.2); with ``member``
-        (our id and key), the register's second signature (§2.5)."""
+        (our id and key), the register's second signature (§2.4)."""
         body = b"" if payload is None else json.dumps(payload).encode()
         created, nonce = int(time.time()), secrets.token_urlsafe(16)
         digest = content_digest(body)
@@ -98,7 +98,7 @@ class Registry:
             "Signature": f"sig=:{mac(self._secret, base_of(method, path, digest, params))}:",
         }
         if member is not None:
-            # §2.5: same components, created and nonce; keyid our id; raw r‖s (RFC 9421 §3.3.4).
+            # §2.4: same components, created and nonce; keyid our id; raw r‖s (RFC 9421 §3.3.4).
             member_id, key = member
             params = (
                 f'{components};created={created};keyid="{member_id}";alg="ecdsa-p256-sha256"'

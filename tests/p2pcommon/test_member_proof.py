@@ -1,4 +1,4 @@
-"""The register's member signature (docs/protocol.md §2.5): made, split off, checked.
+"""The register's member signature (docs/protocol.md §2.4): made, split off, checked.
 
 Includes a register made by a standard client, the http-message-signatures
 package (two signatures on one message, ``append_if_signature_exists``),
@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
-from http_message_signatures import HTTPMessageSigner, algorithms
+from http_message_signatures import HTTPMessageSigner, HTTPSignatureKeyResolver, algorithms
 
 from p2pcommon.httpserver import Request
 from p2pcommon.identity import peer_id_from_pem
@@ -185,7 +185,7 @@ def test_an_rsa_key_cannot_prove_and_ed25519_can() -> None:
     check(Request("POST", "/register", fields, body, "h"), member_id, cert)
 
 
-class KeyResolver:
+class KeyResolver(HTTPSignatureKeyResolver):
     def __init__(self, keys: dict[str, Any]) -> None:
         self._keys = keys
 
