@@ -106,9 +106,10 @@ class RegistryApp:
         self._signer = signer
         self._store = store
         self._metrics = metrics
-        self._limiter = limiter or FailureLimiter()
-        self._shedder = shedder or LoadShedder()
-        self._newcomers = newcomers or NewMemberLimiter()
+        # Not ``or``: an empty limiter has a length of 0, so it is falsy.
+        self._limiter = FailureLimiter() if limiter is None else limiter
+        self._shedder = LoadShedder() if shedder is None else shedder
+        self._newcomers = NewMemberLimiter() if newcomers is None else newcomers
         # A source turned away keeps trying: a few lines a minute say so.
         self._refusals = RepeatedLines(log, burst=5)
         self._clock = clock

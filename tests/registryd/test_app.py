@@ -12,6 +12,9 @@ import pytest
 from p2pcommon.httpserver import Request, Response
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
+from registryd.guards import NewMemberLimiter
+from registryd.metrics import RegistryMetrics
+from registryd.store import MemoryStore
 from tests.hostile.attacker import content_digest, sign
 from tests.registryd.conftest import Clock, signed
 from tests.support import SECRET, Peer
@@ -268,3 +271,50 @@ async def test_only_the_certificate_itself_reaches_the_members(
         assert response.status == 200
         (member,) = await listed(app, clock.now)
         assert member["cert"] == alice.cert  # re-encoded: the trailing text is gone
+
+
+async def test_new_ids_from_one_source_are_limited_members_are_not(clock: Clock) -> None:
+    app = RegistryApp(
+        Signer(SECRET),
+        MemoryStore(30.0),
+        RegistryMetrics(),
+        newcomers=NewMemberLimiter(burst=2, rate=0.5),
+        clock=clock,
+    )
+
+    async def join(peer: Peer, host: str) -> Response:
+        body = {"id": peer.id, "name": peer.name, "cert": peer.cert, "port": 7070}
+        request = signed("POST", "/register", body, now=clock.now, host=host, member=peer)
+        return await app.handle(request)
+
+    alice, bob, carol = Peer.new("alice"), Peer.new("bob"), Peer.new("carol")
+    # One IPv6 host: every address of its /64 shares one bucket.
+    assert (await join(alice, "2001:db8:0:1::a")).status == 200
+    assert (await join(bob, "2001:db8:0:1::b")).status == 200
+    limited = await join(carol, "2001:db8:0:1::c")
+    assert (limited.status, payload(limited)["error"]) == (429, "too many new members")
+    assert dict(limited.headers)["Retry-After"] == "2"
+    assert [c["name"] for c in await listed(app, clock.now)] == ["alice", "bob"]
+    # A member renews its record however empty the bucket; another /64 is not slowed.
+    assert (await join(alice, "2001:db8:0:1::a")).status == 200
+    assert (await join(carol, "2001:db8:0:2::c")).status == 200
+    clock.now += 2
+    assert (await join(Peer.new("dave"), "2001:db8:0:1::d")).status == 200
+    metrics = (await app.handle(Request("GET", "/metrics", [], b"", "h"))).body.decode()
+    assert "registry_new_members_limited_total 1.0" in metrics
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"addresses": [f"10.0.0.{i}:7070" for i in range(9)]}, "addresses"),
+        ({"addresses": ["h" * 124 + ":7070"]}, "addresses.0"),
+        ({"name": "n" * 65}, "name"),
+    ],
+)
+async def test_what_one_registration_may_carry_is_bounded(
+    app: RegistryApp, clock: Clock, fields: dict[str, Any], field: str
+) -> None:
+    response = await register(app, Peer.new(), clock.now, **fields)
+    assert response.status == 400
+    assert f"field '{field}'" in payload(response)["message"]
