@@ -8,10 +8,8 @@ Handlers are plain ``async (Request) -> Response`` callables.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import h11
 import trio
 
+from p2pcommon.accepting import accept_forever, peer_host
 from p2pcommon.boundary import failure_boundary
 from p2pcommon.connections import Connection, ConnectionTable
 from p2pcommon.fdlimit import connection_bound
@@ -29,11 +28,6 @@ from p2pcommon.logs import RepeatedLines
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 64 * 1024
-#: What accept(2) says when the process or the system is out of something: the
-#: listener is fine, the connection waits in the backlog until we retry.
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-#: Seconds between accept attempts while one of those lasts.
-ACCEPT_RETRY = 0.1
 
 
 @dataclass(frozen=True)
@@ -52,9 +46,8 @@ class Limits:
     #: (p2pcommon.connections), or the newcomer is closed.
     max_connections: int = 1024
     max_per_address: int = 256
-    #: File descriptors kept free for everything but connections (files,
-    #: databases, the store, control clients, transfers): the connection bound
-    #: is lowered to fit under the process's limit less this.
+    #: File descriptors kept for all but connections (files, databases, the store,
+    #: control clients, transfers): the connection bound fits under the limit less this.
     fd_reserve: int = 256
 
 
@@ -135,16 +128,6 @@ class _Closing(Exception):
         self.response = response
 
 
-def peer_host(stream: trio.abc.Stream) -> str:
-    """The client's address; OSError if it is gone already (a reset right after connect)."""
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if isinstance(stream, trio.SocketStream):
-        name = stream.socket.getpeername()
-        return str(name[0]) if isinstance(name, tuple) else "unix"
-    return "unknown"
-
-
 class HttpServer:
     def __init__(
         self, handler: Handler, limits: Limits | None = None, *, admit: Admit | None = None
@@ -175,34 +158,16 @@ class HttpServer:
     async def _accept(
         self, listeners: Sequence[trio.abc.Listener[Any]], nursery: trio.Nursery
     ) -> None:
-        # trio.serve_listeners logs each failed accept with a traceback, ten a second.
         with self._accepting:
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
-                    accepting.start_soon(self._accept_from, listener, nursery)
-
-    async def _accept_from(self, listener: trio.abc.Listener[Any], nursery: trio.Nursery) -> None:
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    self._accept_errors.log(
-                        logging.ERROR,
-                        "accept failed",
-                        "cannot accept connections: %s (%s); retrying every %g s. The "
-                        "connection bound (%d) should have come first: is something else "
-                        "holding file descriptors?",
-                        errno.errorcode.get(exc.errno or 0, exc.errno),
-                        os.strerror(exc.errno or 0),
-                        ACCEPT_RETRY,
+                    accepting.start_soon(
+                        accept_forever,
+                        listener,
+                        lambda stream: nursery.start_soon(self.serve_stream, stream),
+                        self._accept_errors,
                         self._table.max_connections,
                     )
-                    await trio.sleep(ACCEPT_RETRY)
-                    continue
-                nursery.start_soon(self.serve_stream, stream)
 
     async def shutdown(self, deadline: float) -> None:
         """Stop accepting, close idle connections, give busy ones ``deadline`` seconds."""

@@ -7,36 +7,24 @@ touches a socket, so the HTTP glue and the tests can drive it alike.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import re
-import secrets
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Callable
 from urllib.parse import parse_qsl
-
-from pydantic import BaseModel, ValidationError
 
 from p2pcommon.connections import address_key
 from p2pcommon.httpserver import Request, Response, error_response, json_response
-from p2pcommon.identity import canonical_pem, peer_id_from_pem, short_id
-from p2pcommon.logs import RepeatedLines
-from p2pcommon.member_proof import (
-    BAD_MEMBER_SIGNATURE,
-    MemberProofError,
-    MemberSignature,
-    check_member_signature,
-    split_member_signature,
-)
-from p2pcommon.models import Lease, MemberRequest, RegisterRequest, join_host_port
-from p2pcommon.signing import MAX_SKEW, REPLAYED, AuthError, Signer, Verified
+from p2pcommon.member_proof import split_member_signature
+from p2pcommon.models import Lease
+from p2pcommon.signing import MAX_SKEW, REPLAYED, AuthError, Signer
+from registryd.answers import Action, Answer, Call, Unsigned, error
 from registryd.guards import FailureLimiter, LoadShedder, NewMemberLimiter
 from registryd.health import StoreHealth
+from registryd.membership import Membership
 from registryd.metrics import RegistryMetrics
-from registryd.store import NewMembersLimited, Store, StoreError, WrongLease
+from registryd.store import Store, StoreError
 from registryd.table import Changes, Entry
 
 log = logging.getLogger("registryd")
@@ -44,49 +32,6 @@ log = logging.getLogger("registryd")
 #: Seconds a client is told to wait while the store is away: the health probe
 #: runs every second, so the registry answers again soon after the store does.
 RETRY_AFTER = "2"
-
-
-@dataclass
-class Answer:
-    status: int
-    payload: object
-    #: The body already encoded (a full member list from the snapshot), else None.
-    raw: bytes | None = None
-
-
-def _error(status: int, error: str, message: str) -> Answer:
-    return Answer(status, {"error": error, "message": message})
-
-
-@dataclass(frozen=True)
-class Call:
-    """An authenticated request, as an action gets it."""
-
-    request: Request
-    now: float
-    verified: Verified
-    #: The ``member`` signature of a register (docs/protocol.md §2.4), else None.
-    member: MemberSignature | None = None
-
-
-class _Unsigned(Exception):
-    """Raised by an action to answer with ``response`` as it is: a refusal that is
-    not signed, like every 401 and 429 (docs/protocol.md §2.2)."""
-
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
-def lease_hash(token: str) -> str:
-    """What a store keeps of a lease token: its SHA-256, in hex."""
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
-
-
-#: Bytes of entropy in a lease token: 128 bits, 22 base64url characters.
-LEASE_BYTES = 16
-
-Body = TypeVar("Body", bound=BaseModel)
-Action = Callable[[Call], Awaitable[Answer]]
 
 
 class RegistryApp:
@@ -109,18 +54,17 @@ class RegistryApp:
         # Not ``or``: an empty limiter has a length of 0, so it is falsy.
         self._limiter = FailureLimiter() if limiter is None else limiter
         self._shedder = LoadShedder() if shedder is None else shedder
-        self._newcomers = NewMemberLimiter() if newcomers is None else newcomers
-        # A source turned away keeps trying: a few lines a minute say so.
-        self._refusals = RepeatedLines(log, burst=5)
+        newcomers = NewMemberLimiter() if newcomers is None else newcomers
+        self._members = Membership(store, metrics, newcomers, self.lease)
         self._clock = clock
         self._scheme = scheme
         # Shared with the WatchedStore in front of ``store``; a memory store never fails.
         self._health = health or StoreHealth()
         # path -> (methods, action); None marks the routes that need no signature.
         self._routes: dict[str, tuple[tuple[str, ...], Action | None]] = {
-            "/register": (("POST",), self._register),
-            "/heartbeat": (("POST",), self._heartbeat),
-            "/leave": (("POST",), self._leave),
+            "/register": (("POST",), self._members.register),
+            "/heartbeat": (("POST",), self._members.heartbeat),
+            "/leave": (("POST",), self._members.leave),
             # Every GET route answers HEAD with GET's head (docs/protocol.md §3.2).
             "/clients": (("GET", "HEAD"), self._clients),
             "/healthz": (("GET", "HEAD"), None),
@@ -231,7 +175,9 @@ class RegistryApp:
             return self._refuse(request, err, now)
         try:
             answer = await action(Call(request, now, verified, member))
-        except _Unsigned as unsigned:
+        except AuthError as err:  # a register whose member signature failed
+            return self._refuse(request, err, now)
+        except Unsigned as unsigned:
             return unsigned.response
         body = answer.raw if answer.raw is not None else self._encode(answer.payload).encode()
         # A HEAD answer has no content, so its Content-Digest is the empty
@@ -260,134 +206,6 @@ class RegistryApp:
         return error_response(401, err.reason, err.hint)
 
     # -- actions ----------------------------------------------------------
-
-    async def _register(self, call: Call) -> Answer:
-        request, now = call.request, call.now
-        parsed = _parse(RegisterRequest, request.body)
-        if isinstance(parsed, Answer):
-            return parsed
-        try:
-            # Stored re-encoded: only the certificate itself reaches the members.
-            cert = canonical_pem(parsed.cert)
-            cert_id = peer_id_from_pem(cert)
-        except ValueError as exc:
-            return _error(400, "bad certificate", f"field 'cert': {exc}")
-        if cert_id != parsed.id:
-            return _error(
-                400,
-                "id mismatch",
-                "field 'id' must be the lowercase unpadded base32 SHA-256 of the certificate's DER",
-            )
-        try:
-            check_member_signature(
-                call.member,
-                member_id=parsed.id,
-                cert_pem=cert,
-                method=request.method,
-                path=request.path,
-                digest=(request.header(b"content-digest") or b"").decode("latin-1"),
-                created=call.verified.created,
-                nonce=call.verified.nonce,
-            )
-        except MemberProofError as exc:
-            raise _Unsigned(
-                self._refuse(request, AuthError(BAD_MEMBER_SIGNATURE, str(exc), hint=str(exc)), now)
-            ) from None
-        addresses = parsed.addresses or [join_host_port(request.client_host, parsed.port)]
-        token = secrets.token_urlsafe(LEASE_BYTES)
-        new = await self._store_register(parsed, cert, tuple(addresses), token, call)
-        self._metrics.registrations.inc()
-        if new:
-            log.info(
-                "registered %s (%s) at %s", short_id(parsed.id), parsed.name, ", ".join(addresses)
-            )
-        # Read after the change: the member then fetches at least its own join.
-        version = await self._store.version(now)
-        lease = self.lease(version).model_copy(update={"lease": token})
-        return Answer(200, lease.model_dump(exclude_none=True))
-
-    async def _store_register(
-        self, parsed: RegisterRequest, cert: str, addresses: tuple[str, ...], token: str, call: Call
-    ) -> bool:
-        """Register with a new lease; a new id only if its source may add one now (429)."""
-        source, now = address_key(call.request.client_host), call.now
-        # Taken before the store is asked, given back if the id was a member: no
-        # other register from this source can take the same token meanwhile.
-        took = self._newcomers.try_take(source, now)
-        try:
-            new = await self._store.register(
-                parsed.id,
-                parsed.name,
-                cert,
-                addresses,
-                now,
-                lease_hash=lease_hash(token),
-                allow_new=took,
-            )
-        except NewMembersLimited:
-            self._metrics.new_members_limited.inc()
-            retry = self._newcomers.retry_after(source, now)
-            self._refusals.log(
-                logging.INFO,
-                "refused new members",
-                "refused a new member from %s: too many new ids from its address",
-                call.request.client_host,
-            )
-            raise _Unsigned(
-                error_response(
-                    429,
-                    "too many new members",
-                    f"this address registered many new ids lately; retry in {retry} s "
-                    "(members already registered are not limited)",
-                    [("Retry-After", str(retry))],
-                )
-            ) from None
-        except BaseException:
-            if took:
-                self._newcomers.give_back(source, now)
-            raise
-        if took and not new:
-            self._newcomers.give_back(source, now)
-        return new
-
-    async def _heartbeat(self, call: Call) -> Answer:
-        parsed = _parse(MemberRequest, call.request.body)
-        if isinstance(parsed, Answer):
-            return parsed
-        try:
-            version = await self._store.renew(
-                parsed.id, call.now, lease_hash=lease_hash(parsed.lease)
-            )
-        except WrongLease:
-            return self._wrong_lease()
-        if version is None:
-            return _error(404, "unknown member", "this id has no live lease: register again")
-        self._metrics.heartbeats.inc()
-        return Answer(200, self.lease(version).model_dump(exclude_none=True))
-
-    async def _leave(self, call: Call) -> Answer:
-        parsed = _parse(MemberRequest, call.request.body)
-        if isinstance(parsed, Answer):
-            return parsed
-        try:
-            left = await self._store.leave(parsed.id, call.now, lease_hash=lease_hash(parsed.lease))
-        except WrongLease:
-            return self._wrong_lease()
-        if not left:
-            return _error(404, "unknown member", "this id is not registered")
-        self._metrics.leaves.inc()
-        log.info("%s left", short_id(parsed.id))
-        return Answer(200, {"ok": True})
-
-    def _wrong_lease(self) -> Answer:
-        self._metrics.wrong_leases.inc()
-        return _error(
-            403,
-            "wrong lease",
-            "this member holds another lease: only its last register's lease renews or "
-            "ends it; a member that registered again since (with another registry, or "
-            "another process with the same identity) registers again",
-        )
 
     async def _clients(self, call: Call) -> Answer:
         request, now = call.request, call.now
@@ -466,18 +284,5 @@ def _since(target: str) -> int | None | Answer:
     if not values:
         return None
     if len(values) > 1 or not _SINCE_DIGITS.fullmatch(values[0]):
-        return _error(
-            400, "bad request", "query 'since': a membership version, one decimal integer"
-        )
+        return error(400, "bad request", "query 'since': a membership version, one decimal integer")
     return int(values[0])
-
-
-def _parse(model: type[Body], body: bytes) -> Body | Answer:
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        if first["type"] == "json_invalid":
-            return _error(400, "bad request", "the body must be a JSON object")
-        field = ".".join(str(part) for part in first["loc"]) or "body"
-        return _error(400, "bad request", f"field '{field}': {first['msg']}")
