@@ -137,8 +137,9 @@ class HttpServer:
         self.limits = limits = limits or Limits()
         bound = connection_bound(limits.max_connections, limits.fd_reserve)
         self._table = ConnectionTable(bound, min(limits.max_per_address, bound))
-        # One line a minute at most while accept fails: it is retried ten times a second.
+        # Lines a client can cause at will, at most a few a minute.
         self._accept_errors = RepeatedLines(log)
+        self._refused = RepeatedLines(log, burst=5)
         self._accepting = trio.CancelScope()
         self._closing = False
         self._drained = trio.Event()
@@ -189,12 +190,8 @@ class HttpServer:
 
     @property
     def in_progress(self) -> int:
-        """Requests received whole and not yet answered.
-
-        Not those still arriving: a client that sends a byte and stalls only
-        holds its connection (bounded per address, and by request_timeout),
-        and must not count towards shedding everyone else's requests.
-        """
+        """Requests received whole and not yet answered: not those still arriving (a
+        client that sends a byte and stalls must not shed everyone else's requests)."""
         return self._in_progress
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
@@ -215,8 +212,11 @@ class HttpServer:
                         trio.CancelScope(), client_host, idle_since=trio.current_time()
                     )
                     if not self._table.admit(conn, trio.current_time()):
-                        log.warning(
-                            "refused a connection from %s: too many connections", client_host
+                        self._refused.log(
+                            logging.WARNING,
+                            "refused connections",
+                            "refused a connection from %s: every connection is busy",
+                            client_host,
                         )
                         conn = None
                         return
