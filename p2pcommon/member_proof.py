@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections import UserList
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -144,25 +145,22 @@ def split_member_signature(
     The remaining ``sig`` signature is verified as on any route, so that it
     stays exactly what docs/protocol.md §2.1 says.  Fields that do not parse
     are left as they are: the ``sig`` check then says what is wrong with them.
+    The fields are read and written by the http-message-signatures package's
+    own parser, as its verifier reads them.
     """
-    import http_sf
+    from http_message_signatures import HTTPMessageSignaturesException
 
-    def reject_duplicate(key: str, context: str) -> None:
-        raise ValueError(f"duplicate label {key!r}")
+    from p2pcommon.signing_messages import parse_signature_field
 
-    parsed: dict[bytes, dict[str, Any]] = {}
+    parsed: dict[bytes, Any] = {}
     for name in (b"signature-input", b"signature"):
         values = [value for field, value in headers if field.lower() == name]
         if not values:
             continue
         try:
-            value = http_sf.parse(
-                b", ".join(values), tltype="dictionary", on_duplicate_key=reject_duplicate
-            )
-        except ValueError:  # http_sf's StructuredFieldError is one
+            parsed[name] = parse_signature_field(b", ".join(values).decode("latin-1"))
+        except (ValueError, HTTPMessageSignaturesException):  # malformed, a label twice
             return list(headers), None
-        assert isinstance(value, dict)
-        parsed[name] = value
     inputs = parsed.get(b"signature-input", {})
     signatures = parsed.get(b"signature", {})
     if MEMBER_LABEL not in inputs and MEMBER_LABEL not in signatures:
@@ -172,22 +170,23 @@ def split_member_signature(
     kept = [(field, value) for field, value in headers if field.lower() not in parsed]
     for name, rest in parsed.items():
         if rest:
-            kept.append((name, http_sf.ser(rest).encode("ascii")))
-    return kept, _member(http_sf, member_input, member_signature)
+            kept.append((name, str(rest).encode("latin-1")))
+    return kept, _member(member_input, member_signature)
 
 
-def _member(http_sf: Any, member_input: Any, member_signature: Any) -> MemberSignature:
+def _member(member_input: Any, member_signature: Any) -> MemberSignature:
+    """The package's parsed entries (an inner list; an item) as a MemberSignature."""
     components = None
     parameters: dict[str, Any] = {}
     params = ""
-    if member_input is not None and isinstance(member_input[0], list):
-        inner, parameters = member_input
-        components = tuple((str(value), dict(p)) for value, p in inner)
-        params = http_sf.ser({MEMBER_LABEL: member_input}).removeprefix(f"{MEMBER_LABEL}=")
-    signature = None
-    if member_signature is not None and isinstance(member_signature[0], bytes):
-        signature = member_signature[0]
-    return MemberSignature(components, dict(parameters), params, signature)
+    if isinstance(member_input, UserList):  # an inner list, not an item
+        components = tuple((str(item.value), dict(item.params)) for item in member_input)
+        parameters = dict(getattr(member_input, "params", {}))
+        params = str(member_input)  # how the package writes "@signature-params"
+    value = getattr(member_signature, "value", None)
+    return MemberSignature(
+        components, parameters, params, value if isinstance(value, bytes) else None
+    )
 
 
 def check_member_signature(
