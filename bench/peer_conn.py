@@ -14,6 +14,7 @@ import contextlib
 import errno
 import heapq
 import itertools
+import json
 import select
 import socket
 import time
@@ -22,6 +23,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.scale_wire import Answer, AnswerReader, FastSigner, ProtocolError
 from p2pcommon.signing import AuthError, Signer
@@ -118,7 +121,13 @@ class Conn:
         self.deadline = now + REQUEST_TIMEOUT
         self.owner.busy.add(self)
         host, port = self.owner.registries[self.registry]
-        data, self.nonce = self.owner.signer.request(method, target, body, host, time.time())
+        member = None
+        if target == "/register" and self.owner.member_key is not None:
+            # The virtual peers share one key (bench/scale_wire.py): prove it for this id.
+            member = (json.loads(body)["id"], self.owner.member_key)
+        data, self.nonce = self.owner.signer.request(
+            method, target, body, host, time.time(), member
+        )
         self.out = data
         if self.sock is None:
             self._connect(host, port)
@@ -254,6 +263,8 @@ class EventLoop:
     def __init__(self, secret: str, registries: list[tuple[str, int]], pipe: Pipe) -> None:
         self.registries = registries
         self.signer = FastSigner(secret)
+        #: The key of the virtual peers' certificates, which proves their registers.
+        self.member_key: ec.EllipticCurvePrivateKey | None = None
         self._verifier = Signer(secret)
         self._answers = 0
         self.pipe = pipe

@@ -38,6 +38,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from p2pcommon.identity import peer_id_from_pem
+from p2pcommon.member_proof import (
+    add_member_signature,
+    created_of,
+    member_params,
+    sign_base,
+    signature_base,
+)
 from p2pcommon.signing import Signer
 from p2pd.identity import build_certificate
 
@@ -48,9 +55,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def certificates(count: int) -> list[str]:
+def certificates(count: int, key: ec.EllipticCurvePrivateKey) -> list[str]:
     # One key, many certificates: each has its own serial, hence its own id.
-    key = ec.generate_private_key(ec.SECP256R1())
     return [
         build_certificate(key).public_bytes(serialization.Encoding.PEM).decode()
         for _ in range(count)
@@ -127,19 +133,26 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def register_all(url: str, signer: Signer, certs: list[str]) -> list[str]:
-    ids = []
+def register_all(
+    url: str, signer: Signer, certs: list[str], key: ec.EllipticCurvePrivateKey
+) -> list[tuple[str, str]]:
+    """Register each certificate, proven by ``key`` (docs/protocol.md §2.4): (id, lease)s."""
+    members = []
     with httpx.Client(base_url=url) as http:
         for index, cert in enumerate(certs):
             member_id = peer_id_from_pem(cert)
             body = json.dumps(
                 {"id": member_id, "name": f"peer-{index}", "cert": cert, "port": 7070}
             ).encode()
-            headers, _ = signer.sign_request("POST", "/register", body, now=time.time())
+            headers, nonce = signer.sign_request("POST", "/register", body, now=time.time())
+            params = member_params(member_id, created_of(headers["Signature-Input"]), nonce)
+            base = signature_base("POST", "/register", headers["Content-Digest"], params)
+            add_member_signature(headers, params, sign_base(key, base))
             answer = http.post("/register", content=body, headers=headers)
-            answer.raise_for_status()
-            ids.append(member_id)
-    return ids
+            if answer.status_code != 200:
+                raise SystemExit(f"bench: register refused: {answer.status_code} {answer.text}")
+            members.append((member_id, answer.json()["lease"]))
+    return members
 
 
 def time_clients(url: str, signer: Signer, runs: int) -> tuple[list[float], int, int]:
@@ -185,6 +198,8 @@ def main() -> int:
         "REGISTRYD_SECRET": secret,
         "REGISTRYD_LISTEN": f"127.0.0.1:{port}",
         "REGISTRYD_PEER_TTL": "600",
+        # Every member here registers from 127.0.0.1: no limit on new ids per source.
+        "REGISTRYD_NEW_MEMBER_RATE": "0",
     }
     env.pop("NOTIFY_SOCKET", None)
     # As the registryd command does, so that PYTHONPATH may pick the code to measure.
@@ -205,12 +220,16 @@ def main() -> int:
             except httpx.TransportError:
                 time.sleep(0.05)
         print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}")
-        certs = certificates(members if args.heartbeats_only else list_members)
-        ids = register_all(url, signer, certs[:members])
-        print(f"registered {len(ids)} members")
+        key = ec.generate_private_key(ec.SECP256R1())
+        certs = certificates(members if args.heartbeats_only else list_members, key)
+        registered = register_all(url, signer, certs[:members], key)
+        print(f"registered {len(registered)} members")
         for connections in levels:
             bodies = [
-                json.dumps({"id": ids[i % len(ids)]}).encode() for i in range(requests_per_level)
+                json.dumps(
+                    dict(zip(("id", "lease"), registered[i % len(registered)], strict=True))
+                ).encode()
+                for i in range(requests_per_level)
             ]
             presign_started = time.perf_counter()
             requests = [raw_request(signer, "POST", "/heartbeat", b) for b in bodies]
@@ -233,7 +252,7 @@ def main() -> int:
             )
         if args.heartbeats_only:
             return 0
-        register_all(url, signer, certs[members:])
+        register_all(url, signer, certs[members:], key)
         times, size, count = time_clients(url, signer, 5 if args.quick else 20)
         median, worst = statistics.median(times) * 1000, max(times) * 1000
         print(

@@ -82,7 +82,7 @@ def run_all(opts: Options) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
     churn_rate = max(opts.churn or (biggest / 1000, biggest / 1000))
     spare_count = int(churn_rate * 400) + opts.workers
     issuer, kind = network_issuer(secret, opts.self_signed)
-    pairs = make_certificates(biggest + spare_count, secrets.token_hex(4), issuer)
+    pairs, key_pem = make_certificates(biggest + spare_count, secrets.token_hex(4), issuer)
     print(
         f"{len(pairs):,} certificates {kind} in {time.perf_counter() - started:.1f} s "
         f"(one key, unique subjects); FastSigner matches p2pcommon.signing.Signer"
@@ -98,7 +98,9 @@ def run_all(opts: Options) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
             n, setup, ttl, churn = plan.pop(0)
             workdir = Path(tmp) / f"{n}-{setup}-{ttl}-{churn[0]:g}"
             workdir.mkdir()
-            run = Run(n, setup, opts, indexed[:n], indexed[biggest:], workdir, secret, ttl, churn)
+            run = Run(
+                n, setup, opts, indexed[:n], indexed[biggest:], workdir, secret, ttl, churn, key_pem
+            )
             with contextlib.ExitStack() as stack:
                 run.start(stack)
                 result = run.measure()
@@ -119,7 +121,9 @@ def run_all(opts: Options) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
             n = min(opts.ns)
             workdir = Path(tmp) / "throughput"
             workdir.mkdir()
-            run = Run(n, "redis×2", opts, indexed[:n], [], workdir, secret, None, (0.0, 0.0))
+            run = Run(
+                n, "redis×2", opts, indexed[:n], [], workdir, secret, None, (0.0, 0.0), key_pem
+            )
             with contextlib.ExitStack() as stack:
                 run.start(stack)
                 throughput = run.throughput(1 if opts.quick else 2)

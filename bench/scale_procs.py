@@ -145,6 +145,9 @@ def start_registryd(
             "REGISTRYD_SECRET": secret,
             "REGISTRYD_LISTEN": f"127.0.0.1:{port}",
             "REGISTRYD_STORE": store,
+            # The saturation phases' churn comes from a few source addresses (a leave and
+            # a new register of the same member, again and again): no per-source limit.
+            "REGISTRYD_NEW_MEMBER_RATE": "0",
             **extra,
         }
     )

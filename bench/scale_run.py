@@ -81,8 +81,11 @@ class Run:
         secret: str,
         peer_ttl: float | None,
         churn: tuple[float, float],
+        key_pem: bytes,
     ) -> None:
         self.n, self.setup, self.opts, self.churn = n, setup, opts, churn
+        #: The one key of every virtual peer's certificate: it signs their register proofs.
+        self.key_pem = key_pem
         self.certs, self.spares, self.workdir, self.secret = certs, spares, workdir, secret
         self.peer_ttl = peer_ttl
         self.registries: list[Registry] = []
@@ -166,6 +169,7 @@ class Run:
                     self.certs[number::workers],
                     self.spares[number::workers],
                     child,
+                    self.key_pem,
                 ),
                 daemon=True,
             )

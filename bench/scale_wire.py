@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from p2pcommon.identity import peer_id_from_der
+from p2pcommon.member_proof import add_member_signature, member_params, sign_base, signature_base
 from p2pcommon.signing import Signer
 
 _PARAMS = (
@@ -35,8 +36,11 @@ _PARAMS = (
 Issuer = tuple[x509.Name, ec.EllipticCurvePrivateKey]
 
 
-def make_certificates(count: int, salt: str, issuer: Issuer | None) -> list[tuple[str, str]]:
-    """``count`` (id, PEM) pairs: one key, one certificate each, shaped like p2pd's.
+def make_certificates(
+    count: int, salt: str, issuer: Issuer | None
+) -> tuple[list[tuple[str, str]], bytes]:
+    """``count`` (id, PEM) pairs: one key, one certificate each, shaped like p2pd's;
+    and that key (PKCS#8 PEM), which signs every register's member proof.
 
     Issued by ``issuer`` (p2pd's network CA, when p2pd has one: what its
     members present), else self-signed as p2pd's were before.  Servers find
@@ -72,7 +76,18 @@ def make_certificates(count: int, salt: str, issuer: Issuer | None) -> list[tupl
         pairs.append(
             (peer_id_from_der(der), cert.public_bytes(serialization.Encoding.PEM).decode())
         )
-    return pairs
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return pairs, key_pem
+
+
+def load_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key
 
 
 def content_digest(body: bytes) -> str:
@@ -106,13 +121,26 @@ class FastSigner:
         return digest, f"sig={params}", f"sig=:{base64.b64encode(mac).decode()}:"
 
     def request(
-        self, method: str, target: str, body: bytes, host: str, now: float
+        self,
+        method: str,
+        target: str,
+        body: bytes,
+        host: str,
+        now: float,
+        member: tuple[str, ec.EllipticCurvePrivateKey] | None = None,
     ) -> tuple[bytes, str]:
-        """The whole request (the signature covers the path, not the query) and its nonce."""
+        """The whole request (the signature covers the path, not the query) and its nonce;
+        with ``member`` (an id and its key), a register's member proof (docs/protocol.md §2.4)."""
         nonce = self.nonce()
-        digest, signature_input, signature = self.headers(
-            method, target.split("?", 1)[0], body, now, nonce
-        )
+        path = target.split("?", 1)[0]
+        digest, signature_input, signature = self.headers(method, path, body, now, nonce)
+        if member is not None:
+            # Registers are rare: the project's own code, with the key, in this process.
+            fields = {"Signature-Input": signature_input, "Signature": signature}
+            params = member_params(member[0], int(now), nonce)
+            base = signature_base(method, path, digest, params)
+            add_member_signature(fields, params, sign_base(member[1], base))
+            signature_input, signature = fields["Signature-Input"], fields["Signature"]
         head = (
             f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
             f"Content-Digest: {digest}\r\nSignature-Input: {signature_input}\r\n"

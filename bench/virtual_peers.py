@@ -24,8 +24,10 @@ from functools import cached_property, partial
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from bench.peer_conn import Conn, EventLoop, Flow, Request, Stats
-from bench.scale_wire import sync_fields
+from bench.scale_wire import load_key, sync_fields
 
 #: Registrations in flight per process while setting up.
 SETUP_CONCURRENCY = 32
@@ -46,10 +48,12 @@ class Peer:
     active: bool = False
     cursor: int | None = None
     conn: Conn | None = None
+    #: The lease token of its last register (docs/protocol.md §3.3).
+    lease: str = ""
 
-    @cached_property
+    @property
     def member_body(self) -> bytes:
-        return json.dumps({"id": self.id}, separators=(",", ":")).encode()
+        return json.dumps({"id": self.id, "lease": self.lease}, separators=(",", ":")).encode()
 
     @cached_property
     def register_body(self) -> bytes:
@@ -66,8 +70,10 @@ class Worker(EventLoop):
         peers: list[tuple[int, str, str]],
         spares: list[tuple[int, str, str]],
         pipe: Pipe,
+        key_pem: bytes,
     ) -> None:
         super().__init__(secret, registries, pipe)
+        self.member_key: ec.EllipticCurvePrivateKey | None = load_key(key_pem)
         self.index = index
         count = len(registries)
         self.peers = [Peer(i, pid, pem, i % count) for i, pid, pem in peers]
@@ -95,6 +101,7 @@ class Worker(EventLoop):
             self.setup["failed"] += not joining
             return
         lease = json.loads(answer.body)
+        peer.lease = lease["lease"]
         if not joining:
             self.setup["ok"] += 1
             self.setup["interval"] = float(lease["heartbeat_interval"])
@@ -115,8 +122,10 @@ class Worker(EventLoop):
 
     def beat_flow(self, peer: Peer) -> Flow:
         answer = yield ("heartbeat", "POST", "/heartbeat", peer.member_body)
-        if answer is not None and answer.status == 404:
+        if answer is not None and answer.status in (403, 404):
             answer = yield ("register", "POST", "/register", peer.register_body)
+            if answer is not None and answer.status == 200:
+                peer.lease = json.loads(answer.body)["lease"]
         if answer is None or answer.status != 200 or self.sync == "none":
             return
         if self.sync == "legacy":
@@ -164,7 +173,9 @@ class Worker(EventLoop):
             elif kind == "churn":
                 # Two membership changes: a leave, then the same member joins again.
                 yield ("leave", "POST", "/leave", peer.member_body)
-                yield ("register", "POST", "/register", peer.register_body)
+                answer = yield ("register", "POST", "/register", peer.register_body)
+                if answer is not None and answer.status == 200:
+                    peer.lease = json.loads(answer.body)["lease"]
 
     # -- schedules ------------------------------------------------------------
 
@@ -304,5 +315,6 @@ def worker_main(
     peers: list[tuple[int, str, str]],
     spares: list[tuple[int, str, str]],
     pipe: Pipe,
+    key_pem: bytes,
 ) -> None:
-    Worker(index, secret, registries, peers, spares, pipe).loop()
+    Worker(index, secret, registries, peers, spares, pipe, key_pem).loop()

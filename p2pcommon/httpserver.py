@@ -17,10 +17,13 @@ from typing import Any
 import h11
 import trio
 
+from p2pcommon.accepting import accept_forever, peer_host
 from p2pcommon.boundary import failure_boundary
 from p2pcommon.connections import Connection, ConnectionTable
+from p2pcommon.fdlimit import connection_bound
 from p2pcommon.httphead import http_date as http_date
 from p2pcommon.httpsend import send_response
+from p2pcommon.logs import RepeatedLines
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,14 @@ class Limits:
     #: Seconds one write may wait for a client that stopped reading; then the
     #: connection (and what it holds, e.g. an upload slot) is let go.
     send_timeout: float = 30.0
-    #: Connections served at once, in all and from one address.  Past either
-    #: bound the longest-idle connection makes room, or the newcomer is closed.
+    #: Connections served at once, in all and from one address (an IPv6 /64).
+    #: Past either bound an idle or stalled connection makes room
+    #: (p2pcommon.connections), or the newcomer is closed.
     max_connections: int = 1024
     max_per_address: int = 256
+    #: File descriptors kept for all but connections (files, databases, the store,
+    #: control clients, transfers): the connection bound fits under the limit less this.
+    fd_reserve: int = 256
 
 
 @dataclass
@@ -121,24 +128,18 @@ class _Closing(Exception):
         self.response = response
 
 
-def peer_host(stream: trio.abc.Stream) -> str:
-    """The client's address; OSError if it is gone already (a reset right after connect)."""
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if isinstance(stream, trio.SocketStream):
-        name = stream.socket.getpeername()
-        return str(name[0]) if isinstance(name, tuple) else "unix"
-    return "unknown"
-
-
 class HttpServer:
     def __init__(
         self, handler: Handler, limits: Limits | None = None, *, admit: Admit | None = None
     ) -> None:
         self._handler = handler
         self._admit = admit
-        self.limits = limits or Limits()
-        self._table = ConnectionTable(self.limits.max_connections, self.limits.max_per_address)
+        self.limits = limits = limits or Limits()
+        bound = connection_bound(limits.max_connections, limits.fd_reserve)
+        self._table = ConnectionTable(bound, min(limits.max_per_address, bound))
+        # Lines a client can cause at will, at most a few a minute.
+        self._accept_errors = RepeatedLines(log)
+        self._refused = RepeatedLines(log, burst=5)
         self._accepting = trio.CancelScope()
         self._closing = False
         self._drained = trio.Event()
@@ -159,7 +160,15 @@ class HttpServer:
         self, listeners: Sequence[trio.abc.Listener[Any]], nursery: trio.Nursery
     ) -> None:
         with self._accepting:
-            await trio.serve_listeners(self.serve_stream, list(listeners), handler_nursery=nursery)
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(
+                        accept_forever,
+                        listener,
+                        lambda stream: nursery.start_soon(self.serve_stream, stream),
+                        self._accept_errors,
+                        self._table.max_connections,
+                    )
 
     async def shutdown(self, deadline: float) -> None:
         """Stop accepting, close idle connections, give busy ones ``deadline`` seconds."""
@@ -181,12 +190,8 @@ class HttpServer:
 
     @property
     def in_progress(self) -> int:
-        """Requests received whole and not yet answered.
-
-        Not those still arriving: a client that sends a byte and stalls only
-        holds its connection (bounded per address, and by request_timeout),
-        and must not count towards shedding everyone else's requests.
-        """
+        """Requests received whole and not yet answered: not those still arriving (a
+        client that sends a byte and stalls must not shed everyone else's requests)."""
         return self._in_progress
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
@@ -206,9 +211,12 @@ class HttpServer:
                     conn = Connection(
                         trio.CancelScope(), client_host, idle_since=trio.current_time()
                     )
-                    if not self._table.admit(conn):
-                        log.warning(
-                            "refused a connection from %s: too many connections", client_host
+                    if not self._table.admit(conn, trio.current_time()):
+                        self._refused.log(
+                            logging.WARNING,
+                            "refused connections",
+                            "refused a connection from %s: every connection is busy",
+                            client_host,
                         )
                         conn = None
                         return
@@ -253,7 +261,7 @@ class HttpServer:
             if not await self._exchange(stream, h11conn, conn, client_host, client_id):
                 return
             h11conn.start_next_cycle()
-            conn.idle_since = trio.current_time()
+            conn.became_idle(trio.current_time())
 
     async def _exchange(
         self,
@@ -264,7 +272,6 @@ class HttpServer:
         client_id: str | None,
     ) -> bool:
         """Receive one request and answer it; False if the connection is to end."""
-        conn.idle = True
         try:
             request = await self._receive_request(stream, h11conn, conn, client_host)
         except _Closing as closing:
@@ -312,9 +319,13 @@ class HttpServer:
         with trio.move_on_after(limits.idle_timeout) as scope:
             if not buffered and not closed:
                 await self._receive_into(stream, h11conn)
-            conn.idle = False
-            scope.deadline = trio.current_time() + limits.request_timeout
-            return await self._read_request(stream, h11conn, client_host)
+            now = trio.current_time()
+            conn.request_started(now)
+            scope.deadline = now + limits.request_timeout
+            request = await self._read_request(stream, h11conn, client_host)
+            # Whole: busy from now on, never evicted (bounded by its own deadlines).
+            conn.request_received()
+            return request
         if conn.idle:
             return None  # an idle keep-alive connection is closed quietly
         raise _Closing(error_response(408, "request timeout", "send the whole request sooner"))

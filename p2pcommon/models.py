@@ -17,8 +17,15 @@ from pydantic import (
 from p2pcommon.paths import MAX_PATH_BYTES, check_relpath
 
 PEER_ID_PATTERN = r"^[a-z2-7]{52}$"
-MAX_CERT_LENGTH = 16 * 1024
-MAX_ADDRESSES = 16
+#: What one registration may carry (docs/protocol.md §3.2): every member's record
+#: goes to every other member, so these bound the member list (a P-256
+#: certificate's PEM is about 600 characters).
+MAX_CERT_LENGTH = 4 * 1024
+MAX_ADDRESSES = 8
+MAX_ADDRESS_LENGTH = 128
+MAX_NAME_LENGTH = 64
+#: A lease token (docs/protocol.md §3.3): the registry hands out 22 base64url characters.
+LEASE_PATTERN = r"^[A-Za-z0-9_-]{16,128}$"
 
 PeerId = Annotated[str, StringConstraints(pattern=PEER_ID_PATTERN)]
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -71,10 +78,12 @@ def _check_name(value: str) -> str:
     return value
 
 
-HostPort = Annotated[str, StringConstraints(max_length=300), AfterValidator(_check_address)]
+HostPort = Annotated[
+    str, StringConstraints(max_length=MAX_ADDRESS_LENGTH), AfterValidator(_check_address)
+]
 Name = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=64, strip_whitespace=True),
+    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, strip_whitespace=True),
     AfterValidator(_check_name),
 ]
 
@@ -93,8 +102,14 @@ class RegisterRequest(_Body):
     addresses: Annotated[list[HostPort], Field(max_length=MAX_ADDRESSES)] | None = None
 
 
+LeaseToken = Annotated[str, StringConstraints(pattern=LEASE_PATTERN)]
+
+
 class MemberRequest(_Body):
+    """``POST /heartbeat`` and ``POST /leave``: the id and the lease its last register gave."""
+
     id: PeerId
+    lease: LeaseToken
 
 
 #: A membership version (docs/protocol.md §3.4): a JSON integer, never negative.
@@ -106,6 +121,9 @@ class Lease(_Body):
     heartbeat_interval: float
     #: The registry's membership version; None from registries older than the sync.
     version: Version | None = None
+    #: In a register's answer only: what heartbeats and the leave must show.  None
+    #: from registries older than leases.
+    lease: LeaseToken | None = None
 
 
 class Member(_Body):

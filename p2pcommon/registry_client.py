@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import trio
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from p2pcommon.backoff import Backoff
 from p2pcommon.httpclient import (
@@ -34,6 +34,7 @@ from p2pcommon.httpclient import (
     connect,
     tls_context,
 )
+from p2pcommon.member_proof import MemberProver, RegisterProof
 from p2pcommon.models import (
     Clients,
     Lease,
@@ -41,90 +42,32 @@ from p2pcommon.models import (
     MemberChanges,
     MemberRequest,
     RegisterRequest,
-    validation_reason,
 )
-from p2pcommon.service import one_line
+from p2pcommon.registry_errors import InvalidAnswer as InvalidAnswer
+from p2pcommon.registry_errors import ProofError as ProofError
+from p2pcommon.registry_errors import RegistryError as RegistryError
+from p2pcommon.registry_errors import RegistryRefused as RegistryRefused
+from p2pcommon.registry_errors import RegistryUnavailable as RegistryUnavailable
+from p2pcommon.registry_errors import UnknownMember as UnknownMember
+from p2pcommon.registry_errors import WrongLease as WrongLease
+from p2pcommon.registry_errors import error_fields, parse_answer, retry_after_seconds
 from p2pcommon.signing import AuthError, Signer
 
 Body = TypeVar("Body", bound=BaseModel)
 
 
-#: Bytes of an error answer that are read for its message.
-MAX_ERROR_BODY = 4096
 #: Bytes of any answer (a member list of ~100 000 members fits).
 MAX_ANSWER = 128 * 1024 * 1024
 #: Seconds on a registry other than the home one before home is tried first again.
 DRIFT_BACK = 300.0
-#: The longest Retry-After taken into account, in seconds.
-MAX_RETRY_AFTER = 300.0
 #: Seconds a kept-alive connection is reused: under registryd's default idle
 #: timeout (30 s), so that it is rarely closed under us.
 KEEPALIVE_EXPIRY = 25.0
 
 
-class RegistryError(Exception):
-    """Base of the errors below."""
-
-
-class RegistryUnavailable(RegistryError):
-    """No registry gave a usable answer; ``failures`` has one line per registry.
-
-    ``retry_after`` is the shortest Retry-After (seconds) among the registries
-    that asked for one (503 under load or during a store outage, 429), else None.
-    """
-
-    def __init__(self, failures: Sequence[str], retry_after: float | None = None) -> None:
-        self.failures = list(failures)
-        self.retry_after = retry_after
-        super().__init__("no registry answered: " + "; ".join(self.failures))
-
-
-class RegistryRefused(RegistryError):
-    """A registry answered (authentically) that the request is wrong."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        self.status = status
-        self.error = error
-        super().__init__(f"registry refused ({status} {error}): {message}")
-
-
-class UnknownMember(RegistryRefused):
-    """The registry does not know this id (any more): register again."""
-
-
-class InvalidAnswer(RegistryError):
-    """A registry's answer, signed with our secret, is not what the API says."""
-
-
-def _parse(model: type[Body], content: bytes, what: str) -> Body:
-    try:
-        return model.model_validate_json(content)
-    except ValidationError as exc:
-        raise InvalidAnswer(f"the registry's {what} is invalid: {validation_reason(exc)}") from None
-
-
-def _error_fields(content: bytes) -> tuple[str, str]:
-    """The error body's two fields, as one printable line each: this text may be
-    unsigned (401, 429, 5xx come from whatever answers at the URL) and ends up
-    in logs, ``status`` and systemd's STATUS=."""
-    try:
-        data = json.loads(content[:MAX_ERROR_BODY])
-        error, message = str(data.get("error", "")), str(data.get("message", ""))
-    except (ValueError, AttributeError, RecursionError):
-        error, message = "", content[:200].decode("utf-8", "replace")
-    return one_line(error, 100), one_line(message, 300)
-
-
 def home_index(peer_id: str, count: int) -> int:
     """The registry a peer starts from: spread evenly and stable across restarts."""
     return int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:8], "big") % count
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (the HTTP-date form is not used by registries)."""
-    if value is None or not value.strip().isdigit():
-        return None
-    return min(float(value.strip()), MAX_RETRY_AFTER)
 
 
 class _Registry:
@@ -200,23 +143,31 @@ class RegistryClient:
 
     # -- the API ----------------------------------------------------------
 
-    async def register(self, request: RegisterRequest, *, rounds: int = 1) -> Lease:
+    async def register(
+        self, request: RegisterRequest, prove: MemberProver, *, rounds: int = 1
+    ) -> Lease:
+        """Register (or renew the record), proving the key with ``prove`` (§2.4):
+        the answer's ``lease`` is what heartbeats and the leave show."""
         payload = request.model_dump()
-        content = await self._call("POST", "/register", payload, rounds=rounds, drift=True)
-        return _parse(Lease, content, "lease")
+        proof = RegisterProof(request.id, prove)
+        content = await self._call(
+            "POST", "/register", payload, rounds=rounds, drift=True, proof=proof
+        )
+        return parse_answer(Lease, content, "lease")
 
-    async def heartbeat(self, member_id: str, *, rounds: int = 1) -> Lease:
-        payload = MemberRequest(id=member_id).model_dump()
+    async def heartbeat(self, member_id: str, lease: str | None, *, rounds: int = 1) -> Lease:
+        """Renew the lease ``lease`` (None: a registry older than leases gave none)."""
+        payload = _member_body(member_id, lease)
         content = await self._call("POST", "/heartbeat", payload, rounds=rounds, drift=True)
-        return _parse(Lease, content, "lease")
+        return parse_answer(Lease, content, "lease")
 
-    async def leave(self, member_id: str, *, rounds: int = 1) -> None:
-        payload = MemberRequest(id=member_id).model_dump()
+    async def leave(self, member_id: str, lease: str | None, *, rounds: int = 1) -> None:
+        payload = _member_body(member_id, lease)
         await self._call("POST", "/leave", payload, rounds=rounds)
 
     async def clients(self, *, rounds: int = 1) -> list[Member]:
         content = await self._call("GET", "/clients", None, rounds=rounds)
-        return _parse(Clients, content, "member list").clients
+        return parse_answer(Clients, content, "member list").clients
 
     async def member_changes(self, since: int | None, *, rounds: int = 1) -> MemberChanges:
         """What changed after membership version ``since`` (docs/protocol.md §3.4).
@@ -230,7 +181,7 @@ class RegistryClient:
         # serve from a snapshot (a plain GET /clients is built afresh).
         asked = 0 if since is None else since
         content = await self._call("GET", f"/clients?since={asked}", None, rounds=rounds)
-        changes = _parse(MemberChanges, content, "member changes")
+        changes = parse_answer(MemberChanges, content, "member changes")
         if changes.since != asked:
             raise InvalidAnswer(
                 f"the registry's member changes answer since={changes.since}, not {asked}"
@@ -240,7 +191,14 @@ class RegistryClient:
     # -- transport --------------------------------------------------------
 
     async def _call(
-        self, method: str, path: str, payload: Any, *, rounds: int, drift: bool = False
+        self,
+        method: str,
+        path: str,
+        payload: Any,
+        *,
+        rounds: int,
+        drift: bool = False,
+        proof: RegisterProof | None = None,
     ) -> bytes:
         body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         self._backoff.reset()
@@ -248,7 +206,7 @@ class RegistryClient:
             if drift:
                 self._drift_home()
             try:
-                return await self._one_round(method, path, body)
+                return await self._one_round(method, path, body, proof)
             except RegistryUnavailable:
                 if round_number == rounds - 1:
                     raise
@@ -261,7 +219,9 @@ class RegistryClient:
             assert self._home is not None
             self._preferred = self._home
 
-    async def _one_round(self, method: str, path: str, body: bytes) -> bytes:
+    async def _one_round(
+        self, method: str, path: str, body: bytes, proof: RegisterProof | None
+    ) -> bytes:
         failures: list[str] = []
         waits: list[float] = []
         count = len(self.urls)
@@ -270,7 +230,7 @@ class RegistryClient:
             index = (first + step) % count
             url = self.urls[index]
             try:
-                status, content = await self._exchange(url, method, path, body)
+                status, content = await self._exchange(url, method, path, body, proof)
             except _Failed as failed:
                 failures.append(f"{url}: {failed}")
                 if failed.retry_after is not None:
@@ -278,9 +238,13 @@ class RegistryClient:
                 continue
             self._answered_by(index, first)
             if status >= 400:
-                error, message = _error_fields(content)
+                error, message = error_fields(content)
                 is_clients = path.partition("?")[0] == "/clients"
-                kind = UnknownMember if status == 404 and not is_clients else RegistryRefused
+                kind = RegistryRefused
+                if status == 404 and not is_clients:
+                    kind = UnknownMember
+                elif status == 403 and error == "wrong lease":
+                    kind = WrongLease
                 raise kind(status, error, message)
             return content
         raise RegistryUnavailable(failures, min(waits) if waits else None)
@@ -293,7 +257,9 @@ class RegistryClient:
             # Just left home (again): the time away counts from now.
             self._away_since = self._monotonic()
 
-    async def _exchange(self, url: str, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    async def _exchange(
+        self, url: str, method: str, path: str, body: bytes, proof: RegisterProof | None
+    ) -> tuple[int, bytes]:
         registry = self._registries[url]
         try:
             # The connection's timeouts bound each wait; this bounds the whole
@@ -303,7 +269,7 @@ class RegistryClient:
                 connection, reused = await self._connection(registry)
                 try:
                     nonce, head, content = await self._send(
-                        connection, registry, method, path, body
+                        connection, registry, method, path, body, proof
                     )
                 except ClosedWithoutAnswer:
                     if not reused:
@@ -313,7 +279,7 @@ class RegistryClient:
                     # fresh one, and a fresh signature (the nonce may have been seen).
                     connection, _ = await self._connection(registry, fresh=True)
                     nonce, head, content = await self._send(
-                        connection, registry, method, path, body
+                        connection, registry, method, path, body, proof
                     )
         except HttpClientError as exc:
             raise _Failed(str(exc)) from None
@@ -321,10 +287,10 @@ class RegistryClient:
             raise _Failed(f"no whole answer within {self._exchange_timeout:g} s") from None
         status = head.status
         if status in (401, 429) or status >= 500:
-            error, message = _error_fields(content)
+            error, message = error_fields(content)
             raise _Failed(
                 f"{status} {error}: {message}".rstrip(": "),
-                _retry_after(head.header("retry-after")),
+                retry_after_seconds(head.header("retry-after")),
             )
         try:
             self._signer.verify_response(
@@ -341,14 +307,16 @@ class RegistryClient:
         method: str,
         path: str,
         body: bytes,
+        proof: RegisterProof | None,
     ) -> tuple[str, Head, bytes]:
         """One signed request on ``connection``; kept for reuse if it ends cleanly."""
-        headers, nonce = self._signer.sign_request(
-            method, registry.path + path, body, now=self._clock()
-        )
+        target = registry.path + path
+        headers, nonce = self._signer.sign_request(method, target, body, now=self._clock())
         if body:
             headers["Content-Type"] = "application/json"
         try:
+            if proof is not None:
+                await proof.sign(method, target, headers, nonce)
             head = await connection.request(method, registry.path + path, headers, body)
             content = await connection.body(MAX_ANSWER)
         except AnswerTooLarge:
@@ -392,6 +360,12 @@ class RegistryClient:
             write_timeout=self._timeout,
         )
         return connection, False
+
+
+def _member_body(member_id: str, lease: str | None) -> dict[str, str]:
+    if lease is None:
+        return {"id": member_id}
+    return MemberRequest(id=member_id, lease=lease).model_dump()
 
 
 class _Failed(Exception):

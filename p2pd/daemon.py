@@ -26,7 +26,7 @@ from p2pd.options import LIVE_KEYS, PeerOptions
 from p2pd.peerclient import PeerPool
 from p2pd.peerserver import PeerServer
 from p2pd.prepare import Prepared
-from p2pd.registry_link import RegistryLink
+from p2pd.registry_link import KeySigner, RegistryLink
 from p2pd.rpc import Rpc
 from p2pd.share import Share
 from p2pd.tls import ServerContexts
@@ -106,6 +106,7 @@ class Daemon:
                 client,
                 registration,
                 self.members,
+                prove=KeySigner(identity.key_path),
                 heartbeat_interval=settings.heartbeat_interval,
                 on_change=self._update_status,
             )

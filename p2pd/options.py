@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
-from p2pcommon.models import split_host_port
+from p2pcommon.models import MAX_ADDRESS_LENGTH, MAX_ADDRESSES, split_host_port
 from p2pcommon.options import SharedOptions, check_listen
 
 
@@ -29,7 +29,14 @@ def _list_from_env(value: Any) -> Any:
 
 
 def _check_addresses(values: list[str] | None) -> list[str] | None:
+    # What a registry accepts in one registration (docs/protocol.md §3.2).
+    if values is not None and len(values) > MAX_ADDRESSES:
+        raise ValueError(f"at most {MAX_ADDRESSES} addresses")
     for value in values or ():
+        if len(value) > MAX_ADDRESS_LENGTH:
+            raise ValueError(
+                f"{value[:40]!r}…: an address has at most {MAX_ADDRESS_LENGTH} characters"
+            )
         split_host_port(value)
     return values
 

@@ -9,26 +9,40 @@ when it differs from the version our list reflects do we ask what changed
 since ours.  A heartbeat that fails (overload, outage) is retried as a
 heartbeat: only a registry that no longer knows us gets a new register, so
 that an overloaded registry is not answered with a wave of registrations.
+
+Each register proves that we hold our identity key (docs/protocol.md §2.4:
+``prove`` signs in a short child process) and gets a lease token, which our
+heartbeats and our leave show.  A registry that holds another lease for us
+(403: we registered again elsewhere since, or another process has our
+identity) gets a new register too.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import os
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import trio
 
 from p2pcommon.backoff import Backoff
 from p2pcommon.identity import short_id
+from p2pcommon.member_proof import MemberProver
 from p2pcommon.memory import release_free_memory
 from p2pcommon.models import Lease, Member, RegisterRequest
 from p2pcommon.registry_client import (
+    ProofError,
     RegistryClient,
     RegistryError,
     RegistryUnavailable,
     UnknownMember,
+    WrongLease,
 )
 from p2pd.members import Members
 
@@ -40,6 +54,51 @@ LEAVE_DEADLINE = 3.0
 RELEASE_AFTER_RECORDS = 256
 #: Joins and leaves logged one by one at most; more are summed up in one line.
 LOGGED_CHANGES = 20
+#: Seconds the signing child gets: an interpreter, cryptography, one signature (≈ 0.1 s).
+SIGN_DEADLINE = 10.0
+#: Bytes of the signing child's answer.
+MAX_SIGN_ANSWER = 4096
+
+
+class KeySigner:
+    """Signs signature bases with ``key_path`` in a short child (``python -m
+    p2pd.keysign``), one per signature, with a deadline: a MemberProver."""
+
+    def __init__(self, key_path: Path, *, deadline: float = SIGN_DEADLINE) -> None:
+        self.key_path = key_path
+        self._deadline = deadline
+
+    async def __call__(self, base: bytes) -> bytes:
+        command = [sys.executable, "-m", "p2pd.keysign", str(self.key_path)]
+        shown = "python -m p2pd.keysign"
+        # The daemon is the service's main process: only it speaks to systemd.
+        env = {name: value for name, value in os.environ.items() if name != "NOTIFY_SOCKET"}
+        try:
+            with trio.fail_after(self._deadline):
+                done = await trio.run_process(
+                    command, stdin=base, capture_stdout=True, check=False, env=env
+                )
+        except trio.TooSlowError:
+            raise ProofError(
+                f"{shown} did not sign the register within {self._deadline:g} s: is the "
+                "machine overloaded, or state_dir on a file system that does not answer?"
+            ) from None
+        except OSError as exc:
+            raise ProofError(f"cannot start {shown}: {exc.strerror or exc}") from None
+        return _signature(done.stdout, done.returncode, shown)
+
+
+def _signature(output: bytes, status: int, shown: str) -> bytes:
+    try:
+        answer = json.loads(output[:MAX_SIGN_ANSWER]) if len(output) <= MAX_SIGN_ANSWER else None
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("signature"), str):
+        return base64.b64decode(answer["signature"])
+    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+        raise ProofError(f"cannot sign the register: {answer['error']}")
+    how = f"was killed by signal {-status}" if status < 0 else f"ended with status {status}"
+    raise ProofError(f"{shown} {how} without a signature")
 
 
 class RegistryLink:
@@ -49,12 +108,16 @@ class RegistryLink:
         registration: RegisterRequest,
         members: Members,
         *,
+        prove: MemberProver,
         heartbeat_interval: float,
         on_change: Callable[[], None] = lambda: None,
         backoff: Backoff | None = None,
     ) -> None:
         self._client = client
         self._registration = registration
+        self._prove = prove
+        #: The lease token of our last register (None: a registry older than leases).
+        self._lease: str | None = None
         self._members = members
         self._own_interval = heartbeat_interval
         self._on_change = on_change
@@ -93,11 +156,12 @@ class RegistryLink:
     async def _session_loop(self) -> None:
         while True:
             try:
-                lease = await self._client.register(self._registration)
+                lease = await self._client.register(self._registration, self._prove)
             except RegistryError as exc:
                 self._failed(exc, lapsed=True)
                 await trio.sleep(self._retry_delay(exc, self._backoff.cap))
                 continue
+            self._lease = lease.lease
             self._set_registered()
             await self._sync(lease)
             try:
@@ -108,6 +172,19 @@ class RegistryLink:
                 self.version = None
                 log.info("the registry forgot us; registering again")
                 self._set_unregistered("the registry forgot this member; registering again")
+            except WrongLease:
+                # Only the holder of our key can have registered since: we did,
+                # elsewhere, or another p2pd runs with our state_dir.
+                self.version = None
+                log.warning(
+                    "the registry holds another lease for this member (did it register "
+                    "again with another registry, or does another p2pd use %s's identity?); "
+                    "registering again",
+                    short_id(self._registration.id),
+                )
+                self._set_unregistered("the registry holds another lease; registering again")
+                # Two processes with one identity would take turns: not faster than this.
+                await trio.sleep(self._backoff.next_delay())
 
     async def _heartbeats(self, lease: Lease) -> None:
         """Heartbeat until the registry no longer knows us (UnknownMember)."""
@@ -117,8 +194,8 @@ class RegistryLink:
         while True:
             await trio.sleep(delay)
             try:
-                lease = await self._client.heartbeat(self._registration.id)
-            except UnknownMember:
+                lease = await self._client.heartbeat(self._registration.id, self._lease)
+            except (UnknownMember, WrongLease):
                 raise
             except RegistryError as exc:
                 # Our lease may well be live still; if not, the registry says so (404).
@@ -215,7 +292,7 @@ class RegistryLink:
         # Shielded, since shutdown is usually a cancellation; bounded by its own deadline.
         with trio.CancelScope(deadline=trio.current_time() + LEAVE_DEADLINE, shield=True):
             try:
-                await self._client.leave(self._registration.id)
+                await self._client.leave(self._registration.id, self._lease)
                 log.info("left the registry")
             except RegistryError as exc:
                 log.warning("could not leave the registry: %s", exc)

@@ -11,19 +11,18 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-from pydantic import BaseModel, ValidationError
-
+from p2pcommon.connections import address_key
 from p2pcommon.httpserver import Request, Response, error_response, json_response
-from p2pcommon.identity import canonical_pem, peer_id_from_pem, short_id
-from p2pcommon.models import Lease, MemberRequest, RegisterRequest, join_host_port
+from p2pcommon.member_proof import split_member_signature
+from p2pcommon.models import Lease
 from p2pcommon.signing import MAX_SKEW, REPLAYED, AuthError, Signer
-from registryd.guards import FailureLimiter, LoadShedder
+from registryd.answers import Action, Answer, Call, Unsigned, error
+from registryd.guards import FailureLimiter, LoadShedder, NewMemberLimiter
 from registryd.health import StoreHealth
+from registryd.membership import Membership
 from registryd.metrics import RegistryMetrics
 from registryd.store import Store, StoreError
 from registryd.table import Changes, Entry
@@ -35,22 +34,6 @@ log = logging.getLogger("registryd")
 RETRY_AFTER = "2"
 
 
-@dataclass
-class Answer:
-    status: int
-    payload: object
-    #: The body already encoded (a full member list from the snapshot), else None.
-    raw: bytes | None = None
-
-
-def _error(status: int, error: str, message: str) -> Answer:
-    return Answer(status, {"error": error, "message": message})
-
-
-Body = TypeVar("Body", bound=BaseModel)
-Action = Callable[[Request, float], Awaitable[Answer]]
-
-
 class RegistryApp:
     def __init__(
         self,
@@ -60,6 +43,7 @@ class RegistryApp:
         *,
         limiter: FailureLimiter | None = None,
         shedder: LoadShedder | None = None,
+        newcomers: NewMemberLimiter | None = None,
         health: StoreHealth | None = None,
         clock: Callable[[], float] = time.time,
         scheme: str = "http",
@@ -67,17 +51,20 @@ class RegistryApp:
         self._signer = signer
         self._store = store
         self._metrics = metrics
-        self._limiter = limiter or FailureLimiter()
-        self._shedder = shedder or LoadShedder()
+        # Not ``or``: an empty limiter has a length of 0, so it is falsy.
+        self._limiter = FailureLimiter() if limiter is None else limiter
+        self._shedder = LoadShedder() if shedder is None else shedder
+        newcomers = NewMemberLimiter() if newcomers is None else newcomers
+        self._members = Membership(store, metrics, newcomers, self.lease)
         self._clock = clock
         self._scheme = scheme
         # Shared with the WatchedStore in front of ``store``; a memory store never fails.
         self._health = health or StoreHealth()
         # path -> (methods, action); None marks the routes that need no signature.
         self._routes: dict[str, tuple[tuple[str, ...], Action | None]] = {
-            "/register": (("POST",), self._register),
-            "/heartbeat": (("POST",), self._heartbeat),
-            "/leave": (("POST",), self._leave),
+            "/register": (("POST",), self._members.register),
+            "/heartbeat": (("POST",), self._members.heartbeat),
+            "/leave": (("POST",), self._members.leave),
             # Every GET route answers HEAD with GET's head (docs/protocol.md §3.2).
             "/clients": (("GET", "HEAD"), self._clients),
             "/healthz": (("GET", "HEAD"), None),
@@ -166,12 +153,17 @@ class RegistryApp:
 
     async def _authenticated(self, request: Request, action: Action) -> Response:
         now = self._clock()
+        headers, member = request.headers, None
+        if request.path == "/register":
+            # The member's own signature is checked by the action, with the body's
+            # certificate; ``sig`` is checked here as on every route.
+            headers, member = split_member_signature(headers)
         try:
             # The whole target: @query and @request-target are derived from it.
             verified = self._signer.verify_request(
                 request.method,
                 request.target,
-                request.headers,
+                headers,
                 request.body,
                 now=now,
                 scheme=self._scheme,
@@ -181,19 +173,26 @@ class RegistryApp:
                 raise AuthError(REPLAYED)
         except AuthError as err:
             return self._refuse(request, err, now)
-        answer = await action(request, now)
+        try:
+            answer = await action(Call(request, now, verified, member))
+        except AuthError as err:  # a register whose member signature failed
+            return self._refuse(request, err, now)
+        except Unsigned as unsigned:
+            return unsigned.response
         body = answer.raw if answer.raw is not None else self._encode(answer.payload).encode()
         # A HEAD answer has no content, so its Content-Digest is the empty
         # content's (RFC 9530 appendix B.2) and a client verifies it like any
         # answer; the HTTP layer sends only the head, with GET's Content-Length.
         content = b"" if request.method == "HEAD" else body
-        headers = self._signer.sign_response(answer.status, content, nonce=verified.nonce, now=now)
-        return Response(answer.status, body, [self._response_type, *headers.items()])
+        signed = self._signer.sign_response(answer.status, content, nonce=verified.nonce, now=now)
+        return Response(answer.status, body, [self._response_type, *signed.items()])
 
     def _refuse(self, request: Request, err: AuthError, now: float) -> Response:
         host = request.client_host
-        retry_after = self._limiter.retry_after(host, now)
-        self._limiter.record_failure(host, now)
+        # Counted per party: an IPv6 host has a whole /64 to try from.
+        source = address_key(host)
+        retry_after = self._limiter.retry_after(source, now)
+        self._limiter.record_failure(source, now)
         self._metrics.auth_failures.labels(err.reason).inc()
         if retry_after is not None:
             self._metrics.rate_limited.inc()
@@ -208,54 +207,8 @@ class RegistryApp:
 
     # -- actions ----------------------------------------------------------
 
-    async def _register(self, request: Request, now: float) -> Answer:
-        parsed = _parse(RegisterRequest, request.body)
-        if isinstance(parsed, Answer):
-            return parsed
-        try:
-            # Stored re-encoded: only the certificate itself reaches the members.
-            cert = canonical_pem(parsed.cert)
-            cert_id = peer_id_from_pem(cert)
-        except ValueError as exc:
-            return _error(400, "bad certificate", f"field 'cert': {exc}")
-        if cert_id != parsed.id:
-            return _error(
-                400,
-                "id mismatch",
-                "field 'id' must be the lowercase unpadded base32 SHA-256 of the certificate's DER",
-            )
-        addresses = parsed.addresses or [join_host_port(request.client_host, parsed.port)]
-        new = await self._store.register(parsed.id, parsed.name, cert, tuple(addresses), now)
-        self._metrics.registrations.inc()
-        if new:
-            log.info(
-                "registered %s (%s) at %s", short_id(parsed.id), parsed.name, ", ".join(addresses)
-            )
-        # Read after the change: the member then fetches at least its own join.
-        version = await self._store.version(now)
-        return Answer(200, self.lease(version).model_dump())
-
-    async def _heartbeat(self, request: Request, now: float) -> Answer:
-        parsed = _parse(MemberRequest, request.body)
-        if isinstance(parsed, Answer):
-            return parsed
-        version = await self._store.renew(parsed.id, now)
-        if version is None:
-            return _error(404, "unknown member", "this id has no live lease: register again")
-        self._metrics.heartbeats.inc()
-        return Answer(200, self.lease(version).model_dump())
-
-    async def _leave(self, request: Request, now: float) -> Answer:
-        parsed = _parse(MemberRequest, request.body)
-        if isinstance(parsed, Answer):
-            return parsed
-        if not await self._store.leave(parsed.id):
-            return _error(404, "unknown member", "this id is not registered")
-        self._metrics.leaves.inc()
-        log.info("%s left", short_id(parsed.id))
-        return Answer(200, {"ok": True})
-
-    async def _clients(self, request: Request, now: float) -> Answer:
+    async def _clients(self, call: Call) -> Answer:
+        request, now = call.request, call.now
         since = _since(request.target)
         if isinstance(since, Answer):
             return since
@@ -331,18 +284,5 @@ def _since(target: str) -> int | None | Answer:
     if not values:
         return None
     if len(values) > 1 or not _SINCE_DIGITS.fullmatch(values[0]):
-        return _error(
-            400, "bad request", "query 'since': a membership version, one decimal integer"
-        )
+        return error(400, "bad request", "query 'since': a membership version, one decimal integer")
     return int(values[0])
-
-
-def _parse(model: type[Body], body: bytes) -> Body | Answer:
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        if first["type"] == "json_invalid":
-            return _error(400, "bad request", "the body must be a JSON object")
-        field = ".".join(str(part) for part in first["loc"]) or "body"
-        return _error(400, "bad request", f"field '{field}': {first['msg']}")

@@ -110,3 +110,72 @@ class LoadShedder:
         if in_progress <= self.max_in_progress:
             return None
         return self._rng.randint(*self._retry_after)
+
+
+#: New ids one source may register at once, then how many a second (docs/protocol.md §3.2).
+NEW_MEMBER_BURST = 60
+NEW_MEMBER_RATE = 1.0
+
+
+class NewMemberLimiter:
+    """How fast new ids may join from one source: a token bucket per source.
+
+    A register of an id that is not a live member takes a token; renewing an
+    existing member's record takes none, so members that are known are never
+    slowed.  ``source`` is an ``address_key`` (IPv4 /32, IPv6 /64): one party
+    cannot bring more buckets by taking more addresses of its own network.
+    Memory is bounded: at most ``max_sources`` buckets, the least recently
+    used forgotten first (a forgotten bucket starts full again).  ``rate`` 0
+    turns the limit off.
+    """
+
+    def __init__(
+        self,
+        burst: int = NEW_MEMBER_BURST,
+        rate: float = NEW_MEMBER_RATE,
+        max_sources: int = 10_000,
+    ) -> None:
+        self.burst = burst
+        self.rate = rate
+        self._max_sources = max_sources
+        #: source -> [tokens, when they were counted]
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _bucket(self, source: str, now: float) -> list[float]:
+        bucket = self._buckets.pop(source, None)
+        if bucket is None:
+            bucket = [float(self.burst), now]
+            while len(self._buckets) >= self._max_sources:
+                self._buckets.popitem(last=False)
+        else:
+            elapsed = max(0.0, now - bucket[1])
+            bucket[0] = min(float(self.burst), bucket[0] + elapsed * self.rate)
+            bucket[1] = now
+        self._buckets[source] = bucket
+        return bucket
+
+    def try_take(self, source: str, now: float) -> bool:
+        """Take a token for a new id from ``source``; False if there is none now."""
+        if self.rate <= 0:
+            return True
+        bucket = self._bucket(source, now)
+        if bucket[0] < 1:
+            return False
+        bucket[0] -= 1
+        return True
+
+    def give_back(self, source: str, now: float) -> None:
+        """Return the token of a register that turned out not to be a new id."""
+        if self.rate > 0:
+            bucket = self._bucket(source, now)
+            bucket[0] = min(float(self.burst), bucket[0] + 1)
+
+    def retry_after(self, source: str, now: float) -> int:
+        """Whole seconds until ``source`` has a token again (at least 1)."""
+        if self.rate <= 0:
+            return 1
+        missing = 1 - self._bucket(source, now)[0]
+        return max(1, math.ceil(missing / self.rate))

@@ -41,6 +41,16 @@ class RegistryMetrics:
         self.rate_limited = Counter(
             "registry_rate_limited", "Failing requests answered 429", registry=r
         )
+        self.new_members_limited = Counter(
+            "registry_new_members_limited",
+            "Registers of new ids answered 429: too many new ids from one source",
+            registry=r,
+        )
+        self.wrong_leases = Counter(
+            "registry_wrong_leases",
+            "Heartbeats and leaves answered 403: not the member's lease",
+            registry=r,
+        )
         self.shed = Counter(
             "registry_shed",
             "Requests answered 503 before any work: too many in progress in this process",

@@ -12,7 +12,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from p2pcommon.options import SharedOptions, check_listen
-from registryd.guards import DEFAULT_MAX_IN_PROGRESS
+from registryd.guards import DEFAULT_MAX_IN_PROGRESS, NEW_MEMBER_BURST, NEW_MEMBER_RATE
 
 
 class RegistryOptions(SharedOptions):
@@ -31,6 +31,10 @@ class RegistryOptions(SharedOptions):
     max_body: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
     #: Requests one process works on at once; past it, 503 with Retry-After.
     max_in_progress: Annotated[int, Field(ge=1)] = DEFAULT_MAX_IN_PROGRESS
+    #: New ids one source address (IPv6: /64) may register at once, and then per
+    #: second; 0 turns the limit off (behind a proxy every peer has its address).
+    new_member_burst: Annotated[int, Field(ge=1)] = NEW_MEMBER_BURST
+    new_member_rate: Annotated[float, Field(ge=0)] = NEW_MEMBER_RATE
     #: SO_REUSEPORT: several processes (one per core, on one Redis) share ``listen``.
     reuse_port: bool = False
 

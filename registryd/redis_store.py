@@ -3,8 +3,9 @@
 Layout under the key prefix ``p2p:``:
 
 - ``members``: a sorted set, member id -> time of the last register/heartbeat;
-- ``member:<id>``: a hash with name, cert and addresses (JSON), expiring with
-  the lease so that nothing outlives a crash;
+- ``member:<id>``: a hash with name, cert, addresses (JSON) and lease (the
+  SHA-256, in hex, of the lease token of its last register), expiring with the
+  lease so that nothing outlives a crash;
 - ``nonce:<nonce>``: set with NX and an absolute expiry, which makes replay
   detection atomic across instances;
 - ``version``: the membership version (``registryd.store``), created by the
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 import redis
@@ -36,8 +37,9 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from registryd.redis_connect import connect
-from registryd.store import StoreError, start_version
+from registryd.records import BadRecord, entry_from_fields, skipped
+from registryd.redis_connect import connect, describe
+from registryd.store import NewMembersLimited, StoreError, WrongLease, start_version
 from registryd.table import CHANGE_LOG_SIZE, Changes, Entry
 
 PREFIX = "p2p:"
@@ -66,6 +68,16 @@ local function current()
   return v
 end
 
+-- Equal strings, compared in a time that does not depend on where they differ.
+local function same(stored, shown)
+  if type(stored) ~= 'string' or #stored ~= #shown then return false end
+  local diff = 0
+  for i = 1, #shown do
+    diff = bit.bor(diff, bit.bxor(string.byte(stored, i), string.byte(shown, i)))
+  end
+  return diff == 0
+end
+
 local function changed(id)
   current()
   local v = string.format('%d', redis.call('INCR', KEYS[1]))
@@ -75,44 +87,54 @@ local function changed(id)
 end
 """
 
-# KEYS[3] members, KEYS[4] member:<id>; ARGV[3..] id, name, cert, addresses, now, lease ms, ttl.
+# KEYS[3] members, KEYS[4] member:<id>; ARGV[3..] id, name, cert, addresses, now, lease ms,
+# ttl, lease hash, new ids allowed ('1' or '0').  Answers 1 (new), 0 (was live), -1 (new
+# and not allowed: nothing written).
 _REGISTER = (
     _VERSIONED
     + """
 local old = redis.call('ZSCORE', KEYS[3], ARGV[3])
 local live = old and tonumber(old) + tonumber(ARGV[9]) > tonumber(ARGV[7])
-local same = false
+if not live and ARGV[11] ~= '1' then return -1 end
+local unchanged = false
 if live then
   local f = redis.call('HMGET', KEYS[4], 'name', 'cert', 'addresses')
-  same = f[1] == ARGV[4] and f[2] == ARGV[5] and f[3] == ARGV[6]
+  unchanged = f[1] == ARGV[4] and f[2] == ARGV[5] and f[3] == ARGV[6]
 end
-redis.call('HSET', KEYS[4], 'name', ARGV[4], 'cert', ARGV[5], 'addresses', ARGV[6])
+redis.call('HSET', KEYS[4], 'name', ARGV[4], 'cert', ARGV[5], 'addresses', ARGV[6],
+  'lease', ARGV[10])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[3])
 redis.call('PEXPIRE', KEYS[4], ARGV[8])
-if not same then changed(ARGV[3]) end
+if not unchanged then changed(ARGV[3]) end
 if live then return 0 end
 return 1
 """
 )
 
-# KEYS[3] members, KEYS[4] member:<id>; ARGV[3..] id, now, ttl, lease ms.
+# KEYS[3] members, KEYS[4] member:<id>; ARGV[3..] id, now, ttl, lease ms, lease hash.
+# Answers the version, false (no live member) or 0 (another lease: nothing changed).
 _RENEW = (
     _VERSIONED
     + """
 local old = redis.call('ZSCORE', KEYS[3], ARGV[3])
 if not old or tonumber(old) + tonumber(ARGV[5]) <= tonumber(ARGV[4]) then return false end
+if not same(redis.call('HGET', KEYS[4], 'lease'), ARGV[7]) then return 0 end
 redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[3])
 redis.call('PEXPIRE', KEYS[4], ARGV[6])
 return current()
 """
 )
 
-# KEYS[3] members, KEYS[4] member:<id>; ARGV[3] id.
+# KEYS[3] members, KEYS[4] member:<id>; ARGV[3..] id, now, ttl, lease hash.  Answers 1
+# (removed), 0 (no live member: an expired one is left to the sweep) or -1 (another lease).
 _LEAVE = (
     _VERSIONED
     + """
+local old = redis.call('ZSCORE', KEYS[3], ARGV[3])
+if not old or tonumber(old) + tonumber(ARGV[5]) <= tonumber(ARGV[4]) then return 0 end
+if not same(redis.call('HGET', KEYS[4], 'lease'), ARGV[6]) then return -1 end
 redis.call('DEL', KEYS[4])
-if redis.call('ZREM', KEYS[3], ARGV[3]) == 0 then return 0 end
+redis.call('ZREM', KEYS[3], ARGV[3])
 changed(ARGV[3])
 return 1
 """
@@ -194,6 +216,7 @@ class RedisStore:
     ) -> None:
         self.ttl = ttl
         self._log_size = log_size
+        self._name = describe(url)
         try:
             self._redis = connect(
                 url,
@@ -223,19 +246,38 @@ class RedisStore:
         return int(self.ttl * 2000) + 1000
 
     async def register(
-        self, id: str, name: str, cert: str, addresses: tuple[str, ...], now: float
+        self,
+        id: str,
+        name: str,
+        cert: str,
+        addresses: tuple[str, ...],
+        now: float,
+        *,
+        lease_hash: str,
+        allow_new: bool = True,
     ) -> bool:
         args: list[str | float] = [id, name, cert, json.dumps(list(addresses))]
-        args += [now, self._lease_ms(), self.ttl]
-        return bool(await self._script(self._register, [MEMBERS, _member_key(id)], args))
+        args += [now, self._lease_ms(), self.ttl, lease_hash, "1" if allow_new else "0"]
+        outcome = int(await self._script(self._register, [MEMBERS, _member_key(id)], args))
+        if outcome < 0:
+            raise NewMembersLimited(id)
+        return outcome == 1
 
-    async def renew(self, id: str, now: float) -> int | None:
-        args: list[str | float] = [id, now, self.ttl, self._lease_ms()]
+    async def renew(self, id: str, now: float, *, lease_hash: str) -> int | None:
+        args: list[str | float] = [id, now, self.ttl, self._lease_ms(), lease_hash]
         version = await self._script(self._renew, [MEMBERS, _member_key(id)], args)
-        return None if version is None else int(version)
+        if version is None:
+            return None
+        if isinstance(version, int):  # the script's 0; a version comes as a string
+            raise WrongLease(id)
+        return int(version)
 
-    async def leave(self, id: str) -> bool:
-        return bool(await self._script(self._leave, [MEMBERS, _member_key(id)], [id]))
+    async def leave(self, id: str, now: float, *, lease_hash: str) -> bool:
+        args: list[str | float] = [id, now, self.ttl, lease_hash]
+        outcome = int(await self._script(self._leave, [MEMBERS, _member_key(id)], args))
+        if outcome < 0:
+            raise WrongLease(id)
+        return outcome == 1
 
     async def expire(self, now: float) -> list[str]:
         args: list[str | float] = [now - self.ttl, f"{PREFIX}member:"]
@@ -250,16 +292,10 @@ class RedisStore:
             args: list[str | float] = [str(since), now - self.ttl, f"{PREFIX}member:"]
             answer: Any = await self._script(self._changes, [MEMBERS], args)
             if int(answer[1]) == 0:
-                members = [
-                    Entry(
-                        id=id,
-                        name=name,
-                        cert=cert,
-                        addresses=tuple(json.loads(addresses)),
-                        last_seen=float(last_seen),
-                    )
+                members = self._entries(
+                    (id, last_seen, name, cert, addresses)
                     for id, last_seen, name, cert, addresses in answer[2]
-                ]
+                )
                 return Changes(int(answer[0]), False, members, [str(id) for id in answer[3]])
             version = int(answer[0])
         else:
@@ -275,30 +311,31 @@ class RedisStore:
         )
 
     async def members(self, now: float) -> list[Entry]:
-        def fetch() -> list[Entry]:
+        def fetch() -> list[tuple[Any, ...]]:
             live = cast(
                 list[tuple[str, float]],
                 self._redis.zrangebyscore(MEMBERS, f"({now - self.ttl}", "+inf", withscores=True),
             )
             pipe = self._redis.pipeline(transaction=False)
             for member_id, _ in live:
-                pipe.hgetall(_member_key(member_id))
-            entries = []
-            for (member_id, last_seen), fields in zip(live, pipe.execute(), strict=True):
-                if not fields:
-                    continue  # left between the two commands
-                entries.append(
-                    Entry(
-                        id=member_id,
-                        name=fields["name"],
-                        cert=fields["cert"],
-                        addresses=tuple(json.loads(fields["addresses"])),
-                        last_seen=float(last_seen),
-                    )
-                )
-            return entries
+                pipe.hmget(_member_key(member_id), "name", "cert", "addresses")
+            return [
+                (member_id, last_seen, *fields)
+                for (member_id, last_seen), fields in zip(live, pipe.execute(), strict=True)
+                if any(field is not None for field in fields)  # else: left between the commands
+            ]
 
-        return await self._run(fetch)
+        return self._entries(await self._run(fetch))
+
+    def _entries(self, records: Iterable[tuple[Any, ...]]) -> list[Entry]:
+        """Entries of raw (id, last seen, name, cert, addresses) records; bad ones skipped."""
+        entries = []
+        for record in records:
+            try:
+                entries.append(entry_from_fields(*record))
+            except BadRecord as exc:
+                skipped(str(record[0]), str(exc), self._name)
+        return entries
 
     async def count(self, now: float) -> int:
         return int(

@@ -25,7 +25,7 @@ from p2pcommon.service import (
 )
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
-from registryd.guards import FailureLimiter, LoadShedder
+from registryd.guards import FailureLimiter, LoadShedder, NewMemberLimiter
 from registryd.health import StoreHealth
 from registryd.metrics import RegistryMetrics
 from registryd.options import RegistryOptions
@@ -229,6 +229,7 @@ async def _run(
         metrics,
         limiter=FailureLimiter(),
         shedder=LoadShedder(settings.max_in_progress),
+        newcomers=NewMemberLimiter(settings.new_member_burst, settings.new_member_rate),
         health=store.health,
         scheme="https" if settings.tls_cert else "http",
     )

@@ -15,10 +15,13 @@ whole list.
 
 from __future__ import annotations
 
+import hmac
 import time
+from dataclasses import replace
 from typing import Protocol
 
 from registryd.guards import NonceCache
+from registryd.records import skip_bad
 from registryd.table import CHANGE_LOG_SIZE, Changes, Entry, RegistryTable
 
 
@@ -26,21 +29,41 @@ class StoreError(Exception):
     """The store cannot answer now (e.g. Redis is down); the request may be retried."""
 
 
+class WrongLease(Exception):
+    """The member is live, with another lease than the one shown: nothing was changed."""
+
+
+class NewMembersLimited(Exception):
+    """A register of an id that is not a live member, while new ids were not allowed."""
+
+
 class Store(Protocol):
     ttl: float
 
     async def register(
-        self, id: str, name: str, cert: str, addresses: tuple[str, ...], now: float
+        self,
+        id: str,
+        name: str,
+        cert: str,
+        addresses: tuple[str, ...],
+        now: float,
+        *,
+        lease_hash: str,
+        allow_new: bool = True,
     ) -> bool:
-        """Add or replace a member; True if it was not a live member before."""
+        """Add or replace a member with a new lease; True if it was not a live member before.
+
+        NewMembersLimited, changing nothing, if it was not and ``allow_new`` is False.
+        """
         ...
 
-    async def renew(self, id: str, now: float) -> int | None:
-        """Extend a live member's lease: the membership version; None if unknown or expired."""
+    async def renew(self, id: str, now: float, *, lease_hash: str) -> int | None:
+        """Extend a live member's lease: the membership version; None if unknown or expired;
+        WrongLease if ``lease_hash`` is not its lease's."""
         ...
 
-    async def leave(self, id: str) -> bool:
-        """Remove a member at once; False if it was not there."""
+    async def leave(self, id: str, now: float, *, lease_hash: str) -> bool:
+        """Remove a live member at once; False if it was not one; WrongLease as ``renew``."""
         ...
 
     async def expire(self, now: float) -> list[str]:
@@ -77,28 +100,53 @@ class MemoryStore:
         self._nonces = NonceCache()
 
     async def register(
-        self, id: str, name: str, cert: str, addresses: tuple[str, ...], now: float
+        self,
+        id: str,
+        name: str,
+        cert: str,
+        addresses: tuple[str, ...],
+        now: float,
+        *,
+        lease_hash: str,
+        allow_new: bool = True,
     ) -> bool:
-        _, new = self._table.register(id, name, cert, addresses, now)
+        if not allow_new and self._table.get(id, now) is None:
+            raise NewMembersLimited(id)
+        _, new = self._table.register(id, name, cert, addresses, now, lease_hash=lease_hash)
         return new
 
-    async def renew(self, id: str, now: float) -> int | None:
-        return None if self._table.renew(id, now) is None else self._table.version
+    async def renew(self, id: str, now: float, *, lease_hash: str) -> int | None:
+        if not self._holds_lease(id, now, lease_hash):
+            return None
+        self._table.renew(id, now)
+        return self._table.version
 
-    async def leave(self, id: str) -> bool:
+    async def leave(self, id: str, now: float, *, lease_hash: str) -> bool:
+        if not self._holds_lease(id, now, lease_hash):
+            return False
         return self._table.leave(id) is not None
+
+    def _holds_lease(self, id: str, now: float, lease_hash: str) -> bool:
+        """False if ``id`` is no live member; WrongLease if its lease is another."""
+        entry = self._table.get(id, now)
+        if entry is None:
+            return False
+        if not hmac.compare_digest(entry.lease_hash, lease_hash):
+            raise WrongLease(id)
+        return True
 
     async def expire(self, now: float) -> list[str]:
         return [entry.id for entry in self._table.expire(now)]
 
     async def members(self, now: float) -> list[Entry]:
-        return list(self._table.active(now))
+        return list(skip_bad(self._table.active(now), "memory"))
 
     async def version(self, now: float) -> int:
         return self._table.version
 
     async def changes_since(self, since: int | None, now: float) -> Changes:
-        return self._table.changes_since(since, now)
+        changes = self._table.changes_since(since, now)
+        return replace(changes, members=list(skip_bad(changes.members, "memory")))
 
     async def count(self, now: float) -> int:
         return sum(1 for _ in self._table.active(now))

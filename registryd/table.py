@@ -30,6 +30,8 @@ class Entry:
     cert: str
     addresses: tuple[str, ...]
     last_seen: float
+    #: SHA-256 (hex) of the lease token its last register was given; never listed.
+    lease_hash: str = ""
 
     def expires_at(self, ttl: float) -> float:
         return self.last_seen + ttl
@@ -70,11 +72,20 @@ class RegistryTable:
         return len(self._entries)
 
     def register(
-        self, id: str, name: str, cert: str, addresses: tuple[str, ...], now: float
+        self,
+        id: str,
+        name: str,
+        cert: str,
+        addresses: tuple[str, ...],
+        now: float,
+        *,
+        lease_hash: str = "",
     ) -> tuple[Entry, bool]:
         """Add or replace a member; returns the entry and whether it is new."""
         old = self.get(id, now)
-        entry = Entry(id=id, name=name, cert=cert, addresses=addresses, last_seen=now)
+        entry = Entry(
+            id=id, name=name, cert=cert, addresses=addresses, last_seen=now, lease_hash=lease_hash
+        )
         self._entries.pop(id, None)
         self._entries[id] = entry
         if old is None or not old.same_member(entry):

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from registryd.health import StoreHealth
-from registryd.store import Store, StoreError
+from registryd.store import NewMembersLimited, Store, StoreError, WrongLease
 from registryd.table import Changes, Entry
 
 log = logging.getLogger("registryd")
@@ -57,22 +57,40 @@ class WatchedStore:
                 )
                 self._on_change()
             raise
-        outage = health.succeeded(started, self._clock())
+        except (WrongLease, NewMembersLimited):
+            self._answered(started)  # a refusal is an answer: the store works
+            raise
+        self._answered(started)
+        return result
+
+    def _answered(self, started: float) -> None:
+        outage = self.health.succeeded(started, self._clock())
         if outage is not None:
             log.info("store %s reachable again after %.1f s; serving", self._name, outage)
             self._on_change()
-        return result
 
     async def register(
-        self, id: str, name: str, cert: str, addresses: tuple[str, ...], now: float
+        self,
+        id: str,
+        name: str,
+        cert: str,
+        addresses: tuple[str, ...],
+        now: float,
+        *,
+        lease_hash: str,
+        allow_new: bool = True,
     ) -> bool:
-        return await self._call(lambda: self._store.register(id, name, cert, addresses, now))
+        return await self._call(
+            lambda: self._store.register(
+                id, name, cert, addresses, now, lease_hash=lease_hash, allow_new=allow_new
+            )
+        )
 
-    async def renew(self, id: str, now: float) -> int | None:
-        return await self._call(lambda: self._store.renew(id, now))
+    async def renew(self, id: str, now: float, *, lease_hash: str) -> int | None:
+        return await self._call(lambda: self._store.renew(id, now, lease_hash=lease_hash))
 
-    async def leave(self, id: str) -> bool:
-        return await self._call(lambda: self._store.leave(id))
+    async def leave(self, id: str, now: float, *, lease_hash: str) -> bool:
+        return await self._call(lambda: self._store.leave(id, now, lease_hash=lease_hash))
 
     async def expire(self, now: float) -> list[str]:
         return await self._call(lambda: self._store.expire(now), probe=True)

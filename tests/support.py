@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from p2pcommon.identity import peer_id_from_pem
+from p2pcommon.member_proof import (
+    add_member_signature,
+    created_of,
+    member_params,
+    sign_base,
+    signature_base,
+)
+from p2pcommon.models import RegisterRequest
 from p2pd.identity import build_certificate
 
 SECRET = "test-secret-of-the-network"
@@ -38,14 +46,35 @@ def make_cert_pem() -> str:
 
 @dataclass(frozen=True)
 class Peer:
+    """A member's identity as p2pd makes it: its key, its certificate, its id."""
+
     id: str
     cert: str
     name: str
+    key: ec.EllipticCurvePrivateKey
 
     @classmethod
     def new(cls, name: str = "alice") -> Peer:
-        cert = make_cert_pem()
-        return cls(id=peer_id_from_pem(cert), cert=cert, name=name)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = build_certificate(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
+        return cls(id=peer_id_from_pem(cert), cert=cert, name=name, key=key)
+
+    def registration(
+        self, port: int = 7070, *, name: str | None = None, addresses: list[str] | None = None
+    ) -> RegisterRequest:
+        return RegisterRequest(
+            id=self.id, name=name or self.name, cert=self.cert, port=port, addresses=addresses
+        )
+
+    async def prove(self, base: bytes) -> bytes:
+        """The member signature's value (docs/protocol.md §2.4), signed in this process."""
+        return sign_base(self.key, base)
+
+    def add_proof(self, headers: dict[str, str], method: str, path: str, nonce: str) -> None:
+        """Add the ``member`` signature to ``headers`` signed by p2pcommon.signing."""
+        params = member_params(self.id, created_of(headers["Signature-Input"]), nonce)
+        base = signature_base(method, path, headers["Content-Digest"], params)
+        add_member_signature(headers, params, sign_base(self.key, base))
 
 
 def free_port() -> int:
@@ -147,18 +176,23 @@ def registryd_env(port: int, extra: Mapping[str, str] = {}) -> dict[str, str]:
 
 @contextmanager
 def run_registryd(
-    tmp_path: Path, extra_env: Mapping[str, str] = {}, port: int | None = None
+    tmp_path: Path,
+    extra_env: Mapping[str, str] = {},
+    port: int | None = None,
+    *,
+    wrapper: Sequence[str] = (),
 ) -> Iterator[RunningRegistry]:
     """Start the real registryd, wait for its READY=1, stop it with SIGTERM afterwards.
 
     It gets an empty config file so that a /etc/registryd.toml on the machine
-    never leaks into a test; the environment configures it.
+    never leaks into a test; the environment configures it.  ``wrapper`` is a
+    command that execs it (``prlimit --nofile=…``).
     """
     port = port or free_port()
     config = tmp_path / f"registryd-{port}.toml"
     config.write_text("")
     log_path = tmp_path / f"registryd-{port}.log"
-    command = [str(VENV_BIN / "registryd"), "--config", str(config)]
+    command = [*wrapper, str(VENV_BIN / "registryd"), "--config", str(config)]
     with daemon_process(command, registryd_env(port, extra_env), log_path) as (process, notify):
         yield RunningRegistry(f"http://127.0.0.1:{port}", process, log_path, notify)
 
@@ -296,6 +330,7 @@ def run_p2pd(
     extra_config: str = "",
     port: int | None = None,
     extra_env: Mapping[str, str] = {},
+    wrapper: Sequence[str] = (),
 ) -> Iterator[RunningPeer]:
     """Start the real p2pd with its own folders; wait for READY=1; SIGTERM it afterwards."""
     port = port or free_port()
@@ -305,7 +340,7 @@ def run_p2pd(
     log_path = base / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("P2PD_", "NOTIFY_"))}
     env.update(extra_env)
-    command = [str(VENV_BIN / "p2pd"), "--config", str(config)]
+    command = [*wrapper, str(VENV_BIN / "p2pd"), "--config", str(config)]
     try:
         with daemon_process(command, env, log_path, ready_timeout=60) as (process, notify):
             yield RunningPeer(

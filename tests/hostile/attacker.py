@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from tests.support import SECRET, VENV_BIN
@@ -92,6 +93,11 @@ class Attacker:
         )
         return cls(pem, der, cert_path, key_path, ident)
 
+    def key(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key
+
 
 # -- RFC 9421 by hand ---------------------------------------------------------
 
@@ -110,22 +116,48 @@ def sign(
     nonce: str | None = None,
     components: tuple[str, ...] = COMPONENTS,
     digest: str | None = None,
+    member: tuple[str, ec.EllipticCurvePrivateKey] | None = None,
 ) -> dict[str, str]:
-    """Content-Digest, Signature-Input and Signature over the base of RFC 9421 §2.5."""
+    """Content-Digest, Signature-Input and Signature over the base of RFC 9421 §2.5.
+
+    With ``member`` (an id and a key), the register's second signature too
+    (docs/protocol.md §2.4): labelled ``member``, ECDSA P-256 as RFC 9421
+    §3.3.4 has it (raw r‖s), over the same components, created and nonce.
+    """
     digest = digest if digest is not None else content_digest(body)
     created = int(time.time()) if created is None else created
     nonce = nonce or secrets.token_urlsafe(16)
     values = {"@method": method.upper(), "@path": path, "content-digest": digest}
     inner = " ".join(f'"{c}"' for c in components)
     params = f'({inner});created={created};keyid="p2p";alg="hmac-sha256";nonce="{nonce}"'
-    lines = [f'"{c}": {values[c]}' for c in components]
-    lines.append(f'"@signature-params": {params}')
-    mac = hmac.digest(secret.encode("utf-8"), "\n".join(lines).encode("utf-8"), "sha256")
-    return {
+    mac = hmac.digest(secret.encode("utf-8"), signature_base(values, components, params), "sha256")
+    headers = {
         "Content-Digest": digest,
         "Signature-Input": f"sig={params}",
         "Signature": f"sig=:{base64.b64encode(mac).decode('ascii')}:",
     }
+    if member is not None:
+        member_id, key = member
+        params = (
+            f'({inner});created={created};keyid="{member_id}";alg="ecdsa-p256-sha256"'
+            f';nonce="{nonce}"'
+        )
+        raw = ecdsa_raw(key, signature_base(values, components, params))
+        headers["Signature-Input"] += f", member={params}"
+        headers["Signature"] += f", member=:{base64.b64encode(raw).decode('ascii')}:"
+    return headers
+
+
+def signature_base(values: dict[str, str], components: tuple[str, ...], params: str) -> bytes:
+    lines = [f'"{c}": {values[c]}' for c in components]
+    lines.append(f'"@signature-params": {params}')
+    return "\n".join(lines).encode("utf-8")
+
+
+def ecdsa_raw(key: ec.EllipticCurvePrivateKey, base: bytes) -> bytes:
+    """ECDSA P-256 over SHA-256, as RFC 9421 §3.3.4 encodes it: r and s, 32 bytes each."""
+    r, s = decode_dss_signature(key.sign(base, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 # -- raw HTTP -----------------------------------------------------------------
@@ -245,18 +277,38 @@ def signed(
     payload: Any = None,
     *,
     source: str | None = None,
+    query: str = "",
     **sign_kw: Any,
 ) -> RawResponse:
+    """``path`` signed (``"@path"`` has no query), sent with ``query`` after it."""
     body = b"" if payload is None else json.dumps(payload).encode()
     headers = sign(method, path, body, **sign_kw)
     if payload is not None:
         headers["Content-Type"] = "application/json"
-    return http(registry_port(url), build_request(method, path, headers, body), source=source)
+    raw = build_request(method, path + query, headers, body)
+    return http(registry_port(url), raw, source=source)
 
 
-def register(url: str, who: Attacker, name: str, port: int) -> RawResponse:
-    payload = {"id": who.id, "name": name, "cert": who.cert_pem, "port": port}
-    return signed(url, "POST", "/register", payload)
+def register(
+    url: str,
+    who: Attacker,
+    name: str,
+    port: int,
+    *,
+    source: str | None = None,
+    **fields: Any,
+) -> RawResponse:
+    """Register ``who`` as a member does: proven by its own key (docs/protocol.md §2.4)."""
+    payload = {"id": who.id, "name": name, "cert": who.cert_pem, "port": port, **fields}
+    return signed(url, "POST", "/register", payload, source=source, member=(who.id, who.key()))
+
+
+def joined(url: str, who: Attacker, name: str, port: int, **fields: Any) -> str:
+    """Register ``who``; the lease its heartbeats and its leave show."""
+    answer = register(url, who, name, port, **fields)
+    assert answer.status == 200, answer
+    lease: str = answer.json()["lease"]
+    return lease
 
 
 def members(url: str) -> list[dict[str, Any]]:

@@ -26,10 +26,10 @@ from cryptography.x509.oid import NameOID
 from tests.hostile.attacker import (
     Attacker,
     Closed,
+    joined,
     peer_get,
     poll,
     refused,
-    register,
     signed,
 )
 from tests.support import SECRET, RunningPeer, RunningRegistry, run_p2pd, run_registryd
@@ -109,13 +109,14 @@ def test_a_certificate_of_the_ca_gets_403_until_it_is_a_members(
     for target in ("/files", "/files/hello.txt"):
         answer = peer_get(scene.bob.port, eve, target)
         assert answer.status == 403 and HELLO not in answer.body, answer
-    assert register(scene.registry.url, eve, "eve", 9).status == 200
+    lease = joined(scene.registry.url, eve, "eve", 9)
 
     def served() -> bool:
         return peer_get(scene.bob.port, eve, "/files/hello.txt").body == HELLO
 
     poll(served, timeout=30, what="bob to admit eve once registered")
-    assert signed(scene.registry.url, "POST", "/leave", {"id": eve.id}).status == 200
+    leave = {"id": eve.id, "lease": lease}
+    assert signed(scene.registry.url, "POST", "/leave", leave).status == 200
     poll(lambda: refused(scene.bob.port, eve), timeout=10, what="bob to refuse eve once gone")
     assert peer_get(scene.bob.port, eve, "/files/hello.txt").status == 403
 

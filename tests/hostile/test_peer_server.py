@@ -22,6 +22,7 @@ from tests.hostile.attacker import (
     Closed,
     build_request,
     ctl,
+    joined,
     peer_get,
     poll,
     read_response,
@@ -133,13 +134,14 @@ def test_an_unregistered_certificate(victim: Victim, tmp_path: Path) -> None:
 
 def test_a_member_that_left(victim: Victim, tmp_path: Path) -> None:
     leaver = Attacker.new(tmp_path)
-    assert register(victim.registry.url, leaver, "leaver", 9).status == 200
+    lease = joined(victim.registry.url, leaver, "leaver", 9)
     admitted(victim.bob.port, leaver)
     kept = tls(victim.bob.port, leaver)
     try:
         kept.sendall(build_request("GET", "/files", {}))
         assert read_response(kept).status == 200
-        assert signed(victim.registry.url, "POST", "/leave", {"id": leaver.id}).status == 200
+        leave = {"id": leaver.id, "lease": lease}
+        assert signed(victim.registry.url, "POST", "/leave", leave).status == 200
         # Refused within two heartbeat intervals (0.5 s here), with slack for a busy box.
         poll(lambda: refused(victim.bob.port, leaver), timeout=10, what="bob to refuse a leaver")
         try:

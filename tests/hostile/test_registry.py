@@ -19,6 +19,7 @@ from tests.hostile.attacker import (
     build_request,
     content_digest,
     http,
+    joined,
     poll,
     register,
     registry_port,
@@ -61,9 +62,9 @@ def send_signed(
 def test_a_hand_signed_request_is_accepted(registry: RunningRegistry, tmp_path: Path) -> None:
     """The attacker's signer is right: a correct hand-built signature gets through."""
     who = Attacker.new(tmp_path)
-    assert register(registry.url, who, "mallory", 9).status == 200
+    lease = joined(registry.url, who, "mallory", 9)
     assert who.id in [m["id"] for m in signed(registry.url, "GET", "/clients").json()["clients"]]
-    assert signed(registry.url, "POST", "/leave", {"id": who.id}).status == 200
+    assert signed(registry.url, "POST", "/leave", {"id": who.id, "lease": lease}).status == 200
 
 
 def test_no_signature(registry: RunningRegistry) -> None:

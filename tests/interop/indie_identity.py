@@ -55,6 +55,11 @@ class Identity:
     def id(self) -> str:
         return peer_id(self.cert_der)
 
+    def key(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key
+
 
 def new_identity(directory: Path, name: str) -> Identity:
     key = ec.generate_private_key(ec.SECP256R1())

@@ -33,6 +33,8 @@ class IndependentPeer:
         self.server = PeerServer(self.identity, network_ca_pem(secret), files, self.is_member)
         self.members: dict[str, dict[str, Any]] = {}
         self.lease: dict[str, Any] = {}
+        #: §3.3: the lease token of our last register, shown by heartbeats and the leave.
+        self.token = ""
         self.faults: list[str] = []
         self.heartbeats = 0
         self._refreshed_at = 0.0
@@ -68,33 +70,41 @@ class IndependentPeer:
 
     def register(self) -> dict[str, Any]:
         """§3.2 ``POST /register`` without ``addresses``: the registry records the
-        address it saw with our port (§3.3, observed address rule)."""
+        address it saw with our port (§3.3, observed address rule); proven by our
+        key (§2.4)."""
         payload = {
             "id": self.id,
             "name": self.name,
             "cert": self.identity.cert_pem,
             "port": self.server.port,
         }
-        self.lease = self.registry.call("POST", "/register", payload).payload
+        member = (self.id, self.identity.key())
+        self.lease = self.registry.call("POST", "/register", payload, member=member).payload
+        self.token = self.lease["lease"]
         return self.lease
 
     def leave(self) -> None:
-        """§3.2 ``POST /leave``: removed at once."""
+        """§3.2 ``POST /leave`` with our lease: removed at once."""
         self._left = True
         self._stop.set()
-        self.registry.call("POST", "/leave", {"id": self.id})
+        self.registry.call("POST", "/leave", {"id": self.id, "lease": self.token})
 
     def _heartbeat_loop(self) -> None:
-        """§3.3: heartbeat at the interval the registry advised; 404 means register again."""
+        """§3.3: heartbeat at the interval the registry advised; 404 (or 403, another
+        lease) means register again."""
         while not self._stop.wait(float(self.lease["heartbeat_interval"])):
             try:
-                self.lease = self.registry.call("POST", "/heartbeat", {"id": self.id}).payload
+                body = {"id": self.id, "lease": self.token}
+                self.lease = {
+                    **self.lease,
+                    **self.registry.call("POST", "/heartbeat", body).payload,
+                }
                 self.heartbeats += 1
                 # §3.4: the list is fetched again only when the membership changed.
                 if self.lease.get("version") != self._version:
                     self.refresh_members()
             except RegistryRefused as exc:
-                if " 404 " in str(exc):
+                if " 404 " in str(exc) or " 403 " in str(exc):
                     self.register()
                 else:
                     self.faults.append(f"heartbeat: {exc}")

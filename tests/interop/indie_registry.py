@@ -1,9 +1,10 @@
 """The independent peer's registry client, from docs/protocol.md §2 and §3 alone.
 
 Requests are signed by hand (§2.1: Content-Digest, then the RFC 9421
-signature base, HMAC-SHA256 keyed by the secret's UTF-8 bytes) and every
-signed answer is verified as §2.2 says before anything in it is believed.
-Standard library only.
+signature base, HMAC-SHA256 keyed by the secret's UTF-8 bytes; a register
+also by the member's own key, §2.4) and every signed answer is verified as
+§2.2 says before anything in it is believed.  Standard library, and
+``cryptography`` for the member's ECDSA signature.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
 #: §2.2: the answers that are signed; the others are written before authentication.
-SIGNED_STATUSES = (200, 400, 404)
+SIGNED_STATUSES = (200, 400, 403, 404)
 MAX_SKEW = 60
 _ANSWER_INPUT = re.compile(r'sig=\("@status" "content-digest"\)((?:;[a-z]+=(?:"[^"]*"|[0-9]+))+)')
 _PARAMETER = re.compile(r';([a-z]+)=(?:"([^"]*)"|([0-9]+))')
@@ -51,6 +56,18 @@ class Answer:
     payload: Any
 
 
+def base_of(method: str, path: str, digest: str, params: str) -> str:
+    """§2.1: "@path" is the path without the query; the base has no final newline."""
+    return "\n".join(
+        [
+            f'"@method": {method}',
+            f'"@path": {path}',
+            f'"content-digest": {digest}',
+            f'"@signature-params": {params}',
+        ]
+    )
+
+
 class Registry:
     """Signed calls to one registry URL."""
 
@@ -59,30 +76,41 @@ class Registry:
         assert parts.hostname is not None and parts.port is not None
         self._host, self._port, self._secret = parts.hostname, parts.port, secret
 
-    def call(self, method: str, path: str, payload: Any = None, query: str = "") -> Answer:
-        """One signed request (§2.1) and its verified answer (§2.2)."""
+    def call(
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        query: str = "",
+        member: tuple[str, ec.EllipticCurvePrivateKey] | None = None,
+    ) -> Answer:
+        """One signed request (§2.1) and its verified answer (§2.2); with ``member``
+        (our id and key), the register's second signature (§2.4)."""
         body = b"" if payload is None else json.dumps(payload).encode()
         created, nonce = int(time.time()), secrets.token_urlsafe(16)
         digest = content_digest(body)
-        params = (
-            '("@method" "@path" "content-digest")'
-            f';created={created};keyid="p2p";alg="hmac-sha256";nonce="{nonce}"'
-        )
-        # §2.1: "@path" is the path without the query; the base has no final newline.
-        base = "\n".join(
-            [
-                f'"@method": {method}',
-                f'"@path": {path}',
-                f'"content-digest": {digest}',
-                f'"@signature-params": {params}',
-            ]
-        )
+        components = '("@method" "@path" "content-digest")'
+        params = f'{components};created={created};keyid="p2p";alg="hmac-sha256";nonce="{nonce}"'
         headers = {
             "Content-Type": "application/json",
             "Content-Digest": digest,
             "Signature-Input": f"sig={params}",
-            "Signature": f"sig=:{mac(self._secret, base)}:",
+            "Signature": f"sig=:{mac(self._secret, base_of(method, path, digest, params))}:",
         }
+        if member is not None:
+            # §2.4: same components, created and nonce; keyid our id; raw r‖s (RFC 9421 §3.3.4).
+            member_id, key = member
+            params = (
+                f'{components};created={created};keyid="{member_id}";alg="ecdsa-p256-sha256"'
+                f';nonce="{nonce}"'
+            )
+            der = key.sign(
+                base_of(method, path, digest, params).encode(), ec.ECDSA(hashes.SHA256())
+            )
+            r, s = decode_dss_signature(der)
+            raw = base64.b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).decode()
+            headers["Signature-Input"] += f", member={params}"
+            headers["Signature"] += f", member=:{raw}:"
         connection = http.client.HTTPConnection(self._host, self._port, timeout=10)
         try:
             connection.request(method, path + query, body=body, headers=headers)

@@ -22,7 +22,6 @@ from p2pcommon.httpclient import (
     tls_context,
 )
 from p2pcommon.httpserver import HttpServer, Request, Response, json_response
-from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient, RegistryUnavailable
 from tests.support import SECRET, Peer, free_port, run_registryd
 
@@ -116,10 +115,9 @@ async def test_the_registry_client_keeps_its_connection_between_calls(tmp_path: 
     with run_registryd(tmp_path) as registry:
         peer = Peer.new()
         async with RegistryClient([registry.url], SECRET) as client:
-            request = RegisterRequest(id=peer.id, name="p", cert=peer.cert, port=7070)
-            await client.register(request)
+            lease = await client.register(peer.registration(), peer.prove)
             for _ in range(3):
-                await client.heartbeat(peer.id)
+                await client.heartbeat(peer.id, lease.lease)
             idle = client._registries[registry.url].idle
             assert idle is not None
             first = idle[0].stream

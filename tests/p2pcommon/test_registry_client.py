@@ -11,7 +11,6 @@ import trio
 
 from p2pcommon.backoff import Backoff
 from p2pcommon.httpserver import HttpServer, Request, Response, json_response
-from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient, RegistryUnavailable
 from tests.support import SECRET, Peer, RunningRegistry, free_port, run_registryd
 
@@ -22,8 +21,8 @@ def registry(tmp_path: Path) -> Iterator[RunningRegistry]:
         yield running
 
 
-def registration(peer: Peer) -> RegisterRequest:
-    return RegisterRequest(id=peer.id, name=peer.name, cert=peer.cert, port=7070)
+async def register(client: RegistryClient, peer: Peer) -> None:
+    await client.register(peer.registration(), peer.prove)
 
 
 async def test_fails_over_from_a_dead_registry_and_sticks_to_the_live_one(
@@ -31,7 +30,7 @@ async def test_fails_over_from_a_dead_registry_and_sticks_to_the_live_one(
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     async with RegistryClient([dead, registry.url], SECRET) as client:
-        await client.register(registration(Peer.new()))
+        await register(client, Peer.new())
         assert client.current_url == registry.url
         assert len(await client.clients()) == 1
 
@@ -41,7 +40,7 @@ async def test_a_registry_with_another_secret_is_skipped(
 ) -> None:
     with run_registryd(tmp_path, {"REGISTRYD_SECRET": "a-different-network"}) as foreign:
         async with RegistryClient([foreign.url, registry.url], SECRET) as client:
-            await client.register(registration(Peer.new()))
+            await register(client, Peer.new())
             assert client.current_url == registry.url
 
 
@@ -59,7 +58,7 @@ async def test_unsigned_answers_are_ignored(registry: RunningRegistry) -> None:
             with pytest.raises(RegistryUnavailable, match="not signed with our secret"):
                 await alone.clients()
         async with RegistryClient([impostor_url, registry.url], SECRET) as client:
-            await client.register(registration(Peer.new()))
+            await register(client, Peer.new())
             assert [m.name for m in await client.clients()] == ["alice"]
         await server.shutdown(1)
 

@@ -67,6 +67,9 @@ def test_lists_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("upload_slots = 0\n", "key 'upload_slots'"),
         ("listen = 'everywhere'\n", "key 'listen'"),
         ("advertise = ['no-port']\n", "key 'advertise'"),
+        # What a registry takes in one registration: 8 addresses of 128 characters.
+        (f"advertise = {[f'10.0.0.{i}:7070' for i in range(9)]}\n", "at most 8 addresses"),
+        (f"advertise = ['{'h' * 124}:7070']\n", "at most 128 characters"),
         ("heartbeat_interval = 'often'\n", "key 'heartbeat_interval'"),
     ],
 )

@@ -18,6 +18,7 @@ from p2pcommon.registry_client import RegistryClient
 from p2pd.identity import Identity, load_or_create
 from p2pd.main import main
 from p2pd.peerclient import PeerConnection, PeerPool, PeerUnreachable
+from p2pd.registry_link import KeySigner
 from tests.p2pd.test_config_identity import write_config
 from tests.support import (
     SECRET,
@@ -183,11 +184,17 @@ async def test_an_unregistered_certificate_is_refused(network: Network, tmp_path
         await connection.aclose()
 
 
+#: The lease of each test identity registered by ``registered_outsider``, by id.
+LEASES: dict[str, str | None] = {}
+
+
 async def registered_outsider(network: Network, tmp_path: Path) -> tuple[Identity, Member]:
-    """A test identity that registers like a member, and bob as it sees him."""
+    """A test identity that registers like a member (its proof signed by p2pd's own
+    signing child), and bob as it sees him."""
     me, _ = load_or_create(tmp_path / "tester")
     async with RegistryClient([network.registry.url], SECRET) as client:
-        await client.register(RegisterRequest(id=me.id, name="tester", cert=me.cert_pem, port=9))
+        request = RegisterRequest(id=me.id, name="tester", cert=me.cert_pem, port=9)
+        LEASES[me.id] = (await client.register(request, KeySigner(me.key_path))).lease
     bob = network.bob
 
     async def admitted() -> bool:
@@ -258,7 +265,7 @@ async def test_a_member_that_left_is_refused(network: Network, tmp_path: Path) -
         assert (await connection.request("/files")).status == 200
         await connection.body(1_000_000)
         async with RegistryClient([network.registry.url], SECRET) as client:
-            await client.leave(me.id)
+            await client.leave(me.id, LEASES[me.id])
 
         async def forgotten() -> bool:
             return "tester" not in [p["name"] for p in await peers_of(network.bob)]

@@ -28,6 +28,7 @@ from p2pd.identity import (
     load_for_network,
     load_or_create,
 )
+from tests.hostile.attacker import poll
 from tests.support import SECRET, run_p2pd, run_registryd
 
 #: Loaded on some paths only (identity creation, metrics, config writing, the
@@ -104,7 +105,10 @@ def test_a_first_start_leaves_no_cryptography_in_the_daemon(tmp_path: Path) -> N
         assert (alice.state_dir / NETWORK_FILE).exists()
         cert_pem = (alice.state_dir / "identity.crt").read_text()
         assert alice.ctl_json("status")["id"] == peer_id_from_pem(cert_pem)
-        # ...in the start-up child, which is gone; the daemon never loaded it.
+        # Its register was proven by the key, signed in a child too (p2pd.keysign).
+        poll(lambda: alice.ctl_json("status")["registered"], timeout=30, what="a register")
+        # ...in the start-up child, which is gone, as is the signing child; the daemon
+        # never loaded it.
         assert children_of(alice.process.pid) == []
         assert CRYPTOGRAPHY_LIBRARY not in Path(f"/proc/{alice.process.pid}/maps").read_text()
 

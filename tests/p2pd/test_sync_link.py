@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from p2pcommon.httpserver import HttpServer, Request, Response, error_response
-from p2pcommon.models import Member, RegisterRequest
+from p2pcommon.models import Member
 from p2pcommon.registry_client import (
     DRIFT_BACK,
     InvalidAnswer,
@@ -99,10 +99,6 @@ def new_front(store: MemoryStore | None = None) -> Front:
     return Front(RegistryApp(Signer(SECRET), store, RegistryMetrics()))
 
 
-def registration(peer: Peer) -> RegisterRequest:
-    return RegisterRequest(id=peer.id, name=peer.name, cert=peer.cert, port=7070)
-
-
 class Watcher:
     """A Members listener, as the TLS contexts are: who joined and left, in order."""
 
@@ -128,7 +124,9 @@ async def linked(
 ) -> AsyncIterator[tuple[RegistryLink, Members]]:
     members = members or Members.empty(peer.id)
     async with RegistryClient(urls, SECRET, timeout=2.0) as client:
-        link = RegistryLink(client, registration(peer), members, heartbeat_interval=INTERVAL)
+        link = RegistryLink(
+            client, peer.registration(), members, prove=peer.prove, heartbeat_interval=INTERVAL
+        )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(link.run)
             yield link, members
@@ -139,11 +137,17 @@ async def test_members_follow_the_version_by_deltas_and_only_when_it_moves() -> 
     front = new_front()
     alice, bob, carol = Peer.new("alice"), Peer.new("bob"), Peer.new("carol")
     async with serving(front) as url, RegistryClient([url], SECRET) as other:
-        await other.register(registration(carol))
+        await other.register(carol.registration(), carol.prove)
         members = Members.empty(alice.id)
         watcher = Watcher(members)
         async with RegistryClient([url], SECRET) as client:
-            link = RegistryLink(client, registration(alice), members, heartbeat_interval=INTERVAL)
+            link = RegistryLink(
+                client,
+                alice.registration(),
+                members,
+                prove=alice.prove,
+                heartbeat_interval=INTERVAL,
+            )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.run)
                 assert await watcher.next() == (["carol"], [])
@@ -151,10 +155,10 @@ async def test_members_follow_the_version_by_deltas_and_only_when_it_moves() -> 
                 await front.wait_count("/heartbeat", 5)
                 assert front.counts["/clients"] == 1  # nothing changed: nothing fetched
 
-                await other.register(registration(bob))
+                bob_lease = await other.register(bob.registration(), bob.prove)
                 assert await watcher.next() == (["bob"], [])
                 assert members.get(bob.id) is not None
-                await other.leave(bob.id)
+                await other.leave(bob.id, bob_lease.lease)
                 assert await watcher.next() == ([], ["bob"])
                 assert members.get(bob.id) is None
                 assert front.clients_full == [True, False, False]  # two deltas
@@ -197,7 +201,7 @@ async def test_a_registry_that_forgot_us_gets_a_new_register() -> None:
     alice = Peer.new("alice")
     async with serving(front) as url, linked([url], alice) as (link, _):
         await front.wait_count("/heartbeat", 1)
-        await store.leave(alice.id)  # as a restarted registry would have
+        store._table.leave(alice.id)  # as a restarted registry would have
         await front.wait_count("/register", 2)
         assert front.registered[alice.id] == 2
         await front.wait_count("/heartbeat", front.counts["/heartbeat"] + 2)
@@ -212,14 +216,14 @@ async def test_a_failed_refresh_keeps_the_list_and_the_version() -> None:
     front = new_front()
     alice, bob, carol = Peer.new("alice"), Peer.new("bob"), Peer.new("carol")
     async with serving(front) as url, RegistryClient([url], SECRET) as other:
-        await other.register(registration(carol))
+        await other.register(carol.registration(), carol.prove)
         members = Members.empty(alice.id)
         watcher = Watcher(members)
         async with linked([url], alice, members) as (link, _):
             await watcher.next()
             before = link.version
             front.shed["/clients"] = (1, "1")
-            await other.register(registration(bob))
+            await other.register(bob.registration(), bob.prove)
             await front.wait_count("/clients", 2)  # the shed one
             assert (link.version, [m.name for m in members.others()]) == (before, ["carol"])
             assert await watcher.next() == (["bob"], [])  # asked again at the next heartbeat
@@ -299,13 +303,13 @@ async def test_a_peer_starts_at_home_fails_over_and_drifts_back() -> None:
         async with RegistryClient(urls, SECRET, monotonic=lambda: now[0]) as client:
             client.spread(peer.id)
             assert client.current_url == urls[1 - elsewhere]
-            await client.register(registration(peer))  # home is down
+            lease = await client.register(peer.registration(), peer.prove)  # home is down
             assert client.current_url == other_url
             async with serving(home_front, home_port):
-                await client.heartbeat(peer.id)
+                await client.heartbeat(peer.id, lease.lease)
                 assert client.current_url == other_url  # not straight back: no flapping
                 now[0] += DRIFT_BACK
-                await client.heartbeat(peer.id)
+                await client.heartbeat(peer.id, lease.lease)
                 assert client.current_url == urls[1 - elsewhere]
                 assert home_front.counts["/heartbeat"] == 1
                 await client.member_changes(None)
@@ -318,4 +322,23 @@ async def test_one_registry_behaves_as_before() -> None:
     async with serving(front) as url, RegistryClient([url], SECRET) as client:
         client.spread(peer.id)
         assert client.current_url == url
-        assert (await client.register(registration(peer))).version is not None
+        assert (await client.register(peer.registration(), peer.prove)).version is not None
+
+
+async def test_a_registry_holding_another_lease_gets_a_new_register() -> None:
+    """403 wrong lease: we registered again elsewhere since (or another process has our
+    identity); only the key's holder can have, so the link proves it again."""
+    front = new_front()
+    alice = Peer.new("alice")
+    async with (
+        serving(front) as url,
+        linked([url], alice) as (link, _),
+        RegistryClient([url], SECRET) as elsewhere,
+    ):
+        await front.wait_count("/heartbeat", 1)
+        await elsewhere.register(alice.registration(), alice.prove)
+        await front.wait_count("/register", 3)  # the link's first, elsewhere's, the link's again
+        beats = front.counts["/heartbeat"]
+        await front.wait_count("/heartbeat", beats + 2)
+        assert status(link) == (True, None)
+        assert front.registered[alice.id] == 3

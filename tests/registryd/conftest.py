@@ -12,7 +12,7 @@ from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
 from registryd.metrics import RegistryMetrics
 from registryd.store import MemoryStore
-from tests.support import SECRET
+from tests.support import SECRET, Peer
 
 
 class Clock:
@@ -41,9 +41,13 @@ def signed(
     now: float,
     host: str = "192.0.2.10",
     secret: str = SECRET,
+    member: Peer | None = None,
 ) -> Request:
+    """A request signed as p2pd signs it; with ``member``, its register proof too."""
     body = b"" if payload is None else json.dumps(payload).encode()
-    headers, _ = Signer(secret).sign_request(method, path, body, now=now)
+    headers, nonce = Signer(secret).sign_request(method, path, body, now=now)
+    if member is not None:
+        member.add_proof(headers, method, path, nonce)
     return Request(
         method=method,
         target=path,

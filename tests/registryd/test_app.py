@@ -12,6 +12,9 @@ import pytest
 from p2pcommon.httpserver import Request, Response
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
+from registryd.guards import NewMemberLimiter
+from registryd.metrics import RegistryMetrics
+from registryd.store import MemoryStore
 from tests.hostile.attacker import content_digest, sign
 from tests.registryd.conftest import Clock, signed
 from tests.support import SECRET, Peer
@@ -23,7 +26,15 @@ def payload(response: Response) -> Any:
 
 async def register(app: RegistryApp, peer: Peer, now: float, **extra: Any) -> Response:
     body = {"id": peer.id, "name": peer.name, "cert": peer.cert, "port": 7070, **extra}
-    return await app.handle(signed("POST", "/register", body, now=now))
+    return await app.handle(signed("POST", "/register", body, now=now, member=peer))
+
+
+async def lease_of(app: RegistryApp, peer: Peer, now: float) -> str:
+    """Register ``peer``; the lease token its heartbeats and leave show."""
+    response = await register(app, peer, now)
+    assert response.status == 200, response.body
+    token: str = payload(response)["lease"]
+    return token
 
 
 async def listed(app: RegistryApp, now: float) -> list[dict[str, Any]]:
@@ -39,6 +50,10 @@ async def test_register_answers_the_lease(app: RegistryApp, clock: Clock) -> Non
     lease = payload(response)
     assert (lease["ttl"], lease["heartbeat_interval"]) == (30.0, 10.0)
     assert isinstance(lease["version"], int)
+    # 128 random bits, base64url; a new one at every register.
+    assert len(lease["lease"]) == 22
+    again = payload(await register(app, Peer.new(), clock.now))
+    assert again["lease"] != lease["lease"]
 
 
 async def test_source_address_is_recorded_when_none_is_advertised(
@@ -100,15 +115,17 @@ async def test_invalid_json_is_a_400(app: RegistryApp, clock: Clock) -> None:
 
 async def test_lease_lifecycle_with_a_fake_clock(app: RegistryApp, clock: Clock) -> None:
     peer = Peer.new()
-    await register(app, peer, clock.now)
+    token = await lease_of(app, peer, clock.now)
     clock.now += 25
-    beat = await app.handle(signed("POST", "/heartbeat", {"id": peer.id}, now=clock.now))
+    body = {"id": peer.id, "lease": token}
+    beat = await app.handle(signed("POST", "/heartbeat", body, now=clock.now))
     assert beat.status == 200
+    assert "lease" not in payload(beat)  # the lease stays the register's
     clock.now += 25  # 50 s after registering, 25 s after the heartbeat
     assert [c["id"] for c in await listed(app, clock.now)] == [peer.id]
     clock.now += 5
     assert await listed(app, clock.now) == []
-    late = await app.handle(signed("POST", "/heartbeat", {"id": peer.id}, now=clock.now))
+    late = await app.handle(signed("POST", "/heartbeat", body, now=clock.now))
     assert late.status == 404
     assert "register again" in payload(late)["message"]
 
@@ -117,12 +134,30 @@ async def test_leave_removes_at_once_and_unknown_leave_is_404(
     app: RegistryApp, clock: Clock
 ) -> None:
     peer = Peer.new()
-    await register(app, peer, clock.now)
-    left = await app.handle(signed("POST", "/leave", {"id": peer.id}, now=clock.now))
+    body = {"id": peer.id, "lease": await lease_of(app, peer, clock.now)}
+    left = await app.handle(signed("POST", "/leave", body, now=clock.now))
     assert left.status == 200
     assert await listed(app, clock.now) == []
-    again = await app.handle(signed("POST", "/leave", {"id": peer.id}, now=clock.now))
+    again = await app.handle(signed("POST", "/leave", body, now=clock.now))
     assert again.status == 404
+
+
+async def test_only_the_last_registers_lease_renews_or_ends_a_member(
+    app: RegistryApp, clock: Clock
+) -> None:
+    peer = Peer.new()
+    old = await lease_of(app, peer, clock.now)
+    new = await lease_of(app, peer, clock.now + 1)
+    for path in ("/heartbeat", "/leave"):
+        body = {"id": peer.id, "lease": old}
+        refused = await app.handle(signed("POST", path, body, now=clock.now + 2))
+        assert (refused.status, payload(refused)["error"]) == (403, "wrong lease")
+    assert [c["id"] for c in await listed(app, clock.now + 2)] == [peer.id]
+    # Refused without a lease at all (a body of an older p2pd): 400, nothing changed.
+    bare = await app.handle(signed("POST", "/heartbeat", {"id": peer.id}, now=clock.now + 2))
+    assert (bare.status, payload(bare)["message"]) == (400, "field 'lease': Field required")
+    body = {"id": peer.id, "lease": new}
+    assert (await app.handle(signed("POST", "/leave", body, now=clock.now + 3))).status == 200
 
 
 async def test_answers_are_signed_with_the_request_nonce(app: RegistryApp, clock: Clock) -> None:
@@ -200,8 +235,8 @@ async def test_unknown_route_and_wrong_method(app: RegistryApp, clock: Clock) ->
 
 async def test_metrics_count_events_and_hold_no_secret(app: RegistryApp, clock: Clock) -> None:
     peer = Peer.new()
-    await register(app, peer, clock.now)
-    await app.handle(signed("POST", "/heartbeat", {"id": peer.id}, now=clock.now))
+    body = {"id": peer.id, "lease": await lease_of(app, peer, clock.now)}
+    await app.handle(signed("POST", "/heartbeat", body, now=clock.now))
     await app.handle(signed("GET", "/clients", now=clock.now, secret="wrong-secret!"))
     response = await app.handle(Request("GET", "/metrics", [], b"", "h"))
     text = response.body.decode()
@@ -227,7 +262,7 @@ async def test_only_the_certificate_itself_reaches_the_members(
     """Extra blocks after a valid certificate would poison every member's trust store."""
     alice = Peer.new("alice")
     body = {"id": alice.id, "name": "alice", "cert": alice.cert + extra, "port": 7070}
-    response = await app.handle(signed("POST", "/register", body, now=clock.now))
+    response = await app.handle(signed("POST", "/register", body, now=clock.now, member=alice))
     if extra.startswith("-----BEGIN"):
         assert response.status == 400
         assert payload(response)["error"] == "bad certificate"
@@ -236,3 +271,50 @@ async def test_only_the_certificate_itself_reaches_the_members(
         assert response.status == 200
         (member,) = await listed(app, clock.now)
         assert member["cert"] == alice.cert  # re-encoded: the trailing text is gone
+
+
+async def test_new_ids_from_one_source_are_limited_members_are_not(clock: Clock) -> None:
+    app = RegistryApp(
+        Signer(SECRET),
+        MemoryStore(30.0),
+        RegistryMetrics(),
+        newcomers=NewMemberLimiter(burst=2, rate=0.5),
+        clock=clock,
+    )
+
+    async def join(peer: Peer, host: str) -> Response:
+        body = {"id": peer.id, "name": peer.name, "cert": peer.cert, "port": 7070}
+        request = signed("POST", "/register", body, now=clock.now, host=host, member=peer)
+        return await app.handle(request)
+
+    alice, bob, carol = Peer.new("alice"), Peer.new("bob"), Peer.new("carol")
+    # One IPv6 host: every address of its /64 shares one bucket.
+    assert (await join(alice, "2001:db8:0:1::a")).status == 200
+    assert (await join(bob, "2001:db8:0:1::b")).status == 200
+    limited = await join(carol, "2001:db8:0:1::c")
+    assert (limited.status, payload(limited)["error"]) == (429, "too many new members")
+    assert dict(limited.headers)["Retry-After"] == "2"
+    assert [c["name"] for c in await listed(app, clock.now)] == ["alice", "bob"]
+    # A member renews its record however empty the bucket; another /64 is not slowed.
+    assert (await join(alice, "2001:db8:0:1::a")).status == 200
+    assert (await join(carol, "2001:db8:0:2::c")).status == 200
+    clock.now += 2
+    assert (await join(Peer.new("dave"), "2001:db8:0:1::d")).status == 200
+    metrics = (await app.handle(Request("GET", "/metrics", [], b"", "h"))).body.decode()
+    assert "registry_new_members_limited_total 1.0" in metrics
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"addresses": [f"10.0.0.{i}:7070" for i in range(9)]}, "addresses"),
+        ({"addresses": ["h" * 124 + ":7070"]}, "addresses.0"),
+        ({"name": "n" * 65}, "name"),
+    ],
+)
+async def test_what_one_registration_may_carry_is_bounded(
+    app: RegistryApp, clock: Clock, fields: dict[str, Any], field: str
+) -> None:
+    response = await register(app, Peer.new(), clock.now, **fields)
+    assert response.status == 400
+    assert f"field '{field}'" in payload(response)["message"]

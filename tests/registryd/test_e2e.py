@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient, UnknownMember
 from p2pcommon.signing import Signer
 from tests.support import (
@@ -42,6 +41,10 @@ def signed_post(
     return httpx.post(url + path, content=body, headers=headers)
 
 
+#: A heartbeat of no member: authentic, answered 404.
+UNKNOWN = {"id": "a" * 52, "lease": "x" * 22}
+
+
 def error_of(response: httpx.Response) -> str:
     error: str = response.json()["error"]
     return error
@@ -52,25 +55,19 @@ async def test_register_list_heartbeat_leave_with_verified_answers(
 ) -> None:
     alice, bob = Peer.new("alice"), Peer.new("bob")
     async with RegistryClient([registry.url], SECRET) as client:
-        lease = await client.register(
-            RegisterRequest(id=alice.id, name="alice", cert=alice.cert, port=7070)
-        )
+        lease = await client.register(alice.registration(), alice.prove)
         assert (lease.ttl, lease.heartbeat_interval) == (30, 10)
-        await client.register(
-            RegisterRequest(
-                id=bob.id, name="bob", cert=bob.cert, port=7171, addresses=["127.0.0.2:7171"]
-            )
-        )
+        await client.register(bob.registration(7171, addresses=["127.0.0.2:7171"]), bob.prove)
         members = {m.name: m for m in await client.clients()}
         assert members["alice"].addresses == ["127.0.0.1:7070"]
         assert members["bob"].addresses == ["127.0.0.2:7171"]
         assert members["alice"].cert == alice.cert
         assert abs(members["alice"].last_seen - time.time()) < 5
-        await client.heartbeat(alice.id)
-        await client.leave(alice.id)
+        await client.heartbeat(alice.id, lease.lease)
+        await client.leave(alice.id, lease.lease)
         assert [m.name for m in await client.clients()] == ["bob"]
         with pytest.raises(UnknownMember):
-            await client.heartbeat(alice.id)
+            await client.heartbeat(alice.id, lease.lease)
     assert "registered" in registry.log() and "left" in registry.log()
 
 
@@ -78,9 +75,7 @@ async def test_members_whose_lease_runs_out_vanish(tmp_path: Path) -> None:
     with run_registryd(tmp_path, {"REGISTRYD_PEER_TTL": "0.6"}) as registry:
         peer = Peer.new()
         async with RegistryClient([registry.url], SECRET) as client:
-            lease = await client.register(
-                RegisterRequest(id=peer.id, name="p", cert=peer.cert, port=7070)
-            )
+            lease = await client.register(peer.registration(), peer.prove)
             assert lease.heartbeat_interval == pytest.approx(0.2)
             assert len(await client.clients()) == 1
 
@@ -89,7 +84,7 @@ async def test_members_whose_lease_runs_out_vanish(tmp_path: Path) -> None:
 
             await wait_until(no_members, what="the member to expire")
             with pytest.raises(UnknownMember):
-                await client.heartbeat(peer.id)
+                await client.heartbeat(peer.id, lease.lease)
 
         async def expiry_counted() -> bool:
             async with httpx.AsyncClient() as http:
@@ -102,18 +97,18 @@ async def test_members_whose_lease_runs_out_vanish(tmp_path: Path) -> None:
 
 def test_every_authentication_failure_is_401_with_its_reason(registry: RunningRegistry) -> None:
     url = registry.url
-    body = b'{"id":"' + b"a" * 52 + b'"}'
+    body = json.dumps(UNKNOWN).encode()
     unsigned = httpx.post(url + "/heartbeat", content=body)
     assert (unsigned.status_code, error_of(unsigned)) == (401, "missing signature")
 
-    wrong = signed_post(url, "/heartbeat", {"id": "a" * 52}, secret="not-the-secret")
+    wrong = signed_post(url, "/heartbeat", UNKNOWN, secret="not-the-secret")
     assert (wrong.status_code, error_of(wrong)) == (401, "bad signature")
 
-    stale = signed_post(url, "/heartbeat", {"id": "a" * 52}, now=time.time() - 120)
+    stale = signed_post(url, "/heartbeat", UNKNOWN, now=time.time() - 120)
     assert (stale.status_code, error_of(stale)) == (401, "stale")
 
     headers, _ = Signer(SECRET).sign_request("POST", "/heartbeat", body, now=time.time())
-    tampered = httpx.post(url + "/heartbeat", content=body.replace(b"a", b"b"), headers=headers)
+    tampered = httpx.post(url + "/heartbeat", content=body.replace(b"x", b"y"), headers=headers)
     assert (tampered.status_code, error_of(tampered)) == (401, "digest mismatch")
 
     first = httpx.post(url + "/heartbeat", content=body, headers=headers)
@@ -133,16 +128,16 @@ def test_a_burst_of_failures_gets_429_and_valid_requests_still_pass(
     registry: RunningRegistry,
 ) -> None:
     statuses = [
-        signed_post(registry.url, "/heartbeat", {"id": "a" * 52}, secret="bad-secret!").status_code
+        signed_post(registry.url, "/heartbeat", UNKNOWN, secret="bad-secret!").status_code
         for _ in range(24)
     ]
     assert statuses[0] == 401
     assert 429 in statuses
     assert statuses.index(429) <= 20
-    limited = signed_post(registry.url, "/heartbeat", {"id": "a" * 52}, secret="bad-secret!")
+    limited = signed_post(registry.url, "/heartbeat", UNKNOWN, secret="bad-secret!")
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) > 0
-    assert signed_post(registry.url, "/heartbeat", {"id": "a" * 52}).status_code == 404
+    assert signed_post(registry.url, "/heartbeat", UNKNOWN).status_code == 404
 
 
 def test_register_refuses_an_id_that_is_not_the_certificate_hash(

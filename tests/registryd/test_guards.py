@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registryd.guards import FailureLimiter, NonceCache
+from registryd.guards import FailureLimiter, NewMemberLimiter, NonceCache
 
 
 def test_a_nonce_is_accepted_once_within_its_window() -> None:
@@ -51,3 +51,27 @@ def test_failure_table_is_bounded() -> None:
     for i in range(10_000):
         limiter.record_failure(f"10.0.{i // 256}.{i % 256}", now=0.0)
     assert len(limiter) == 100
+
+
+def test_new_ids_from_one_source_come_in_a_burst_then_at_the_rate() -> None:
+    limiter = NewMemberLimiter(burst=3, rate=0.5)
+    assert [limiter.try_take("a", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.retry_after("a", 0.0) == 2  # one token in 2 s
+    assert limiter.try_take("b", 0.0)  # another source has its own bucket
+    assert not limiter.try_take("a", 1.9)
+    assert limiter.try_take("a", 2.0)
+    # A register that turns out to renew a member gives its token back.
+    limiter.give_back("a", 2.0)
+    assert limiter.try_take("a", 2.0)
+    # Refilled to the burst at most, however long the wait.
+    assert [limiter.try_take("a", 1000.0) for _ in range(4)] == [True, True, True, False]
+
+
+def test_the_new_id_limiter_is_bounded_and_can_be_off() -> None:
+    limiter = NewMemberLimiter(burst=1, rate=1.0, max_sources=100)
+    for i in range(1000):
+        limiter.try_take(f"10.0.{i // 256}.{i % 256}", 0.0)
+    assert len(limiter) == 100
+    off = NewMemberLimiter(burst=1, rate=0.0)
+    assert all(off.try_take("a", 0.0) for _ in range(100))
+    assert len(off) == 0

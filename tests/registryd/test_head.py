@@ -29,7 +29,9 @@ Head = tuple[int, dict[str, str]]
 async def registry_port() -> AsyncIterator[int]:
     store = MemoryStore(30.0)
     peer = Peer.new("alice")
-    await store.register(peer.id, peer.name, peer.cert, ("127.0.0.1:7070",), time.time())
+    await store.register(
+        peer.id, peer.name, peer.cert, ("127.0.0.1:7070",), time.time(), lease_hash="5e" * 32
+    )
     server = HttpServer(RegistryApp(Signer(SECRET), store, RegistryMetrics()).handle)
     async with trio.open_nursery() as nursery:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")

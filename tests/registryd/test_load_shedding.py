@@ -62,11 +62,13 @@ async def serving(store: MemoryStore) -> AsyncIterator[tuple[HttpServer, int]]:
 
 
 async def exchange_start(
-    port: int, method: str, path: str, payload: object = None
+    port: int, method: str, path: str, payload: object = None, member: Peer | None = None
 ) -> tuple[trio.SocketStream, str]:
     """Open a connection and send one signed request; the answer is read later."""
     body = b"" if payload is None else json.dumps(payload).encode()
     headers, nonce = Signer(SECRET).sign_request(method, path, body, now=time.time())
+    if member is not None:
+        member.add_proof(headers, method, path, nonce)
     lines = [f"{method} {path} HTTP/1.1", "Host: registry", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -93,16 +95,17 @@ async def test_past_the_bound_requests_get_503_at_once_while_the_held_ones_compl
     store = HeldStore(90.0)
     peer = Peer.new()
     async with serving(store) as (server, port):
-        stream, _ = await exchange_start(
-            port, "POST", "/register", {"id": peer.id, "name": "a", "cert": peer.cert, "port": 7070}
-        )
-        assert (await read_answer(stream))[0] == 200
+        register = {"id": peer.id, "name": "a", "cert": peer.cert, "port": 7070}
+        stream, _ = await exchange_start(port, "POST", "/register", register, peer)
+        status, _, answer = await read_answer(stream)
+        assert status == 200
         await stream.aclose()
+        heartbeat = {"id": peer.id, "lease": json.loads(answer)["lease"]}
 
         store.hold()
         checks_before = store.nonce_checks
         held = [
-            await exchange_start(port, "POST", "/heartbeat", {"id": peer.id})
+            await exchange_start(port, "POST", "/heartbeat", heartbeat)
             for _ in range(MAX_IN_PROGRESS)
         ]
         await trio.testing.wait_all_tasks_blocked()
@@ -113,7 +116,7 @@ async def test_past_the_bound_requests_get_503_at_once_while_the_held_ones_compl
         # Bounded: were they not shed, they would wait for the store forever.
         with trio.fail_after(10):
             for _ in range(2):
-                stream, _ = await exchange_start(port, "POST", "/heartbeat", {"id": peer.id})
+                stream, _ = await exchange_start(port, "POST", "/heartbeat", heartbeat)
                 shed.append(await read_answer(stream))
                 await stream.aclose()
         assert store.nonce_checks == checks_before + MAX_IN_PROGRESS
@@ -175,6 +178,7 @@ async def test_stalled_half_requests_do_not_shed_anyone_else() -> None:
                 "POST",
                 "/register",
                 {"id": peer.id, "name": "a", "cert": peer.cert, "port": 7070},
+                peer,
             )
             status, _, body = await read_answer(stream)
         await stream.aclose()

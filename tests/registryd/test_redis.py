@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient, UnknownMember
 from p2pcommon.signing import Signer
 from tests.redis_process import running_redis
@@ -31,20 +30,18 @@ async def test_two_instances_share_members(tmp_path: Path, redis_url: str) -> No
             RegistryClient([a.url], SECRET) as via_a,
             RegistryClient([b.url], SECRET) as via_b,
         ):
-            await via_a.register(
-                RegisterRequest(id=alice.id, name="alice", cert=alice.cert, port=7070)
-            )
+            lease = await via_a.register(alice.registration(), alice.prove)
             (member,) = await via_b.clients()
             assert (member.id, member.addresses, member.cert) == (
                 alice.id,
                 ["127.0.0.1:7070"],
                 alice.cert,
             )
-            await via_b.heartbeat(alice.id)
-            await via_b.leave(alice.id)
+            await via_b.heartbeat(alice.id, lease.lease)  # the lease is shared, in Redis
+            await via_b.leave(alice.id, lease.lease)
             assert await via_a.clients() == []
             with pytest.raises(UnknownMember):
-                await via_a.heartbeat(alice.id)
+                await via_a.heartbeat(alice.id, lease.lease)
         assert "store: redis://127.0.0.1" in a.log()
 
 
@@ -63,7 +60,7 @@ async def test_expiry_is_shared_and_counted_once(tmp_path: Path, redis_url: str)
     peer = Peer.new()
     with run_registryd(tmp_path, env) as a, run_registryd(tmp_path, env) as b:
         async with RegistryClient([a.url, b.url], SECRET) as client:
-            await client.register(RegisterRequest(id=peer.id, name="p", cert=peer.cert, port=1))
+            await client.register(peer.registration(1), peer.prove)
 
             async def both_counted_one() -> bool:
                 total = 0.0
@@ -84,10 +81,10 @@ async def test_peers_fail_over_when_an_instance_stops(tmp_path: Path, redis_url:
     peer = Peer.new()
     with run_registryd(tmp_path, env) as a, run_registryd(tmp_path, env) as b:
         async with RegistryClient([a.url, b.url], SECRET) as client:
-            await client.register(RegisterRequest(id=peer.id, name="p", cert=peer.cert, port=1))
+            lease = await client.register(peer.registration(1), peer.prove)
             assert client.current_url == a.url
             assert a.stop() == 0
-            await client.heartbeat(peer.id)
+            await client.heartbeat(peer.id, lease.lease)
             assert client.current_url == b.url
             assert [m.id for m in await client.clients()] == [peer.id]
     assert json.dumps(SECRET) not in a.log()

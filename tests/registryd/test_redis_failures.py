@@ -27,9 +27,9 @@ async def test_every_call_on_a_refused_port_is_a_store_error() -> None:
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", 30.0)
     now = time.time()
     calls = [
-        store.register("a" * 52, "n", "cert", (), now),
-        store.renew("a" * 52, now),
-        store.leave("a" * 52),
+        store.register("a" * 52, "n", "cert", (), now, lease_hash="5e" * 32),
+        store.renew("a" * 52, now, lease_hash="5e" * 32),
+        store.leave("a" * 52, now, lease_hash="5e" * 32),
         store.expire(now),
         store.members(now),
         store.count(now),

@@ -19,7 +19,9 @@ CONNECTIONS = 24
 def register_on_a_new_connection(url: str, peer: Peer) -> float:
     """Register ``peer``; the lease's ttl, which says which process answered."""
     body = json.dumps({"id": peer.id, "name": peer.name, "cert": peer.cert, "port": 7070})
-    headers, _ = Signer(SECRET).sign_request("POST", "/register", body.encode(), now=time.time())
+    signer = Signer(SECRET)
+    headers, nonce = signer.sign_request("POST", "/register", body.encode(), now=time.time())
+    peer.add_proof(headers, "POST", "/register", nonce)
     # A client of its own: a new connection, which the kernel gives to one process.
     with httpx.Client() as client:
         answer = client.post(url + "/register", content=body, headers=headers)

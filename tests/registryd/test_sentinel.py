@@ -22,7 +22,6 @@ import redis
 import trio
 import trustme
 
-from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient, RegistryUnavailable
 from p2pcommon.settings import ConfigError, load_settings
 from p2pcommon.signing import Signer
@@ -154,9 +153,12 @@ async def test_a_killed_primary_is_a_short_503_window_and_no_member_is_lost(
             RegistryClient([a.url], SECRET) as via_a,
             RegistryClient([b.url], SECRET) as via_b,
         ):
+            leases = {}
             for i, peer in enumerate(peers):
-                request = RegisterRequest(id=peer.id, name=peer.name, cert=peer.cert, port=7000 + i)
-                await (via_a if i % 2 else via_b).register(request)
+                via = via_a if i % 2 else via_b
+                leases[peer.id] = (
+                    await via.register(peer.registration(7000 + i), peer.prove)
+                ).lease
             with redis.Redis(port=cluster.primary.port) as primary:
                 assert primary.wait(1, 10_000) == 1  # the replica holds every member
 
@@ -170,11 +172,12 @@ async def test_a_killed_primary_is_a_short_503_window_and_no_member_is_lost(
             assert {m.id for m in await via_a.clients()} == everyone
             assert {m.id for m in await via_b.clients()} == everyone
             newcomer = Peer.new("newcomer")
-            request = RegisterRequest(id=newcomer.id, name="newcomer", cert=newcomer.cert, port=1)
-            await via_a.register(request)
+            leases[newcomer.id] = (
+                await via_a.register(newcomer.registration(1), newcomer.prove)
+            ).lease
             for peer in [*peers, newcomer]:  # every pooled connection is on the new primary
-                await via_a.heartbeat(peer.id)
-                await via_b.heartbeat(peer.id)
+                await via_a.heartbeat(peer.id, leases[peer.id])
+                await via_b.heartbeat(peer.id, leases[peer.id])
             assert {m.id for m in await via_b.clients()} == everyone | {newcomer.id}
     for registry in (a, b):
         log = registry.log()
@@ -191,7 +194,7 @@ async def test_after_a_switch_writes_leave_an_old_primary_that_still_answers(
     with run_registryd(tmp_path, {"REGISTRYD_STORE": cluster.url}) as registry:
         async with RegistryClient([registry.url], SECRET) as client:
             first = Peer.new("first")
-            await client.register(RegisterRequest(id=first.id, name="f", cert=first.cert, port=1))
+            await client.register(first.registration(1), first.prove)
             with redis.Redis(port=cluster.primary.port) as primary:
                 assert primary.wait(1, 10_000) == 1
             with cluster.sentinel_client() as watcher:
@@ -206,9 +209,8 @@ async def test_after_a_switch_writes_leave_an_old_primary_that_still_answers(
             with redis.Redis(port=cluster.replica.port, decode_responses=True) as new_primary:
                 while True:
                     late = Peer.new("late")
-                    request = RegisterRequest(id=late.id, name="l", cert=late.cert, port=1)
                     with contextlib.suppress(RegistryUnavailable):  # a 503 while it moves
-                        await client.register(request)
+                        await client.register(late.registration(1), late.prove)
                     if new_primary.zscore(MEMBERS, late.id) is not None:
                         break
                     # The registry asks the sentinels once a second.
@@ -261,8 +263,9 @@ def test_credentials_and_tls_reach_the_right_servers(tmp_path: Path) -> None:
         async def use(url: str) -> None:
             store = RedisStore(url, 30.0)
             try:
-                await store.register("a" * 52, "n", "cert", (), time.time())
-                assert [e.id for e in await store.members(time.time())] == ["a" * 52]
+                peer = Peer.new()
+                await store.register(peer.id, "n", peer.cert, (), time.time(), lease_hash="5e" * 32)
+                assert [e.id for e in await store.members(time.time())] == [peer.id]
             finally:
                 await store.aclose()
 

@@ -37,10 +37,20 @@ class FlakyStore(MemoryStore):
             raise StoreError(REFUSED)
 
     async def register(
-        self, id: str, name: str, cert: str, addresses: tuple[str, ...], now: float
+        self,
+        id: str,
+        name: str,
+        cert: str,
+        addresses: tuple[str, ...],
+        now: float,
+        *,
+        lease_hash: str,
+        allow_new: bool = True,
     ) -> bool:
         self._check()
-        return await super().register(id, name, cert, addresses, now)
+        return await super().register(
+            id, name, cert, addresses, now, lease_hash=lease_hash, allow_new=allow_new
+        )
 
     async def remember_nonce(self, nonce: str, expires_at: float, now: float) -> bool:
         self._check()
@@ -86,9 +96,18 @@ def test_a_call_that_began_before_a_change_does_not_undo_it() -> None:
 # -- WatchedStore and the app ------------------------------------------------
 
 
-def signed(method: str, path: str, payload: object = None, *, secret: str = SECRET) -> Request:
+def signed(
+    method: str,
+    path: str,
+    payload: object = None,
+    *,
+    secret: str = SECRET,
+    member: Peer | None = None,
+) -> Request:
     body = b"" if payload is None else json.dumps(payload).encode()
-    headers, _ = Signer(secret).sign_request(method, path, body, now=0.0)
+    headers, nonce = Signer(secret).sign_request(method, path, body, now=0.0)
+    if member is not None:
+        member.add_proof(headers, method, path, nonce)
     return Request(
         method,
         path,
@@ -126,7 +145,7 @@ async def test_while_the_store_is_away_signed_routes_and_healthz_say_503(
     body = {"id": peer.id, "name": "p", "cert": peer.cert, "port": 7070}
     flaky.down = True
 
-    first = await app.handle(signed("POST", "/register", body))
+    first = await app.handle(signed("POST", "/register", body, member=peer))
     assert first.status == 503
     assert ("Retry-After", "2") in first.headers
     payload = json.loads(first.body)
@@ -154,7 +173,7 @@ async def test_while_the_store_is_away_signed_routes_and_healthz_say_503(
     flaky.down = False
     await watched.expire(0.0)  # the probe: reaches the store whatever the state
     assert (await app.handle(plain("GET", "/healthz"))).status == 200
-    assert (await app.handle(signed("POST", "/register", body))).status == 200
+    assert (await app.handle(signed("POST", "/register", body, member=peer))).status == 200
 
     messages = [r.getMessage() for r in caplog.records]
     assert sum("unavailable (" in m for m in messages) == 1
@@ -182,7 +201,8 @@ async def test_the_expire_loop_outlives_store_errors_and_bugs(
     watched = WatchedStore(flaky, StoreHealth(), name="redis://x", clock=trio.current_time)
     metrics = RegistryMetrics()
     peer = Peer.new()
-    await flaky.register(peer.id, "p", peer.cert, (), now=0.0)  # long expired by time.time()
+    # Long expired by time.time().
+    await flaky.register(peer.id, "p", peer.cert, (), now=0.0, lease_hash="5e" * 32)
     flaky.down = True
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_expire_loop, watched, metrics)

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient
 from p2pcommon.signing import Signer
 from tests.redis_process import RedisProcess
@@ -31,10 +30,18 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 async def signed(
-    http: httpx.AsyncClient, registry: RunningRegistry, method: str, path: str, payload: object
+    http: httpx.AsyncClient,
+    registry: RunningRegistry,
+    method: str,
+    path: str,
+    payload: object,
+    member: Peer | None = None,
 ) -> httpx.Response:
+    """A request signed as p2pd signs it; with ``member``, its register proof too."""
     body = b"" if payload is None else json.dumps(payload).encode()
-    headers, _ = Signer(SECRET).sign_request(method, path, body, now=time.time())
+    headers, nonce = Signer(SECRET).sign_request(method, path, body, now=time.time())
+    if member is not None:
+        member.add_proof(headers, method, path, nonce)
     return await http.request(method, registry.url + path, content=body, headers=headers)
 
 
@@ -78,7 +85,7 @@ async def test_starts_without_redis_and_recovers_when_it_comes(
 
             for _ in range(5):  # many requests, one log line
                 assert_store_unavailable(
-                    await signed(http, registry, "POST", "/register", register_body(peer))
+                    await signed(http, registry, "POST", "/register", register_body(peer), peer)
                 )
             assert_store_unavailable(await signed(http, registry, "GET", "/clients", None))
             metrics = await http.get(registry.url + "/metrics")
@@ -87,7 +94,9 @@ async def test_starts_without_redis_and_recovers_when_it_comes(
 
             redis_process.start()
             await healthz_becomes(http, registry, 200)
-            registered = await signed(http, registry, "POST", "/register", register_body(peer))
+            registered = await signed(
+                http, registry, "POST", "/register", register_body(peer), peer
+            )
             assert registered.status_code == 200, registered.text
             async with RegistryClient([registry.url], SECRET) as client:
                 assert [m.id for m in await client.clients()] == [peer.id]
@@ -109,11 +118,12 @@ async def test_redis_dying_under_a_running_registry(
             httpx.AsyncClient(timeout=30) as http,
             RegistryClient([registry.url], SECRET) as client,
         ):
-            await client.register(RegisterRequest(id=peer.id, name="p", cert=peer.cert, port=1))
+            lease = await client.register(peer.registration(1), peer.prove)
 
             redis_process.kill()
             await healthz_becomes(http, registry, 503)
-            heartbeat = await signed(http, registry, "POST", "/heartbeat", {"id": peer.id})
+            body = {"id": peer.id, "lease": lease.lease}
+            heartbeat = await signed(http, registry, "POST", "/heartbeat", body)
             assert_store_unavailable(heartbeat)
             assert_store_unavailable(await signed(http, registry, "GET", "/clients", None))
             assert (await http.get(registry.url + "/metrics")).status_code == 200
@@ -122,9 +132,9 @@ async def test_redis_dying_under_a_running_registry(
             # The same port again, empty (no persistence): the member registers anew.
             redis_process.start()
             await healthz_becomes(http, registry, 200)
-            await client.register(RegisterRequest(id=peer.id, name="p", cert=peer.cert, port=1))
+            lease = await client.register(peer.registration(1), peer.prove)
             assert [m.id for m in await client.clients()] == [peer.id]
-            await client.heartbeat(peer.id)
+            await client.heartbeat(peer.id, lease.lease)
         assert registry.process.poll() is None
         assert unavailable_lines(registry, redis_process) == 1
         assert registry.log().count("reachable again") == 1
@@ -140,13 +150,15 @@ async def test_a_hung_redis_costs_a_request_seconds_not_minutes(
         async with httpx.AsyncClient(timeout=60) as http:
             redis_process.pause()
             started = time.monotonic()
-            answer = await signed(http, registry, "POST", "/register", register_body(peer))
+            answer = await signed(http, registry, "POST", "/register", register_body(peer), peer)
             assert_store_unavailable(answer)
             # The read timeout (2 s) and no retry inside redis-py; generous for a busy machine.
             assert time.monotonic() - started < 10
             await healthz_becomes(http, registry, 503)
             redis_process.resume()
             await healthz_becomes(http, registry, 200)
-            registered = await signed(http, registry, "POST", "/register", register_body(peer))
+            registered = await signed(
+                http, registry, "POST", "/register", register_body(peer), peer
+            )
             assert registered.status_code == 200, registered.text
         assert registry.process.poll() is None

@@ -17,7 +17,6 @@ import pytest
 import redis
 
 from p2pcommon.httpserver import Response
-from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient
 from registryd.app import RegistryApp
 from registryd.redis_store import RedisStore
@@ -29,6 +28,8 @@ from tests.support import SECRET, Peer, run_registryd
 
 TTL = 30.0
 ADDRESS = ("10.0.0.1:7070",)
+#: The lease hash the stores are given (what the app derives from a lease token).
+LEASE = "5e" * 32
 
 
 def join(table: RegistryTable, id: str, now: float, address: tuple[str, ...] = ADDRESS) -> None:
@@ -138,10 +139,10 @@ async def test_a_memory_store_starts_at_the_time_in_microseconds() -> None:
     store = MemoryStore(TTL)
     assert before <= await store.version(0.0) <= int(time.time() * 1e6)
     peer = Peer.new()
-    assert await store.register(peer.id, "p", peer.cert, ADDRESS, 0.0)
+    assert await store.register(peer.id, "p", peer.cert, ADDRESS, 0.0, lease_hash=LEASE)
     version = await store.version(0.0)
-    assert await store.renew(peer.id, 1.0) == version
-    assert await store.renew("x" * 52, 1.0) is None
+    assert await store.renew(peer.id, 1.0, lease_hash=LEASE) == version
+    assert await store.renew("x" * 52, 1.0, lease_hash=LEASE) is None
     # Another (or a restarted) registry's cursor: out of range, the whole list.
     other = MemoryStore(TTL)
     assert (await other.changes_since(version, 1.0)).full
@@ -162,7 +163,7 @@ def answer(response: Response) -> Any:
 
 async def app_register(app: RegistryApp, peer: Peer, now: float, port: int = 7070) -> Any:
     body = {"id": peer.id, "name": peer.name, "cert": peer.cert, "port": port}
-    return answer(await call(app, "POST", "/register", body, now))
+    return answer(await app.handle(signed("POST", "/register", body, now=now, member=peer)))
 
 
 async def test_lease_answers_carry_the_version_and_heartbeats_keep_it(
@@ -170,8 +171,9 @@ async def test_lease_answers_carry_the_version_and_heartbeats_keep_it(
 ) -> None:
     alice = Peer.new("alice")
     registered = await app_register(app, alice, clock.now)
-    assert set(registered) == {"ttl", "heartbeat_interval", "version"}
-    heartbeat = answer(await call(app, "POST", "/heartbeat", {"id": alice.id}, clock.now + 1))
+    assert set(registered) == {"ttl", "heartbeat_interval", "version", "lease"}
+    body = {"id": alice.id, "lease": registered["lease"]}
+    heartbeat = answer(await call(app, "POST", "/heartbeat", body, clock.now + 1))
     assert heartbeat["version"] == registered["version"]
     assert (await app_register(app, alice, clock.now + 2))["version"] == registered["version"]
     moved = await app_register(app, alice, clock.now + 3, port=7171)
@@ -180,7 +182,7 @@ async def test_lease_answers_carry_the_version_and_heartbeats_keep_it(
 
 async def test_clients_since_answers_what_changed(app: RegistryApp, clock: Clock) -> None:
     alice, bob, carol = Peer.new("alice"), Peer.new("bob"), Peer.new("carol")
-    await app_register(app, alice, clock.now)
+    alice_lease = (await app_register(app, alice, clock.now))["lease"]
     await app_register(app, Peer.new("dave"), clock.now)
     listed = answer(await call(app, "GET", "/clients", None, clock.now))
     assert set(listed) == {"clients", "version"}  # the plain form, as before, plus version
@@ -189,7 +191,8 @@ async def test_clients_since_answers_what_changed(app: RegistryApp, clock: Clock
 
     await app_register(app, bob, clock.now)
     await app_register(app, carol, clock.now)
-    assert answer(await call(app, "POST", "/leave", {"id": alice.id}, clock.now))["ok"]
+    leave = {"id": alice.id, "lease": alice_lease}
+    assert answer(await call(app, "POST", "/leave", leave, clock.now))["ok"]
     changes = answer(await call(app, "GET", f"/clients?since={cursor}", None, clock.now))
     assert (changes["since"], changes["full"], changes["version"]) == (cursor, False, cursor + 3)
     assert sorted(c["name"] for c in changes["clients"]) == ["bob", "carol"]
@@ -283,12 +286,14 @@ async def test_redis_instances_share_the_version_and_the_log(redis_url: str) -> 
     assert abs(start - now * 1e6) < 60e6  # started at the time in µs
     assert await b.version(now) == start
     alice, bob, carol = Peer.new("alice"), Peer.new("bob"), Peer.new("carol")
-    assert await a.register(alice.id, "alice", alice.cert, ADDRESS, now)
-    assert await b.register(bob.id, "bob", bob.cert, ADDRESS, now)
-    assert await a.register(carol.id, "carol", carol.cert, ADDRESS, now)
+    assert await a.register(alice.id, "alice", alice.cert, ADDRESS, now, lease_hash=LEASE)
+    assert await b.register(bob.id, "bob", bob.cert, ADDRESS, now, lease_hash=LEASE)
+    assert await a.register(carol.id, "carol", carol.cert, ADDRESS, now, lease_hash=LEASE)
     assert await a.version(now) == await b.version(now) == start + 3
-    assert await a.renew(alice.id, now + 1) == start + 3  # the heartbeat's answer, one call
-    assert await b.renew("x" * 52, now + 1) is None
+    assert (
+        await a.renew(alice.id, now + 1, lease_hash=LEASE) == start + 3
+    )  # the heartbeat's answer, one call
+    assert await b.renew("x" * 52, now + 1, lease_hash=LEASE) is None
 
     changes = await b.changes_since(start, now + 1)
     assert delta(changes) == ({alice.id, bob.id, carol.id}, set())
@@ -296,11 +301,11 @@ async def test_redis_instances_share_the_version_and_the_log(redis_url: str) -> 
     assert (record.name, record.cert, record.addresses) == ("alice", alice.cert, ADDRESS)
     assert record.last_seen == pytest.approx(now + 1, abs=1e-3)
 
-    assert not await b.register(alice.id, "alice", alice.cert, ADDRESS, now + 2)
+    assert not await b.register(alice.id, "alice", alice.cert, ADDRESS, now + 2, lease_hash=LEASE)
     assert await a.version(now) == start + 3  # unchanged re-register
-    await b.register(alice.id, "alice", alice.cert, ("10.0.0.5:7070",), now + 3)
-    assert await b.leave(bob.id)
-    assert not await a.leave(bob.id)
+    await b.register(alice.id, "alice", alice.cert, ("10.0.0.5:7070",), now + 3, lease_hash=LEASE)
+    assert await b.leave(bob.id, now + 3, lease_hash=LEASE)
+    assert not await a.leave(bob.id, now + 3, lease_hash=LEASE)
     assert delta(await a.changes_since(start + 3, now + 3)) == ({alice.id}, {bob.id})
     await close(a, b)
 
@@ -309,8 +314,8 @@ async def test_redis_expiry_by_one_instance_is_seen_by_the_other(redis_url: str)
     a, b = redis_pair(redis_url)
     now = time.time()
     alice, bob = Peer.new("alice"), Peer.new("bob")
-    await a.register(alice.id, "alice", alice.cert, ADDRESS, now)
-    await a.register(bob.id, "bob", bob.cert, ADDRESS, now + 20)
+    await a.register(alice.id, "alice", alice.cert, ADDRESS, now, lease_hash=LEASE)
+    await a.register(bob.id, "bob", bob.cert, ADDRESS, now + 20, lease_hash=LEASE)
     cursor = await a.version(now)
     assert await b.expire(now + 31) == [alice.id]
     assert await a.expire(now + 31) == []  # counted once
@@ -323,7 +328,7 @@ async def test_redis_lapsed_members_are_left_before_the_sweep(redis_url: str) ->
     now = time.time()
     alice = Peer.new("alice")
     cursor = await a.version(now)
-    await a.register(alice.id, "alice", alice.cert, ADDRESS, now)
+    await a.register(alice.id, "alice", alice.cert, ADDRESS, now, lease_hash=LEASE)
     assert delta(await a.changes_since(cursor, now + 31)) == (set(), {alice.id})
     await close(a, _)
 
@@ -334,7 +339,7 @@ async def test_redis_log_trimmed_gives_the_full_list(redis_url: str) -> None:
     start = await a.version(now)
     peers = [Peer.new(f"p{i}") for i in range(5)]
     for peer in peers:
-        await a.register(peer.id, peer.name, peer.cert, ADDRESS, now)
+        await a.register(peer.id, peer.name, peer.cert, ADDRESS, now, lease_hash=LEASE)
     assert delta(await b.changes_since(start + 2, now)) == ({p.id for p in peers[2:]}, set())
     for cursor in (start + 1, start, start + 6, -1):
         changes = await b.changes_since(cursor, now)
@@ -348,7 +353,7 @@ async def test_redis_versions_restart_past_the_old_ones(redis_url: str) -> None:
     a, _ = redis_pair(redis_url)
     now = time.time()
     alice = Peer.new("alice")
-    await a.register(alice.id, "alice", alice.cert, ADDRESS, now)
+    await a.register(alice.id, "alice", alice.cert, ADDRESS, now, lease_hash=LEASE)
     old = await a.version(now)
     redis.Redis.from_url(redis_url).flushall()  # a Redis restarted empty
     fresh = await a.version(now)
@@ -365,19 +370,15 @@ async def test_a_peer_syncs_through_either_instance(tmp_path: Path, redis_url: s
             RegistryClient([a.url], SECRET) as via_a,
             RegistryClient([b.url], SECRET) as via_b,
         ):
-            await via_a.register(
-                RegisterRequest(id=carol.id, name="carol", cert=carol.cert, port=7070)
-            )
-            lease = await via_a.register(
-                RegisterRequest(id=alice.id, name="alice", cert=alice.cert, port=7070)
-            )
+            await via_a.register(carol.registration(), carol.prove)
+            lease = await via_a.register(alice.registration(), alice.prove)
             listed = await via_b.member_changes(None)
             assert lease.version == listed.version
             assert sorted(m.name for m in listed.clients) == ["alice", "carol"]
-            await via_b.register(RegisterRequest(id=bob.id, name="bob", cert=bob.cert, port=7070))
-            await via_b.leave(alice.id)
+            bob_lease = await via_b.register(bob.registration(), bob.prove)
+            await via_b.leave(alice.id, lease.lease)
             changes = await via_a.member_changes(listed.version)
             assert (changes.full, changes.since) == (False, listed.version)
             assert [m.name for m in changes.clients] == ["bob"]
             assert changes.left == [alice.id]
-            assert (await via_a.heartbeat(bob.id)).version == changes.version
+            assert (await via_a.heartbeat(bob.id, bob_lease.lease)).version == changes.version
