@@ -112,15 +112,13 @@ class MemberRequest(_Body):
     lease: LeaseToken
 
 
-#: A membership version (docs/protocol.md §3.4): a JSON integer, never negative.
-Version = Annotated[int, Field(ge=0, strict=True)]
-
-
 class Lease(_Body):
+    """A register's or a heartbeat's answer: the pace (docs/protocol.md §3.3)."""
+
     ttl: float
     heartbeat_interval: float
-    #: The registry's membership version; None from registries older than the sync.
-    version: Version | None = None
+    #: How many members the registry counts (approximately); None from older registries.
+    members: Annotated[int, Field(ge=0, strict=True)] | None = None
     #: In a register's answer only: what heartbeats and the leave must show.  None
     #: from registries older than leases.
     lease: LeaseToken | None = None
@@ -130,25 +128,37 @@ class Member(_Body):
     id: str
     name: str
     addresses: list[str]
-    cert: str
+    #: Empty in a page asked without certificates (``certs=0``).
+    cert: str = ""
     last_seen: float
 
 
 class Clients(_Body):
     clients: list[Member]
-    version: Version | None = None
 
 
-class MemberChanges(_Body):
-    """``GET /clients?since=V``: what changed after V, or everyone when ``full``."""
+#: Members in one page at most (docs/protocol.md §3.4): a larger ``limit`` is clamped.
+MAX_PAGE = 1000
 
-    version: Version
-    since: Annotated[int, Field(strict=True)] | None
-    full: Annotated[bool, Field(strict=True)]
-    #: Members that joined or changed after ``since`` (every member when ``full``).
-    clients: list[Member]
-    #: Ids that were members at ``since`` or joined after it, and are not any more.
-    left: list[str] = []
+
+class MemberPage(_Body):
+    """``GET /members?after=&limit=&certs=``: members sorted by id, and where to go on."""
+
+    members: list[Member]
+    #: The id to ask the next page after; None when no member follows.
+    next: str | None
+    #: The query, echoed: the signature covers the path, not the query.
+    after: str | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE, strict=True)]
+    certs: Annotated[int, Field(ge=0, le=1, strict=True)]
+
+
+class Resolved(_Body):
+    """``GET /resolve/<text>``: the members a PEER text may mean, at most 10, sorted by id."""
+
+    query: str
+    members: list[Member]
+    more: Annotated[bool, Field(strict=True)]
 
 
 class ErrorBody(_Body):

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import trio
 from pydantic import BaseModel
@@ -36,12 +38,14 @@ from p2pcommon.httpclient import (
 )
 from p2pcommon.member_proof import MemberProver, RegisterProof
 from p2pcommon.models import (
+    PEER_ID_PATTERN,
     Clients,
     Lease,
     Member,
-    MemberChanges,
+    MemberPage,
     MemberRequest,
     RegisterRequest,
+    Resolved,
 )
 from p2pcommon.registry_errors import InvalidAnswer as InvalidAnswer
 from p2pcommon.registry_errors import ProofError as ProofError
@@ -50,7 +54,7 @@ from p2pcommon.registry_errors import RegistryRefused as RegistryRefused
 from p2pcommon.registry_errors import RegistryUnavailable as RegistryUnavailable
 from p2pcommon.registry_errors import UnknownMember as UnknownMember
 from p2pcommon.registry_errors import WrongLease as WrongLease
-from p2pcommon.registry_errors import error_fields, parse_answer, retry_after_seconds
+from p2pcommon.registry_errors import check_page, error_fields, parse_answer, retry_after_seconds
 from p2pcommon.signing import AuthError, Signer
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -58,6 +62,7 @@ Body = TypeVar("Body", bound=BaseModel)
 
 #: Bytes of any answer (a member list of ~100 000 members fits).
 MAX_ANSWER = 128 * 1024 * 1024
+_PEER_ID = re.compile(PEER_ID_PATTERN)
 #: Seconds on a registry other than the home one before home is tried first again.
 DRIFT_BACK = 300.0
 #: Seconds a kept-alive connection is reused: under registryd's default idle
@@ -162,31 +167,49 @@ class RegistryClient:
         return parse_answer(Lease, content, "lease")
 
     async def leave(self, member_id: str, lease: str | None, *, rounds: int = 1) -> None:
-        payload = _member_body(member_id, lease)
-        await self._call("POST", "/leave", payload, rounds=rounds)
+        await self._call("POST", "/leave", _member_body(member_id, lease), rounds=rounds)
 
     async def clients(self, *, rounds: int = 1) -> list[Member]:
+        """Every member (``GET /clients``); peers look members up instead."""
         content = await self._call("GET", "/clients", None, rounds=rounds)
         return parse_answer(Clients, content, "member list").clients
 
-    async def member_changes(self, since: int | None, *, rounds: int = 1) -> MemberChanges:
-        """What changed after membership version ``since`` (docs/protocol.md §3.4).
+    async def member(self, member_id: str, *, rounds: int = 1) -> Member | None:
+        """The live member ``member_id`` (docs/protocol.md §3.4), or None; ValueError for
+        a string that is no peer id (the registry would answer 400)."""
+        if _PEER_ID.fullmatch(member_id) is None:
+            raise ValueError(f"not a peer id: {member_id[:60]!r}")
+        try:
+            content = await self._call("GET", f"/members/{member_id}", None, rounds=rounds)
+        except UnknownMember:
+            return None
+        member = parse_answer(Member, content, "member record")
+        if member.id != member_id:
+            raise InvalidAnswer(f"the registry answered member {member.id!r} for {member_id!r}")
+        return member
 
-        Without ``since``, the whole list as a ``full`` answer.  InvalidAnswer
-        if the registry gives no version or does not echo ``since``: the
-        signature does not cover the query, so the echo is what ties the
-        answer to the question.
-        """
-        # 0 is before every version: the whole list, which a registry may
-        # serve from a snapshot (a plain GET /clients is built afresh).
-        asked = 0 if since is None else since
-        content = await self._call("GET", f"/clients?since={asked}", None, rounds=rounds)
-        changes = parse_answer(MemberChanges, content, "member changes")
-        if changes.since != asked:
-            raise InvalidAnswer(
-                f"the registry's member changes answer since={changes.since}, not {asked}"
-            )
-        return changes
+    async def resolve(self, text: str, *, rounds: int = 1) -> tuple[list[Member], bool]:
+        """The members a PEER text may mean: named ``text``, or whose id starts with it
+        (lowercased); at most 10, sorted by id, and whether there are more."""
+        content = await self._call("GET", "/resolve/" + quote(text, safe=""), None, rounds=rounds)
+        resolved = parse_answer(Resolved, content, "resolution")
+        if resolved.query != text:
+            raise InvalidAnswer(f"the registry resolved {resolved.query!r}, not {text!r}")
+        return resolved.members, resolved.more
+
+    async def members_page(
+        self, after: str | None = None, limit: int = 500, *, certs: bool = True, rounds: int = 1
+    ) -> tuple[list[Member], str | None]:
+        """Members sorted by id after ``after`` (None: from the start), at most ``limit``
+        (clamped to 1..1000), and the id to ask the next page after (None at the end).
+        ``certs`` False: records without ``cert``, a fifth of the bytes.  InvalidAnswer
+        unless the answer echoes the query (not signed) and keeps to it."""
+        query = {"limit": str(limit), "certs": "1" if certs else "0"}
+        if after:
+            query = {"after": after, **query}
+        content = await self._call("GET", "/members?" + urlencode(query), None, rounds=rounds)
+        page = check_page(parse_answer(MemberPage, content, "member page"), after, limit, certs)
+        return page.members, page.next
 
     # -- transport --------------------------------------------------------
 
@@ -239,9 +262,9 @@ class RegistryClient:
             self._answered_by(index, first)
             if status >= 400:
                 error, message = error_fields(content)
-                is_clients = path.partition("?")[0] == "/clients"
                 kind = RegistryRefused
-                if status == 404 and not is_clients:
+                # A heartbeat's or a leave's 404 whatever its words; a lookup's says so.
+                if status == 404 and (method == "POST" or error == "unknown member"):
                     kind = UnknownMember
                 elif status == 403 and error == "wrong lease":
                     kind = WrongLease

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from p2pcommon.models import validation_reason
+from p2pcommon.models import MAX_PAGE, MemberPage, validation_reason
 from p2pcommon.service import one_line
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -86,3 +86,23 @@ def retry_after_seconds(value: str | None) -> float | None:
     if value is None or not value.strip().isdigit():
         return None
     return min(float(value.strip()), MAX_RETRY_AFTER)
+
+
+def check_page(page: MemberPage, after: str | None, limit: int, certs: bool) -> MemberPage:
+    """``page`` if it answers the query asked and keeps to it, else InvalidAnswer.
+
+    The signature covers the path, not the query: the echo ties the answer to
+    the question, and the ids must be sorted after ``after``, within the limit.
+    """
+    wanted = (after or None, min(MAX_PAGE, max(1, limit)), int(certs))
+    if (page.after or None, page.limit, page.certs) != wanted:
+        raise InvalidAnswer(
+            f"the registry's page answers after={page.after!r}, limit={page.limit}, "
+            f"certs={page.certs}, not {wanted}"
+        )
+    ids = [m.id for m in page.members]
+    if len(ids) > page.limit or ids != sorted(set(ids)) or (after and ids and ids[0] <= after):
+        raise InvalidAnswer("the registry's page is not ids sorted after the one asked")
+    if page.next is not None and ids and page.next < ids[-1]:
+        raise InvalidAnswer("the registry's page says to go on before its last member")
+    return page

@@ -3,12 +3,12 @@
 Runs in the background from start-up: the daemon serves whether or not a
 registry answers, and the status says why it is not registered.
 
-The member list follows the registry's membership version (docs/protocol.md
-§3.4): a register or heartbeat answer carries the registry's version, and only
-when it differs from the version our list reflects do we ask what changed
-since ours.  A heartbeat that fails (overload, outage) is retried as a
-heartbeat: only a registry that no longer knows us gets a new register, so
-that an overloaded registry is not answered with a wave of registrations.
+The member list is the registry's whole list (``GET /clients``), fetched
+after each register and heartbeat.  (An interim: p2pd is to look members up
+when it needs them, docs/protocol.md §3.4.)  A heartbeat that fails
+(overload, outage) is retried as a heartbeat: only a registry that no longer
+knows us gets a new register, so that an overloaded registry is not answered
+with a wave of registrations.
 
 Each register proves that we hold our identity key (docs/protocol.md §2.4:
 ``prove`` signs in a short child process) and gets a lease token, which our
@@ -126,11 +126,6 @@ class RegistryLink:
         self.error: str | None = "not registered yet"
         self.registered_since: float | None = None
         self._session = trio.CancelScope()
-        #: The membership version our member list reflects; None before the first list.
-        self.version: int | None = None
-        #: The registry that gave it: another one's versions (or a store that
-        #: lost writes, which then forgot us too) may number other changes.
-        self._version_from: str | None = None
         client.spread(registration.id)
         members.add_listener(_log_changes)
 
@@ -163,19 +158,16 @@ class RegistryLink:
                 continue
             self._lease = lease.lease
             self._set_registered()
-            await self._sync(lease)
+            await self._sync()
             try:
                 await self._heartbeats(lease)
             except UnknownMember:
-                # The registry restarted or our lease ran out: register again at once,
-                # and take the whole list (a store that forgot us may have lost changes).
-                self.version = None
+                # The registry restarted or our lease ran out: register again at once.
                 log.info("the registry forgot us; registering again")
                 self._set_unregistered("the registry forgot this member; registering again")
             except WrongLease:
                 # Only the holder of our key can have registered since: we did,
                 # elsewhere, or another p2pd runs with our state_dir.
-                self.version = None
                 log.warning(
                     "the registry holds another lease for this member (did it register "
                     "again with another registry, or does another p2pd use %s's identity?); "
@@ -205,7 +197,7 @@ class RegistryLink:
             interval = delay = self._interval(lease)
             lease_ends = trio.current_time() + lease.ttl
             self._set_registered()
-            await self._sync(lease)
+            await self._sync()
 
     def _interval(self, lease: Lease) -> float:
         return min(lease.heartbeat_interval, self._own_interval)
@@ -254,34 +246,21 @@ class RegistryLink:
         if was:
             self._on_change()
 
-    async def _sync(self, lease: Lease) -> None:
-        """Bring the member list to the registry's version, if it is behind."""
-        if self._client.current_url != self._version_from:
-            self.version = None  # a cursor means nothing to another registry: the full list
-        if lease.version is not None and lease.version == self.version:
-            return
+    async def _sync(self) -> None:
+        """Bring the member list to the registry's."""
         try:
-            if lease.version is None:
-                # A registry older than the sync: the whole list, every time.
-                changed = self._members.update(await self._client.clients())
-                self.version = None
-            else:
-                changes = await self._client.member_changes(self.version)
-                version, records = changes.version, len(changes.clients)
-                if changes.full:
-                    changed = self._members.update(changes.clients)
-                else:
-                    changed = self._members.apply(changes.clients, changes.left)
-                self.version, self._version_from = version, self._client.current_url
-                del changes
-                if records >= RELEASE_AFTER_RECORDS:
-                    # The parse's garbage (megabytes at thousands of members) goes back.
-                    release_free_memory()
+            members = await self._client.clients()
         except RegistryError as exc:
-            # Keep the last list and version: a registry hiccup must not cut off
-            # transfers, and the next heartbeat's version asks again.
+            # Keep the last list: a registry hiccup must not cut off transfers, and the
+            # next heartbeat asks again.
             log.warning("could not refresh the member list: %s", exc)
             return
+        records = len(members)
+        changed = self._members.update(members)
+        del members
+        if records >= RELEASE_AFTER_RECORDS:
+            # The parse's garbage (megabytes at thousands of members) goes back.
+            release_free_memory()
         if changed:
             self._on_change()
 

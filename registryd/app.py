@@ -9,29 +9,37 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
-from urllib.parse import parse_qsl
+from dataclasses import dataclass
 
 from p2pcommon.connections import address_key
 from p2pcommon.httpserver import Request, Response, error_response, json_response
 from p2pcommon.member_proof import split_member_signature
-from p2pcommon.models import Lease
 from p2pcommon.signing import MAX_SKEW, REPLAYED, AuthError, Signer
-from registryd.answers import Action, Answer, Call, Unsigned, error
-from registryd.guards import FailureLimiter, LoadShedder, NewMemberLimiter
+from registryd.answers import Action, Call, Unsigned
+from registryd.guards import FailureLimiter, LoadShedder, LookupLimiter, NewMemberLimiter
 from registryd.health import StoreHealth
+from registryd.lookups import MEMBER_PREFIX, RESOLVE_PREFIX, Lookups
 from registryd.membership import Membership
 from registryd.metrics import RegistryMetrics
+from registryd.pace import Pace
 from registryd.store import Store, StoreError
-from registryd.table import Changes, Entry
 
 log = logging.getLogger("registryd")
 
 #: Seconds a client is told to wait while the store is away: the health probe
 #: runs every second, so the registry answers again soon after the store does.
 RETRY_AFTER = "2"
+
+
+@dataclass(frozen=True)
+class Route:
+    methods: tuple[str, ...]
+    #: None for the routes that need no signature.
+    action: Action | None = None
+    #: Limited per source before the signature is checked (``LookupLimiter``).
+    lookup: bool = False
 
 
 class RegistryApp:
@@ -44,6 +52,8 @@ class RegistryApp:
         limiter: FailureLimiter | None = None,
         shedder: LoadShedder | None = None,
         newcomers: NewMemberLimiter | None = None,
+        lookups: LookupLimiter | None = None,
+        pace: Pace | None = None,
         health: StoreHealth | None = None,
         clock: Callable[[], float] = time.time,
         scheme: str = "http",
@@ -55,42 +65,53 @@ class RegistryApp:
         self._limiter = FailureLimiter() if limiter is None else limiter
         self._shedder = LoadShedder() if shedder is None else shedder
         newcomers = NewMemberLimiter() if newcomers is None else newcomers
-        self._members = Membership(store, metrics, newcomers, self.lease)
+        self._lookup_limiter = LookupLimiter() if lookups is None else lookups
+        self.pace = Pace() if pace is None else pace
+        self._members = Membership(store, metrics, newcomers, self.pace)
         self._clock = clock
         self._scheme = scheme
         # Shared with the WatchedStore in front of ``store``; a memory store never fails.
         self._health = health or StoreHealth()
-        # path -> (methods, action); None marks the routes that need no signature.
-        self._routes: dict[str, tuple[tuple[str, ...], Action | None]] = {
-            "/register": (("POST",), self._members.register),
-            "/heartbeat": (("POST",), self._members.heartbeat),
-            "/leave": (("POST",), self._members.leave),
-            # Every GET route answers HEAD with GET's head (docs/protocol.md §3.2).
-            "/clients": (("GET", "HEAD"), self._clients),
-            "/healthz": (("GET", "HEAD"), None),
-            "/metrics": (("GET", "HEAD"), None),
+        # json.dumps with arguments builds an encoder per call.
+        self._encode = json.JSONEncoder(separators=(",", ":")).encode
+        lookups_ = Lookups(store, metrics, self._encode)
+        # Every GET route answers HEAD with GET's head (docs/protocol.md §3.2).
+        reads = ("GET", "HEAD")
+        # By path; the two with a parameter in the path by their prefix.
+        self._routes: dict[str, Route] = {
+            "/register": Route(("POST",), self._members.register),
+            "/heartbeat": Route(("POST",), self._members.heartbeat),
+            "/leave": Route(("POST",), self._members.leave),
+            "/members": Route(reads, lookups_.page, lookup=True),
+            MEMBER_PREFIX + "{id}": Route(reads, lookups_.member, lookup=True),
+            RESOLVE_PREFIX + "{text}": Route(reads, lookups_.resolve, lookup=True),
+            "/clients": Route(reads, lookups_.clients, lookup=True),
+            "/healthz": Route(reads),
+            "/metrics": Route(reads),
         }
         # Bound once: looking a labelled child up is a measurable part of a heartbeat.
         self._latency = {route: metrics.latency.labels(route) for route in [*self._routes, "other"]}
         self._response_type = ("Content-Type", "application/json")
-        # json.dumps with arguments builds an encoder per call.
-        self._encode = json.JSONEncoder(separators=(",", ":")).encode
-        #: (when, version, encoded clients) of the last full list answering ``since``.
-        self._snapshot: tuple[float, int, bytes] | None = None
 
-    def lease(self, version: int) -> Lease:
-        ttl = self._store.ttl
-        return Lease(ttl=ttl, heartbeat_interval=ttl / 3, version=version)
+    def _route(self, path: str) -> tuple[str, Route | None]:
+        """The route's name (its metric label) and the route; ("other", None) if none."""
+        route = self._routes.get(path)
+        if route is not None:
+            return path, route
+        for prefix, name in ((MEMBER_PREFIX, "{id}"), (RESOLVE_PREFIX, "{text}")):
+            if path.startswith(prefix):
+                return prefix + name, self._routes[prefix + name]
+        return "other", None
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
-        path = request.path
-        route = self._routes.get(path)
+        path, route = self._route(request.path)
         if route is None:
-            response = error_response(404, "not found", f"no route {path}; see the README's API")
-            path = "other"
-        elif request.method not in route[0]:
-            allowed = ", ".join(route[0])
+            response = error_response(
+                404, "not found", f"no route {request.path[:100]}; see the README's API"
+            )
+        elif request.method not in route.methods:
+            allowed = ", ".join(route.methods)
             response = error_response(405, "method not allowed", f"{path} takes {allowed}")
             response.headers.append(("Allow", allowed))
         elif path == "/healthz":
@@ -109,8 +130,16 @@ class RegistryApp:
                 "or use another registry",
                 [("Retry-After", str(retry))],
             )
+        elif route.lookup and (retry := self._lookup_retry(request)) is not None:
+            self._metrics.lookups_limited.inc()
+            response = error_response(
+                429,
+                "too many lookups",
+                f"this address looked members up too often lately; retry in {retry} s",
+                [("Retry-After", str(retry))],
+            )
         else:
-            action = route[1]
+            action = route.action
             assert action is not None
             try:
                 response = await self._authenticated(request, action)
@@ -126,6 +155,13 @@ class RegistryApp:
                 )
         self._latency[path].observe(time.perf_counter() - started)
         return response
+
+    def _lookup_retry(self, request: Request) -> int | None:
+        """None if the request's source may look up now (a token taken), else the wait."""
+        source, now = address_key(request.client_host), self._clock()
+        if self._lookup_limiter.try_take(source, now):
+            return None
+        return self._lookup_limiter.retry_after(source, now)
 
     def _healthz(self) -> Response:
         health = self._health
@@ -147,6 +183,9 @@ class RegistryApp:
         # Scrapes go on during an outage: the gauge keeps its last value then.
         with contextlib.suppress(StoreError):
             self._metrics.members.set(await self._store.count(self._clock()))
+        pace = self.pace
+        self._metrics.heartbeat_interval.set(pace.interval(pace.members))
+        self._metrics.processes.set(pace.processes)
         self._metrics.store_up.set(1 if self._health.available else 0)
         body, content_type = self._metrics.render()
         return Response(200, body, [("Content-Type", content_type)])
@@ -204,85 +243,3 @@ class RegistryApp:
             )
         log.info("refused %s %s from %s: %s", request.method, request.path, host, err)
         return error_response(401, err.reason, err.hint)
-
-    # -- actions ----------------------------------------------------------
-
-    async def _clients(self, call: Call) -> Answer:
-        request, now = call.request, call.now
-        since = _since(request.target)
-        if isinstance(since, Answer):
-            return since
-        if since is not None and not 0 < since <= MAX_VERSION:
-            # 0 (how a peer asks for its first list), negative or out of range:
-            # the full list at once, from the snapshot when it is recent.
-            return await self._full_list(since, now, None)
-        changes = await self._store.changes_since(since, now)
-        if since is not None and changes.full:
-            return await self._full_list(since, now, changes)
-        clients = [_record(m) for m in changes.members]
-        if since is None:
-            # Always fresh: other clients list right after registering.
-            return Answer(200, {"clients": clients, "version": changes.version})
-        return Answer(
-            200,
-            {
-                "version": changes.version,
-                # Echoed because the signature covers the path, not the query.
-                "since": since,
-                "full": changes.full,
-                "clients": clients,
-                "left": changes.left,
-            },
-        )
-
-    async def _full_list(self, since: int, now: float, changes: Changes | None) -> Answer:
-        """A ``full`` answer to ``since``, from a snapshot at most FULL_LIST_MAX_AGE old.
-
-        Encoding every member is the costliest answer (≈ 8 µs a member), and
-        peers that join together, or come back after a registry restart, ask
-        for it together.  A snapshot is consistent with the version it
-        carries, so a peer served an older one simply gets the newer changes
-        at its next heartbeat.
-        """
-        snapshot = self._snapshot
-        # Also when the store already answered ``changes``: encoding is the cost.
-        if snapshot is not None and 0 <= now - snapshot[0] < FULL_LIST_MAX_AGE:
-            version, listed = snapshot[1], snapshot[2]
-        else:
-            if changes is None:
-                changes = await self._store.changes_since(None, now)
-            version = changes.version
-            listed = self._encode([_record(m) for m in changes.members]).encode()
-            self._snapshot = (now, version, listed)
-        head = self._encode({"version": version, "since": since, "full": True}).encode()
-        return Answer(200, None, head[:-1] + b',"clients":' + listed + b',"left":[]}')
-
-
-def _record(member: Entry) -> dict[str, object]:
-    return {
-        "id": member.id,
-        "name": member.name,
-        "addresses": list(member.addresses),
-        "cert": member.cert,
-        "last_seen": round(member.last_seen, 3),
-    }
-
-
-#: The largest ``since`` taken as a version; larger ones get the full list.
-MAX_VERSION = 2**63 - 1
-#: Seconds a full member list answering ``since`` may be reused.
-FULL_LIST_MAX_AGE = 1.0
-_SINCE_DIGITS = re.compile(r"-?[0-9]{1,30}")
-
-
-def _since(target: str) -> int | None | Answer:
-    """The ``since`` of ``GET /clients?since=V``: None without one, 400 if not an integer."""
-    _, mark, query = target.partition("?")
-    if not mark:
-        return None
-    values = [value for name, value in parse_qsl(query, keep_blank_values=True) if name == "since"]
-    if not values:
-        return None
-    if len(values) > 1 or not _SINCE_DIGITS.fullmatch(values[0]):
-        return error(400, "bad request", "query 'since': a membership version, one decimal integer")
-    return int(values[0])

@@ -115,26 +115,23 @@ class LoadShedder:
 #: New ids one source may register at once, then how many a second (docs/protocol.md §3.2).
 NEW_MEMBER_BURST = 60
 NEW_MEMBER_RATE = 1.0
+#: Lookups (a member, a resolution, a page, the list) one source may make at once, then
+#: how many a second (docs/protocol.md §3.4).
+LOOKUP_BURST = 300
+LOOKUP_RATE = 100.0
 
 
-class NewMemberLimiter:
-    """How fast new ids may join from one source: a token bucket per source.
+class SourceBuckets:
+    """How fast one source may do something: a token bucket per source.
 
-    A register of an id that is not a live member takes a token; renewing an
-    existing member's record takes none, so members that are known are never
-    slowed.  ``source`` is an ``address_key`` (IPv4 /32, IPv6 /64): one party
-    cannot bring more buckets by taking more addresses of its own network.
-    Memory is bounded: at most ``max_sources`` buckets, the least recently
-    used forgotten first (a forgotten bucket starts full again).  ``rate`` 0
-    turns the limit off.
+    ``source`` is an ``address_key`` (IPv4 /32, IPv6 /64): one party cannot
+    bring more buckets by taking more addresses of its own network.  Memory is
+    bounded: at most ``max_sources`` buckets, the least recently used
+    forgotten first (a forgotten bucket starts full again).  ``rate`` 0 turns
+    the limit off.
     """
 
-    def __init__(
-        self,
-        burst: int = NEW_MEMBER_BURST,
-        rate: float = NEW_MEMBER_RATE,
-        max_sources: int = 10_000,
-    ) -> None:
+    def __init__(self, burst: int, rate: float, max_sources: int = 10_000) -> None:
         self.burst = burst
         self.rate = rate
         self._max_sources = max_sources
@@ -158,7 +155,7 @@ class NewMemberLimiter:
         return bucket
 
     def try_take(self, source: str, now: float) -> bool:
-        """Take a token for a new id from ``source``; False if there is none now."""
+        """Take a token for ``source``; False if there is none now."""
         if self.rate <= 0:
             return True
         bucket = self._bucket(source, now)
@@ -168,7 +165,7 @@ class NewMemberLimiter:
         return True
 
     def give_back(self, source: str, now: float) -> None:
-        """Return the token of a register that turned out not to be a new id."""
+        """Return the token of an action that turned out not to need one."""
         if self.rate > 0:
             bucket = self._bucket(source, now)
             bucket[0] = min(float(self.burst), bucket[0] + 1)
@@ -179,3 +176,34 @@ class NewMemberLimiter:
             return 1
         missing = 1 - self._bucket(source, now)[0]
         return max(1, math.ceil(missing / self.rate))
+
+
+class NewMemberLimiter(SourceBuckets):
+    """How fast new ids may join from one source.
+
+    A register of an id that is not a live member takes a token; renewing an
+    existing member's record takes none, so members that are known are never
+    slowed.
+    """
+
+    def __init__(
+        self,
+        burst: int = NEW_MEMBER_BURST,
+        rate: float = NEW_MEMBER_RATE,
+        max_sources: int = 10_000,
+    ) -> None:
+        super().__init__(burst, rate, max_sources)
+
+
+class LookupLimiter(SourceBuckets):
+    """How fast one source may look members up (every GET route but the unsigned two).
+
+    Checked before the signature, like the load shedder: a flood from one
+    address costs an early 429 each, and the others keep their share of the
+    process (docs/protocol.md §3.6).
+    """
+
+    def __init__(
+        self, burst: int = LOOKUP_BURST, rate: float = LOOKUP_RATE, max_sources: int = 10_000
+    ) -> None:
+        super().__init__(burst, rate, max_sources)

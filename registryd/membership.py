@@ -3,7 +3,9 @@
 A register must prove the member's key (the ``member`` signature, §2.4) and
 may bring a new id only as fast as its source is allowed to (§3.2); it gets a
 new lease token, of which the store keeps the SHA-256.  Heartbeat and leave
-must show the token of the member's last register (§3.3).
+must show the token of the member's last register (§3.3).  Every lease answer
+carries the pace (``registryd.pace``) for the members counted last, and the
+count this answer's store call gave.
 """
 
 from __future__ import annotations
@@ -11,19 +13,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
 
 from p2pcommon.connections import address_key
 from p2pcommon.httpserver import error_response
 from p2pcommon.identity import canonical_pem, peer_id_from_pem, short_id
 from p2pcommon.logs import RepeatedLines
 from p2pcommon.member_proof import BAD_MEMBER_SIGNATURE, MemberProofError, check_member_signature
-from p2pcommon.models import Lease, MemberRequest, RegisterRequest, join_host_port
+from p2pcommon.models import MemberRequest, RegisterRequest, join_host_port
 from p2pcommon.signing import AuthError
 from registryd.answers import Answer, Call, Unsigned, error, parse
 from registryd.guards import NewMemberLimiter
 from registryd.metrics import RegistryMetrics
-from registryd.store import NewMembersLimited, Store, WrongLease
+from registryd.pace import Pace
+from registryd.store import NewMembersLimited, Registered, Store, WrongLease
 
 log = logging.getLogger("registryd")
 
@@ -46,17 +48,17 @@ class Membership:
         store: Store,
         metrics: RegistryMetrics,
         newcomers: NewMemberLimiter,
-        lease: Callable[[int], Lease],
+        pace: Pace,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._newcomers = newcomers
-        self._lease = lease
+        self._pace = pace
         # A source turned away keeps trying: a few lines a minute say so.
         self._refusals = RepeatedLines(log, burst=5)
 
     async def register(self, call: Call) -> Answer:
-        request, now = call.request, call.now
+        request = call.request
         parsed = parse(RegisterRequest, request.body)
         if isinstance(parsed, Answer):
             return parsed
@@ -88,32 +90,39 @@ class Membership:
             raise AuthError(BAD_MEMBER_SIGNATURE, str(exc), hint=str(exc)) from None
         addresses = parsed.addresses or [join_host_port(request.client_host, parsed.port)]
         token = secrets.token_urlsafe(LEASE_BYTES)
-        new = await self._store_register(parsed, cert, tuple(addresses), token, call)
+        ttl, interval = self._pace.lease()
+        registered = await self._store_register(parsed, cert, tuple(addresses), token, call, ttl)
+        self._pace.members = registered.members
         self._metrics.registrations.inc()
-        if new:
+        if registered.new:
             log.info(
                 "registered %s (%s) at %s", short_id(parsed.id), parsed.name, ", ".join(addresses)
             )
-        # Read after the change: the member then fetches at least its own join.
-        version = await self._store.version(now)
-        lease = self._lease(version).model_copy(update={"lease": token})
-        return Answer(200, lease.model_dump(exclude_none=True))
+        lease = {"ttl": ttl, "heartbeat_interval": interval, "lease": token}
+        return Answer(200, {**lease, "members": registered.members})
 
     async def _store_register(
-        self, parsed: RegisterRequest, cert: str, addresses: tuple[str, ...], token: str, call: Call
-    ) -> bool:
+        self,
+        parsed: RegisterRequest,
+        cert: str,
+        addresses: tuple[str, ...],
+        token: str,
+        call: Call,
+        ttl: float,
+    ) -> Registered:
         """Register with a new lease; a new id only if its source may add one now (429)."""
         source, now = address_key(call.request.client_host), call.now
         # Taken before the store is asked, given back if the id was a member: no
         # other register from this source can take the same token meanwhile.
         took = self._newcomers.try_take(source, now)
         try:
-            new = await self._store.register(
+            registered = await self._store.register(
                 parsed.id,
                 parsed.name,
                 cert,
                 addresses,
                 now,
+                ttl=ttl,
                 lease_hash=lease_hash(token),
                 allow_new=took,
             )
@@ -139,24 +148,26 @@ class Membership:
             if took:
                 self._newcomers.give_back(source, now)
             raise
-        if took and not new:
+        if took and not registered.new:
             self._newcomers.give_back(source, now)
-        return new
+        return registered
 
     async def heartbeat(self, call: Call) -> Answer:
         parsed = parse(MemberRequest, call.request.body)
         if isinstance(parsed, Answer):
             return parsed
+        ttl, interval = self._pace.lease()
         try:
-            version = await self._store.renew(
-                parsed.id, call.now, lease_hash=lease_hash(parsed.lease)
+            members = await self._store.renew(
+                parsed.id, call.now, ttl=ttl, lease_hash=lease_hash(parsed.lease)
             )
         except WrongLease:
             return self._wrong_lease()
-        if version is None:
+        if members is None:
             return error(404, "unknown member", "this id has no live lease: register again")
+        self._pace.members = members
         self._metrics.heartbeats.inc()
-        return Answer(200, self._lease(version).model_dump(exclude_none=True))
+        return Answer(200, {"ttl": ttl, "heartbeat_interval": interval, "members": members})
 
     async def leave(self, call: Call) -> Answer:
         parsed = parse(MemberRequest, call.request.body)

@@ -56,6 +56,28 @@ class RegistryMetrics:
             "Requests answered 503 before any work: too many in progress in this process",
             registry=r,
         )
+        self.lookups = Counter(
+            "registry_lookups",
+            "GET /members/<id> answered, by outcome (found, unknown)",
+            ["outcome"],
+            registry=r,
+        )
+        self.resolves = Counter("registry_resolves", "GET /resolve/<text> answered 200", registry=r)
+        self.pages = Counter("registry_pages", "GET /members pages answered 200", registry=r)
+        self.lookups_limited = Counter(
+            "registry_lookups_limited",
+            "Lookups answered 429: too many from one source",
+            registry=r,
+        )
+        self.heartbeat_interval = Gauge(
+            "registry_heartbeat_interval_seconds",
+            "The heartbeat interval advised now, before its jitter",
+            registry=r,
+        )
+        self.processes = Gauge(
+            "registry_processes", "Registry processes sharing this store", registry=r
+        )
+        self.processes.set(1)
         self.latency = Histogram(
             "registry_request_duration_seconds",
             "Time to answer a request, by route",

@@ -12,14 +12,26 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from p2pcommon.options import SharedOptions, check_listen
-from registryd.guards import DEFAULT_MAX_IN_PROGRESS, NEW_MEMBER_BURST, NEW_MEMBER_RATE
+from registryd.guards import (
+    DEFAULT_MAX_IN_PROGRESS,
+    LOOKUP_BURST,
+    LOOKUP_RATE,
+    NEW_MEMBER_BURST,
+    NEW_MEMBER_RATE,
+)
+from registryd.pace import HEARTBEAT_BUDGET, MAX_HEARTBEAT_INTERVAL, PEER_TTL
 
 
 class RegistryOptions(SharedOptions):
     """registryd's keys, as the running registry holds them."""
 
     listen: Annotated[str, AfterValidator(check_listen)] = "0.0.0.0:7000"
-    peer_ttl: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    #: A lease while membership is small; the interval is a third of it (registryd.pace).
+    peer_ttl: Annotated[float, Field(gt=0, le=86400)] = PEER_TTL
+    #: Heartbeats a second one process is given: the interval lengthens past it.
+    heartbeat_budget: Annotated[float, Field(gt=0)] = HEARTBEAT_BUDGET
+    #: The longest interval advised however many members (before its jitter).
+    max_heartbeat_interval: Annotated[float, Field(gt=0, le=86400)] = MAX_HEARTBEAT_INTERVAL
     store: str = "memory"
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -35,6 +47,9 @@ class RegistryOptions(SharedOptions):
     #: second; 0 turns the limit off (behind a proxy every peer has its address).
     new_member_burst: Annotated[int, Field(ge=1)] = NEW_MEMBER_BURST
     new_member_rate: Annotated[float, Field(ge=0)] = NEW_MEMBER_RATE
+    #: Lookups one source address (IPv6: /64) may make at once, then per second; 0: off.
+    lookup_burst: Annotated[int, Field(ge=1)] = LOOKUP_BURST
+    lookup_rate: Annotated[float, Field(ge=0)] = LOOKUP_RATE
     #: SO_REUSEPORT: several processes (one per core, on one Redis) share ``listen``.
     reuse_port: bool = False
 

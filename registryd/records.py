@@ -40,9 +40,17 @@ class BadRecord(ValueError):
 
 
 def entry_from_fields(
-    member_id: object, last_seen: object, name: object, cert: object, addresses: object
+    member_id: object,
+    last_seen: object,
+    name: object,
+    cert: object,
+    addresses: object,
+    expires_at: object = math.inf,
 ) -> Entry:
-    """An Entry from a store's raw fields (``addresses`` as stored: JSON text); BadRecord."""
+    """An Entry from a store's raw fields (``addresses`` as stored: JSON text); BadRecord.
+
+    ``cert`` None: a record read without its certificate (a page with ``certs=0``).
+    """
     if not isinstance(addresses, str):
         raise BadRecord("field 'addresses' is missing")
     try:
@@ -53,38 +61,56 @@ def entry_from_fields(
         raise BadRecord("field 'addresses' is not a JSON list")
     try:
         seen = float(last_seen)  # type: ignore[arg-type]
+        ends = float(expires_at)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise BadRecord("its time of last renewal is not a number") from None
+        raise BadRecord("its time of last renewal or of expiry is not a number") from None
     entry = Entry(
         id=str(member_id),
         name=name,  # type: ignore[arg-type]
-        cert=cert,  # type: ignore[arg-type]
+        cert="" if cert is None else cert,  # type: ignore[arg-type]
         addresses=tuple(decoded),
         last_seen=seen,
+        expires_at=ends,
     )
-    problem = entry_problem(entry)
+    problem = entry_problem(entry, with_cert=cert is not None)
     if problem is not None:
         raise BadRecord(problem)
     return entry
 
 
-def entry_problem(entry: Entry) -> str | None:
-    """Why ``entry`` cannot be listed (a member would refuse the whole list), or None."""
+def entry_problem(entry: Entry, *, with_cert: bool = True) -> str | None:
+    """Why ``entry`` cannot be listed (a member would refuse the whole list), or None.
+
+    ``with_cert`` False: the record was read without its certificate.
+    """
     if not isinstance(entry.id, str) or _PEER_ID.fullmatch(entry.id) is None:
         return "its id is not a peer id"
     name = entry.name
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
         return f"field 'name' is not a string of 1 to {MAX_NAME_LENGTH} characters"
     cert = entry.cert
-    if not isinstance(cert, str) or not cert.startswith(_PEM_START) or len(cert) > MAX_CERT_LENGTH:
+    if with_cert and (
+        not isinstance(cert, str) or not cert.startswith(_PEM_START) or len(cert) > MAX_CERT_LENGTH
+    ):
         return "field 'cert' is not a PEM certificate"
     addresses = entry.addresses
     if len(addresses) > MAX_ADDRESSES or not all(
         isinstance(a, str) and 0 < len(a) <= MAX_ADDRESS_LENGTH for a in addresses
     ):
         return f"field 'addresses' is not a list of at most {MAX_ADDRESSES} host:port strings"
-    if not math.isfinite(entry.last_seen):
-        return "its time of last renewal is not a finite number"
+    if not math.isfinite(entry.last_seen) or math.isnan(entry.expires_at):
+        return "its time of last renewal or of expiry is not a number"
+    return None
+
+
+def checked(entry: Entry | None, store: str) -> Entry | None:
+    """``entry``, or None with a warning if it cannot be answered."""
+    if entry is None:
+        return None
+    problem = entry_problem(entry)
+    if problem is None:
+        return entry
+    skipped(str(entry.id), problem, store)
     return None
 
 

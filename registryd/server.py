@@ -25,10 +25,11 @@ from p2pcommon.service import (
 )
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
-from registryd.guards import FailureLimiter, LoadShedder, NewMemberLimiter
+from registryd.guards import FailureLimiter, LoadShedder, LookupLimiter, NewMemberLimiter
 from registryd.health import StoreHealth
 from registryd.metrics import RegistryMetrics
 from registryd.options import RegistryOptions
+from registryd.pace import Pace
 from registryd.store import MemoryStore, Store, StoreError
 from registryd.watched_store import WatchedStore
 
@@ -44,13 +45,13 @@ class StartupError(Exception):
 
 def make_store(settings: RegistryOptions) -> Store:
     if settings.store == "memory":
-        return MemoryStore(settings.peer_ttl)
+        return MemoryStore()
     from registryd.redis_store import RedisStore
 
     try:
         # Builds a client only: no connection is made before the first call,
         # so an absent Redis never stops the start (it makes 503s instead).
-        return RedisStore(settings.store, settings.peer_ttl)
+        return RedisStore(settings.store)
     except StoreError as exc:
         raise StartupError(f"cannot use the store {_store_name(settings)}: {exc}") from None
 
@@ -108,25 +109,30 @@ async def _open_listeners(settings: RegistryOptions) -> list[trio.abc.Listener[A
     return listeners
 
 
-async def _expire_loop(store: Store, metrics: RegistryMetrics) -> None:
-    # A tenth of the ttl keeps /metrics and the logs close to the truth;
-    # /clients never shows an expired member whatever this period is.  The
-    # round is also the store's health probe, so the period bounds how soon
-    # a returning Redis is noticed.
-    period = min(1.0, store.ttl / 10)
+async def _census_loop(store: Store, metrics: RegistryMetrics, pace: Pace, period: float) -> None:
+    """Once a ``period``: drop the members whose lease ran out, count the members and
+    the registry processes on the store (the pace's inputs).
 
-    async def expire_round() -> None:
+    The round is also the store's health probe (``expire``), so the period
+    bounds how soon a returning Redis is noticed.  A lookup never answers an
+    expired member whatever this period is.
+    """
+
+    async def census_round() -> None:
+        now = time.time()
         try:
-            gone = await store.expire(time.time())
+            gone = await store.expire(now)
+            pace.members = await store.count(now)
+            pace.processes = await store.processes(now)
         except StoreError:
             gone = []  # the WatchedStore logged the outage once; probe again next round
         for member_id in gone:
-            log.info("%s expired: no heartbeat for %g s", member_id[:7], store.ttl)
+            log.info("%s expired: its lease ran out without a heartbeat", member_id[:7])
         metrics.expiries.inc(len(gone))
         await trio.sleep(period)
 
     # Any other error is a bug: logged, and the loop goes on after a pause.
-    await keep_running("expire", expire_round, pause=period, max_pause=10.0, logger=log)
+    await keep_running("census", census_round, pause=period, max_pause=10.0, logger=log)
 
 
 #: Reads the configuration again: new settings and secret, or ConfigError.
@@ -223,6 +229,11 @@ async def _run(
     task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]],
 ) -> None:
     metrics = RegistryMetrics()
+    pace = Pace(
+        peer_ttl=settings.peer_ttl,
+        heartbeat_budget=settings.heartbeat_budget,
+        max_heartbeat_interval=settings.max_heartbeat_interval,
+    )
     app = RegistryApp(
         Signer(secret),
         store,
@@ -230,6 +241,8 @@ async def _run(
         limiter=FailureLimiter(),
         shedder=LoadShedder(settings.max_in_progress),
         newcomers=NewMemberLimiter(settings.new_member_burst, settings.new_member_rate),
+        lookups=LookupLimiter(settings.lookup_burst, settings.lookup_rate),
+        pace=pace,
         health=store.health,
         scheme="https" if settings.tls_cert else "http",
     )
@@ -242,9 +255,17 @@ async def _run(
     listeners = await _open_listeners(settings)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run, listeners)
-        nursery.start_soon(_expire_loop, store, metrics)
+        # A tenth of the shortest ttl keeps /metrics and the logs close to the truth.
+        period = min(1.0, settings.peer_ttl / 10)
+        nursery.start_soon(_census_loop, store, metrics, pace, period)
         nursery.start_soon(notifier.keep_watchdog_fed)
-        log.info("%s, peer_ttl %g s", status(), settings.peer_ttl)
+        log.info(
+            "%s, peer_ttl %g s, heartbeat_budget %g/s, max_heartbeat_interval %g s",
+            status(),
+            settings.peer_ttl,
+            settings.heartbeat_budget,
+            settings.max_heartbeat_interval,
+        )
         notifier.ready(status())
         release_start_up_garbage()
         serving.set()

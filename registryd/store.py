@@ -2,27 +2,21 @@
 
 The interface is what several registryd instances need to share one view:
 every operation is atomic on its own (register, renew-if-alive, leave,
-check-and-add a nonce), and expiry is derived from ``now`` so that two
-instances never disagree about who is alive.
-
-Every membership change bumps the shared membership version and is logged
-with it, atomically with the change (see ``registryd.table``).  A new store
-starts its version at the time in microseconds, so that the versions of a
-restarted or of an unrelated store never fall in another's range: a peer's
-cursor from elsewhere is then simply too old or too new, and it gets the
-whole list.
+check-and-add a nonce, one page, one resolution), and liveness is derived
+from ``now`` and each member's own ``expires_at``, so that two instances
+never disagree about who is alive.  Nothing here looks at every member
+except ``members`` (``GET /clients``, answered from a snapshot).
 """
 
 from __future__ import annotations
 
 import hmac
-import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from registryd.guards import NonceCache
-from registryd.records import skip_bad
-from registryd.table import CHANGE_LOG_SIZE, Changes, Entry, RegistryTable
+from registryd.records import checked, skip_bad
+from registryd.table import RESOLVE_LIMIT, Entry, RegistryTable
 
 
 class StoreError(Exception):
@@ -37,9 +31,15 @@ class NewMembersLimited(Exception):
     """A register of an id that is not a live member, while new ids were not allowed."""
 
 
-class Store(Protocol):
-    ttl: float
+@dataclass(frozen=True)
+class Registered:
+    #: It was not a live member before.
+    new: bool
+    #: How many members the store counts now (approximately: it feeds the pace).
+    members: int
 
+
+class Store(Protocol):
     async def register(
         self,
         id: str,
@@ -48,18 +48,19 @@ class Store(Protocol):
         addresses: tuple[str, ...],
         now: float,
         *,
+        ttl: float,
         lease_hash: str,
         allow_new: bool = True,
-    ) -> bool:
-        """Add or replace a member with a new lease; True if it was not a live member before.
+    ) -> Registered:
+        """Add or replace a member with a new lease of ``ttl`` seconds.
 
-        NewMembersLimited, changing nothing, if it was not and ``allow_new`` is False.
+        NewMembersLimited, changing nothing, if it was not live and ``allow_new`` is False.
         """
         ...
 
-    async def renew(self, id: str, now: float, *, lease_hash: str) -> int | None:
-        """Extend a live member's lease: the membership version; None if unknown or expired;
-        WrongLease if ``lease_hash`` is not its lease's."""
+    async def renew(self, id: str, now: float, *, ttl: float, lease_hash: str) -> int | None:
+        """Extend a live member's lease to ``now + ttl``: the member count; None if unknown
+        or expired; WrongLease if ``lease_hash`` is not its lease's."""
         ...
 
     async def leave(self, id: str, now: float, *, lease_hash: str) -> bool:
@@ -67,22 +68,38 @@ class Store(Protocol):
         ...
 
     async def expire(self, now: float) -> list[str]:
-        """Drop members whose lease ran out; the ids dropped by this call."""
+        """Drop members whose lease ran out (a bounded number per call); the ids dropped."""
+        ...
+
+    async def get(self, id: str, now: float) -> Entry | None:
+        """The live member ``id``, or None."""
+        ...
+
+    async def resolve(
+        self, name: str, prefix: str | None, now: float, *, limit: int = RESOLVE_LIMIT
+    ) -> tuple[list[Entry], bool]:
+        """Live members named ``name`` or whose id starts with ``prefix``: the first
+        ``limit`` by id, and whether there are more."""
+        ...
+
+    async def page(
+        self, after: str, now: float, *, limit: int, certs: bool
+    ) -> tuple[list[Entry], str | None]:
+        """At most ``limit`` live members with ids after ``after``, sorted; the id to
+        continue after, or None at the end.  ``certs`` False: records without ``cert``."""
         ...
 
     async def members(self, now: float) -> list[Entry]:
-        """The live members."""
+        """Every live member."""
         ...
 
-    async def version(self, now: float) -> int:
-        """The membership version."""
+    async def count(self, now: float) -> int:
+        """Live members (approximately)."""
         ...
 
-    async def changes_since(self, since: int | None, now: float) -> Changes:
-        """What changed after version ``since``, or all members (see ``RegistryTable``)."""
+    async def processes(self, now: float) -> int:
+        """Say that this registry process is alive; how many are, on this store."""
         ...
-
-    async def count(self, now: float) -> int: ...
 
     async def remember_nonce(self, nonce: str, expires_at: float, now: float) -> bool:
         """Record a nonce until ``expires_at``; False if it was already seen."""
@@ -94,9 +111,8 @@ class Store(Protocol):
 class MemoryStore:
     """The embedded store: one process, state lost on restart (peers re-register)."""
 
-    def __init__(self, ttl: float, *, log_size: int = CHANGE_LOG_SIZE) -> None:
-        self.ttl = ttl
-        self._table = RegistryTable(ttl, version=start_version(), log_size=log_size)
+    def __init__(self) -> None:
+        self._table = RegistryTable()
         self._nonces = NonceCache()
 
     async def register(
@@ -107,19 +123,21 @@ class MemoryStore:
         addresses: tuple[str, ...],
         now: float,
         *,
+        ttl: float,
         lease_hash: str,
         allow_new: bool = True,
-    ) -> bool:
+    ) -> Registered:
         if not allow_new and self._table.get(id, now) is None:
             raise NewMembersLimited(id)
-        _, new = self._table.register(id, name, cert, addresses, now, lease_hash=lease_hash)
-        return new
+        table = self._table
+        _, new = table.register(id, name, cert, addresses, now, ttl=ttl, lease_hash=lease_hash)
+        return Registered(new, len(table))
 
-    async def renew(self, id: str, now: float, *, lease_hash: str) -> int | None:
+    async def renew(self, id: str, now: float, *, ttl: float, lease_hash: str) -> int | None:
         if not self._holds_lease(id, now, lease_hash):
             return None
-        self._table.renew(id, now)
-        return self._table.version
+        self._table.renew(id, now, ttl=ttl)
+        return len(self._table)
 
     async def leave(self, id: str, now: float, *, lease_hash: str) -> bool:
         if not self._holds_lease(id, now, lease_hash):
@@ -138,26 +156,33 @@ class MemoryStore:
     async def expire(self, now: float) -> list[str]:
         return [entry.id for entry in self._table.expire(now)]
 
+    async def get(self, id: str, now: float) -> Entry | None:
+        return checked(self._table.get(id, now), "memory")
+
+    async def resolve(
+        self, name: str, prefix: str | None, now: float, *, limit: int = RESOLVE_LIMIT
+    ) -> tuple[list[Entry], bool]:
+        found, more = self._table.resolve(name, prefix, now, limit=limit)
+        return list(skip_bad(found, "memory")), more
+
+    async def page(
+        self, after: str, now: float, *, limit: int, certs: bool
+    ) -> tuple[list[Entry], str | None]:
+        found, following = self._table.page(after, now, limit=limit)
+        good = skip_bad(found, "memory")
+        return [e if certs else replace(e, cert="") for e in good], following
+
     async def members(self, now: float) -> list[Entry]:
         return list(skip_bad(self._table.active(now), "memory"))
 
-    async def version(self, now: float) -> int:
-        return self._table.version
-
-    async def changes_since(self, since: int | None, now: float) -> Changes:
-        changes = self._table.changes_since(since, now)
-        return replace(changes, members=list(skip_bad(changes.members, "memory")))
-
     async def count(self, now: float) -> int:
-        return sum(1 for _ in self._table.active(now))
+        return len(self._table)
+
+    async def processes(self, now: float) -> int:
+        return 1
 
     async def remember_nonce(self, nonce: str, expires_at: float, now: float) -> bool:
         return self._nonces.check_and_add(nonce, expires_at, now)
 
     async def aclose(self) -> None:
         pass
-
-
-def start_version() -> int:
-    """Where a new store's membership version starts: now, in microseconds."""
-    return int(time.time() * 1e6)

@@ -1,26 +1,35 @@
 """The registry's membership table: pure, no I/O, every operation takes ``now``.
 
-A member's lease lasts ``ttl`` seconds from its last register or heartbeat.
-Because the ttl is the same for everyone, members ordered by last renewal are
-also ordered by expiry, so an insertion-ordered dict gives O(1) renew and
-amortised O(1) expiry.
+Each member's lease ends at its own ``expires_at`` (its last register or
+heartbeat plus the ttl that answer advised, docs/protocol.md §3.3).  What the
+routes need, each without looking at every member:
 
-The membership version counts changes of who is a member and of what the
-others need to reach them (name, addresses, certificate): a join, a changed
-re-register, a leave, an expiry.  Heartbeats do not count, so that a peer
-whose version is current has nothing to fetch.  The last ``log_size``
-changes are kept as (version, id), which answers "what changed since V"
-in O(changes) for any V not older than the log.
+- by id: a dict;
+- pages and id prefixes: the ids in a sorted list (sortedcontainers), so a
+  page or a prefix is a range;
+- names: ``<name>\\0<id>`` in a sorted list, so the members of one name come
+  sorted by id, as a range (names are printable: never a NUL);
+- expiry: buckets by second of ``expires_at``, and a heap of the buckets'
+  seconds: a sweep takes the buckets that ran out, O(expired), and looks
+  into the one current second only.
+
+A member whose lease ran out is never answered (``get``, pages, resolution
+and lists check ``expires_at``) even before the sweep removes it.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-#: Changes kept for deltas: a peer further behind gets the whole list.
-CHANGE_LOG_SIZE = 10_000
+from sortedcontainers import SortedList
+
+#: Members answered by one resolution at most (docs/protocol.md §3.4).
+RESOLVE_LIMIT = 10
+#: The character after every character of an id (a-z, 2-7): the end of a prefix's range.
+_AFTER_ID_CHARS = "{"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,45 +39,32 @@ class Entry:
     cert: str
     addresses: tuple[str, ...]
     last_seen: float
+    #: When the lease runs out: the last register or heartbeat plus its ttl.
+    expires_at: float = math.inf
     #: SHA-256 (hex) of the lease token its last register was given; never listed.
     lease_hash: str = ""
 
-    def expires_at(self, ttl: float) -> float:
-        return self.last_seen + ttl
-
-    def same_member(self, other: Entry) -> bool:
-        """What the other members see is unchanged (``last_seen`` aside)."""
-        return (self.name, self.cert, self.addresses) == (other.name, other.cert, other.addresses)
+    def live(self, now: float) -> bool:
+        return self.expires_at > now
 
 
-@dataclass(frozen=True, slots=True)
-class Changes:
-    """What changed after a version, or everything when ``full``.
-
-    ``members`` are the live records of members that joined or changed (all
-    members when ``full``); ``left`` the ids that are no longer members.
-    """
-
-    version: int
-    full: bool
-    members: list[Entry] = field(default_factory=list)
-    left: list[str] = field(default_factory=list)
+def name_key(name: str, member_id: str) -> str:
+    """The key of the name index: sorted by name, then by id."""
+    return f"{name}\0{member_id}"
 
 
 class RegistryTable:
-    def __init__(self, ttl: float, *, version: int = 0, log_size: int = CHANGE_LOG_SIZE) -> None:
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
-        self.ttl = ttl
+    def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}
-        self.version = version
-        self._log: deque[tuple[int, str]] = deque(maxlen=log_size)
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return self.ttl / 3
+        self._ids = SortedList()
+        self._names = SortedList()
+        #: Second (ceil of expires_at) -> ids whose lease ends within it.
+        self._buckets: dict[int, set[str]] = {}
+        #: The buckets' seconds, soonest first (a second may appear twice: harmless).
+        self._seconds: list[int] = []
 
     def __len__(self) -> int:
+        """Members, counting those whose lease ran out within the last sweep's second."""
         return len(self._entries)
 
     def register(
@@ -79,93 +75,129 @@ class RegistryTable:
         addresses: tuple[str, ...],
         now: float,
         *,
+        ttl: float,
         lease_hash: str = "",
     ) -> tuple[Entry, bool]:
-        """Add or replace a member; returns the entry and whether it is new."""
-        old = self.get(id, now)
-        entry = Entry(
-            id=id, name=name, cert=cert, addresses=addresses, last_seen=now, lease_hash=lease_hash
-        )
-        self._entries.pop(id, None)
+        """Add or replace a member with a lease of ``ttl``; the entry and whether it is new
+        (it was no live member)."""
+        old = self._entries.get(id)
+        entry = Entry(id, name, cert, addresses, now, now + ttl, lease_hash)
+        if old is None:
+            self._ids.add(id)
+            self._names.add(name_key(name, id))
+        else:
+            self._unbucket(old)
+            if old.name != name:
+                self._names.remove(name_key(old.name, id))
+                self._names.add(name_key(name, id))
         self._entries[id] = entry
-        if old is None or not old.same_member(entry):
-            self._changed(id)
-        return entry, old is None
+        self._bucket(entry)
+        return entry, old is None or not old.live(now)
 
-    def renew(self, id: str, now: float) -> Entry | None:
-        """Extend a live member's lease; None if unknown or already expired."""
+    def renew(self, id: str, now: float, *, ttl: float) -> Entry | None:
+        """Extend a live member's lease to ``now + ttl``; None if unknown or run out."""
         entry = self.get(id, now)
         if entry is None:
             return None
-        renewed = replace(entry, last_seen=now)
-        del self._entries[id]
+        self._unbucket(entry)
+        renewed = replace(entry, last_seen=now, expires_at=now + ttl)
         self._entries[id] = renewed
+        self._bucket(renewed)
         return renewed
 
     def leave(self, id: str) -> Entry | None:
-        entry = self._entries.pop(id, None)
+        entry = self._entries.get(id)
         if entry is not None:
-            self._changed(id)
+            self._unbucket(entry)
+            self._remove(entry)
         return entry
 
     def get(self, id: str, now: float) -> Entry | None:
         entry = self._entries.get(id)
-        if entry is None or entry.expires_at(self.ttl) <= now:
+        if entry is None or not entry.live(now):
             return None
         return entry
 
     def expire(self, now: float) -> list[Entry]:
-        """Remove and return the members whose lease ran out."""
+        """Remove and return the members whose lease ran out by ``now``."""
         gone: list[Entry] = []
-        for entry in self._entries.values():
-            if entry.expires_at(self.ttl) > now:
-                break
-            gone.append(entry)
-        for entry in gone:
-            del self._entries[entry.id]
-            self._changed(entry.id)
+        seconds = self._seconds
+        while seconds and seconds[0] <= now:
+            for member_id in self._buckets.pop(heapq.heappop(seconds), ()):
+                gone.append(self._remove(self._entries[member_id]))
+        # The current second's bucket holds leases that end before and after ``now``.
+        current = self._buckets.get(math.ceil(now))
+        if current:
+            ended = [i for i in current if not self._entries[i].live(now)]
+            for member_id in ended:
+                current.discard(member_id)
+                gone.append(self._remove(self._entries[member_id]))
         return gone
 
     def active(self, now: float) -> Iterator[Entry]:
-        """Live members, oldest renewal first; expired ones are skipped even before expire()."""
-        return (e for e in self._entries.values() if e.expires_at(self.ttl) > now)
+        """Live members, in no particular order."""
+        return (e for e in self._entries.values() if e.live(now))
 
-    def _changed(self, id: str) -> None:
-        self.version += 1
-        self._log.append((self.version, id))
+    def page(self, after: str, now: float, *, limit: int) -> tuple[list[Entry], str | None]:
+        """Up to ``limit`` live members with ids sorted after ``after`` ("": from the
+        start); and the id to continue after, None when no member follows."""
+        found: list[Entry] = []
+        ids = self._ids.irange(minimum=after, inclusive=(False, True)) if after else self._ids
+        for member_id in ids:
+            entry = self._entries[member_id]
+            if not entry.live(now):
+                continue  # swept within the second
+            if len(found) == limit:
+                return found, found[-1].id
+            found.append(entry)
+        return found, None
 
-    def changes_since(self, since: int | None, now: float) -> Changes:
-        """Who joined, changed or left after version ``since``; everything when
-        ``since`` is None, outside what the log covers, or when the delta would
-        be longer than the list itself."""
-        touched = None if since is None else self._touched_since(since)
-        if touched is None:
-            return Changes(self.version, True, list(self.active(now)))
-        members: list[Entry] = []
-        left: list[str] = []
-        for id in touched:
-            entry = self.get(id, now)
-            if entry is None:
-                left.append(id)
-            else:
-                members.append(entry)
-        return Changes(self.version, False, members, left)
+    def resolve(
+        self, name: str, prefix: str | None, now: float, *, limit: int = RESOLVE_LIMIT
+    ) -> tuple[list[Entry], bool]:
+        """Members named ``name`` or whose id starts with ``prefix``: the first ``limit``
+        by id, and whether there are more."""
+        # The first limit + 1 of each, by id, hold the first limit + 1 of their union.
+        named = self._first_live(self._named(name), now, limit + 1)
+        prefixed = self._first_live(self._prefixed(prefix), now, limit + 1) if prefix else []
+        ids = sorted(set(named) | set(prefixed))
+        return [self._entries[i] for i in ids[:limit]], len(ids) > limit
 
-    def _touched_since(self, since: int) -> dict[str, None] | None:
-        """The ids changed after ``since``, once each; None if the log cannot tell."""
-        log = self._log
-        # Versions are consecutive, so the log answers any cursor from the
-        # version just before its oldest entry up to the current one.
-        oldest = log[0][0] - 1 if log else self.version
-        if not oldest <= since <= self.version:
-            return None
-        touched: dict[str, None] = {}
-        limit = len(self._entries)
-        # Newest first, so the cost is that of the changes, not of the log.
-        for version, id in reversed(log):
-            if version <= since:
-                break
-            touched[id] = None
-            if len(touched) > limit:
-                return None
-        return touched
+    def _named(self, name: str) -> Iterator[str]:
+        start = len(name) + 1
+        low, high = f"{name}\0", f"{name}\1"
+        for key in self._names.irange(minimum=low, maximum=high, inclusive=(True, False)):
+            yield key[start:]
+
+    def _prefixed(self, prefix: str) -> Iterator[str]:
+        high = prefix + _AFTER_ID_CHARS
+        return iter(self._ids.irange(minimum=prefix, maximum=high, inclusive=(True, False)))
+
+    def _first_live(self, ids: Iterator[str], now: float, count: int) -> list[str]:
+        found: list[str] = []
+        for member_id in ids:
+            if self._entries[member_id].live(now):
+                found.append(member_id)
+                if len(found) == count:
+                    break
+        return found
+
+    def _remove(self, entry: Entry) -> Entry:
+        """Out of the dict and both indexes (its bucket is the caller's)."""
+        del self._entries[entry.id]
+        self._ids.remove(entry.id)
+        self._names.remove(name_key(entry.name, entry.id))
+        return entry
+
+    def _bucket(self, entry: Entry) -> None:
+        second = math.ceil(entry.expires_at)
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = set()
+            heapq.heappush(self._seconds, second)
+        bucket.add(entry.id)
+
+    def _unbucket(self, entry: Entry) -> None:
+        bucket = self._buckets.get(math.ceil(entry.expires_at))
+        if bucket is not None:
+            bucket.discard(entry.id)

@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from registryd.health import StoreHealth
-from registryd.store import NewMembersLimited, Store, StoreError, WrongLease
-from registryd.table import Changes, Entry
+from registryd.store import NewMembersLimited, Registered, Store, StoreError, WrongLease
+from registryd.table import RESOLVE_LIMIT, Entry
 
 log = logging.getLogger("registryd")
 
@@ -33,7 +33,6 @@ class WatchedStore:
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.ttl = store.ttl
         self.health = health
         self._store = store
         self._name = name
@@ -77,17 +76,18 @@ class WatchedStore:
         addresses: tuple[str, ...],
         now: float,
         *,
+        ttl: float,
         lease_hash: str,
         allow_new: bool = True,
-    ) -> bool:
+    ) -> Registered:
         return await self._call(
             lambda: self._store.register(
-                id, name, cert, addresses, now, lease_hash=lease_hash, allow_new=allow_new
+                id, name, cert, addresses, now, ttl=ttl, lease_hash=lease_hash, allow_new=allow_new
             )
         )
 
-    async def renew(self, id: str, now: float, *, lease_hash: str) -> int | None:
-        return await self._call(lambda: self._store.renew(id, now, lease_hash=lease_hash))
+    async def renew(self, id: str, now: float, *, ttl: float, lease_hash: str) -> int | None:
+        return await self._call(lambda: self._store.renew(id, now, ttl=ttl, lease_hash=lease_hash))
 
     async def leave(self, id: str, now: float, *, lease_hash: str) -> bool:
         return await self._call(lambda: self._store.leave(id, now, lease_hash=lease_hash))
@@ -95,17 +95,27 @@ class WatchedStore:
     async def expire(self, now: float) -> list[str]:
         return await self._call(lambda: self._store.expire(now), probe=True)
 
+    async def get(self, id: str, now: float) -> Entry | None:
+        return await self._call(lambda: self._store.get(id, now))
+
+    async def resolve(
+        self, name: str, prefix: str | None, now: float, *, limit: int = RESOLVE_LIMIT
+    ) -> tuple[list[Entry], bool]:
+        return await self._call(lambda: self._store.resolve(name, prefix, now, limit=limit))
+
+    async def page(
+        self, after: str, now: float, *, limit: int, certs: bool
+    ) -> tuple[list[Entry], str | None]:
+        return await self._call(lambda: self._store.page(after, now, limit=limit, certs=certs))
+
     async def members(self, now: float) -> list[Entry]:
         return await self._call(lambda: self._store.members(now))
 
-    async def version(self, now: float) -> int:
-        return await self._call(lambda: self._store.version(now))
-
-    async def changes_since(self, since: int | None, now: float) -> Changes:
-        return await self._call(lambda: self._store.changes_since(since, now))
-
     async def count(self, now: float) -> int:
         return await self._call(lambda: self._store.count(now))
+
+    async def processes(self, now: float) -> int:
+        return await self._call(lambda: self._store.processes(now))
 
     async def remember_nonce(self, nonce: str, expires_at: float, now: float) -> bool:
         return await self._call(lambda: self._store.remember_nonce(nonce, expires_at, now))

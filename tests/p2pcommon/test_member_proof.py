@@ -224,7 +224,7 @@ async def test_a_standard_client_registers_with_two_signatures() -> None:
         use_existing_digest=True,
         **common,
     )
-    app = RegistryApp(Signer(SECRET), MemoryStore(30.0), RegistryMetrics())
+    app = RegistryApp(Signer(SECRET), MemoryStore(), RegistryMetrics())
     fields = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     answer = await app.handle(Request("POST", "/register", fields, body.encode(), "192.0.2.1"))
     assert answer.status == 200, answer.body

@@ -1,9 +1,11 @@
-"""The registry client: failover across registries, and answers it must not trust."""
+"""The registry client: failover across registries, lookups, and answers it must not trust."""
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ import trio
 
 from p2pcommon.backoff import Backoff
 from p2pcommon.httpserver import HttpServer, Request, Response, json_response
-from p2pcommon.registry_client import RegistryClient, RegistryUnavailable
+from p2pcommon.registry_client import InvalidAnswer, RegistryClient, RegistryUnavailable
+from p2pcommon.signing import Signer
 from tests.support import SECRET, Peer, RunningRegistry, free_port, run_registryd
 
 
@@ -111,4 +114,111 @@ async def test_an_endless_or_trickling_answer_fails_over_in_bounded_time() -> No
         async with RegistryClient([url], SECRET, timeout=0.5) as client:
             with trio.fail_after(30), pytest.raises(RegistryUnavailable, match="no whole answer"):
                 await client.clients()
+        nursery.cancel_scope.cancel()
+
+
+# -- lookups ---------------------------------------------------------------------
+
+
+async def test_lookups_resolutions_and_pages(registry: RunningRegistry) -> None:
+    peers = [Peer.new(name) for name in ("alice", "bob", "Zoë & co", "bob")]
+    async with RegistryClient([registry.url], SECRET) as client:
+        for peer in peers:
+            await register(client, peer)
+        alice = await client.member(peers[0].id)
+        assert alice is not None and (alice.name, alice.cert) == ("alice", peers[0].cert)
+        assert await client.member("a" * 52) is None
+        with pytest.raises(ValueError, match="not a peer id"):
+            await client.member("alice")
+        bobs, more = await client.resolve("bob")
+        assert ([m.id for m in bobs], more) == (sorted([peers[1].id, peers[3].id]), False)
+        assert [m.name for m in (await client.resolve("Zoë & co"))[0]] == ["Zoë & co"]
+        assert [m.name for m in (await client.resolve(peers[0].id[:8].upper()))[0]] == ["alice"]
+        walked, after = [], None
+        while True:
+            page, after = await client.members_page(after, 3, certs=False)
+            walked += page
+            if after is None:
+                break
+        assert [m.id for m in walked] == sorted(p.id for p in peers)
+        assert all(m.cert == "" for m in walked)
+        assert (await client.members_page(limit=5000))[0][0].cert == min(
+            peers, key=lambda p: p.id
+        ).cert
+
+
+def forger(answer: object) -> Callable[[Request], Awaitable[Response]]:
+    """A registry holding the secret that signs whatever ``answer`` is, whatever was asked."""
+    signer = Signer(SECRET)
+
+    async def handle(request: Request) -> Response:
+        verified = signer.verify_request(
+            request.method, request.target, request.headers, request.body, now=time.time()
+        )
+        body = json.dumps(answer).encode()
+        headers = signer.sign_response(200, body, nonce=verified.nonce, now=time.time())
+        return Response(200, body, list(headers.items()))
+
+    return handle
+
+
+def record(member_id: str) -> dict[str, object]:
+    return {"id": member_id, "name": "n", "addresses": [], "last_seen": 0}
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ({"members": [], "next": None, "after": "b", "limit": 10, "certs": 0}, "after="),
+        ({"members": [], "next": None, "after": None, "limit": 1000, "certs": 0}, "limit="),
+        ({"members": [], "next": None, "after": None, "limit": 10, "certs": 1}, "certs="),
+        (
+            {
+                "members": [record("c" * 52), record("b" * 52)],
+                "next": None,
+                "after": None,
+                "limit": 10,
+                "certs": 0,
+            },
+            "sorted",
+        ),
+        (
+            {
+                "members": [record("c" * 52)],
+                "next": "b" * 52,
+                "after": None,
+                "limit": 10,
+                "certs": 0,
+            },
+            "go on before",
+        ),
+    ],
+)
+async def test_a_page_must_answer_the_query_asked(answer: object, reason: str) -> None:
+    """The signature covers the path, not the query: the echo ties the page to it."""
+    server = HttpServer(forger(answer))
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        await nursery.start(server.run, listeners)
+        url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        async with RegistryClient([url], SECRET) as client:
+            with pytest.raises(InvalidAnswer, match=reason):
+                await client.members_page(None, 10, certs=False)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lookup_or_resolution_of_something_else_is_refused() -> None:
+    other = record("b" * 52) | {"cert": "PEM"}
+    async with trio.open_nursery() as nursery:
+        urls = []
+        for answer in (other, {"query": "mallory", "members": [other], "more": False}):
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            await nursery.start(HttpServer(forger(answer)).run, listeners)
+            urls.append(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+        async with RegistryClient([urls[0]], SECRET) as client:
+            with pytest.raises(InvalidAnswer, match="answered member"):
+                await client.member("a" * 52)
+        async with RegistryClient([urls[1]], SECRET) as client:
+            with pytest.raises(InvalidAnswer, match="resolved 'mallory'"):
+                await client.resolve("alice")
         nursery.cancel_scope.cancel()

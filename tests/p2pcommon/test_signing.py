@@ -336,7 +336,7 @@ async def test_the_registry_derives_authority_from_the_host_header_it_received()
     from registryd.metrics import RegistryMetrics
     from registryd.store import MemoryStore
 
-    app = RegistryApp(Signer(SECRET), MemoryStore(30.0), RegistryMetrics())
+    app = RegistryApp(Signer(SECRET), MemoryStore(), RegistryMetrics())
 
     def request(host: str) -> Request:
         message = signed_for(
@@ -358,7 +358,7 @@ async def test_the_registry_verifies_a_query_against_the_target_it_received() ->
     from registryd.metrics import RegistryMetrics
     from registryd.store import MemoryStore
 
-    app = RegistryApp(Signer(SECRET), MemoryStore(30.0), RegistryMetrics())
+    app = RegistryApp(Signer(SECRET), MemoryStore(), RegistryMetrics())
     components = ("@method", "@path", "@query", "content-digest")
 
     def request(received_target: str, nonce: str) -> Request:

@@ -152,7 +152,7 @@ def test_one_signature_field_without_the_other_is_named() -> None:
 
 
 async def test_the_registry_401_names_the_failing_part() -> None:
-    app = RegistryApp(Signer(SECRET), MemoryStore(30.0), RegistryMetrics())
+    app = RegistryApp(Signer(SECRET), MemoryStore(), RegistryMetrics())
     fields = hand_signed(label="mine")
     headers = [(name.lower().encode(), value.encode()) for name, value in fields]
     answer = await app.handle(Request("POST", "/heartbeat", headers, BODY, "192.0.2.8"))

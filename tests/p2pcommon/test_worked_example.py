@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-import registryd.store
 from p2pcommon.httpserver import Request, Response
 from p2pcommon.member_proof import (
     add_member_signature,
@@ -35,6 +34,7 @@ from p2pcommon.member_proof import (
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
 from registryd.metrics import RegistryMetrics
+from registryd.pace import Pace
 from registryd.store import MemoryStore
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -50,7 +50,8 @@ class Example:
     nonce: str
     register_body: bytes
     register_answer: bytes
-    version_before: int
+    #: The jitter the registry draws for both answers, as a fraction.
+    jitter: float
     heartbeat_body: bytes
     heartbeat_created: int
     heartbeat_nonce: str
@@ -88,7 +89,7 @@ def example() -> Example:
         nonce=nonces[0],
         register_body=blocks[1].encode(),
         register_answer=bodies[0].encode(),
-        version_before=int(one(r"membership version \(§3.4\) is `(\d+)`", prose)),
+        jitter=float(one(r"draws a jitter of `(\d+(?:\.\d+)?) %`", prose)) / 100,
         heartbeat_body=bodies[1].encode(),
         heartbeat_created=int(created[1]),
         heartbeat_nonce=nonces[1],
@@ -167,12 +168,14 @@ def assert_answer(
 async def test_the_registry_answers_both_exactly_as_shown(
     example: Example, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(registryd.store, "start_version", lambda: example.version_before)
     lease = json.loads(example.register_answer)["lease"]
     monkeypatch.setattr("secrets.token_urlsafe", lambda size: lease)
-    store = MemoryStore(30.0)
+    store = MemoryStore()
     now = [example.created]
-    app = RegistryApp(Signer(example.secret), store, RegistryMetrics(), clock=lambda: now[0])
+    pace = Pace(jitter=lambda: example.jitter)
+    app = RegistryApp(
+        Signer(example.secret), store, RegistryMetrics(), pace=pace, clock=lambda: now[0]
+    )
     sent = fields(example.blocks[2]) + fields(example.blocks[5])
     answer = await app.handle(request("POST", "/register", sent, example.register_body))
     assert_answer(

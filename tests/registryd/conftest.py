@@ -11,6 +11,7 @@ from p2pcommon.httpserver import Request
 from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
 from registryd.metrics import RegistryMetrics
+from registryd.pace import Pace
 from registryd.store import MemoryStore
 from tests.support import SECRET, Peer
 
@@ -30,7 +31,9 @@ def clock() -> Clock:
 
 @pytest.fixture
 def app(clock: Clock) -> RegistryApp:
-    return RegistryApp(Signer(SECRET), MemoryStore(30.0), RegistryMetrics(), clock=clock)
+    """Without jitter: leases of exactly 30 s, heartbeats every 10 s."""
+    pace = Pace(jitter=lambda: 0.0)
+    return RegistryApp(Signer(SECRET), MemoryStore(), RegistryMetrics(), pace=pace, clock=clock)
 
 
 def signed(

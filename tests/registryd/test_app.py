@@ -38,22 +38,24 @@ async def lease_of(app: RegistryApp, peer: Peer, now: float) -> str:
 
 
 async def listed(app: RegistryApp, now: float) -> list[dict[str, Any]]:
-    response = await app.handle(signed("GET", "/clients", now=now))
+    """Every live member, by id (one page: the tests have fewer than 1000)."""
+    response = await app.handle(signed("GET", "/members?limit=1000", now=now))
     assert response.status == 200
-    clients: list[dict[str, Any]] = payload(response)["clients"]
-    return clients
+    members: list[dict[str, Any]] = payload(response)["members"]
+    return members
 
 
 async def test_register_answers_the_lease(app: RegistryApp, clock: Clock) -> None:
     response = await register(app, Peer.new(), clock.now)
     assert response.status == 200
     lease = payload(response)
-    assert (lease["ttl"], lease["heartbeat_interval"]) == (30.0, 10.0)
-    assert isinstance(lease["version"], int)
+    assert list(lease) == ["ttl", "heartbeat_interval", "lease", "members"]
+    assert (lease["ttl"], lease["heartbeat_interval"], lease["members"]) == (30.0, 10.0, 1)
     # 128 random bits, base64url; a new one at every register.
     assert len(lease["lease"]) == 22
     again = payload(await register(app, Peer.new(), clock.now))
     assert again["lease"] != lease["lease"]
+    assert again["members"] == 2
 
 
 async def test_source_address_is_recorded_when_none_is_advertised(
@@ -120,7 +122,8 @@ async def test_lease_lifecycle_with_a_fake_clock(app: RegistryApp, clock: Clock)
     body = {"id": peer.id, "lease": token}
     beat = await app.handle(signed("POST", "/heartbeat", body, now=clock.now))
     assert beat.status == 200
-    assert "lease" not in payload(beat)  # the lease stays the register's
+    # The lease stays the register's.
+    assert payload(beat) == {"ttl": 30.0, "heartbeat_interval": 10.0, "members": 1}
     clock.now += 25  # 50 s after registering, 25 s after the heartbeat
     assert [c["id"] for c in await listed(app, clock.now)] == [peer.id]
     clock.now += 5
@@ -276,7 +279,7 @@ async def test_only_the_certificate_itself_reaches_the_members(
 async def test_new_ids_from_one_source_are_limited_members_are_not(clock: Clock) -> None:
     app = RegistryApp(
         Signer(SECRET),
-        MemoryStore(30.0),
+        MemoryStore(),
         RegistryMetrics(),
         newcomers=NewMemberLimiter(burst=2, rate=0.5),
         clock=clock,
@@ -294,7 +297,7 @@ async def test_new_ids_from_one_source_are_limited_members_are_not(clock: Clock)
     limited = await join(carol, "2001:db8:0:1::c")
     assert (limited.status, payload(limited)["error"]) == (429, "too many new members")
     assert dict(limited.headers)["Retry-After"] == "2"
-    assert [c["name"] for c in await listed(app, clock.now)] == ["alice", "bob"]
+    assert sorted(c["name"] for c in await listed(app, clock.now)) == ["alice", "bob"]
     # A member renews its record however empty the bucket; another /64 is not slowed.
     assert (await join(alice, "2001:db8:0:1::a")).status == 200
     assert (await join(carol, "2001:db8:0:2::c")).status == 200

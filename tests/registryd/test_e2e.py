@@ -56,16 +56,27 @@ async def test_register_list_heartbeat_leave_with_verified_answers(
     alice, bob = Peer.new("alice"), Peer.new("bob")
     async with RegistryClient([registry.url], SECRET) as client:
         lease = await client.register(alice.registration(), alice.prove)
-        assert (lease.ttl, lease.heartbeat_interval) == (30, 10)
-        await client.register(bob.registration(7171, addresses=["127.0.0.2:7171"]), bob.prove)
+        # peer_ttl 30: heartbeats every 10 s, lengthened by a jitter of up to 10 %.
+        assert 10 <= lease.heartbeat_interval <= 11
+        assert lease.ttl == pytest.approx(3 * lease.heartbeat_interval, abs=0.002)
+        assert lease.members == 1
+        bob_lease = await client.register(
+            bob.registration(7171, addresses=["127.0.0.2:7171"]), bob.prove
+        )
+        assert bob_lease.members == 2
         members = {m.name: m for m in await client.clients()}
         assert members["alice"].addresses == ["127.0.0.1:7070"]
         assert members["bob"].addresses == ["127.0.0.2:7171"]
         assert members["alice"].cert == alice.cert
         assert abs(members["alice"].last_seen - time.time()) < 5
-        await client.heartbeat(alice.id, lease.lease)
+        assert (await client.member(bob.id)) == members["bob"]
+        page, following = await client.members_page(limit=10, certs=False)
+        assert sorted(m.name for m in page) == ["alice", "bob"] and following is None
+        assert [m.name for m in (await client.resolve("alice"))[0]] == ["alice"]
+        assert (await client.heartbeat(alice.id, lease.lease)).members == 2
         await client.leave(alice.id, lease.lease)
-        assert [m.name for m in await client.clients()] == ["bob"]
+        assert await client.member(alice.id) is None  # at once: no snapshot for lookups
+        assert [m.name for m in (await client.members_page())[0]] == ["bob"]
         with pytest.raises(UnknownMember):
             await client.heartbeat(alice.id, lease.lease)
     assert "registered" in registry.log() and "left" in registry.log()
@@ -76,11 +87,11 @@ async def test_members_whose_lease_runs_out_vanish(tmp_path: Path) -> None:
         peer = Peer.new()
         async with RegistryClient([registry.url], SECRET) as client:
             lease = await client.register(peer.registration(), peer.prove)
-            assert lease.heartbeat_interval == pytest.approx(0.2)
-            assert len(await client.clients()) == 1
+            assert 0.2 <= lease.heartbeat_interval <= 0.22
+            assert await client.member(peer.id) is not None
 
             async def no_members() -> bool:
-                return not await client.clients()
+                return await client.member(peer.id) is None and not await client.clients()
 
             await wait_until(no_members, what="the member to expire")
             with pytest.raises(UnknownMember):

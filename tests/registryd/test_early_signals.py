@@ -43,7 +43,7 @@ async def test_sighup_and_sigterm_during_start_up_are_handled_once_serving(
     def slow_make_store(settings: RegistrySettings) -> Store:
         # Arrives while registryd is still making its store, before any listener.
         os.kill(os.getpid(), signal.SIGHUP)
-        return MemoryStore(settings.peer_ttl)
+        return MemoryStore()
 
     def messages() -> list[str]:
         return [record.getMessage() for record in caplog.records]
@@ -77,7 +77,7 @@ async def test_sigterm_during_start_up_stops_gracefully_once_started(
 
     def slow_make_store(settings: RegistrySettings) -> Store:
         os.kill(os.getpid(), signal.SIGTERM)
-        return MemoryStore(settings.peer_ttl)
+        return MemoryStore()
 
     monkeypatch.setattr(registryd.server, "make_store", slow_make_store)
     with trio.fail_after(30):

@@ -27,10 +27,16 @@ Head = tuple[int, dict[str, str]]
 
 @pytest.fixture
 async def registry_port() -> AsyncIterator[int]:
-    store = MemoryStore(30.0)
+    store = MemoryStore()
     peer = Peer.new("alice")
     await store.register(
-        peer.id, peer.name, peer.cert, ("127.0.0.1:7070",), time.time(), lease_hash="5e" * 32
+        peer.id,
+        peer.name,
+        peer.cert,
+        ("127.0.0.1:7070",),
+        time.time(),
+        ttl=30.0,
+        lease_hash="5e" * 32,
     )
     server = HttpServer(RegistryApp(Signer(SECRET), store, RegistryMetrics()).handle)
     async with trio.open_nursery() as nursery:

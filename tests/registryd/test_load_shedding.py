@@ -30,8 +30,8 @@ MAX_IN_PROGRESS = 3
 class HeldStore(MemoryStore):
     """The memory store, whose nonce checks wait for ``release`` once ``hold()`` is called."""
 
-    def __init__(self, ttl: float) -> None:
-        super().__init__(ttl)
+    def __init__(self) -> None:
+        super().__init__()
         self.release: trio.Event | None = None
         self.nonce_checks = 0
 
@@ -92,7 +92,7 @@ async def read_answer(stream: trio.SocketStream) -> Answer:
 
 
 async def test_past_the_bound_requests_get_503_at_once_while_the_held_ones_complete() -> None:
-    store = HeldStore(90.0)
+    store = HeldStore()
     peer = Peer.new()
     async with serving(store) as (server, port):
         register = {"id": peer.id, "name": "a", "cert": peer.cert, "port": 7070}
@@ -163,7 +163,7 @@ async def test_stalled_half_requests_do_not_shed_anyone_else() -> None:
     # hold connections (bounded per address), never the shedding budget, so a
     # member's whole, signed heartbeat is still served.
     peer = Peer.new()
-    async with serving(MemoryStore(90.0)) as (server, port):
+    async with serving(MemoryStore()) as (server, port):
         stalled = []
         for _ in range(MAX_IN_PROGRESS * 4):
             stream = await trio.open_tcp_stream("127.0.0.1", port)

@@ -1,4 +1,4 @@
-"""Store health without processes: the pure state, the watched store, the app, the expire loop."""
+"""Store health without processes: the pure state, the watched store, the app, the census loop."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from p2pcommon.signing import Signer
 from registryd.app import RegistryApp
 from registryd.health import StoreHealth
 from registryd.metrics import RegistryMetrics
-from registryd.server import _expire_loop
-from registryd.store import MemoryStore, StoreError
+from registryd.pace import Pace
+from registryd.server import _census_loop
+from registryd.store import MemoryStore, Registered, StoreError
 from registryd.watched_store import WatchedStore
 from tests.support import SECRET, Peer
 
@@ -25,8 +26,8 @@ REFUSED = "redis: Error 111 connecting to 127.0.0.1:6379. Connection refused."
 class FlakyStore(MemoryStore):
     """A memory store that fails like a dead Redis while ``down``, counting the calls."""
 
-    def __init__(self, ttl: float = 30.0) -> None:
-        super().__init__(ttl)
+    def __init__(self) -> None:
+        super().__init__()
         self.down = False
         self.calls = 0
         self.expire_bug: Exception | None = None
@@ -44,12 +45,13 @@ class FlakyStore(MemoryStore):
         addresses: tuple[str, ...],
         now: float,
         *,
+        ttl: float,
         lease_hash: str,
         allow_new: bool = True,
-    ) -> bool:
+    ) -> Registered:
         self._check()
         return await super().register(
-            id, name, cert, addresses, now, lease_hash=lease_hash, allow_new=allow_new
+            id, name, cert, addresses, now, ttl=ttl, lease_hash=lease_hash, allow_new=allow_new
         )
 
     async def remember_nonce(self, nonce: str, expires_at: float, now: float) -> bool:
@@ -190,22 +192,23 @@ async def test_healthz_answers_head_and_refuses_other_methods(app: RegistryApp) 
     assert ("Allow", "GET, HEAD") in post.headers
 
 
-# -- the expire loop (c) -------------------------------------------------------
+# -- the census loop (c) -------------------------------------------------------
 
 
-async def test_the_expire_loop_outlives_store_errors_and_bugs(
+async def test_the_census_loop_outlives_store_errors_and_bugs(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "registryd")
-    flaky = FlakyStore(ttl=10.0)
+    flaky = FlakyStore()
     watched = WatchedStore(flaky, StoreHealth(), name="redis://x", clock=trio.current_time)
     metrics = RegistryMetrics()
     peer = Peer.new()
     # Long expired by time.time().
-    await flaky.register(peer.id, "p", peer.cert, (), now=0.0, lease_hash="5e" * 32)
+    await flaky.register(peer.id, "p", peer.cert, (), now=0.0, ttl=10.0, lease_hash="5e" * 32)
     flaky.down = True
+    pace = Pace()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_expire_loop, watched, metrics)
+        nursery.start_soon(_census_loop, watched, metrics, pace, 1.0)
         await trio.sleep(30)  # thirty rounds against a dead store
         assert not watched.health.available
         flaky.expire_bug = RuntimeError("a bug in one round")
@@ -216,4 +219,5 @@ async def test_the_expire_loop_outlives_store_errors_and_bugs(
     assert metrics.registry.get_sample_value("registry_expiries_total") == 1
     messages = [r.getMessage() for r in caplog.records]
     assert sum("unavailable (" in m for m in messages) == 1
-    assert any("expire failed: RuntimeError: a bug in one round" in m for m in messages)
+    assert any("census failed: RuntimeError: a bug in one round" in m for m in messages)
+    assert (pace.members, pace.processes) == (0, 1)  # counted again once the store answered
