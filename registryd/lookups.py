@@ -32,7 +32,10 @@ _PEER_ID = re.compile(PEER_ID_PATTERN)
 #: What ``after`` may be: an id, a prefix of one, or nothing (from the start).
 _AFTER = re.compile(r"[a-z2-7]{0,52}")
 _ID_PREFIX = re.compile(r"[a-z2-7]{1,52}")
-_LIMIT = re.compile(r"-?[0-9]{1,30}")
+_LIMIT = re.compile(r"-?[0-9]+")
+#: Digits of a limit read as a number; a longer one is clamped by its sign alone
+#: (int() of thousands of digits costs, and Python refuses past 4 300).
+_LIMIT_DIGITS = 9
 _PAGE_QUERY = ("after", "limit", "certs")
 
 Encode = Callable[[object], str]
@@ -155,4 +158,8 @@ def _page_query(target: str) -> tuple[str | None, int | None, bool] | Answer:
     certs = values.get("certs", "1")
     if certs not in ("0", "1"):
         return error(400, "bad request", "query 'certs': 1 (with certificates) or 0")
-    return after, None if limit is None else int(limit), certs == "1"
+    if limit is None:
+        return after, None, certs == "1"
+    if len(limit.lstrip("-")) > _LIMIT_DIGITS:
+        return after, -1 if limit.startswith("-") else MAX_PAGE + 1, certs == "1"
+    return after, int(limit), certs == "1"

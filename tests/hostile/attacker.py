@@ -312,10 +312,18 @@ def joined(url: str, who: Attacker, name: str, port: int, **fields: Any) -> str:
 
 
 def members(url: str) -> list[dict[str, Any]]:
-    answer = signed(url, "GET", "/clients")
-    assert answer.status == 200, answer
-    result: list[dict[str, Any]] = answer.json()["clients"]
-    return result
+    """Every member, page by page (fresh from the store; ``/clients`` may be a second old)."""
+    result: list[dict[str, Any]] = []
+    after = ""
+    while True:
+        query = f"?after={after}&limit=1000" if after else "?limit=1000"
+        answer = signed(url, "GET", "/members", query=query)
+        assert answer.status == 200, answer
+        page = answer.json()
+        result += page["members"]
+        if page["next"] is None:
+            return result
+        after = page["next"]
 
 
 # -- TLS to and from p2pd ----------------------------------------------------

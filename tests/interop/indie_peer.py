@@ -1,7 +1,7 @@
 """An independent p2p peer, written from docs/protocol.md alone (the parts in indie_*.py).
 
 It is a *foreign* member (§1): its own self-signed certificate.  It
-registers and heartbeats (§2, §3.2, §3.3), learns the members (§3.4),
+registers and heartbeats (§2, §3.2, §3.3), looks members up (§3.4),
 downloads from them (indie_client) and serves its own share (indie_server).
 Standard library and ``cryptography`` only: nothing of the project.
 """
@@ -12,14 +12,15 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tests.interop.indie_client import PeerClient
 from tests.interop.indie_identity import Identity, network_ca_pem, new_identity
 from tests.interop.indie_registry import Registry, RegistryRefused
 from tests.interop.indie_server import PeerServer
 
-#: Seconds between two member-list fetches caused by an unknown client.
-REFRESH_AT_MOST_EVERY = 1.0
+#: Seconds an answer "no such member" is kept (§3.4: at most 2 s).
+UNKNOWN_KEPT = 1.0
 
 
 class IndependentPeer:
@@ -31,14 +32,13 @@ class IndependentPeer:
         self.registry = Registry(registry_url, secret)
         self.client = PeerClient(self.identity)
         self.server = PeerServer(self.identity, network_ca_pem(secret), files, self.is_member)
-        self.members: dict[str, dict[str, Any]] = {}
+        #: id -> (its record, or None for no member; until when the answer is kept).
+        self._looked_up: dict[str, tuple[dict[str, Any] | None, float]] = {}
         self.lease: dict[str, Any] = {}
         #: §3.3: the lease token of our last register, shown by heartbeats and the leave.
         self.token = ""
         self.faults: list[str] = []
         self.heartbeats = 0
-        self._refreshed_at = 0.0
-        self._version: int | None = None
         self._members_lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True)
@@ -100,9 +100,6 @@ class IndependentPeer:
                     **self.registry.call("POST", "/heartbeat", body).payload,
                 }
                 self.heartbeats += 1
-                # §3.4: the list is fetched again only when the membership changed.
-                if self.lease.get("version") != self._version:
-                    self.refresh_members()
             except RegistryRefused as exc:
                 if " 404 " in str(exc) or " 403 " in str(exc):
                     self.register()
@@ -111,31 +108,38 @@ class IndependentPeer:
             except Exception as exc:
                 self.faults.append(f"heartbeat: {exc!r}")
 
-    def refresh_members(self) -> dict[str, dict[str, Any]]:
-        """§3.4 ``GET /clients?since=0``: the whole list, which includes ourselves."""
-        answer = self.registry.call("GET", "/clients", query="?since=0").payload
-        if answer.get("since") != 0 or answer.get("full") is not True:
-            raise RegistryRefused(f"not a full answer to since=0: {answer!r}")
-        members = {record["id"]: record for record in answer["clients"] if record["id"] != self.id}
-        with self._members_lock:
-            self.members, self._version = members, answer["version"]
-            self._refreshed_at = time.monotonic()
-        return members
+    def lookup(self, member_id: str) -> dict[str, Any] | None:
+        """§3.4 ``GET /members/<id>``: the member's record, or None (404)."""
+        try:
+            return self.registry.call("GET", f"/members/{member_id}").payload
+        except RegistryRefused as exc:
+            if " 404 " in str(exc):
+                return None
+            raise
 
     def member_named(self, name: str) -> dict[str, Any]:
-        found = [m for m in self.refresh_members().values() if m["name"] == name]
+        """§3.4 ``GET /resolve/<text>``: the one member of that name."""
+        answer = self.registry.call("GET", "/resolve/" + quote(name, safe="")).payload
+        if answer.get("query") != name:
+            raise RegistryRefused(f"a resolution of another text: {answer!r}")
+        found = [m for m in answer["members"] if m["name"] == name]
         assert len(found) == 1, f"members named {name}: {found}"
         return found[0]
 
     def is_member(self, client_id: str) -> bool:
-        """§1: a request is admitted only from a current member, checked every time."""
-        if client_id in self.members:
-            return True
+        """§1: a request is admitted only from a current member, checked every time:
+        looked up, a member kept for one heartbeat interval, no member for a second."""
+        now = time.monotonic()
         with self._members_lock:
-            recent = time.monotonic() - self._refreshed_at < REFRESH_AT_MOST_EVERY
-        if not recent:
-            try:
-                self.refresh_members()
-            except Exception as exc:
-                self.faults.append(f"member list: {exc!r}")
-        return client_id in self.members
+            kept = self._looked_up.get(client_id)
+        if kept is not None and now < kept[1]:
+            return kept[0] is not None
+        try:
+            record = self.lookup(client_id)
+        except Exception as exc:
+            self.faults.append(f"member lookup: {exc!r}")
+            return False
+        interval = float(self.lease.get("heartbeat_interval", UNKNOWN_KEPT))
+        with self._members_lock:
+            self._looked_up[client_id] = (record, now + (interval if record else UNKNOWN_KEPT))
+        return record is not None

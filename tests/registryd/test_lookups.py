@@ -172,7 +172,15 @@ async def test_a_page_without_certificates(app: RegistryApp, clock: Clock) -> No
 
 
 @pytest.mark.parametrize(
-    ("asked", "used"), [("1000000", 1000), ("1001", 1000), ("0", 1), ("-5", 1)]
+    ("asked", "used"),
+    [
+        ("1000000", 1000),
+        ("1001", 1000),
+        ("0", 1),
+        ("-5", 1),
+        ("9" * 5000, 1000),
+        ("-" + "9" * 40, 1),
+    ],
 )
 async def test_a_limit_out_of_range_is_clamped(
     app: RegistryApp, clock: Clock, asked: str, used: int
