@@ -52,7 +52,20 @@ def config_text(args: argparse.Namespace) -> str:
             args.store,
             "memory",
         ),
-        Key("peer_ttl", "Seconds a member stays listed without a heartbeat.", args.peer_ttl, 30.0),
+        Key(
+            "peer_ttl",
+            "Seconds a member stays a member without a heartbeat while the network is small\n"
+            "(members heartbeat every peer_ttl / 3 then).",
+            args.peer_ttl,
+            30.0,
+        ),
+        Key(
+            "heartbeat_budget",
+            "Heartbeats a second one registry process is given: past it, the advised\n"
+            "interval grows with the members (docs/protocol.md §3.3) ...",
+            example=200.0,
+        ),
+        Key("max_heartbeat_interval", "... up to this many seconds.", example=60.0),
         Key(
             "tls_cert",
             "Serve HTTPS with this certificate chain (PEM) ...",

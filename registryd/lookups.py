@@ -50,7 +50,7 @@ def record(member: Entry, *, cert: bool = True) -> dict[str, object]:
     }
     if cert:
         answer["cert"] = member.cert
-    answer["last_seen"] = round(member.last_seen, 3)
+    answer["last_seen"] = round(float(member.last_seen), 3)
     return answer
 
 

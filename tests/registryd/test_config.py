@@ -35,6 +35,8 @@ def test_defaults_from_design(tmp_path: Path) -> None:
     settings = load(write(tmp_path, 'secret = "0123456789abcdef"\n'))
     assert settings.listen == "0.0.0.0:7000"
     assert settings.peer_ttl == 30
+    assert (settings.heartbeat_budget, settings.max_heartbeat_interval) == (200, 60)
+    assert (settings.lookup_burst, settings.lookup_rate) == (300, 100)
     assert settings.store == "memory"
     assert settings.resolve_secret() == "0123456789abcdef"
 
@@ -58,6 +60,9 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ("peer_tll = 30\n", "unknown key 'peer_tll'"),
         ('peer_ttl = "soon"\n', "key 'peer_ttl'"),
         ("peer_ttl = -1\n", "key 'peer_ttl'"),
+        ("heartbeat_budget = 0\n", "key 'heartbeat_budget'"),
+        ('max_heartbeat_interval = "long"\n', "key 'max_heartbeat_interval'"),
+        ("lookup_rate = -1\n", "key 'lookup_rate'"),
         ('listen = "nowhere"\n', "key 'listen'"),
         ('listen = "127.0.0.1:99999"\n', "key 'listen'"),
         ('store = "mysql://x"\n', "key 'store'"),
