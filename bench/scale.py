@@ -1,6 +1,7 @@
-"""Scale benchmark (issue 13): N virtual peers against real registryd, and real p2pd among them.
+"""Scale benchmark (issues 13, 22): N virtual peers against real registryd, real p2pd among them.
 
-    .venv/bin/python -m bench.scale [--quick] [--n 1000 10000] [--json FILE]   (make bench-scale)
+    .venv/bin/python -m bench.scale [--quick] [--n 10000] [--setups memory redis×2] [--json FILE]
+    (make bench-scale)
 
 For each N and each setup — ``memory`` (one registryd, memory store),
 ``redis`` (one registryd on a redis-server started here), ``redis×2`` (two
@@ -8,38 +9,38 @@ registryd on that one Redis, on two ports with the peers split between them,
 or one port with ``--reuse-port``) — it:
 
 1. registers N virtual peers (bench/virtual_peers.py: each its own
-   certificate, issued by p2pd's network CA when p2pd has one, its own source
-   address, signed requests; several generator processes on raw sockets);
-2. runs them for a warm-up interval and a measuring window: heartbeats at the
-   interval the registry advises, spread evenly, each followed by
-   ``GET /clients?since=V`` only when the answer's ``version`` differs from
-   the peer's cursor (a registry without versions: the full list after every
-   heartbeat as p2pd did, up to ``--legacy-max`` peers, heartbeats only
-   above), plus churn: J peers join (register, then fetch the full list as a
-   new p2pd does) and L leave per second (N/1000 each unless ``--churn``).
-   The peers start with the cursor of a list fetched after registration: the
-   window measures the steady state.  Each heartbeat cycle opens a connection,
-   as p2pd's httpx client does (its 5 s keep-alive expiry is shorter than any
-   interval); ``--keepalive`` keeps one per peer instead;
+   certificate issued by p2pd's network CA, its own source address, signed
+   requests; several generator processes on raw sockets).  Each heartbeats
+   from its register on at the interval its last lease answer advised: the
+   registry sets the pace (docs/protocol.md §3.3), so the interval grows
+   with N;
+2. once every peer has heartbeaten at the pace of N, measures a window
+   (at least 1.2 intervals): heartbeats, lookups by id after a share of them
+   (``--mix``: as p2pd admitting or dialling a member), fewer resolutions
+   and pages, and churn: J peers join and L leave per second (N/1000 each
+   unless ``--churn``), half of the joiners self-signed (foreign members).
+   Each heartbeat cycle opens a connection unless ``--keepalive``;
 3. (memory) two real p2pd, alpha and bravo, are members throughout: alpha's
-   RSS with 2 members and with N, its CPU per join/leave, and bravo → alpha's
-   first TLS exchange (with bravo's identity) and ``p2pctl ls alpha``;
-4. stops that traffic, waits for the registry to be idle, and saturates one
-   registry on kept-alive connections: heartbeats, deltas of one interval's
-   changes, full lists, churn (leave + register): the per-request constants;
-5. at the largest N, memory again without churn (the heartbeat term alone),
-   and at the smallest N one registryd vs two on one Redis at saturation,
-   alternately, for their throughput ratio.
+   RSS with 2 members and with N, its CPU per join/leave, bravo → alpha's
+   first TLS exchange and ``p2pctl ls alpha``, alpha's ``p2pctl --json
+   peers``, and how long a member that just joined takes to show there;
+4. stops that traffic and saturates one registry on kept-alive connections
+   with each kind of request: heartbeats, lookups, resolutions, pages of
+   1 000, the whole list, churn (leave + register): the per-request costs;
+5. with ``redis×2``, at the smallest N, one registryd vs two on one Redis at
+   saturation, alternately, for their throughput ratio.
 
 CPU comes from /proc (utime + stime over the window), latency and bytes from
-the generator (answers as received, heads included).  The machine may be
-shared: every block says how much CPU other processes took meanwhile.
+the generator (answers as received, heads included), Redis operations from
+INFO.  The machine may be shared: every block says how much CPU other
+processes took meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -53,6 +54,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from bench import scale_report as report
 from bench.scale_run import SETUP_TEXT, Options, Run
 from bench.scale_wire import Issuer, make_certificates, self_check
@@ -63,15 +66,26 @@ def churn_of(opts: Options, n: int) -> tuple[float, float]:
     return opts.churn or (max(1.0, n / 1000), max(1.0, n / 1000))
 
 
-def network_issuer(secret: str, self_signed: bool) -> tuple[Issuer | None, str]:
-    """p2pd's network CA for ``secret`` when this p2pd has one: what real members present."""
-    from p2pd import identity
+def network_issuer(secret: str) -> Issuer:
+    """p2pd's network CA for ``secret``: what its own members present."""
+    from p2pd.identity import NetworkCA
 
-    network = getattr(identity, "NetworkCA", None)
-    if network is None or self_signed:
-        return None, "self-signed (foreign members to a p2pd with a network CA)"
-    ca = network.from_secret(secret)
-    return (ca.name, ca.key), "issued by the network CA, as p2pd's own"
+    ca = NetworkCA.from_secret(secret)
+    return ca.name, ca.key
+
+
+def certificates(count: int, spares: int, secret: str) -> tuple[list[tuple[int, str, str]], bytes]:
+    """``count`` members' certificates issued by the network CA, then ``spares`` for the
+    joiners, every other one self-signed; all with one key (it proves their registers)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    salt = secrets.token_hex(4)
+    issuer = network_issuer(secret)
+    issued, key_pem = make_certificates(count + spares - spares // 2, salt, issuer, key)
+    foreign, _ = make_certificates(spares // 2, salt + "f", None, key)
+    pairs = issued[:count]
+    for own, self_signed in itertools.zip_longest(issued[count:], foreign):
+        pairs += [pair for pair in (own, self_signed) if pair is not None]
+    return [(i, pid, pem) for i, (pid, pem) in enumerate(pairs)], key_pem
 
 
 def run_all(opts: Options) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -80,44 +94,39 @@ def run_all(opts: Options) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
     biggest = max(opts.ns)
     started = time.perf_counter()
     churn_rate = max(opts.churn or (biggest / 1000, biggest / 1000))
-    spare_count = int(churn_rate * 400) + opts.workers
-    issuer, kind = network_issuer(secret, opts.self_signed)
-    pairs, key_pem = make_certificates(biggest + spare_count, secrets.token_hex(4), issuer)
+    # The window and the warm-up are a few minutes at most at 10 000 and more.
+    spare_count = int(churn_rate * 600) + opts.workers + 1
+    indexed, key_pem = certificates(biggest, spare_count, secret)
     print(
-        f"{len(pairs):,} certificates {kind} in {time.perf_counter() - started:.1f} s "
-        f"(one key, unique subjects); FastSigner matches p2pcommon.signing.Signer"
+        f"{len(indexed):,} certificates in {time.perf_counter() - started:.1f} s (one key, "
+        f"unique subjects; members' issued by the network CA, the joiners' half self-signed); "
+        f"FastSigner matches p2pcommon.signing.Signer"
     )
-    indexed = [(i, pid, pem) for i, (pid, pem) in enumerate(pairs)]
     runs = []
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
-        plan = [(n, s, opts.peer_ttl, churn_of(opts, n)) for n in opts.ns for s in opts.setups]
-        if not opts.quick and opts.churn is None and "memory" in opts.setups:
-            # The same without churn: the heartbeat term of the model on its own.
-            plan.append((biggest, "memory", opts.peer_ttl, (0.0, 0.0)))
-        while plan:
-            n, setup, ttl, churn = plan.pop(0)
-            workdir = Path(tmp) / f"{n}-{setup}-{ttl}-{churn[0]:g}"
-            workdir.mkdir()
-            run = Run(
-                n, setup, opts, indexed[:n], indexed[biggest:], workdir, secret, ttl, churn, key_pem
-            )
-            with contextlib.ExitStack() as stack:
-                run.start(stack)
-                result = run.measure()
-            report.print_run(result)
-            runs.append(result)
-            if (
-                not result["generator_kept_up"]
-                and setup == "memory"
-                and ttl is None
-                and not opts.quick
-                and n >= 10_000
-            ):
-                # Brief: then N at a longer interval, clearly labelled.
-                print(f"  (the generator did not keep up: {n:,} again with peer_ttl 90)")
-                plan.insert(0, (n, setup, 90.0, churn))
+        for n in opts.ns:
+            for setup in opts.setups:
+                workdir = Path(tmp) / f"{n}-{setup}"
+                workdir.mkdir()
+                run = Run(
+                    n,
+                    setup,
+                    opts,
+                    indexed[:n],
+                    indexed[biggest:],
+                    workdir,
+                    secret,
+                    opts.peer_ttl,
+                    churn_of(opts, n),
+                    key_pem,
+                )
+                with contextlib.ExitStack() as stack:
+                    run.start(stack)
+                    result = run.measure()
+                report.print_run(result)
+                runs.append(result)
         throughput = None
-        if "redis×2" in opts.setups:
+        if "redis×2" in opts.setups and not opts.no_throughput:
             n = min(opts.ns)
             workdir = Path(tmp) / "throughput"
             workdir.mkdir()
@@ -137,49 +146,58 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--n", type=int, nargs="+", help="numbers of virtual peers")
     parser.add_argument("--setups", nargs="+", choices=list(SETUP_TEXT), default=list(SETUP_TEXT))
     parser.add_argument("--workers", type=int, default=2, help="generator processes")
-    parser.add_argument("--window", type=float, help="measuring seconds (2 intervals)")
+    parser.add_argument("--window", type=float, help="measuring seconds (1.2 intervals)")
     parser.add_argument("--peer-ttl", type=float, help="registryd peer_ttl (its default)")
+    parser.add_argument(
+        "--max-interval", type=float, help="registryd max_heartbeat_interval (its default)"
+    )
+    parser.add_argument("--budget", type=float, help="registryd heartbeat_budget (its default)")
     parser.add_argument(
         "--churn", type=float, nargs=2, metavar=("JOINS", "LEAVES"), help="per second (N/1000)"
     )
-    parser.add_argument("--legacy-max", type=int, default=2000)
-    parser.add_argument("--no-joiner-sync", action="store_true", help="joiners skip the full list")
+    parser.add_argument(
+        "--mix",
+        type=float,
+        nargs=3,
+        metavar=("LOOKUPS", "RESOLVES", "PAGES"),
+        default=(0.2, 0.02, 0.0005),
+        help="shares of the heartbeats followed by each (0.2 0.02 0.0005)",
+    )
     parser.add_argument(
         "--keepalive",
         action="store_true",
-        help="keep each peer's connection across heartbeats (default: one per heartbeat "
-        "cycle, as p2pd's httpx client, whose 5 s keep-alive expiry is shorter than the interval)",
+        help="keep each peer's connection across heartbeats (default: one per heartbeat cycle)",
     )
     parser.add_argument("--no-p2pd", action="store_true")
+    parser.add_argument("--no-throughput", action="store_true", help="skip one vs two registryd")
     parser.add_argument(
         "--reuse-port",
         action="store_true",
         help="redis×2 on one port with reuse_port (default: two ports, peers split exactly)",
     )
-    parser.add_argument(
-        "--self-signed", action="store_true", help="virtual peers without the network CA"
-    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
+    lookups, resolves, pages = args.mix
     return Options(
-        ns=args.n or ([200] if quick else [1000, 10_000]),
+        ns=args.n or ([200] if quick else [10_000]),
         setups=args.setups,
         workers=args.workers,
         window=args.window or (4.0 if quick else None),
         # Quick: a 3 s interval, so that a few seconds cover every peer.
         peer_ttl=args.peer_ttl or (9.0 if quick else None),
+        max_interval=args.max_interval,
+        budget=args.budget,
         churn=tuple(args.churn) if args.churn else None,
-        legacy_max=args.legacy_max,
-        joiner_sync=not args.no_joiner_sync,
+        mix={"lookups": lookups, "resolves": resolves, "pages": pages},
         fresh=not args.keepalive,
         p2pd=not args.no_p2pd,
         sat_seconds=1.5 if quick else 6.0,
         sat_connections=16,
         quick=quick,
         json=args.json,
-        self_signed=args.self_signed,
         reuse_port=args.reuse_port,
+        no_throughput=args.no_throughput,
     )
 
 
@@ -197,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{capacity}")
     lines = report.verdicts(runs, throughput)
     if lines:
-        print("\n== Targets (issue 13)")
+        print("\n== Targets (issue 22)")
         for line in lines:
             print(f"  {line}")
     if opts.json:

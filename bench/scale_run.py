@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from bench import scale_report as report
 from bench.scale_procs import (
@@ -21,11 +17,12 @@ from bench.scale_procs import (
     RedisServer,
     Registry,
     cpu_seconds,
-    fetch_clients,
     free_port,
     machine_busy_seconds,
+    newcomer_visible,
     p2pd_idle,
     p2pd_loaded,
+    registry_metric,
     registryd_has,
     start_p2pd,
     start_redis,
@@ -34,7 +31,6 @@ from bench.scale_procs import (
     stop_p2pd,
 )
 from bench.virtual_peers import worker_main
-from p2pcommon.signing import Signer
 
 SETUP_TEXT = {
     "memory": "one registryd, memory store",
@@ -50,17 +46,19 @@ class Options:
     workers: int
     window: float | None
     peer_ttl: float | None
+    max_interval: float | None
+    budget: float | None
     churn: tuple[float, float] | None
-    legacy_max: int
-    joiner_sync: bool
+    #: Shares of the heartbeats followed by a lookup, a resolution, a page.
+    mix: dict[str, float]
     fresh: bool
     p2pd: bool
     sat_seconds: float
     sat_connections: int
     quick: bool
     json: str | None
-    self_signed: bool
     reuse_port: bool
+    no_throughput: bool = False
 
 
 def sleep_until(moment: float) -> None:
@@ -87,6 +85,8 @@ class Run:
         #: The one key of every virtual peer's certificate: it signs their register proofs.
         self.key_pem = key_pem
         self.certs, self.spares, self.workdir, self.secret = certs, spares, workdir, secret
+        #: A spare certificate kept out of the generator: the newcomer p2pd must see.
+        self.spare_for_p2pd = spares.pop() if spares else None
         self.peer_ttl = peer_ttl
         self.registries: list[Registry] = []
         self.redis: RedisServer | None = None
@@ -133,6 +133,10 @@ class Run:
             stack.callback(stop, self.redis.process)
             store = self.redis.url
         extra = {"REGISTRYD_PEER_TTL": f"{self.peer_ttl:g}"} if self.peer_ttl else {}
+        if self.opts.max_interval:
+            extra["REGISTRYD_MAX_HEARTBEAT_INTERVAL"] = f"{self.opts.max_interval:g}"
+        if self.opts.budget:
+            extra["REGISTRYD_HEARTBEAT_BUDGET"] = f"{self.opts.budget:g}"
         shared = count > 1 and self.opts.reuse_port and registryd_has("reuse_port")
         if count > 1 and self.opts.reuse_port and not shared:
             self.notes.append("registryd has no reuse_port key: two ports instead")
@@ -197,43 +201,27 @@ class Run:
         if self.daemons:
             alpha, bravo = self.daemons
             small = p2pd_idle(alpha, bravo, 2.0 if opts.quick else 5.0)
+        started = time.monotonic()
         self.command("register", {"fresh": opts.fresh})
         setups = self.collect("registered", 120 + self.n / 50)
         registered = sum(s["ok"] for s in setups)
+        result["register_s"] = round(time.monotonic() - started, 1)
         if registered < self.n:
             self.notes.append(f"only {registered} of {self.n} virtual peers registered")
-        clients, list_bytes = fetch_clients(self.registries[0].url, self.secret)
-        members = len(clients["clients"])
-        version = clients.get("version")
-        if version is not None:
-            sync = "delta"
-        elif self.n <= opts.legacy_max:
-            sync = "legacy"
-            self.notes.append(
-                "registryd has no membership version: full list after every heartbeat"
-            )
-        else:
-            sync = "none"
-            self.notes.append(
-                f"registryd has no membership version and N > --legacy-max {opts.legacy_max}: "
-                "the virtual peers only heartbeat (a full list per heartbeat is far past "
-                "saturation)"
-            )
-        interval = min(s["interval"] for s in setups if s["ok"])
+        # The pace the registry advises now (the last registers' answers).
+        interval = max(s["interval"] for s in setups if s["ok"])
         churn = self.churn
-        window = opts.window or max(10.0, 2 * interval)
+        # Every peer heartbeats once at the pace of N before the window opens.
+        warmup = 1.15 * interval + 2
+        window = opts.window or max(20.0, 1.2 * interval)
         start = time.monotonic() + 0.5
-        w0 = start + interval + 1
+        w0 = start + warmup
         w1 = w0 + window
         self.command(
             "run",
             {
-                "sync": sync,
-                "joiner_sync": opts.joiner_sync,
-                "interval": interval,
-                "cursor": version,
+                "mix": opts.mix,
                 "start": start,
-                "total": self.n,
                 "window": (w0, w1),
                 "joins": churn[0] / opts.workers,
                 "leaves": churn[1] / opts.workers,
@@ -241,44 +229,31 @@ class Run:
         )
         sleep_until(w0)
         before = self.sample()
-        # The cursor of a peer that heartbeats now: the delta it will ask for
-        # next time covers one interval of changes, the saturation phase's size.
-        sleep_until(max(w0, w1 - interval))
-        # In a thread: an overloaded registry must not delay the window's end.
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(self._delta, version) if version is not None else None
-            sleep_until(w1)
-            after = self.sample()
-            probe = pending.result() if pending is not None else None
-        typical = probe[2] if probe is not None else None
-        if probe is None and version is not None:
-            self.notes.append("the registry did not answer the cursor probe: no delta phase")
+        sleep_until(w1)
+        after = self.sample()
         cpu = report.cpu_shares(before, after)
         merged = report.merge(self.collect("report", 60))
-        steady = report.summarize(merged, cpu, seconds=w1 - w0)
-        lag_ok = steady["lag_p99_ms"] is not None and steady["lag_p99_ms"] < min(
-            500, 100 * interval
-        )
+        steady = report.summarize(merged, cpu, seconds=w1 - w0, n=self.n)
+        lag_ok = steady["lag_p99_ms"] is not None and steady["lag_p99_ms"] < 500
         skipped = steady["counts"].get("beats skipped: previous cycle still running", 0)
+        members = registry_metric(self.registries[0].url, "registry_members")
         result.update(
             interval=interval,
-            interval_source="advised"
-            if self.peer_ttl is None or opts.quick
-            else f"peer_ttl {self.peer_ttl:g}",
-            sync=sync,
+            interval_source=self._interval_source(),
             churn=churn,
+            mix=opts.mix,
             workers=opts.workers,
             steady=steady,
             connections="one per heartbeat cycle" if opts.fresh else "kept alive",
-            members_listed=members,
-            full_list_bytes=list_bytes,
-            bytes_per_record=list_bytes / members if members else None,
+            members_counted=members,
             generator_kept_up=lag_ok and skipped == 0,
         )
         if small is not None:
             changes = steady["counts"].get("joins", 0) + steady["counts"].get("leaves", 0)
             alpha, bravo = self.daemons
             p2pd_loaded(alpha, bravo, small, cpu, changes)
+            url = self.registries[0].url
+            newcomer_visible(alpha, url, self.secret, self.spare_for_p2pd, self.key_pem, small)
             result["p2pd"] = small
         # Steady traffic stops and what is in flight ends (or times out) before
         # the saturation phases, which must not count its answers or failures.
@@ -289,7 +264,7 @@ class Run:
             self.notes.append(
                 f"the registry worked off its backlog for {busy:.0f} s after the window"
             )
-        result["saturation"] = self.saturate(typical)
+        result["saturation"] = self.saturate()
         for registry in self.registries:
             if registry.process.poll() is not None:
                 self.notes.append(
@@ -297,6 +272,16 @@ class Run:
                 )
         result["notes"] = self.notes
         return result
+
+    def _interval_source(self) -> str:
+        knobs = []
+        if self.peer_ttl and not self.opts.quick:
+            knobs.append(f"peer_ttl {self.peer_ttl:g}")
+        if self.opts.max_interval:
+            knobs.append(f"max_heartbeat_interval {self.opts.max_interval:g}")
+        if self.opts.budget:
+            knobs.append(f"heartbeat_budget {self.opts.budget:g}")
+        return "advised, defaults" if not knobs else "advised, " + ", ".join(knobs)
 
     def wait_idle(self, limit: float = 30) -> float:
         """Seconds until the registries use < 20 % of a core (a backlog drained)."""
@@ -309,12 +294,7 @@ class Run:
         return time.monotonic() - started
 
     def hammer(
-        self,
-        kind: str,
-        seconds: float,
-        per_worker: int,
-        since: int | None = None,
-        targets: list[int] | None = None,
+        self, kind: str, seconds: float, per_worker: int, targets: list[int] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """One saturation phase: its summary and its CPU shares."""
         w0 = time.monotonic() + 0.5
@@ -323,7 +303,6 @@ class Run:
             "hammer",
             {
                 "kind": kind,
-                "since": since,
                 "connections": per_worker,
                 "window": (w0, w1),
                 "registries": targets,
@@ -352,25 +331,20 @@ class Run:
                 phases[name].append(summary)
         return {"n": self.n, "connections_per_registry": per_worker * self.opts.workers, **phases}
 
-    def saturate(self, since: int | None) -> list[dict[str, Any]]:
-        # Heartbeats first (the leases are fresh), deltas before churn (whose
-        # changes would grow them).
+    def saturate(self) -> list[dict[str, Any]]:
+        """Each kind of request without pause on kept-alive connections: its cost."""
         # Two registryd: their throughput is compared on its own (``throughput``).
         if len(self.registries) > 1:
             return []
-        kinds = ["heartbeat", *(["delta"] if since is not None else []), "list", "churn"]
         phases = []
-        for kind in kinds:
+        for kind in ("heartbeat", "lookup", "resolve", "page", "list", "churn"):
             seconds = self.opts.sat_seconds * (1 if kind == "heartbeat" else 0.6)
             total = self.opts.sat_connections * len(self.registries)
-            if kind in ("list", "delta") and self.n >= 5000:
-                total = min(total, 4)  # megabyte answers: a few connections saturate it
+            if kind in ("list", "page") and self.n >= 5000:
+                total = min(total, 4)  # large answers: a few connections saturate it
             per_worker = max(1, -(-total // self.opts.workers))
             phase: dict[str, Any] = {"kind": kind, "connections": per_worker * self.opts.workers}
-            if kind == "delta":
-                entries, size, _ = self._delta(since) or (0, 0, None)
-                phase.update(entries=entries, answer_bytes=size)
-            summary, shares = self.hammer(kind, seconds, per_worker, since)
+            summary, shares = self.hammer(kind, seconds, per_worker)
             phase["summary"] = summary
             if kind == "churn":
                 # A register after a leave is a join, whether the leave found the member or not.
@@ -385,18 +359,3 @@ class Run:
                         phase["redis_calls_per_change"] = shares["redis_calls"] / changes
             phases.append(phase)
         return phases
-
-    def _delta(self, since: int | None, timeout: float = 10) -> tuple[int, int, int | None] | None:
-        """(entries, bytes, version) of a ``GET /clients?since=`` fetched here;
-        None when an overloaded registry does not answer in time."""
-        signer = Signer(self.secret)
-        headers, _ = signer.sign_request("GET", "/clients", b"", now=time.time())
-        try:
-            answer = httpx.get(
-                f"{self.registries[0].url}/clients?since={since}", headers=headers, timeout=timeout
-            )
-            body = json.loads(answer.content)
-        except (httpx.HTTPError, ValueError):
-            return None
-        entries = len(body.get("clients", [])) + len(body.get("left", []))
-        return entries, len(answer.content), body.get("version")

@@ -37,17 +37,21 @@ Issuer = tuple[x509.Name, ec.EllipticCurvePrivateKey]
 
 
 def make_certificates(
-    count: int, salt: str, issuer: Issuer | None
+    count: int,
+    salt: str,
+    issuer: Issuer | None,
+    key: ec.EllipticCurvePrivateKey | None = None,
 ) -> tuple[list[tuple[str, str]], bytes]:
-    """``count`` (id, PEM) pairs: one key, one certificate each, shaped like p2pd's;
-    and that key (PKCS#8 PEM), which signs every register's member proof.
+    """``count`` (id, PEM) pairs: one key (``key``, else a new one), one certificate
+    each, shaped like p2pd's; and that key (PKCS#8 PEM), which signs every
+    register's member proof.
 
-    Issued by ``issuer`` (p2pd's network CA, when p2pd has one: what its
-    members present), else self-signed as p2pd's were before.  Servers find
+    Issued by ``issuer`` (p2pd's network CA: what its members present), else
+    self-signed (a *foreign* member's, docs/protocol.md §1).  Servers find
     anchors by subject, so each subject is unique, as p2pd's own are (a 16-hex
     key id there; a run salt and the index here, same length).
     """
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = key or ec.generate_private_key(ec.SECP256R1())
     key_id = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     now = datetime.datetime.now(datetime.UTC)
     base = (
@@ -157,7 +161,7 @@ def self_check(secret: str) -> None:
     now = 1_700_000_000.75
     for method, target, body in (
         ("POST", "/heartbeat", b'{"id":"abc"}'),
-        ("GET", "/clients?since=12", b""),
+        ("GET", "/members?after=abc&limit=10", b""),
     ):
         nonce = fast.nonce()
         path = target.split("?", 1)[0]
@@ -235,26 +239,10 @@ class AnswerReader:
         return Answer(status, headers, body, start + length, close)
 
 
-_VERSION = re.compile(rb'"version":\s*(-?\d+)')
-_SINCE = re.compile(rb'"since":\s*(null|-?\d+)')
-_FULL = re.compile(rb'"full":\s*(true|false)')
+_INTERVAL = re.compile(rb'"heartbeat_interval":\s*([0-9.]+)')
 
 
-def sync_fields(body: bytes) -> tuple[int | None, int | None, bool | None]:
-    """(version, since, full) of a /clients answer without parsing its records.
-
-    A delta at 10 000 members can be ~100 KB and a full list 7 MB; the virtual
-    peers only keep the cursor, so they read these three fields (which never
-    appear inside a record: names are the bench's own, certificates base64)
-    rather than spending generator CPU on JSON that is not the subject.
-    """
-    fields: list[object] = []
-    for pattern in (_VERSION, _SINCE, _FULL):
-        match = pattern.search(body, 0, 4096) or pattern.search(body)
-        fields.append(None if match is None else match.group(1))
-    version, since, full = fields
-    return (
-        int(version) if isinstance(version, bytes) else None,
-        int(since) if isinstance(since, bytes) and since != b"null" else None,
-        None if not isinstance(full, bytes) else full == b"true",
-    )
+def interval_of(body: bytes) -> float | None:
+    """The ``heartbeat_interval`` of a lease answer, without parsing the rest."""
+    match = _INTERVAL.search(body)
+    return None if match is None else float(match.group(1))

@@ -2,13 +2,16 @@
 
 Each virtual peer is a registry client as p2pd is one: its own certificate
 and id, its own TCP connection (kept alive, or one per heartbeat cycle with
-``fresh``), signed requests with a fresh nonce each, a heartbeat at the
-interval the registry advises, and the membership sync of docs/protocol.md
-(``GET /clients?since=V`` only when the heartbeat's ``version`` differs from
-its cursor).  A peer's exchanges are written as a generator ("flow") that
-yields requests and receives answers; one epoll loop drives all flows of the
-process (bench/peer_conn.py).  Peers keep only their cursor: applying
-deltas is p2pd's cost, measured on real daemons, not the generator's.
+``fresh``), signed requests with a fresh nonce each, and a heartbeat at the
+interval its last lease answer advised (docs/protocol.md §3.3: the registry
+sets the pace, each lease with its own jitter).  Peers heartbeat from the
+moment they are registered.  A share of the heartbeats are followed by a
+lookup of a member (``GET /members/<id>``, as a p2pd admitting a client or
+dialling one), fewer by a resolution (``GET /resolve/<name>``, ``p2pctl ls
+NAME``) or a page (``GET /members?certs=0``, ``p2pctl peers``).  A peer's
+exchanges are written as a generator ("flow") that yields requests and
+receives answers; one epoll loop drives all flows of the process
+(bench/peer_conn.py).
 
 The loop obeys commands from the orchestrator on a pipe (see ``Worker.on_command``).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,11 +30,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench.peer_conn import Conn, EventLoop, Flow, Request, Stats
-from bench.scale_wire import load_key, sync_fields
+from bench.peer_conn import Conn, EventLoop, Flow, Stats
+from bench.scale_wire import interval_of, load_key
 
 #: Registrations in flight per process while setting up.
 SETUP_CONCURRENCY = 32
+#: Seconds a peer waits before heartbeating when an answer gave no interval.
+FALLBACK_INTERVAL = 10.0
 
 
 def source_address(index: int) -> str:
@@ -46,10 +52,11 @@ class Peer:
     cert: str
     registry: int
     active: bool = False
-    cursor: int | None = None
     conn: Conn | None = None
     #: The lease token of its last register (docs/protocol.md §3.3).
     lease: str = ""
+    #: The interval its last lease answer advised.
+    interval: float = FALLBACK_INTERVAL
 
     @property
     def member_body(self) -> bytes:
@@ -59,6 +66,15 @@ class Peer:
     def register_body(self) -> bytes:
         fields = {"id": self.id, "name": f"vpeer-{self.index}", "cert": self.cert, "port": 7070}
         return json.dumps(fields, separators=(",", ":")).encode()
+
+
+@dataclass
+class Mix:
+    """What follows a heartbeat, as shares of the heartbeats."""
+
+    lookups: float = 0.0
+    resolves: float = 0.0
+    pages: float = 0.0
 
 
 class Worker(EventLoop):
@@ -78,11 +94,10 @@ class Worker(EventLoop):
         count = len(registries)
         self.peers = [Peer(i, pid, pem, i % count) for i, pid, pem in peers]
         self.spares = [Peer(i, pid, pem, i % count) for i, pid, pem in spares]
-        self.interval = 0.0
-        self.sync = "delta"
-        self.joiner_sync = True
+        self.mix = Mix()
+        self.rng = random.Random(index)
         self.members: list[Peer] = []  # joined, oldest first: who leaves next
-        self.setup: dict[str, Any] = {"ok": 0, "failed": 0, "interval": 0.0, "version": None}
+        self.setup: dict[str, Any] = {"ok": 0, "failed": 0, "interval": 0.0}
         self._setup_pending = 0
         #: Beats and churn stopped; "quiet" is sent once nothing is in flight.
         self.paused = False
@@ -102,74 +117,74 @@ class Worker(EventLoop):
             return
         lease = json.loads(answer.body)
         peer.lease = lease["lease"]
-        if not joining:
-            self.setup["ok"] += 1
-            self.setup["interval"] = float(lease["heartbeat_interval"])
-            self.setup["version"] = lease.get("version")
-            peer.active = True
-            self.members.append(peer)
-            return
-        now = time.monotonic()
-        self.stats.counts["joins"] += self.stats.inside(now)
+        peer.interval = float(lease["heartbeat_interval"])
         peer.active = True
         self.members.append(peer)
-        self.at(now + self.interval, partial(self.beat, peer, now + self.interval))
-        if self.joiner_sync and self.sync != "none":
-            # A new p2pd has no cursor: it asks since=0, the full list (maybe a snapshot).
-            answer = yield ("join-list", "GET", "/clients?since=0", b"")
-            if answer is not None and answer.status == 200:
-                peer.cursor = sync_fields(answer.body)[0]
+        now = time.monotonic()
+        if joining:
+            self.stats.counts["joins"] += self.stats.inside(now)
+        else:
+            self.setup["ok"] += 1
+            self.setup["interval"] = peer.interval
+        # Heartbeats from the moment it is a member, at the advised interval.
+        self.at(now + peer.interval, partial(self.beat, peer, now + peer.interval))
 
-    def beat_flow(self, peer: Peer) -> Flow:
+    def beat_flow(self, peer: Peer, due: float) -> Flow:
         answer = yield ("heartbeat", "POST", "/heartbeat", peer.member_body)
         if answer is not None and answer.status in (403, 404):
             answer = yield ("register", "POST", "/register", peer.register_body)
             if answer is not None and answer.status == 200:
                 peer.lease = json.loads(answer.body)["lease"]
-        if answer is None or answer.status != 200 or self.sync == "none":
-            return
-        if self.sync == "legacy":
-            # What p2pd did before membership versions: the whole list every time.
-            yield ("list", "GET", "/clients", b"")
-            return
-        version = json.loads(answer.body).get("version")
-        if version is None or version == peer.cursor:
-            return
-        if peer.cursor is None:
-            answer = yield ("join-list", "GET", "/clients?since=0", b"")
-        else:
-            answer = yield ("delta", "GET", f"/clients?since={peer.cursor}", b"")
+        if answer is not None and answer.status == 200:
+            peer.interval = interval_of(answer.body) or peer.interval
+        self.at(due + peer.interval, partial(self.beat, peer, due + peer.interval))
         if answer is None or answer.status != 200:
             return
-        new, since, full = sync_fields(answer.body)
-        if peer.cursor is not None and since != peer.cursor:
-            self.stats.counts["delta: since not echoed"] += 1
-            return
-        if full and peer.cursor is not None and self.stats.inside(time.monotonic()):
-            self.stats.counts["delta answered with the full list"] += 1
-        peer.cursor = new
+        draw = self.rng.random()
+        mix = self.mix
+        if draw < mix.lookups and self.members:
+            other = self.rng.choice(self.members)
+            yield ("lookup", "GET", f"/members/{other.id}", b"")
+        elif draw < mix.lookups + mix.resolves and self.members:
+            other = self.rng.choice(self.members)
+            yield ("resolve", "GET", f"/resolve/vpeer-{other.index}", b"")
+        elif draw < mix.lookups + mix.resolves + mix.pages:
+            yield ("page", "GET", "/members?limit=1000&certs=0", b"")
 
     def leave_flow(self, peer: Peer) -> Flow:
         answer = yield ("leave", "POST", "/leave", peer.member_body)
         if answer is not None and answer.status == 200:
             self.stats.counts["leaves"] += self.stats.inside(time.monotonic())
 
-    def hammer_flow(self, requests: Iterator[Request], until: float) -> Flow:
+    def hammer_flow(self, requests: Flow, until: float) -> Flow:
+        """The requests of ``requests``, each answer passed back to it (a churn's register
+        answers the lease its next leave shows)."""
+        answer = None
         while time.monotonic() < until:
-            request = next(requests, None)
-            if request is None:
+            try:
+                request = requests.send(answer)
+            except StopIteration:
                 return
-            yield request
+            answer = yield request
 
-    def hammer_requests(self, kind: str, since: int | None, peers: list[Peer]) -> Iterator[Request]:
+    def hammer_requests(self, kind: str, peers: list[Peer]) -> Flow:
         """Endless requests of one kind for the saturation phases, over ``peers``."""
-        if kind in ("delta", "list"):
-            target = "/clients" if kind == "list" else f"/clients?since={since}"
+        if kind == "list":
             while True:
-                yield (kind, "GET", target, b"")
+                yield ("list", "GET", "/clients", b"")
+        if kind == "page":
+            while True:
+                yield ("page", "GET", "/members?limit=1000&certs=0", b"")
+        everyone = self.members or peers
         for peer in itertools.cycle(peers):
             if kind == "heartbeat":
                 yield ("heartbeat", "POST", "/heartbeat", peer.member_body)
+            elif kind == "lookup":
+                other = self.rng.choice(everyone)
+                yield ("lookup", "GET", f"/members/{other.id}", b"")
+            elif kind == "resolve":
+                other = self.rng.choice(everyone)
+                yield ("resolve", "GET", f"/resolve/vpeer-{other.index}", b"")
             elif kind == "churn":
                 # Two membership changes: a leave, then the same member joins again.
                 yield ("leave", "POST", "/leave", peer.member_body)
@@ -183,14 +198,14 @@ class Worker(EventLoop):
         if not peer.active or self.paused:
             return
         now = time.monotonic()
-        self.at(due + self.interval, partial(self.beat, peer, due + self.interval))
         conn = self.conn_of(peer)
         if conn.busy:
             self.stats.counts["beats skipped: previous cycle still running"] += 1
+            self.at(due + peer.interval, partial(self.beat, peer, due + peer.interval))
             return
         if self.stats.inside(now):
             self.stats.lag.append(now - due)
-        conn.run(self.beat_flow(peer))
+        conn.run(self.beat_flow(peer, due))
 
     def join_one(self) -> None:
         if not self.spares:
@@ -256,17 +271,11 @@ class Worker(EventLoop):
         self._register_next(queue)
 
     def _run(self, args: dict[str, Any]) -> None:
+        """The measuring window, churn and the lookups' mix (beats run since registration)."""
         self.paused = False
-        self.sync = args["sync"]
-        self.joiner_sync = args["joiner_sync"]
-        self.interval = args["interval"]
+        self.mix = Mix(**args["mix"])
         self.stats = Stats(*args["window"])
-        for peer in self.peers:
-            peer.cursor = args["cursor"]
-        start, total = args["start"], args["total"]
-        for peer in self.peers:
-            due = start + self.interval * (peer.index % total) / total
-            self.at(due, partial(self.beat, peer, due))
+        start = args["start"]
         self.every(args["joins"], self.join_one, start)
         self.every(args["leaves"], self.leave_one, start + 0.5 / max(args["leaves"], 1e-9))
         self.at(self.stats.end + 0.05, self._report)
@@ -287,7 +296,7 @@ class Worker(EventLoop):
         for number in range(count):
             # Each connection its own peers: a member's leave and its new
             # register must not race on two connections.
-            requests = self.hammer_requests(kind, args.get("since"), members[number::count])
+            requests = self.hammer_requests(kind, members[number::count])
             index = self.index * 1000 + number
             source = f"127.9.{index // 250 + 1}.{index % 250 + 1}"
             # Saturation may aim at some registries only (one of two, to compare).
