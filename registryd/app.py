@@ -74,7 +74,7 @@ class RegistryApp:
         self._health = health or StoreHealth()
         # json.dumps with arguments builds an encoder per call.
         self._encode = json.JSONEncoder(separators=(",", ":")).encode
-        lookups_ = Lookups(store, metrics, self._encode)
+        finder = Lookups(store, metrics, self._encode)
         # Every GET route answers HEAD with GET's head (docs/protocol.md §3.2).
         reads = ("GET", "HEAD")
         # By path; the two with a parameter in the path by their prefix.
@@ -82,10 +82,10 @@ class RegistryApp:
             "/register": Route(("POST",), self._members.register),
             "/heartbeat": Route(("POST",), self._members.heartbeat),
             "/leave": Route(("POST",), self._members.leave),
-            "/members": Route(reads, lookups_.page, lookup=True),
-            MEMBER_PREFIX + "{id}": Route(reads, lookups_.member, lookup=True),
-            RESOLVE_PREFIX + "{text}": Route(reads, lookups_.resolve, lookup=True),
-            "/clients": Route(reads, lookups_.clients, lookup=True),
+            "/members": Route(reads, finder.page, lookup=True),
+            MEMBER_PREFIX + "{id}": Route(reads, finder.member, lookup=True),
+            RESOLVE_PREFIX + "{text}": Route(reads, finder.resolve, lookup=True),
+            "/clients": Route(reads, finder.clients, lookup=True),
             "/healthz": Route(reads),
             "/metrics": Route(reads),
         }

@@ -111,7 +111,8 @@ class IndependentPeer:
     def lookup(self, member_id: str) -> dict[str, Any] | None:
         """§3.4 ``GET /members/<id>``: the member's record, or None (404)."""
         try:
-            return self.registry.call("GET", f"/members/{member_id}").payload
+            record: dict[str, Any] = self.registry.call("GET", f"/members/{member_id}").payload
+            return record
         except RegistryRefused as exc:
             if " 404 " in str(exc):
                 return None
@@ -122,7 +123,7 @@ class IndependentPeer:
         answer = self.registry.call("GET", "/resolve/" + quote(name, safe="")).payload
         if answer.get("query") != name:
             raise RegistryRefused(f"a resolution of another text: {answer!r}")
-        found = [m for m in answer["members"] if m["name"] == name]
+        found: list[dict[str, Any]] = [m for m in answer["members"] if m["name"] == name]
         assert len(found) == 1, f"members named {name}: {found}"
         return found[0]
 

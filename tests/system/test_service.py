@@ -39,7 +39,14 @@ from p2pcommon.registry_client import RegistryClient
 async def main():
     secret = open("/etc/p2pd/secret").read().strip()
     async with RegistryClient(["http://127.0.0.1:7000"], secret) as client:
-        print("\\n".join(m.id for m in await client.clients()))
+        # Pages come from the store (the whole list may be a second old).
+        members, after = [], None
+        while True:
+            page, after = await client.members_page(after, 1000, certs=False)
+            members += page
+            if after is None:
+                break
+        print("\\n".join(m.id for m in members))
 trio.run(main)
 """
 
