@@ -146,9 +146,11 @@ def start_registryd(
             "REGISTRYD_SECRET": secret,
             "REGISTRYD_LISTEN": f"127.0.0.1:{port}",
             "REGISTRYD_STORE": store,
-            # The saturation phases' churn comes from a few source addresses (a leave and
-            # a new register of the same member, again and again): no per-source limit.
+            # The saturation phases come from a few source addresses (a leave and a new
+            # register of the same member, lookups without pause): no per-source limits,
+            # so that they measure what each request costs, not what a 429 costs.
             "REGISTRYD_NEW_MEMBER_RATE": "0",
+            "REGISTRYD_LOOKUP_RATE": "0",
             **extra,
         }
     )

@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote
 
+import trio
+
 from p2pcommon.models import MAX_NAME_LENGTH, MAX_PAGE, PEER_ID_PATTERN
 from registryd.answers import Answer, Call, error
 from registryd.metrics import RegistryMetrics
@@ -63,6 +65,8 @@ class Lookups:
         self._unknown = metrics.lookups.labels("unknown")
         #: (when, the encoded ``GET /clients`` answer) of the last full list.
         self._snapshot: tuple[float, bytes] | None = None
+        #: One build at a time: those who ask meanwhile take its snapshot.
+        self._building = trio.Lock()
 
     async def member(self, call: Call) -> Answer:
         member_id = call.request.path[len(MEMBER_PREFIX) :]
@@ -127,13 +131,23 @@ class Lookups:
     async def clients(self, call: Call) -> Answer:
         """Every member, from a snapshot at most SNAPSHOT_MAX_AGE old: encoding every
         member is the costliest answer, and asking for it again is cheap."""
-        now, snapshot = call.now, self._snapshot
-        if snapshot is not None and 0 <= now - snapshot[0] < SNAPSHOT_MAX_AGE:
-            return Answer(200, None, snapshot[1])
-        listed = [record(m) for m in await self._store.members(now)]
-        body = self._encode({"clients": listed}).encode()
-        self._snapshot = (now, body)
+        now = call.now
+        if (fresh := self._fresh_snapshot(now)) is not None:
+            return Answer(200, None, fresh)
+        async with self._building:
+            if (fresh := self._fresh_snapshot(now)) is not None:
+                return Answer(200, None, fresh)  # built while this one waited
+            listed = [record(m) for m in await self._store.members(now)]
+            body = self._encode({"clients": listed}).encode()
+            self._snapshot = (now, body)
         return Answer(200, None, body)
+
+    def _fresh_snapshot(self, now: float) -> bytes | None:
+        snapshot = self._snapshot
+        # A snapshot newer than ``now`` (built while this request waited) is fresh too.
+        if snapshot is not None and now - snapshot[0] < SNAPSHOT_MAX_AGE:
+            return snapshot[1]
+        return None
 
 
 def _page_query(target: str) -> tuple[str | None, int | None, bool] | Answer:

@@ -11,6 +11,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import trio
+import trio.testing
 
 from p2pcommon.httpserver import Request, Response
 from p2pcommon.signing import Signer
@@ -19,6 +21,7 @@ from registryd.guards import LookupLimiter
 from registryd.metrics import RegistryMetrics
 from registryd.pace import Pace
 from registryd.store import MemoryStore
+from registryd.table import Entry
 from tests.registryd.conftest import Clock, signed
 from tests.support import SECRET, Peer
 
@@ -225,6 +228,37 @@ async def test_the_whole_list_keeps_its_shape_from_a_snapshot_of_a_second(
     assert sorted(c["name"] for c in later["clients"]) == ["alice", "bob"]
     # ``since`` of older peers is ignored: the whole list.
     assert answer(await get(app, "/clients?since=5", clock.now)) == later
+
+
+class SlowStore(MemoryStore):
+    """The memory store, whose whole list takes a while and is counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists = 0
+
+    async def members(self, now: float) -> list[Entry]:
+        self.lists += 1
+        await trio.sleep(0.2)
+        return await super().members(now)
+
+
+async def test_whole_lists_asked_together_are_built_once(
+    clock: Clock, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = SlowStore()
+    app = RegistryApp(Signer(SECRET), store, RegistryMetrics(), clock=clock)
+    await join(app, Peer.new("alice"), clock.now)
+    answers: list[Any] = []
+
+    async def ask(number: int) -> None:
+        answers.append(answer(await get(app, "/clients", clock.now, host=f"192.0.2.{number}")))
+
+    async with trio.open_nursery() as nursery:
+        for number in range(1, 6):
+            nursery.start_soon(ask, number)
+    assert store.lists == 1
+    assert [len(a["clients"]) for a in answers] == [1] * 5
 
 
 # -- the pace -----------------------------------------------------------------------------
