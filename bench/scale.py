@@ -65,7 +65,7 @@ def churn_of(opts: Options, n: int) -> tuple[float, float]:
 
 def network_issuer(secret: str, self_signed: bool) -> tuple[Issuer | None, str]:
     """p2pd's network CA for ``secret`` when this p2pd has one: what real members present."""
-    from p2pd import identity
+    from p2pd.tls import identity
 
     network = getattr(identity, "NetworkCA", None)
     if network is None or self_signed:
@@ -85,7 +85,7 @@ def run_all(opts: Options) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
     pairs, key_pem = make_certificates(biggest + spare_count, secrets.token_hex(4), issuer)
     print(
         f"{len(pairs):,} certificates {kind} in {time.perf_counter() - started:.1f} s "
-        f"(one key, unique subjects); FastSigner matches p2pcommon.signing.Signer"
+        f"(one key, unique subjects); FastSigner matches p2pcommon.signing.signer.Signer"
     )
     indexed = [(i, pid, pem) for i, (pid, pem) in enumerate(pairs)]
     runs = []

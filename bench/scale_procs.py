@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import redis
 
-from p2pcommon.signing import Signer
+from p2pcommon.signing.signer import Signer
 
 BIN = Path(sys.executable).parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

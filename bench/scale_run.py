@@ -34,7 +34,7 @@ from bench.scale_procs import (
     stop_p2pd,
 )
 from bench.virtual_peers import worker_main
-from p2pcommon.signing import Signer
+from p2pcommon.signing.signer import Signer
 
 SETUP_TEXT = {
     "memory": "one registryd, memory store",

@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from p2pcommon.options import ConfigError as ConfigError
 from p2pcommon.options import SharedOptions
-from p2pcommon.signing import MIN_SECRET_LENGTH
+from p2pcommon.signing.signer import MIN_SECRET_LENGTH
 
 
 class SharedSettings(BaseSettings, SharedOptions):

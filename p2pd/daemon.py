@@ -11,25 +11,25 @@ from collections.abc import AsyncIterator, Callable
 import trio
 
 from p2pcommon.boundary import keep_running
-from p2pcommon.httpserver import Limits
+from p2pcommon.http.server import Limits
 from p2pcommon.memory import release_start_up_garbage
 from p2pcommon.models import RegisterRequest, split_host_port
 from p2pcommon.options import ConfigError, changed_keys
 from p2pcommon.registry_client import RegistryClient
 from p2pcommon.service import Notifier, Termination, reload_on_hangup, termination_signals
-from p2pd.control import ControlServer
-from p2pd.downloads import Downloads
-from p2pd.history import History, HistoryUnavailable
-from p2pd.identity import unusable_key
-from p2pd.members import Members
+from p2pd.control.methods import Rpc
+from p2pd.control.server import ControlServer
+from p2pd.fetch.downloads import Downloads
+from p2pd.fetch.history import History, HistoryUnavailable
+from p2pd.membership.link import KeySigner, RegistryLink
+from p2pd.membership.members import Members
 from p2pd.options import LIVE_KEYS, PeerOptions
-from p2pd.peerclient import PeerPool
-from p2pd.peerserver import PeerServer
+from p2pd.peer.client import PeerPool
+from p2pd.peer.server import PeerServer
 from p2pd.prepare import Prepared
-from p2pd.registry_link import KeySigner, RegistryLink
-from p2pd.rpc import Rpc
-from p2pd.share import Share
-from p2pd.tls import ServerContexts
+from p2pd.share.watching import Share
+from p2pd.tls.contexts import ServerContexts
+from p2pd.tls.identity import unusable_key
 
 log = logging.getLogger("p2pd")
 

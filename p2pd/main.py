@@ -10,7 +10,7 @@ from p2pcommon.prepare import DEADLINE, Child, PrepareError
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     if words and words[0] in ("config", "install"):
-        from p2pd.admin import admin_command
+        from p2pd.ops.admin import admin_command
 
         return admin_command(words)
     # The arguments, the configuration and the identity are handled by a short
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from p2pcommon.logs import setup_logging
         from p2pcommon.service import unwrap_group
-        from p2pd.control import ControlSocketInUse
+        from p2pd.control.server import ControlSocketInUse
         from p2pd.daemon import Daemon, StartupError
         from p2pd.prepare import prepared, reload_options
 

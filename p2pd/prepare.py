@@ -25,13 +25,13 @@ from p2pcommon.prepare import (
     run_child,
     startup_error,
 )
-from p2pd.identity import Identity, NetworkAnchor
 from p2pd.options import PeerOptions
+from p2pd.tls.identity import Identity, NetworkAnchor
 
 log = logging.getLogger("p2pd")
 
 DESCRIPTION = "The p2pd peer daemon: shares a folder with the members."
-#: What `p2pd --help` lists beside running the daemon (p2pd.admin runs them).
+#: What `p2pd --help` lists beside running the daemon (p2pd.ops.admin runs them).
 ADMIN_COMMANDS = (
     ("config init --share DIR --downloads DIR --registry URL", "write a first config file"),
     ("install [--config FILE]", "let the systemd service reach the configured folders"),
@@ -89,7 +89,7 @@ def _prepare(what: str, words: list[str]) -> Answer:
     # Imported here, in the child only: these are what the daemon must not keep.
     from p2pcommon.settings import exposed_secret_file, load_settings
     from p2pd.config import DEFAULT_PATH, PeerSettings, check_folders
-    from p2pd.identity import load_for_network
+    from p2pd.tls.identity import load_for_network
 
     args = daemon_arguments("p2pd", DESCRIPTION, DEFAULT_PATH, words, ADMIN_COMMANDS)
     try:

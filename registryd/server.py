@@ -13,7 +13,7 @@ from typing import Any
 import trio
 
 from p2pcommon.boundary import keep_running
-from p2pcommon.httpserver import HttpServer, Limits
+from p2pcommon.http.server import HttpServer, Limits
 from p2pcommon.memory import release_start_up_garbage
 from p2pcommon.models import split_host_port
 from p2pcommon.options import ConfigError, changed_keys
@@ -23,7 +23,7 @@ from p2pcommon.service import (
     reload_on_hangup,
     termination_signals,
 )
-from p2pcommon.signing import Signer
+from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.guards import FailureLimiter, LoadShedder, NewMemberLimiter
 from registryd.health import StoreHealth

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from p2pcommon.backoff import Backoff
-from p2pcommon.httpserver import HttpServer, Request, Response, json_response
+from p2pcommon.http.server import HttpServer, Request, Response, json_response
 from p2pcommon.registry_client import RegistryClient, RegistryUnavailable
 from tests.support import SECRET, Peer, RunningRegistry, free_port, run_registryd
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pd.hashcache import FileKey, HashCache
-from p2pd.history import History, Outcome, Queued
+from p2pd.fetch.history import History, Outcome, Queued
+from p2pd.share.hashcache import FileKey, HashCache
 
 SHA = "ab" * 32
 KEY = FileKey(3, 1_700_000_000_000_000_000, 42)

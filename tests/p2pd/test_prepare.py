@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from p2pcommon.prepare import PrepareError, run_child
-from p2pd.identity import NETWORK_FILE, load_for_network
+from p2pd.tls.identity import NETWORK_FILE, load_for_network
 from tests.support import SECRET, VENV_BIN, free_port, p2pd_config
 
 
