@@ -21,7 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from p2pcommon import boundary
-from p2pcommon.http.server import HttpServer, Limits, Request, Response, error_response
+from p2pcommon.http.events import Request, Response, error_response
+from p2pcommon.http.server import HttpServer, Limits
 from p2pcommon.models import split_host_port
 from p2pd.fetch.downloads import Downloads
 from p2pd.membership.members import Members

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from p2pcommon.http.server import Request, Response
+from p2pcommon.http.events import Request, Response
 from p2pcommon.signing.member_proof import MemberSignature
 from p2pcommon.signing.signer import Verified
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from p2pcommon.http.connections import address_key
-from p2pcommon.http.server import Request, Response, error_response, json_response
+from p2pcommon.http.events import Request, Response, error_response, json_response
 from p2pcommon.models import Lease
 from p2pcommon.signing.member_proof import split_member_signature
 from p2pcommon.signing.signer import MAX_SKEW, REPLAYED, AuthError, Signer

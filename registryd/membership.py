@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 
 from p2pcommon.http.connections import address_key
-from p2pcommon.http.server import error_response
+from p2pcommon.http.events import error_response
 from p2pcommon.identity import canonical_pem, peer_id_from_pem, short_id
 from p2pcommon.logs import RepeatedLines
 from p2pcommon.models import Lease, MemberRequest, RegisterRequest, join_host_port

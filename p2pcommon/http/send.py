@@ -1,25 +1,21 @@
 """Sending an answer: h11 frames it, these functions put it on the stream.
 
 A body goes out with its head when it is small and read already, by itself
-when it can (``send_itself``: worker threads, for large files), else piece by
-piece; every write has a deadline, and a streamed body is closed whether or
-not it was sent (it may hold an upload slot).
+when it can (``Body.send_itself``: worker threads, for large files), else
+piece by piece; every write has a deadline, and a streamed body is closed
+whether or not it was sent (it may hold an upload slot).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterable
-from typing import TYPE_CHECKING
 
 import h11
 import trio
 
+from p2pcommon.http.events import Body, Response
 from p2pcommon.http.head import checked_fields, http_date, phrase
-
-if TYPE_CHECKING:
-    from p2pcommon.http.server import Response
 
 #: Bodies larger than this are sent after the head instead of joined to it.
 JOIN_LIMIT = 64 * 1024
@@ -90,7 +86,7 @@ async def _send_stream(
     out: _DeadlineStream,
     h11conn: h11.Connection,
     response: Response,
-    body: AsyncIterable[bytes],
+    body: Body,
     head: bytes,
     send_timeout: float,
 ) -> None:
@@ -98,7 +94,7 @@ async def _send_stream(
     body itself if it can (``send_itself``: worker threads); else piece by piece."""
     sent_itself = False
     try:
-        if response.length <= JOIN_LIMIT and getattr(body, "in_memory", False):
+        if response.length <= JOIN_LIMIT and body.in_memory:
             # Bytes read already go out with the head: one write, and one
             # wake-up of the client instead of two.
             joined = [head]
@@ -108,9 +104,7 @@ async def _send_stream(
             await out.send_all(b"".join(joined))
             return
         await out.send_all(head)
-        send_itself = getattr(body, "send_itself", None)
-        if send_itself is not None:
-            sent_itself = await send_itself(stream, send_timeout)
+        sent_itself = await body.send_itself(stream, send_timeout)
         if not sent_itself:
             async for chunk in body:
                 # Content-Length framing adds nothing around the data: send it uncopied.
@@ -154,10 +148,9 @@ async def linger_close(
 
 async def _close_body(response: Response) -> None:
     """Close a streamed body (and what it holds, e.g. an upload slot), sent or not."""
-    aclose = getattr(response.stream, "aclose", None)
-    if aclose is not None:
+    if response.stream is not None:
         with trio.CancelScope(shield=True):
-            await aclose()
+            await response.stream.aclose()
 
 
 class _DeadlineStream:

@@ -8,10 +8,9 @@ Handlers are plain ``async (Request) -> Response`` callables.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -20,8 +19,8 @@ import trio
 from p2pcommon.boundary import failure_boundary
 from p2pcommon.http.accepting import accept_forever, peer_host
 from p2pcommon.http.connections import Connection, ConnectionTable
+from p2pcommon.http.events import Request, Response, error_response
 from p2pcommon.http.fdlimit import connection_bound
-from p2pcommon.http.head import http_date as http_date
 from p2pcommon.http.send import send_response
 from p2pcommon.logs import RepeatedLines
 
@@ -51,74 +50,9 @@ class Limits:
     fd_reserve: int = 256
 
 
-@dataclass
-class Request:
-    method: str
-    target: str
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    client_host: str
-    #: Who the transport authenticated (e.g. a TLS client certificate's peer id).
-    client_id: str | None = None
-    #: Requests the server was working on when this one reached the handler,
-    #: itself included: those read, or being read, and not yet answered.  A
-    #: handler sheds load on it (under overload the queue is here, in requests
-    #: that arrived and wait for the CPU or the store).
-    in_progress: int = 1
-
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
-
-    def header(self, name: bytes) -> bytes | None:
-        """The combined value of a header, by lowercase name (h11 lowercases names)."""
-        values = [v for n, v in self.headers if n == name]
-        return b", ".join(values) if values else None
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    #: A body too large to hold in memory: ``length`` bytes produced by ``stream``.
-    stream: AsyncIterable[bytes] | None = None
-    length: int = 0
-
-
 Handler = Callable[[Request], Awaitable[Response]]
 #: Turns an accepted stream into (stream to speak HTTP on, client id), or None to drop it.
 Admit = Callable[[trio.abc.Stream], Awaitable[tuple[trio.abc.Stream, str | None] | None]]
-
-
-def json_response(status: int, payload: Any, headers: Sequence[tuple[str, str]] = ()) -> Response:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    return Response(status, body, [("Content-Type", "application/json"), *headers])
-
-
-def error_response(
-    status: int, error: str, message: str = "", headers: Sequence[tuple[str, str]] = ()
-) -> Response:
-    return json_response(status, {"error": error, "message": message}, headers)
-
-
-class BodyTooLarge(Exception):
-    """A body went past the limit its reader set."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"more than {limit} bytes")
-        self.limit = limit
-
-
-async def read_capped(chunks: AsyncIterable[bytes], limit: int) -> bytes:
-    """All of ``chunks``, joined; BodyTooLarge as soon as they pass ``limit`` bytes."""
-    pieces, size = [], 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        pieces.append(chunk)
-    return b"".join(pieces)
 
 
 class _Closing(Exception):

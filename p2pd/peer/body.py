@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import trio
 
+from p2pcommon.http.events import Body
 from p2pcommon.service import unwrap_group
 from p2pd.peer.uploads import UploadPace
 from p2pd.tls.bodypump import DIRECT_MIN, BodyCut, raw_tls, send_direct
@@ -30,7 +31,7 @@ CHUNK = 1024 * 1024
 DIRECT_SEGMENT = 64 * 1024 * 1024
 
 
-class _NoBody:
+class _NoBody(Body):
     """The empty body of a HEAD answer: its Content-Length is GET's, no byte follows."""
 
     def __aiter__(self) -> _NoBody:
@@ -43,7 +44,7 @@ class _NoBody:
 NO_BODY = _NoBody()
 
 
-class FileBody:
+class FileBody(Body):
     """The bytes of one upload; holds an upload slot and the open file until closed.
 
     The HTTP layer calls ``aclose`` whether or not the body was sent, so the

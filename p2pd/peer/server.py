@@ -20,13 +20,8 @@ from typing import Any
 
 import trio
 
-from p2pcommon.http.server import (
-    HttpServer,
-    Limits,
-    Request,
-    Response,
-    error_response,
-)
+from p2pcommon.http.events import Request, Response, error_response
+from p2pcommon.http.server import HttpServer, Limits
 from p2pd.membership.members import Members
 from p2pd.peer.body import NO_BODY, FileBody
 from p2pd.peer.files import (

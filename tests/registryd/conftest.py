@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from p2pcommon.http.server import Request
+from p2pcommon.http.events import Request
 from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.metrics import RegistryMetrics

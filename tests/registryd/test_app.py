@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from p2pcommon.http.server import Request, Response
+from p2pcommon.http.events import Request, Response
 from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.guards import NewMemberLimiter

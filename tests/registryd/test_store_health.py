@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2pcommon.http.server import Request
+from p2pcommon.http.events import Request
 from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.health import StoreHealth

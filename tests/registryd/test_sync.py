@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from p2pcommon.http.server import Response
+from p2pcommon.http.events import Response
 from p2pcommon.registry_client import RegistryClient
 from registryd.app import RegistryApp
 from registryd.redis_store import RedisStore

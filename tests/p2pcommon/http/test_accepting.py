@@ -17,7 +17,8 @@ from tests.hostile.attacker import Closed, read_response
 
 SERVER = r"""
 import logging, resource, sys, trio
-from p2pcommon.http.server import HttpServer, Limits, json_response
+from p2pcommon.http.events import json_response
+from p2pcommon.http.server import HttpServer, Limits
 from p2pcommon.logs import setup_logging
 
 async def ok(request):

@@ -21,7 +21,8 @@ from p2pcommon.http.client import (
     connect,
     tls_context,
 )
-from p2pcommon.http.server import HttpServer, Request, Response, json_response
+from p2pcommon.http.events import Request, Response, json_response
+from p2pcommon.http.server import HttpServer
 from p2pcommon.registry_client import RegistryClient, RegistryUnavailable
 from tests.support import SECRET, Peer, free_port, run_registryd
 

@@ -12,14 +12,9 @@ from contextlib import asynccontextmanager
 import httpx
 import trio
 
-from p2pcommon.http.server import (
-    HttpServer,
-    Limits,
-    Request,
-    Response,
-    http_date,
-    json_response,
-)
+from p2pcommon.http.events import Body, Request, Response, json_response
+from p2pcommon.http.head import http_date
+from p2pcommon.http.server import HttpServer, Limits
 
 
 def test_http_date_is_rfc_9110_imf_fixdate_and_cached_per_second() -> None:
@@ -106,7 +101,7 @@ async def test_idle_connections_make_room_for_a_new_client() -> None:
 async def test_a_client_that_stops_reading_is_let_go_and_its_body_closed() -> None:
     closed = trio.Event()
 
-    class Endless:
+    class Endless(Body):
         def __aiter__(self) -> Endless:
             return self
 

@@ -11,8 +11,9 @@ import h11
 import pytest
 import trio
 
+from p2pcommon.http.events import Request, Response
 from p2pcommon.http.head import checked_fields
-from p2pcommon.http.server import HttpServer, Request, Response
+from p2pcommon.http.server import HttpServer
 
 NAMES = ["X-Ok", "content-type", "a", "", "Bad Name", "Bad:Name", "Bad\r\nName", "é", "x\x00"]
 VALUES = [

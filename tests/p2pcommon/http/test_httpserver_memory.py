@@ -13,7 +13,8 @@ import weakref
 
 import trio
 
-from p2pcommon.http.server import HttpServer, Request, Response
+from p2pcommon.http.events import Request, Response
+from p2pcommon.http.server import HttpServer
 
 ANSWER_BYTES = 1 << 20
 CONNECTIONS = 20

@@ -8,7 +8,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from p2pcommon.http.server import HttpServer, Limits, Request, Response
+from p2pcommon.http.events import Request, Response
+from p2pcommon.http.server import HttpServer, Limits
 
 LIMITS = Limits(idle_timeout=30.0, request_timeout=10.0)
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from http_message_signatures import HTTPMessageSigner, HTTPSignatureKeyResolver, algorithms
 
-from p2pcommon.http.server import Request
+from p2pcommon.http.events import Request
 from p2pcommon.identity import peer_id_from_pem
 from p2pcommon.signing.member_proof import (
     MemberProofError,

@@ -331,7 +331,7 @@ def test_the_other_derived_components_are_derived_from_the_request(
 
 
 async def test_the_registry_derives_authority_from_the_host_header_it_received() -> None:
-    from p2pcommon.http.server import Request
+    from p2pcommon.http.events import Request
     from registryd.app import RegistryApp
     from registryd.metrics import RegistryMetrics
     from registryd.store import MemoryStore
@@ -353,7 +353,7 @@ async def test_the_registry_derives_authority_from_the_host_header_it_received()
 
 
 async def test_the_registry_verifies_a_query_against_the_target_it_received() -> None:
-    from p2pcommon.http.server import Request
+    from p2pcommon.http.events import Request
     from registryd.app import RegistryApp
     from registryd.metrics import RegistryMetrics
     from registryd.store import MemoryStore

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from p2pcommon.http.server import Request
+from p2pcommon.http.events import Request
 from p2pcommon.signing.signer import AuthError, Signer
 from registryd.app import RegistryApp
 from registryd.metrics import RegistryMetrics

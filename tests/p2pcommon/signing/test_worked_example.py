@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 import registryd.store
-from p2pcommon.http.server import Request, Response
+from p2pcommon.http.events import Request, Response
 from p2pcommon.signing.member_proof import (
     add_member_signature,
     member_params,

@@ -17,7 +17,8 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from p2pcommon.http.server import HttpServer, Request, Response, error_response
+from p2pcommon.http.events import Request, Response, error_response
+from p2pcommon.http.server import HttpServer
 from p2pcommon.models import Member
 from p2pcommon.registry_client import (
     DRIFT_BACK,

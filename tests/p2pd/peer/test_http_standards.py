@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2pcommon.http.server import Request, Response
+from p2pcommon.http.events import Request, Response
 from p2pcommon.models import Member
 from p2pd.membership.members import Members
 from p2pd.peer.server import PeerServer
