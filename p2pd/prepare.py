@@ -14,11 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2pcommon.options import ConfigError
+from p2pcommon.lifecycle import ConfigError, StartupError
 from p2pcommon.prepare import (
     Answer,
     Child,
-    PrepareError,
     child_main,
     config_error,
     daemon_arguments,
@@ -54,7 +53,7 @@ def prepared(child: Child) -> Prepared | int:
     """The configuration and identity ``child`` (``p2pd.prepare start``) prepared, or
     its exit status when it answered nothing (``--help``, ``--version``, a usage error).
 
-    PrepareError when the start cannot go on (``config``: the configuration's fault).
+    ConfigError or StartupError when the start cannot go on.
     """
     answer = child.answer()
     if isinstance(answer, int):
@@ -78,7 +77,7 @@ def reload_options(words: list[str]) -> tuple[PeerOptions, str]:
     """The configuration read again (SIGHUP), or ConfigError saying why not."""
     try:
         answer = run_child("p2pd.prepare", "reload", words)
-    except PrepareError as exc:
+    except StartupError as exc:  # a ConfigError says it already
         raise ConfigError(str(exc)) from None
     if isinstance(answer, int):
         raise ConfigError(f"reading the configuration ended with status {answer}, no answer")

@@ -22,7 +22,7 @@ from p2pcommon.boundary import failures
 from p2pcommon.models import Member, SharedFile
 from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
 from p2pd.control.server import Method, Notify
-from p2pd.fetch.downloads import MAX_TRANSFERS, UNRECORDED_KEPT, Downloads, Transfer
+from p2pd.fetch.downloads import MAX_TRANSFERS, Downloads, Transfer
 from p2pd.fetch.history import History, HistoryUnavailable, Outcome
 from p2pd.fetch.transfer import destination
 from p2pd.membership.link import RegistryLink
@@ -105,7 +105,7 @@ class Rpc:
             "watching": self.share.watching,
             "warning": self.share.warning,
             **self.share.status(),
-            "history_error": self.downloads.history_error,
+            "history_error": self.history.error,
             # Units of work that failed and were contained, by kind (see the log).
             "failures": dict(failures),
             **status_fields(self.server),
@@ -247,13 +247,7 @@ class Rpc:
             bytes_per_second=0.0,
         )
         log.info("failed %s from %s: %s", wanted, outcome.peer_name, outcome.error)
-        try:
-            await trio.to_thread.run_sync(self.history.finish, outcome)
-        except HistoryUnavailable as exc:
-            # As for a transfer's outcome: kept in memory, `history` still shows it.
-            self.downloads.history_failed(exc)
-            self.downloads.unrecorded.append(outcome)
-            del self.downloads.unrecorded[:-UNRECORDED_KEPT]
+        await self.history.record(outcome)
         return outcome
 
     async def rpc_downloads(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
@@ -261,15 +255,12 @@ class Rpc:
 
     async def rpc_history(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
         try:
-            outcomes = await trio.to_thread.run_sync(self.history.outcomes)
+            outcomes = await self.history.outcomes()
         except HistoryUnavailable as exc:
             raise RpcError(
                 OPERATION_FAILED, f"cannot read the history: {exc}; check state_dir's disk"
             ) from None
-        # Outcomes that could not be written while the history was failing.
-        recorded = {o.id for o in outcomes}
-        recent = [o for o in self.downloads.unrecorded if o.id not in recorded]
-        return [o.to_json() for o in sorted(recent + outcomes, key=lambda o: -o.finished_at)]
+        return [o.to_json() for o in outcomes]
 
     async def rpc_cancel(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
         """Answers once the transfer has ended and its partial file is gone: whoever

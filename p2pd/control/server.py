@@ -21,8 +21,9 @@ from typing import Any
 
 import trio
 
-from p2pcommon.boundary import describe, failure_boundary, failures
+from p2pcommon.boundary import contained, failure_boundary
 from p2pcommon.http.connections import Connection, ConnectionTable
+from p2pcommon.lifecycle import StartupError
 from p2pd.control import jsonrpc
 from p2pd.control.jsonrpc import RpcError
 
@@ -50,7 +51,7 @@ async def _send(stream: trio.abc.Stream, data: bytes) -> None:
         await stream.send_all(data)
 
 
-class ControlSocketInUse(Exception):
+class ControlSocketInUse(StartupError):
     """The control socket's path is taken by a live daemon or by something else."""
 
 
@@ -220,9 +221,7 @@ class ControlServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             raise  # the client is gone: nobody to answer
         except Exception as exc:
-            failures["control method"] += 1
-            log.error("control method %s failed: %s", call.method, describe(exc))
-            log.debug("control method %s failed", call.method, exc_info=True)
+            contained("control method", exc, f"control method {call.method}", log)
             answer = jsonrpc.error_message(
                 call.id, jsonrpc.INTERNAL_ERROR, "internal error: see the log"
             )

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import trio
 
-from p2pcommon.boundary import describe, failure_boundary, failures
+from p2pcommon.boundary import contained, describe, failure_boundary
 from p2pcommon.models import Member, SharedFile
 from p2pd.fetch.attempts import Attempts, Fatal, ProgressWindow, Retry, State, check_queued
-from p2pd.fetch.history import History, HistoryUnavailable, Outcome, Queued
+from p2pd.fetch.history import History, Queued
 from p2pd.fetch.partial import existing_copy
 from p2pd.fetch.receiving import Receiver, discard_quietly
 from p2pd.fetch.schedule import Schedule
@@ -34,12 +34,10 @@ from p2pd.fetch.transfer import Progress, Transfer, destination
 from p2pd.membership.members import Members
 from p2pd.peer.client import PeerPool
 
-__all__ = ["MAX_TRANSFERS", "UNRECORDED_KEPT", "Downloads", "QueueFull", "Transfer"]
+__all__ = ["MAX_TRANSFERS", "Downloads", "QueueFull", "Transfer"]
 
 log = logging.getLogger("p2pd.downloads")
 
-#: Outcomes kept in memory while the history cannot be written.
-UNRECORDED_KEPT = 100
 #: Transfers running at once; the others wait their turn in state "queued".
 CONCURRENT_TRANSFERS = 8
 #: Transfers queued or running at most: a queued one costs about 2 KiB of memory
@@ -74,9 +72,6 @@ class Downloads:
         self._by_key: dict[tuple[str, Path], Transfer] = {}
         self._nursery: trio.Nursery | None = None
         self._running_event = trio.Event()
-        #: Why the history cannot be written now, for status; None when it can.
-        self.history_error: str | None = None
-        self.unrecorded: list[Outcome] = []
         #: For metrics: finished transfers by status, and file bytes received.
         self.outcomes: Counter[str] = Counter()
         self.received_bytes = 0
@@ -85,12 +80,7 @@ class Downloads:
         """Run transfers until cancelled; resumes the persisted queue first."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            try:
-                queue = await trio.to_thread.run_sync(self._history.queued)
-            except HistoryUnavailable as exc:
-                self.history_failed(exc)
-                queue = []
-            for queued in queue:
+            for queued in await self._history.queued():
                 log.info("resuming %s from %s", queued.remote_path, queued.peer_name)
                 self._start_soon(self._register(queued))
             self._running_event.set()
@@ -127,9 +117,7 @@ class Downloads:
         transfer = self._register(queued)
         with trio.CancelScope(shield=True):
             try:
-                existing, unrecorded = await trio.to_thread.run_sync(
-                    self._look_and_enqueue, dest, queued
-                )
+                existing = await trio.to_thread.run_sync(self._look_and_enqueue, dest, queued)
             except OSError as exc:
                 reason = f"cannot look at {dest}: {exc.strerror or exc}"
                 # A fetch that joined meanwhile gets the refusal too.
@@ -143,25 +131,17 @@ class Downloads:
                 transfer.peer_id, transfer.peer_name = member.id, member.name
                 await self._finish(transfer, "ok", None, recorded=False, already_there=True)
                 return transfer
-        if unrecorded is not None:
-            # The transfer is worth more than its resumability after a restart.
-            self.history_failed(unrecorded)
         self._start_soon(transfer)
         return transfer
 
-    def _look_and_enqueue(
-        self, dest: Path, queued: Queued
-    ) -> tuple[Path | None, HistoryUnavailable | None]:
+    def _look_and_enqueue(self, dest: Path, queued: Queued) -> Path | None:
         """A copy already at ``dest``; else None once ``queued`` is in the persisted
-        queue, with the reason it could not be put there if it could not (blocking)."""
+        queue, or the history said why it could not be (blocking)."""
         existing = existing_copy(self._dir, queued.remote_path, queued.sha256, queued.size)
         if existing is not None:
-            return self._dir / existing, None
-        try:
-            self._history.enqueue(queued)
-        except HistoryUnavailable as exc:
-            return None, exc
-        return None, None
+            return self._dir / existing
+        self._history.enqueue(queued)
+        return None
 
     def joins(self, entry: SharedFile) -> bool:
         """Whether a fetch of ``entry`` would join a transfer queued or running."""
@@ -209,11 +189,6 @@ class Downloads:
             return  # shutting down: the rest stays in the persisted queue
         for transfer in self._schedule.ready():
             self._nursery.start_soon(self._run_transfer, transfer)
-
-    def history_failed(self, exc: HistoryUnavailable) -> None:
-        if self.history_error != str(exc):
-            log.error("%s; transfers go on, but are not recorded", exc)
-        self.history_error = str(exc)
 
     def cancel(self, transfer_id: str) -> bool:
         transfer = self.active.get(transfer_id)
@@ -279,9 +254,7 @@ class Downloads:
             return "failed", str(exc), exc.keep_partial
         except Exception as exc:
             # A bug or an unforeseen fault ends this transfer, never the daemon.
-            failures["transfer"] += 1
-            log.error("transfer %s failed: %s", transfer.queued.id, describe(exc))
-            log.debug("transfer %s failed", transfer.queued.id, exc_info=True)
+            contained("transfer", exc, f"transfer {transfer.queued.id}", log)
             return "failed", f"internal error: {describe(exc)}", True
 
     def _received(self, transfer: Transfer, window: ProgressWindow, count: int) -> None:
@@ -304,14 +277,7 @@ class Downloads:
             status, error, self._clock(), recorded=recorded, already_there=already_there
         )
         self.outcomes[status] += 1
-        try:
-            await trio.to_thread.run_sync(self._history.finish, outcome)
-        except HistoryUnavailable as exc:
-            self.history_failed(exc)
-            self.unrecorded.append(outcome)
-            del self.unrecorded[:-UNRECORDED_KEPT]
-        else:
-            self.history_error = None
+        await self._history.record(outcome)
         self._forget(transfer)
         log.info(
             "%s %s from %s: %s",

@@ -1,8 +1,11 @@
 """What p2pd remembers about transfers, in SQLite: the finished ones, and the queue.
 
 The queue survives a killed daemon or a reboot: a transfer is in it from the
-moment it is asked for until its outcome is in the history.  Every function
-here blocks; the daemon calls them through ``trio.to_thread``.
+moment it is asked for until its outcome is in the history.  ``History`` is
+the one owner of all that: the transfers and the control socket record
+through it, and it keeps, while the file fails, the outcomes it could not
+take and why.  ``HistoryFile`` is the SQLite file itself; every method of it
+blocks, and ``History`` calls them through ``trio.to_thread``.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import trio
+
 from p2pcommon.sqlite_text import text_or_bytes
 
 log = logging.getLogger("p2pd.history")
+#: The history's failures are said where transfers are: what they mean is for them.
+_transfers_log = logging.getLogger("p2pd.downloads")
 _T = TypeVar("_T")
 
 _SCHEMA = """
@@ -71,7 +78,82 @@ class HistoryUnavailable(Exception):
     """The history's SQLite file cannot be read or written now (disk full, read-only, …)."""
 
 
+#: Outcomes kept in memory while the history cannot be written.
+UNRECORDED_KEPT = 100
+
+
 class History:
+    """The transfers' history and queue: the file, and while it fails, what it lacks.
+
+    A fault of the file (state_dir full, read-only, corrupt) never stops a
+    transfer: it is noted (``error``, for status; logged once per reason),
+    an outcome it could not take is kept in memory (the newest
+    UNRECORDED_KEPT, which ``outcomes`` still lists), and the next record
+    that succeeds clears it.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.file = HistoryFile(db_path)
+        #: Why the history cannot be written now, for status; None when it can.
+        self.error: str | None = None
+        #: Outcomes that could not be written, oldest first.
+        self.unrecorded: list[Outcome] = []
+
+    async def check(self) -> None:
+        """Open (and create) the file now; a failure is noted, not raised."""
+        try:
+            await trio.to_thread.run_sync(self.file.check)
+        except HistoryUnavailable as exc:
+            self._failed(exc)
+
+    async def queued(self) -> list[Queued]:
+        """The transfers to resume; none while the file cannot be read (noted)."""
+        try:
+            return await trio.to_thread.run_sync(self.file.queued)
+        except HistoryUnavailable as exc:
+            self._failed(exc)
+            return []
+
+    def enqueue(self, queued: Queued) -> None:
+        """Put a transfer in the persisted queue.  Blocking: for a worker thread.
+
+        A failure is noted, not raised: the transfer is worth more than its
+        resumability after a restart.
+        """
+        try:
+            self.file.enqueue(queued)
+        except HistoryUnavailable as exc:
+            self._failed(exc)
+
+    async def record(self, outcome: Outcome) -> None:
+        """Record an outcome and take its transfer off the queue, or keep it in memory."""
+        try:
+            await trio.to_thread.run_sync(self.file.finish, outcome)
+        except HistoryUnavailable as exc:
+            self._failed(exc)
+            self.unrecorded.append(outcome)
+            del self.unrecorded[:-UNRECORDED_KEPT]
+        else:
+            self.error = None
+
+    async def outcomes(self) -> list[Outcome]:
+        """The outcomes, newest first: those in the file (HistoryUnavailable if it cannot
+        be read now) and those kept in memory while it could not be written."""
+        outcomes = await trio.to_thread.run_sync(self.file.outcomes)
+        recorded = {o.id for o in outcomes}
+        recent = [o for o in self.unrecorded if o.id not in recorded]
+        return sorted(recent + outcomes, key=lambda o: -o.finished_at)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def _failed(self, exc: HistoryUnavailable) -> None:
+        if self.error != str(exc):
+            _transfers_log.error("%s; transfers go on, but are not recorded", exc)
+        self.error = str(exc)
+
+
+class HistoryFile:
     """One SQLite connection, used from worker threads one at a time.
 
     A fault of the file (state_dir full, read-only or corrupt) is reported as

@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from p2pcommon.service import unwrap_group
+from p2pcommon.lifecycle import unwrap_group
 from p2pd.fetch.attempts import verified
 from p2pd.fetch.downloaddir import (
     READ_FLAGS,

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path, PurePosixPath
 
 from p2pcommon.configfile import Key, add_init_command, check_and_write, render, run_admin
-from p2pcommon.settings import ConfigError, load_settings
+from p2pcommon.lifecycle import ConfigError
+from p2pcommon.settings import load_settings
 from p2pd.config import DEFAULT_PATH, PeerSettings
 
 DROPIN_DIR = "/etc/systemd/system/p2pd.service.d"

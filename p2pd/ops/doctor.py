@@ -32,9 +32,10 @@ from p2pcommon.http.client import (
     connect,
     tls_context,
 )
+from p2pcommon.lifecycle import ConfigError
 from p2pcommon.models import split_host_port
 from p2pcommon.registry_client import MAX_ANSWER
-from p2pcommon.settings import ConfigError, load_settings, read_secret
+from p2pcommon.settings import load_settings, read_secret
 from p2pcommon.signing.signer import MAX_SKEW, AuthError, Signer
 from p2pd.config import DEFAULT_PATH, PeerSettings
 from p2pd.ops.admin import DROPIN_DIR, SERVICE_SECRET, UNIT_STATE_DIR, dropin_problem

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import trio
 
 from p2pcommon.http.events import Body
-from p2pcommon.service import unwrap_group
+from p2pcommon.lifecycle import unwrap_group
 from p2pd.peer.uploads import UploadPace
 from p2pd.tls.bodypump import DIRECT_MIN, BodyCut, raw_tls, send_direct
 

@@ -39,7 +39,7 @@ from typing import Any, TypeVar, cast
 
 import trio
 
-from p2pcommon.service import unwrap_group
+from p2pcommon.lifecycle import unwrap_group
 
 #: Bodies from this size on are moved by worker threads (a thread costs ~0.1 ms to
 #: start; below this, trio's path is as fast).

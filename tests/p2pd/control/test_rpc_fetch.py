@@ -180,7 +180,7 @@ async def test_a_folder_with_an_unsafe_name_is_refused_whole(folder: Path) -> No
     assert "nothing was fetched (2 of 4 files refused)" in error.message
     downloads = cast(QuickDownloads, rpc.downloads)
     assert downloads.started == []  # no transfer began, not even of the good files
-    assert rpc.history.queued() == []
+    assert rpc.history.file.queued() == []
     (record,) = await rpc.rpc_history({}, no_notify)
     assert (record["status"], record["remote_path"], record["error"]) == (
         "failed",
@@ -193,9 +193,9 @@ async def test_a_refusal_is_kept_in_memory_while_the_history_fails(folder: Path)
     broken = History(folder / "missing" / "history.sqlite3")  # no such folder: cannot open
     rpc = make_rpc(folder, FakePool(), broken)
     error = await refused_fetch(rpc, "carol", "a.txt")
-    (kept,) = rpc.downloads.unrecorded
+    (kept,) = rpc.history.unrecorded
     assert (kept.status, kept.error, kept.peer_name) == ("failed", error.message, "carol")
-    assert rpc.downloads.history_error is not None
+    assert rpc.history.error is not None
 
 
 async def read_until_answer(stream: trio.SocketStream) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from p2pd.fetch.history import History, Outcome
+from p2pd.fetch.history import HistoryFile, Outcome
 
 OLD_SCHEMA = """
 CREATE TABLE history (
@@ -32,7 +32,7 @@ def test_a_history_from_an_older_p2pd_gets_the_already_there_flag(tmp_path: Path
             ("00000001", "/d/a.txt", "a.txt", "b" * 52, "bob", "c" * 64, 3, "ok", None, 1, 2, 3),
         )
     db.close()
-    history = History(path)
+    history = HistoryFile(path)
     history.finish(outcome("00000002", 10, already_there=True))
     history.finish(outcome("00000003", 20, already_there=False))
     newest, there, old = history.outcomes()

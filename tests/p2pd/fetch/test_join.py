@@ -114,7 +114,7 @@ async def test_fetches_of_a_file_on_its_way_join_its_transfer(tmp_path: Path) ->
         assert pool.requests == 1
         landed = tmp_path / "downloads" / "docs" / "a.txt"
         assert sorted(p.name for p in landed.parent.iterdir()) == ["a.txt"]
-        assert [o.id for o in history.outcomes()] == [first.queued.id]
+        assert [o.id for o in history.file.outcomes()] == [first.queued.id]
         # Ended: the same content already at its destination succeeds at once.
         again = await downloads.start(BOB, ENTRY)
         assert again is not first and again.done.is_set()
@@ -134,8 +134,8 @@ async def test_a_fetch_joins_a_transfer_resumed_after_a_restart(tmp_path: Path) 
         pool.gate.set()
         await transfer.done.wait()
         assert transfer.outcome is not None and transfer.outcome.status == "ok"
-        assert [o.id for o in history.outcomes()] == ["0badcafe"]
-        assert history.queued() == []
+        assert [o.id for o in history.file.outcomes()] == ["0badcafe"]
+        assert history.file.queued() == []
         nursery.cancel_scope.cancel()
 
 

@@ -95,7 +95,7 @@ async def test_cancelling_a_queued_transfer_ends_it_and_leaves_the_partial_file(
         assert partial.read_bytes() == b"kept from an earlier attempt"
         assert pool.requests == downloads_module.CONCURRENT_TRANSFERS  # it never asked
         nursery.cancel_scope.cancel()
-    assert [o.id for o in history.outcomes()] == [queued.queued.id]
+    assert [o.id for o in history.file.outcomes()] == [queued.queued.id]
 
 
 async def test_the_queue_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pcommon.settings import ConfigError, load_settings
+from p2pcommon.lifecycle import ConfigError
+from p2pcommon.settings import load_settings
 from p2pd.config import PeerSettings
 from p2pd.ops.admin import dropin_problem, folders_dropin
 from registryd.config import RegistrySettings

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from p2pcommon.settings import ConfigError
+from p2pcommon.lifecycle import ConfigError
 from p2pd.share import scan as scan_module
 from p2pd.share.scan import HashCache, scan
 from p2pd.share.watching import Share
