@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import trio
+if TYPE_CHECKING:
+    import trio
 
 #: Seconds after which a partial request counts as stalled, as evictable as an idle one.
 STALLED_AFTER = 2.0

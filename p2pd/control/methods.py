@@ -20,15 +20,17 @@ import trio
 from p2pcommon import __version__
 from p2pcommon.boundary import failures
 from p2pcommon.models import Member, SharedFile
+from p2pcommon.paths import UnsafePath
 from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
 from p2pd.control.server import Method, Notify
-from p2pd.fetch.downloads import MAX_TRANSFERS, Downloads, Transfer
-from p2pd.fetch.history import History, HistoryUnavailable, Outcome
-from p2pd.fetch.transfer import destination
+from p2pd.fetch.downloads import MAX_TRANSFERS, Downloads, NotQueued, Transfer
+from p2pd.fetch.history import History, HistoryUnavailable
+from p2pd.fetch.model import Outcome
+from p2pd.fetch.names import destination
 from p2pd.membership.link import RegistryLink
 from p2pd.membership.members import Members, PeerLookupError
 from p2pd.options import PeerOptions
-from p2pd.peer.client import InvalidListing, PeerPool, PeerRefused, PeerUnreachable
+from p2pd.peer.client import PeerPool, PeerUnavailable
 from p2pd.peer.listing import MemberListing
 from p2pd.peer.server import PeerServer, status_fields
 from p2pd.share.watching import Share
@@ -220,7 +222,7 @@ class Rpc:
         for entry in entries:
             try:
                 transfers.append(await self.downloads.start(member, entry))
-            except ValueError as exc:  # the destination cannot be looked at
+            except NotQueued as exc:  # no room after all, or the destination is unreadable
                 raise FetchRefused(
                     RpcError(OPERATION_FAILED, f"refusing {path!r}: {exc}"), **known
                 ) from None
@@ -287,7 +289,7 @@ class Rpc:
         member = self._resolve(peer)
         try:
             listing = await self.pool.listing(member)
-        except (PeerUnreachable, PeerRefused, InvalidListing) as exc:
+        except PeerUnavailable as exc:
             raise FetchRefused(
                 RpcError(OPERATION_FAILED, str(exc)), member.id, member.name
             ) from None
@@ -307,7 +309,7 @@ def _unsafe(download_dir: Path, entries: list[SharedFile]) -> list[str]:
     for entry in entries:
         try:
             destination(download_dir, entry.path)
-        except ValueError as exc:
+        except UnsafePath as exc:
             refused.append(str(exc))
     return refused
 
@@ -348,7 +350,7 @@ def _intended(download_dir: Path, wanted: str) -> Path:
     """Where ``wanted`` would have gone; ``download_dir`` when that is not known."""
     try:
         return destination(download_dir, wanted.rstrip("/"))
-    except ValueError:
+    except UnsafePath:
         return download_dir
 
 

@@ -1,9 +1,10 @@
-"""The rules of a transfer, without I/O: its states, its sources, its rounds, its failures.
+"""The rules of a transfer, without I/O: its sources, its rounds, its failures.
 
-As h11 keeps its state machine (``_state.py``) apart from the ``Connection``
-that does the I/O, this module decides and ``p2pd.fetch.downloads`` acts: nothing
-here opens a socket or a file, sleeps or reads a clock, so every rule of
-docs/protocol.md §5 (items 6, 7, 9 and 10) is tested without a network.
+As h11 keeps its rules apart from the ``Connection`` that does the I/O, this
+module decides and ``p2pd.fetch.downloads`` acts (the states a transfer goes
+through, and their moves, are ``p2pd.fetch.model``'s): nothing here opens a
+socket or a file, sleeps or reads a clock, so every rule of docs/protocol.md
+§5 (items 6, 7, 9 and 10) is tested without a network.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 from p2pcommon.backoff import Backoff
-from p2pcommon.models import SHA256_PATTERN, Member
-from p2pcommon.paths import UnsafePath, check_relpath
-from p2pd.fetch.history import Queued
+from p2pcommon.paths import SHA256_PATTERN, UnsafePath, check_relpath
+from p2pd.fetch.model import Queued
+
+if TYPE_CHECKING:
+    # Its class only (pydantic): the rules themselves load nothing that does I/O.
+    from p2pcommon.models import Member
 
 #: Rounds of attempts before a transfer fails (and keeps its partial file).
 MAX_ATTEMPTS = 6
@@ -39,36 +43,7 @@ _SHA256 = re.compile(SHA256_PATTERN)
 _JITTER = random.Random()
 
 #: A member to ask, with its own path for the bytes.
-Source = tuple[Member, str]
-
-
-class State(StrEnum):
-    """What a transfer is doing; the value is what ``downloads --json`` shows."""
-
-    QUEUED = "queued"
-    CONNECTING = "connecting"
-    DOWNLOADING = "downloading"
-    WAITING = "waiting"
-    PLACING = "placing"
-    CANCELLING = "cancelling"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @classmethod
-    def ended(cls, status: str) -> State:
-        """The last state of a transfer whose outcome has ``status`` (ok, failed, cancelled)."""
-        return cls.DONE if status == "ok" else cls(status)
-
-    @property
-    def joinable(self) -> bool:
-        """Another fetch of the same file to the same place may share this transfer."""
-        return self in _JOINABLE
-
-
-_JOINABLE = frozenset(
-    {State.QUEUED, State.CONNECTING, State.DOWNLOADING, State.WAITING, State.PLACING}
-)
+Source: TypeAlias = "tuple[Member, str]"
 
 
 class Retry(Exception):

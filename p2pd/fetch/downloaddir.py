@@ -23,7 +23,7 @@ import os
 import stat
 from pathlib import Path
 
-from p2pd.fetch.transfer import numbered
+from p2pd.fetch.names import numbered
 
 log = logging.getLogger("p2pd.downloads")
 

@@ -24,17 +24,27 @@ import trio
 
 from p2pcommon.boundary import contained, describe, failure_boundary
 from p2pcommon.models import Member, SharedFile
-from p2pd.fetch.attempts import Attempts, Fatal, ProgressWindow, Retry, State, check_queued
-from p2pd.fetch.history import History, Queued
+from p2pcommon.paths import UnsafePath
+from p2pd.fetch.attempts import Attempts, Fatal, ProgressWindow, Retry, check_queued
+from p2pd.fetch.history import History
+from p2pd.fetch.model import Progress, Queued, State
+from p2pd.fetch.names import destination
 from p2pd.fetch.partial import existing_copy
 from p2pd.fetch.receiving import Receiver, discard_quietly
 from p2pd.fetch.schedule import Schedule
 from p2pd.fetch.sources import find_alternates
-from p2pd.fetch.transfer import Progress, Transfer, destination
+from p2pd.fetch.transfer import Transfer
 from p2pd.membership.members import Members
 from p2pd.peer.client import PeerPool
 
-__all__ = ["MAX_TRANSFERS", "Downloads", "QueueFull", "Transfer"]
+__all__ = [
+    "MAX_TRANSFERS",
+    "DestinationUnreadable",
+    "Downloads",
+    "NotQueued",
+    "QueueFull",
+    "Transfer",
+]
 
 log = logging.getLogger("p2pd.downloads")
 
@@ -46,8 +56,16 @@ CONCURRENT_TRANSFERS = 8
 MAX_TRANSFERS = 10_000
 
 
-class QueueFull(ValueError):
+class NotQueued(Exception):
+    """A transfer could not be queued; the message says why and what to do."""
+
+
+class QueueFull(NotQueued):
     """No room for another transfer (MAX_TRANSFERS are queued or running)."""
+
+
+class DestinationUnreadable(NotQueued):
+    """The destination could not be looked at (is the file there already?)."""
 
 
 class Downloads:
@@ -124,7 +142,7 @@ class Downloads:
                 transfer.end("failed", reason, self._clock(), recorded=False)
                 self._forget(transfer)
                 transfer.done.set()
-                raise ValueError(reason) from None
+                raise DestinationUnreadable(reason) from None
             if existing is not None:
                 transfer.dest = existing
                 transfer.progress = Progress(queued.size, queued.size)
@@ -164,7 +182,7 @@ class Downloads:
         """A transfer in ``active`` (state queued), and joinable if its destination is valid."""
         try:
             dest = destination(self._dir, queued.remote_path)
-        except ValueError:
+        except UnsafePath:
             transfer = Transfer(queued, self._dir, Progress(queued.size))  # check_queued refuses it
         else:
             key = (queued.sha256, dest)
@@ -194,8 +212,8 @@ class Downloads:
         transfer = self.active.get(transfer_id)
         if transfer is None:
             return False
-        if transfer.cancel_scope.cancel_called:
-            return True  # cancelled already: it is ending
+        if transfer.cancel_scope.cancel_called or transfer.state.finished:
+            return True  # cancelled already, or its outcome is being recorded: it is ending
         transfer.state = State.CANCELLING
         transfer.cancel_scope.cancel()
         if self._schedule.drop(transfer):

@@ -16,13 +16,14 @@ import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
 from p2pcommon.sqlite_text import text_or_bytes
+from p2pd.fetch.model import Outcome, Queued
 
 log = logging.getLogger("p2pd.history")
 #: The history's failures are said where transfers are: what they mean is for them.
@@ -40,38 +41,6 @@ CREATE TABLE IF NOT EXISTS queue (
     sha256 TEXT, size INTEGER, started_at REAL
 );
 """
-
-
-@dataclass(frozen=True)
-class Outcome:
-    id: str
-    path: str
-    remote_path: str
-    peer_id: str
-    peer_name: str
-    sha256: str
-    size: int
-    status: str  # ok, failed or cancelled
-    error: str | None
-    started_at: float
-    finished_at: float
-    bytes_per_second: float
-    #: ok without a transfer: the same content was at the destination already.
-    already_there: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Queued:
-    id: str
-    peer_id: str
-    peer_name: str
-    remote_path: str
-    sha256: str
-    size: int
-    started_at: float
 
 
 class HistoryUnavailable(Exception):

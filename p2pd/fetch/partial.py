@@ -35,7 +35,7 @@ from p2pd.fetch.downloaddir import (
     place_fd,
     same_inode,
 )
-from p2pd.fetch.transfer import numbered, partial_name
+from p2pd.fetch.names import numbered, partial_name
 
 log = logging.getLogger("p2pd.partial")
 

@@ -27,13 +27,14 @@ from p2pd.fetch.attempts import (
     Changed,
     ProgressWindow,
     Retry,
-    State,
     check_framing,
     check_repr_digest,
     fatal_os_error,
     is_sha256,
     refused,
 )
+from p2pd.fetch.model import Progress, State
+from p2pd.fetch.names import partial_path
 from p2pd.fetch.partial import (
     SMALL_FILE,
     Partial,
@@ -45,7 +46,7 @@ from p2pd.fetch.partial import (
     resume_state,
     store_small,
 )
-from p2pd.fetch.transfer import Progress, Transfer, partial_path
+from p2pd.fetch.transfer import Transfer
 from p2pd.peer.client import PeerConnection, PeerPool, PeerUnreachable
 from p2pd.tls.bodypump import BodyCut, receive_direct
 

@@ -9,9 +9,9 @@ import trio
 
 from p2pcommon.boundary import failure_boundary
 from p2pcommon.models import Member
-from p2pd.fetch.history import Queued
+from p2pd.fetch.model import Queued
 from p2pd.membership.members import Members
-from p2pd.peer.client import InvalidListing, PeerPool, PeerRefused, PeerUnreachable
+from p2pd.peer.client import PeerPool, PeerUnavailable
 
 log = logging.getLogger("p2pd.downloads")  # its lines are the transfer's
 
@@ -52,7 +52,7 @@ async def find_alternates(
             with failure_boundary("source lookup", f"asking {member.name}", log):
                 try:
                     listing = await pool.listing(member)
-                except (PeerUnreachable, PeerRefused, InvalidListing) as exc:
+                except PeerUnavailable as exc:
                     log.info("transfer %s: no source: %s", queued.id, exc)
                     return
                 if (path := listing.path_of(queued.sha256, queued.size)) is not None:

@@ -1,96 +1,19 @@
-"""Pure pieces of a download: where its bytes go, free names, progress and rate, the record."""
+"""One transfer while p2pd runs it: its records, state and progress, its cancel, its end.
+
+The data are the model's (``p2pd.fetch.model``); what makes this the running
+transfer is what trio gives it: the event its fetches wait on, and the cancel
+scope that ``p2pctl cancel`` cancels.  ``p2pd.fetch.downloads`` runs it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from p2pd.fetch.attempts import State
-from p2pd.fetch.history import Outcome, Queued
-from p2pd.share.index import is_shareable_relpath
-
-PARTIAL_SUFFIX = ".p2pd-partial"
-#: The longest file name, in bytes, that Linux file systems take (ext4, xfs, btrfs, tmpfs).
-NAME_MAX = 255
-
-
-def partial_name(sha256: str) -> str:
-    """Hidden, named by content: a resume may come from any member listing the same bytes."""
-    return f".{sha256}{PARTIAL_SUFFIX}"
-
-
-def partial_path(download_dir: Path, sha256: str) -> Path:
-    return download_dir / partial_name(sha256)
-
-
-def destination(download_dir: Path, remote_path: str) -> Path:
-    """``download_dir/<remote path>``; ValueError for a path that could leave the folder."""
-    if not is_shareable_relpath(remote_path):
-        raise ValueError(f"{remote_path!r} is not a plain relative path")
-    return download_dir.joinpath(*PurePosixPath(remote_path).parts)
-
-
-def _byte_length(text: str) -> int:
-    return len(text.encode("utf-8", "surrogateescape"))
-
-
-def _cut(text: str, budget: int) -> str:
-    """The longest start of ``text`` of at most ``budget`` UTF-8 bytes, whole characters only."""
-    used = 0
-    for index, char in enumerate(text):
-        used += _byte_length(char)
-        if used > budget:
-            return text[:index]
-    return text
-
-
-def numbered(path: Path, number: int) -> Path:
-    """``name (N).ext`` beside ``path``.
-
-    A name may have at most NAME_MAX bytes: where ``name (N).ext`` would be
-    longer, the stem is shortened (whole characters, the suffix kept), so that
-    a long name that is taken still gets a free one instead of ENAMETOOLONG.
-    """
-    if number == 0:
-        return path
-    suffix = "".join(path.suffixes[-1:])
-    tail = f" ({number}){suffix}"
-    if _byte_length(tail) >= NAME_MAX:  # no room for any stem: the suffix goes too
-        suffix, tail = "", f" ({number})"
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    return path.with_name(_cut(stem, NAME_MAX - _byte_length(tail)) + tail)
-
-
-def free_name(path: Path, taken: Callable[[Path], bool]) -> Path:
-    number = 0
-    while taken(numbered(path, number)):
-        number += 1
-    return numbered(path, number)
-
-
-@dataclass
-class Progress:
-    """Bytes done and a smoothed rate; ``now`` comes from the caller (pure)."""
-
-    size: int
-    bytes_done: int = 0
-    rate: float = 0.0
-    _last: tuple[float, int] | None = field(default=None, repr=False)
-
-    def update(self, bytes_done: int, now: float) -> None:
-        self.bytes_done = bytes_done
-        if self._last is None:
-            self._last = (now, bytes_done)
-            return
-        then, before = self._last
-        if now - then >= 0.5:
-            instant = (bytes_done - before) / (now - then)
-            self.rate = instant if self.rate == 0 else 0.7 * instant + 0.3 * self.rate
-            self._last = (now, bytes_done)
+from p2pd.fetch.model import Outcome, Progress, Queued, State
 
 
 @dataclass
@@ -100,7 +23,6 @@ class Transfer:
     queued: Queued
     dest: Path
     progress: Progress
-    state: State = State.QUEUED
     #: The member of the current (last) attempt: not always the one asked first.
     peer_id: str = ""
     peer_name: str = ""
@@ -109,6 +31,16 @@ class Transfer:
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     #: What another fetch joins: the same bytes asked for at the same destination.
     key: tuple[str, Path] | None = None
+    _state: State = field(default=State.QUEUED, init=False, repr=False)
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, new: State) -> None:
+        """Only the moves of ``p2pd.fetch.model.MOVES``: IllegalMove for another."""
+        self._state = self._state.to(new)
 
     @property
     def shown_state(self) -> State:

@@ -1,6 +1,6 @@
 """The other members as last listed by the registry: admission and PEER lookup.
 
-Pure: the registry loop feeds it, the peer server and the control socket read it.
+No I/O: the registry link feeds it, the peer server and the control socket read it.
 """
 
 from __future__ import annotations

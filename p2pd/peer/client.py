@@ -52,17 +52,25 @@ CHECKS_AT_ONCE = 1
 MAX_CLIENT_CONTEXTS = 64
 
 
-class PeerUnreachable(Exception):
-    """No address of the member answered with the member's certificate."""
+class PeerUnavailable(Exception):
+    """The member cannot give us what we asked now; the message says why, in a user's
+    words.  Which of the three below it was matters to what is tried next."""
 
 
-class PeerRefused(Exception):
+class PeerUnreachable(PeerUnavailable):
+    """No address of the member answered with the member's certificate, or the
+    connection failed (or timed out) during the exchange."""
+
+
+class PeerRefused(PeerUnavailable):
+    """The member answered with an error status (``status``)."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
 
-class InvalidListing(Exception):
+class InvalidListing(PeerUnavailable):
     """A member answered GET /files with something that is not a valid listing."""
 
 

@@ -1,4 +1,4 @@
-"""Why a member could not be reached, in words a user can act on (pure).
+"""Why a member could not be reached, in words a user can act on (no I/O).
 
 ``PeerConnection.open`` tries each address the registry lists for a member;
 this turns what each attempt raised (a refused connection, a timeout, a TLS

@@ -36,7 +36,8 @@ from p2pd.peer.files import (
     repr_digest,
 )
 from p2pd.peer.ratelimit import TokenBucket
-from p2pd.peer.uploads import BUSY, MIN_UPLOAD_RATE, PACE_WINDOW, UploadPace, UploadSlots
+from p2pd.peer.slots import UploadSlots
+from p2pd.peer.uploads import BUSY, MIN_UPLOAD_RATE, PACE_WINDOW, UploadPace
 from p2pd.share.index import FileEntry
 from p2pd.share.safeopen import FileChanged
 from p2pd.share.watching import Share

@@ -14,8 +14,9 @@ for as long as its downloads lasted, and everyone else got ``503 busy``.
   client only: waits for the configured ``upload_rate_limit`` are ours, so
   a limit that makes every upload slow ends none of them.
 
-The rules here are pure but for ``UploadSlots.acquire``'s wait; p2pd.peer.server
-applies them to both ways a body is sent (through h11, and by worker threads).
+The rules here are pure (the wait for a slot is ``p2pd.peer.slots``');
+p2pd.peer.server applies them to both ways a body is sent (through h11, and
+by worker threads).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
-
-import trio
 
 #: An upload under this pace over the window is ended while others wait for a slot.
 MIN_UPLOAD_RATE = 64 * 1024
@@ -41,16 +40,18 @@ def member_share(slots: int) -> int:
     return max(1, slots // 4)
 
 
-class UploadSlots:
-    """Who holds the upload slots, and who waits for one."""
+class SlotCount:
+    """Who holds the upload slots, how many wait for one, and the rule for taking one.
+
+    ``p2pd.peer.slots.UploadSlots`` adds the wait; these are the rules alone.
+    """
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.member_share = member_share(total)
         self.active = 0
         self._held: Counter[str] = Counter()
-        self._freed = trio.lowlevel.ParkingLot()
-        #: Requests waiting for a slot now; when one was last refused (trio time).
+        #: Requests waiting for a slot now; when one was last refused (the server's clock).
         self.waiting = 0
         self.last_refused = -math.inf
 
@@ -66,30 +67,16 @@ class UploadSlots:
             return BUSY_FOR_YOU  # what is free is kept for the others
         return None
 
-    async def acquire(self, member: str, wait: float) -> str | None:
-        """Take a slot for ``member`` within ``wait`` seconds: None, or the refusal."""
-        if self.refusal(member) is not None:
-            self.waiting += 1
-            try:
-                with trio.move_on_after(wait):
-                    while self.refusal(member) is not None:
-                        await self._freed.park()
-            finally:
-                self.waiting -= 1
-            refusal = self.refusal(member)
-            if refusal is not None:
-                self.last_refused = trio.current_time()
-                return refusal
+    def take(self, member: str) -> None:
+        """``member`` holds one more slot (its ``refusal`` was None)."""
         self._held[member] += 1
         self.active += 1
-        return None
 
-    def release(self, member: str) -> None:
+    def give_back(self, member: str) -> None:
         self._held[member] -= 1
         if self._held[member] <= 0:
             del self._held[member]
         self.active -= 1
-        self._freed.unpark_all()  # each waiter looks again whether it may take it
 
     def contended(self, now: float, window: float) -> bool:
         """Someone waits for a slot, or was refused one within ``window`` seconds."""

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pd.fetch.history import HistoryFile, Outcome, Queued
+from p2pd.fetch.history import HistoryFile
+from p2pd.fetch.model import Outcome, Queued
 from p2pd.share.hashcache import FileKey, HashCache
 
 SHA = "ab" * 32

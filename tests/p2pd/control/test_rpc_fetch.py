@@ -25,8 +25,8 @@ from p2pd.control.jsonrpc import LineBuffer, RpcError
 from p2pd.control.methods import Rpc
 from p2pd.control.server import ControlServer
 from p2pd.fetch.downloads import Downloads, Transfer
-from p2pd.fetch.history import History, Outcome, Queued
-from p2pd.fetch.transfer import Progress
+from p2pd.fetch.history import History
+from p2pd.fetch.model import Outcome, Progress, Queued
 from p2pd.membership.members import Members
 from p2pd.peer.client import PeerUnreachable
 from p2pd.peer.listing import MemberListing

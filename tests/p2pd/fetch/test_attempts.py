@@ -20,7 +20,6 @@ from p2pd.fetch.attempts import (
     Fatal,
     ProgressWindow,
     Retry,
-    State,
     changed,
     check_framing,
     check_queued,
@@ -30,7 +29,7 @@ from p2pd.fetch.attempts import (
     refused,
     verified,
 )
-from p2pd.fetch.history import Queued
+from p2pd.fetch.model import Queued, State
 
 SHA = "ab" * 32
 

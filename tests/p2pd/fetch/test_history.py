@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from p2pd.fetch.history import HistoryFile, Outcome
+from p2pd.fetch.history import HistoryFile
+from p2pd.fetch.model import Outcome
 
 OLD_SCHEMA = """
 CREATE TABLE history (

@@ -12,9 +12,9 @@ import trio
 
 from p2pcommon.http.client import Head
 from p2pcommon.models import Member, SharedFile
-from p2pd.fetch.attempts import State
 from p2pd.fetch.downloads import Downloads, Transfer
-from p2pd.fetch.history import History, Queued
+from p2pd.fetch.history import History
+from p2pd.fetch.model import Queued, State
 from p2pd.membership.members import Members
 from p2pd.peer.client import PeerPool
 from p2pd.peer.files import repr_digest

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from p2pd.fetch.attempts import Retry
+from p2pd.fetch.names import partial_path
 from p2pd.fetch.partial import store_small
-from p2pd.fetch.transfer import partial_path
 
 DATA = b"small file " * 100
 SHA = hashlib.sha256(DATA).hexdigest()

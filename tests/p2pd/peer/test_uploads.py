@@ -10,7 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from p2pd.peer.uploads import BUSY, BUSY_FOR_YOU, UploadPace, UploadSlots, member_share
+from p2pd.peer.slots import UploadSlots
+from p2pd.peer.uploads import BUSY, BUSY_FOR_YOU, UploadPace, member_share
 
 
 @pytest.mark.parametrize(("slots", "share"), [(1, 1), (3, 1), (4, 1), (8, 2), (9, 2), (64, 16)])
