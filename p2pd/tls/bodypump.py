@@ -12,11 +12,11 @@ Blocks come back through a small ring, which bounds memory (RING_BLOCKS ×
 BLOCK) and paces the reader to the hasher.  Body bytes are not copied by
 Python code (only the little h11 had buffered past the head).
 
-The trio side waits for both threads and, every PROGRESS_EVERY seconds,
-reports what arrived (``on_chunk`` may raise to end the attempt).  A
-cancellation sets ``stop``, which the threads look at at least every
-POLL_SLICE seconds: ``p2pctl cancel`` and shutdown end a transfer within a
-second, as before.
+The trio side waits for both threads (``p2pd.tls.workers``) and, every
+PROGRESS_EVERY seconds, reports what arrived (``on_chunk`` may raise to end
+the attempt).  A cancellation sets ``stop``, which the threads look at at
+least every POLL_SLICE seconds: ``p2pctl cancel`` and shutdown end a
+transfer within a second, as before.
 
 Sending an upload: one thread reads the file into a reused 512 KiB buffer
 with pread, encrypts it as one TLS write and sends it.
@@ -32,14 +32,13 @@ import select
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar, cast
 
 import trio
 
-from p2pcommon.lifecycle import unwrap_group
+from p2pd.tls.workers import in_threads
 
 #: Bodies from this size on are moved by worker threads (a thread costs ~0.1 ms to
 #: start; below this, trio's path is as fast).
@@ -54,7 +53,6 @@ SEND_BLOCK = 512 * 1024
 SOCKET_READ = 256 * 1024
 #: How often the threads look at ``stop`` while they wait.
 POLL_SLICE = 0.2
-PROGRESS_EVERY = 0.1
 
 
 _T = TypeVar("_T")
@@ -300,72 +298,6 @@ def _send_file(
         pass  # a cancellation, whose reason trio has
 
 
-async def _in_threads(
-    jobs: Sequence[Callable[[], None]],
-    stop: threading.Event,
-    done: Callable[[], int],
-    on_progress: Callable[[int], None],
-    complete: Callable[[], bool],
-) -> None:
-    """Run each job in a worker thread and wait for all; report progress as it goes.
-
-    ``on_progress(count)`` gets the growth of ``done()`` every PROGRESS_EVERY
-    seconds and at the end; it may raise to end the work.  That, or a
-    cancellation, sets ``stop``; the jobs then return within POLL_SLICE or
-    one block, and the error (or Cancelled) comes out.  The jobs have a
-    thread limiter of their own: they never wait for one another's thread
-    (the hasher for its reader) nor take the threads the rest of the
-    daemon shares (history, file opens).
-    """
-    limiter = trio.CapacityLimiter(len(jobs))
-    reported = 0
-
-    def report() -> None:
-        nonlocal reported
-        now_done = done()
-        if now_done > reported:
-            count, reported = now_done - reported, now_done
-            on_progress(count)
-
-    async def watch() -> None:
-        try:
-            while True:
-                await trio.sleep(PROGRESS_EVERY)
-                report()
-        finally:
-            stop.set()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch)
-            async with trio.open_nursery() as workers:
-                for job in jobs:
-                    workers.start_soon(partial(trio.to_thread.run_sync, job, limiter=limiter))
-            if not complete():
-                # Stopped short: by watch() ending, whose error or cancellation
-                # is on its way; never return as if the work were done.
-                await trio.sleep_forever()
-            nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise _first_failure(group) from None
-    report()
-
-
-def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """What to report of several failures at once (a progress check and a cut
-    connection, say): the first that is not a cancellation, else the group."""
-    leaves = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            pending[:0] = exc.exceptions
-        else:
-            leaves.append(exc)
-    failures = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
-    return failures[0] if failures else unwrap_group(group)
-
-
 async def receive_direct(
     body: DirectBody,
     fd: int,
@@ -385,7 +317,7 @@ async def receive_direct(
     stop = threading.Event()
     reader = _Reader(body, stop)
     ring = _Ring(stop)
-    await _in_threads(
+    await in_threads(
         [
             functools.partial(_read_and_write, reader, ring, fd, offset),
             functools.partial(_hash, ring, digest, stop),
@@ -413,7 +345,7 @@ async def send_direct(
     """
     stop = threading.Event()
     sent = _Counter()
-    await _in_threads(
+    await in_threads(
         [functools.partial(_send_file, tls, file_fd, offset, length, stall_limit, stop, sent)],
         stop,
         lambda: sent.done,
