@@ -107,7 +107,11 @@ class Downloads:
 
     async def start(self, member: Member, entry: SharedFile) -> Transfer:
         """The transfer of ``entry`` from ``member``: a new one, or the one already queued
-        or running for the same bytes to the same destination (same id, same outcome)."""
+        or running for the same bytes to the same destination (same id, same outcome).
+
+        UnsafePath for a path that breaks the path rule; NotQueued, saying why, when
+        there is no room or the destination cannot be looked at.
+        """
         dest = destination(self._dir, entry.path)
         if (joined := self._joinable(entry.sha256, dest)) is not None:
             return joined

@@ -1,11 +1,12 @@
-"""The history file: outcomes round-trip, and a file written by an older p2pd is read."""
+"""The history: outcomes round-trip, a file written by an older p2pd is read, and a
+file that fails loses no outcome meanwhile."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-from p2pd.fetch.history import HistoryFile
+from p2pd.fetch.history import UNRECORDED_KEPT, History, HistoryFile
 from p2pd.fetch.model import Outcome
 
 OLD_SCHEMA = """
@@ -41,3 +42,24 @@ def test_a_history_from_an_older_p2pd_gets_the_already_there_flag(tmp_path: Path
     assert (newest.id, newest.already_there) == ("00000003", False)
     assert there == outcome("00000002", 10, already_there=True)
     assert (old.id, old.already_there, old.bytes_per_second) == ("00000001", False, 3.0)
+
+
+async def test_while_the_file_fails_outcomes_are_kept_and_said_then_it_heals(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"  # not there yet: the file cannot be opened
+    history = History(state_dir / "history.sqlite3")
+    await history.check()
+    assert history.error is not None and "history" in history.error
+    for number in range(UNRECORDED_KEPT + 1):
+        await history.record(outcome(f"{number:08x}", 10 + number, already_there=False))
+    assert len(history.unrecorded) == UNRECORDED_KEPT  # bounded: the newest are kept
+    assert history.unrecorded[0].id == "00000001"
+    state_dir.mkdir()
+    await history.record(outcome("ffffffff", 1000, already_there=True))
+    assert history.error is None
+    listed = await history.outcomes()  # the file's, and those it could not take, newest first
+    assert [o.id for o in listed[:2]] == ["ffffffff", f"{UNRECORDED_KEPT:08x}"]
+    assert len(listed) == UNRECORDED_KEPT + 1
+    assert [o.id for o in history.file.outcomes()] == ["ffffffff"]
+    history.close()
