@@ -99,13 +99,14 @@ _ENDS = frozenset({_S.DONE, _S.FAILED, _S.CANCELLED})
 #: The ways a transfer stops short of success.
 _STOPPING = frozenset({_S.CANCELLING, _S.FAILED, _S.CANCELLED})
 
-#: Every move a transfer may make.  An attempt goes connecting → downloading →
-#: placing (connecting → placing when the bytes are all on disk already, from
-#: before a restart); a failed attempt goes on to the next member (connecting)
-#: or, its round over, waits (waiting; also after a round that found no member
-#: to ask).  The cancel is taken at once (cancelling), but the transfer's task
-#: may still report the step it was in before it notices, or reach its outcome
-#: if that was being recorded; only the outcome ends it.
+#: Every move a transfer may make.  One whose bytes are at its destination
+#: already is done at once.  An attempt goes connecting → downloading → placing
+#: (connecting → placing when every byte is on disk already, from before a
+#: restart); a failed attempt goes on to the next member (connecting) or, its
+#: round over, waits (waiting; also after a round that found no member to ask).
+#: A cancel is taken at once (cancelling), but the transfer's task may still
+#: report the step it was in before it notices, or end as it was about to (a
+#: file being placed is placed: done); only an outcome ends a transfer.
 MOVES: dict[State, frozenset[State]] = {
     _S.QUEUED: frozenset({_S.CONNECTING, _S.WAITING, _S.DONE}) | _STOPPING,
     _S.CONNECTING: frozenset({_S.CONNECTING, _S.DOWNLOADING, _S.PLACING, _S.WAITING}) | _STOPPING,
