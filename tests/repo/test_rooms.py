@@ -20,6 +20,9 @@ PURE = [
     "p2pd.fetch.names",
     "p2pd.peer.files",
     "p2pd.peer.uploads",
+    "p2pd.peer.search",
+    "p2pd.peer.search_groups",
+    "p2pd.peer.clienthello",
     "p2pd.share.index",
     "p2pd.control.jsonrpc",
     "registryd.table",
@@ -35,8 +38,20 @@ PURE = [
     "p2pcommon.signing.refusals",
     "p2pcommon.signing.member_proof",
 ]
-#: What a pure module must not bring: sockets, SQLite, trio, threads (and their C parts).
-IO = ["socket", "_socket", "sqlite3", "_sqlite3", "trio", "threading", "ssl", "selectors"]
+#: What a pure module must not bring: sockets, SQLite, trio, threads, processes (and
+#: their C parts).
+IO = [
+    "socket",
+    "_socket",
+    "ssl",
+    "select",
+    "selectors",
+    "sqlite3",
+    "_sqlite3",
+    "trio",
+    "threading",
+    "subprocess",
+]
 
 #: Each room of p2pd and the rooms it may import (below it); the top-level modules
 #: wire them (main, daemon, prepare, metrics), and only the configuration's
