@@ -1,8 +1,9 @@
 """One download from several members at once: which member sends which piece, when. Pure.
 
-A :class:`Swarm` is the schedule of one content (size, piece size, see
-p2pd.share.merkle).  The I/O side tells it what happens, with the time
-(``now``: monotonic seconds), and does what it answers:
+A :class:`Swarm` is the schedule of one content's pieces (its size and piece
+size, laid out as in p2pd.share.merkle, which this room does not import).
+The I/O side tells it what happens, with the time (``now``: monotonic
+seconds), and does what it answers:
 
 - ``add_source(id, now)``: a member that lists the content (found at the
   start or during the transfer: it joins);
@@ -61,7 +62,6 @@ import random
 from collections.abc import Iterable
 
 from p2pd.fetch.swarm_members import Request, Source, SourceReport
-from p2pd.share.merkle import piece_count, piece_range
 
 QUEUE_SECONDS = 2.0
 PROBE_IN_FLIGHT = 2
@@ -88,9 +88,11 @@ class Swarm:
     def __init__(
         self, size: int, piece_size: int, rng: random.Random, verified: Iterable[int] = ()
     ) -> None:
+        if size < 0 or piece_size <= 0:
+            raise ValueError(f"no pieces of {piece_size} bytes in a content of {size} bytes")
         self.size = size
         self.piece_size = piece_size
-        self.count = piece_count(size, piece_size)
+        self.count = -(-size // piece_size)
         self._verified: set[int] = set()
         self._bytes_verified = 0
         for piece in verified:
@@ -106,8 +108,14 @@ class Swarm:
 
     # -- what the I/O side reads ---------------------------------------------------------
 
+    def range(self, piece: int) -> tuple[int, int]:
+        """The bytes ``[start, end)`` of ``piece`` (the last piece may be shorter)."""
+        self._check(piece)
+        start = piece * self.piece_size
+        return start, min(start + self.piece_size, self.size)
+
     def length(self, piece: int) -> int:
-        start, end = piece_range(piece, self.size, self.piece_size)
+        start, end = self.range(piece)
         return end - start
 
     @property
@@ -329,8 +337,7 @@ class Swarm:
             raise IndexError(f"piece {piece} is outside this content's {self.count} pieces")
 
     def _request(self, source_id: str, piece: int) -> Request:
-        start, end = piece_range(piece, self.size, self.piece_size)
-        return Request(source_id, piece, start, end)
+        return Request(source_id, piece, *self.range(piece))
 
     def _peek(self) -> int | None:
         """The next piece to ask for (the end of the shuffled queue); drops stale entries."""

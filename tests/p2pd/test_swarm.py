@@ -19,6 +19,7 @@ from p2pd.fetch.swarm import (
     SourceReport,
     Swarm,
 )
+from p2pd.share.merkle import piece_count, piece_range
 from tests.p2pd.swarm_sim import Member, Simulation, check_invariants
 
 KiB = 1024
@@ -433,3 +434,13 @@ def test_at_most_max_sources_take_part() -> None:
     assert all(swarm.add_source(f"m{n}", 0.0) for n in range(MAX_SOURCES))
     assert not swarm.add_source("one too many", 0.0)
     assert swarm.add_source("m0", 0.0)  # those in it stay in it
+
+
+@given(st.integers(0, 64 * MiB), st.sampled_from([16 * KiB, PIECE, 512 * KiB]))
+def test_the_pieces_are_laid_out_as_the_merkle_tree_lays_them_out(
+    size: int, piece_size: int
+) -> None:
+    swarm = Swarm(size, piece_size, random.Random(0))
+    assert swarm.count == piece_count(size, piece_size)
+    for piece in {0, swarm.count // 2, swarm.count - 1} if swarm.count else set():
+        assert swarm.range(piece) == piece_range(piece, size, piece_size)
