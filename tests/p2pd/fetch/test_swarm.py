@@ -20,7 +20,7 @@ from p2pd.fetch.swarm import (
     Swarm,
 )
 from p2pd.share.merkle import piece_count, piece_range
-from tests.p2pd.swarm_sim import Member, Simulation, check_invariants
+from tests.p2pd.fetch.swarm_sim import Member, Simulation, check_invariants
 
 KiB = 1024
 MiB = 1024 * KiB
