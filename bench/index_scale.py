@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from p2pd.share import Share
+from p2pd.share.watching import Share
 
 
 async def index_once(share_dir: Path, state_dir: Path) -> tuple[float, int]:

@@ -28,12 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.transfer import BIN, SECRET, free_port
 from p2pcommon.identity import peer_id_from_pem
-from p2pcommon.member_proof import sign_base
 from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient
-from p2pd.identity import build_certificate
-from p2pd.members import Members
-from p2pd.registry_link import RegistryLink
+from p2pcommon.signing.member_proof import sign_base
+from p2pd.membership.link import RegistryLink
+from p2pd.membership.members import Members
+from p2pd.tls.identity import build_certificate
 
 
 def start_registry(port: int, burst: int, rate: float, log: Path) -> subprocess.Popen[bytes]:

@@ -27,7 +27,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.scale_wire import Answer, AnswerReader, FastSigner, ProtocolError
-from p2pcommon.signing import AuthError, Signer
+from p2pcommon.signing.signer import AuthError, Signer
 
 #: p2pd's registry client gives up on an exchange after this long (its timeout).
 REQUEST_TIMEOUT = 5.0

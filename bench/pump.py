@@ -1,4 +1,4 @@
-"""Where a received GiB's CPU goes in p2pd/bodypump.py, one process, no daemons.
+"""Where a received GiB's CPU goes in p2pd/tls/bodypump.py, one process, no daemons.
 
 .venv/bin/python -m bench.pump [--size-mib N]
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-import p2pd.bodypump as pump
+import p2pd.tls.bodypump as pump
 from bench.transfer import tls_files
 
 SPENT: dict[str, float] = collections.defaultdict(float)

@@ -4,7 +4,7 @@ Starts a real registryd, then the real p2pd several times on the same
 ``state_dir`` (the first run creates the identity; the later ones are what
 every boot is), and measures from the spawn to the log line
 ``registered as …``, polled every 5 ms.  Also times the register proof's
-child (``python -m p2pd.keysign``) alone.  With ``PYTHONPATH`` naming another
+child (``python -m p2pd.membership.keysign``) alone.  With ``PYTHONPATH`` naming another
 checkout (and run from elsewhere than this one), it measures that code.
 
     .venv/bin/python -m bench.register_time [--runs N]
@@ -43,7 +43,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 def keysign_time(state: Path, runs: int) -> list[float]:
     import trio
 
-    from p2pd.registry_link import KeySigner
+    from p2pd.membership.link import KeySigner
 
     sign = KeySigner(state / "identity.key")
     times = []
@@ -92,7 +92,7 @@ def main() -> int:
             except ImportError:  # a p2pd older than the register proof (PYTHONPATH)
                 return 0
             print(
-                f"python -m p2pd.keysign alone ({len(signing)}): median "
+                f"python -m p2pd.membership.keysign alone ({len(signing)}): median "
                 f"{statistics.median(signing) * 1000:.0f} ms"
             )
         finally:

@@ -38,15 +38,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from p2pcommon.identity import peer_id_from_pem
-from p2pcommon.member_proof import (
+from p2pcommon.signing.member_proof import (
     add_member_signature,
     created_of,
     member_params,
     sign_base,
     signature_base,
 )
-from p2pcommon.signing import Signer
-from p2pd.identity import build_certificate
+from p2pcommon.signing.signer import Signer
+from p2pd.tls.identity import build_certificate
 
 
 def free_port() -> int:

@@ -68,7 +68,7 @@ def churn_of(opts: Options, n: int) -> tuple[float, float]:
 
 def network_issuer(secret: str) -> Issuer:
     """p2pd's network CA for ``secret``: what its own members present."""
-    from p2pd.identity import NetworkCA
+    from p2pd.tls.identity import NetworkCA
 
     ca = NetworkCA.from_secret(secret)
     return ca.name, ca.key
@@ -100,7 +100,7 @@ def run_all(opts: Options) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
     print(
         f"{len(indexed):,} certificates in {time.perf_counter() - started:.1f} s (one key, "
         f"unique subjects; members' issued by the network CA, the joiners' half self-signed); "
-        f"FastSigner matches p2pcommon.signing.Signer"
+        f"FastSigner matches p2pcommon.signing.signer.Signer"
     )
     runs = []
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:

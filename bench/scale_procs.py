@@ -20,7 +20,7 @@ import httpx
 import redis
 
 from bench.scale_wire import AnswerReader, FastSigner, load_key
-from p2pcommon.signing import Signer
+from p2pcommon.signing.signer import Signer
 
 BIN = Path(sys.executable).parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -2,7 +2,7 @@
 
 The virtual peers speak the real protocol (docs/protocol.md §2, §3) but must
 do it at ~1 000 heartbeats/s on a machine whose other core runs the registry:
-``p2pcommon.signing.Signer`` takes ~200 µs per request, so ``FastSigner``
+``p2pcommon.signing.signer.Signer`` takes ~200 µs per request, so ``FastSigner``
 builds the same signature base directly (a few µs) and ``self_check`` proves,
 before any load, that its headers are byte for byte the Signer's and that the
 Signer verifies them.  Every request still gets a fresh nonce and ``created``.
@@ -24,8 +24,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from p2pcommon.identity import peer_id_from_der
-from p2pcommon.member_proof import add_member_signature, member_params, sign_base, signature_base
-from p2pcommon.signing import Signer
+from p2pcommon.signing.member_proof import (
+    add_member_signature,
+    member_params,
+    sign_base,
+    signature_base,
+)
+from p2pcommon.signing.signer import Signer
 
 _PARAMS = (
     '("@method" "@path" "content-digest");created={created};keyid="p2p";alg="hmac-sha256";'

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
+from p2pcommon.lifecycle import unwrap_group
+
 log = logging.getLogger("p2pcommon.boundary")
 
 #: Failures caught per kind of unit ("connection", "transfer", …), for status and metrics.
@@ -27,10 +29,17 @@ failures: Counter[str] = Counter()
 
 def describe(exc: BaseException) -> str:
     """One line: the error's type and text, the innermost of a group."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    exc = unwrap_group(exc)
     text = str(exc).replace("\n", " ")[:500]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def contained(kind: str, exc: Exception, what: str = "", logger: logging.Logger = log) -> None:
+    """A unit of work of ``kind`` failed and the daemon goes on: count it, log one
+    line, and the traceback at debug level only."""
+    failures[kind] += 1
+    logger.error("%s failed: %s", what or kind, describe(exc))
+    logger.debug("%s failed", what or kind, exc_info=exc)
 
 
 @contextlib.contextmanager
@@ -39,9 +48,7 @@ def failure_boundary(kind: str, what: str = "", logger: logging.Logger = log) ->
     try:
         yield
     except Exception as exc:
-        failures[kind] += 1
-        logger.error("%s failed: %s", what or kind, describe(exc))
-        logger.debug("%s failed", what or kind, exc_info=True)
+        contained(kind, exc, what, logger)
 
 
 async def keep_running(

@@ -19,7 +19,8 @@ from typing import Any
 
 import tomli_w
 
-from p2pcommon.settings import ConfigError, Settings
+from p2pcommon.lifecycle import ConfigError
+from p2pcommon.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pydantic import (
     ValidationError,
 )
 
-from p2pcommon.paths import MAX_PATH_BYTES, check_relpath
+from p2pcommon.paths import MAX_PATH_BYTES, SHA256_PATTERN, check_relpath
 
 PEER_ID_PATTERN = r"^[a-z2-7]{52}$"
 #: What one registration may carry (docs/protocol.md §3.2): every member's record
@@ -28,7 +28,6 @@ MAX_NAME_LENGTH = 64
 LEASE_PATTERN = r"^[A-Za-z0-9_-]{16,128}$"
 
 PeerId = Annotated[str, StringConstraints(pattern=PEER_ID_PATTERN)]
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
 Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 
 

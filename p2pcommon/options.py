@@ -18,10 +18,6 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 from p2pcommon.models import split_host_port
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; the message says what and how to fix it."""
-
-
 class SharedOptions(BaseModel):
     """Keys and rules common to registryd and p2pd."""
 

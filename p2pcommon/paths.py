@@ -2,7 +2,8 @@
 
 A path that is listed can be served and can be fetched; one that breaks the
 rule is neither listed (the scan skips it, with a warning) nor served (400)
-nor accepted from a member's listing (the listing is refused).  Pure.
+nor accepted from a member's listing (the listing is refused).  Beside it,
+the form of the name its content goes by: a sha256, lowercase hex.  Pure.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 #: Bytes of a whole relative path, and of one of its segments (Linux's limits).
 MAX_PATH_BYTES = 4096
 MAX_SEGMENT_BYTES = 255
+#: A listed file's content: its sha256, in lowercase hex (docs/protocol.md §4.2).
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
 class UnsafePath(ValueError):

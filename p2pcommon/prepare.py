@@ -25,9 +25,10 @@ import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from p2pcommon.lifecycle import ConfigError, StartupError, exit_status
 from p2pcommon.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -39,14 +40,6 @@ DEADLINE = 60.0
 MAX_ANSWER = 1024 * 1024
 
 Answer = dict[str, Any]
-
-
-class PrepareError(Exception):
-    """The start cannot go on; ``config`` when the configuration is at fault (exit 2)."""
-
-    def __init__(self, message: str, *, config: bool) -> None:
-        super().__init__(message)
-        self.config = config
 
 
 class Child:
@@ -73,27 +66,27 @@ class Child:
             )
         except OSError as exc:
             os.close(self._read_end)
-            raise PrepareError(f"cannot start {self._shown}: {exc}", config=False) from None
+            raise StartupError(f"cannot start {self._shown}: {exc}") from None
         finally:
             os.close(write_end)
 
     def answer(self) -> Answer | int:
         """What the child answered, or its exit status if it gave no answer.
 
-        PrepareError for an error answer, a child killed by a signal, an answer
-        that is too long or not JSON, and one that took longer than the
-        deadline (the child is killed then).
+        ConfigError for an answer that blames the configuration; StartupError
+        for another error answer, a child killed by a signal, an answer that is
+        too long or not JSON, and one that took longer than the deadline (the
+        child is killed then).
         """
         child = self._process
         try:
             data = _read_answer(self._read_end, self._ends, self._shown)
             child.wait(timeout=max(0.0, self._ends - time.monotonic()))
         except subprocess.TimeoutExpired:
-            raise PrepareError(
+            raise StartupError(
                 f"{self._shown} did not finish within {self._deadline:g} s: is the machine "
                 "overloaded, or the configuration or state_dir on a file system that does "
-                "not answer?",
-                config=False,
+                "not answer?"
             ) from None
         finally:
             os.close(self._read_end)
@@ -101,12 +94,34 @@ class Child:
                 child.kill()
                 child.wait()
         if child.returncode < 0:
-            raise PrepareError(
-                f"{self._shown} was killed by signal {-child.returncode}", config=False
-            )
+            raise StartupError(f"{self._shown} was killed by signal {-child.returncode}")
         if not data:
             return child.returncode
         return _parse(data, self._shown)
+
+
+#: Given the start-up child at work, loads the daemon's modules and answers its trio
+#: main function, ready to run; or the exit status the child gave instead of an answer.
+Daemon = Callable[[Child], Callable[[], Awaitable[object]] | int]
+
+
+def daemon_main(prog: str, words: Sequence[str], daemon: Daemon) -> int:
+    """A daemon's command: ``python -m <prog>.prepare start`` started first, so that it
+    reads the arguments and the configuration while ``daemon`` loads the daemon's own
+    modules (on another core); then the daemon runs.  The exit status: 0 after a
+    clean stop, else what ``p2pcommon.lifecycle.exit_status`` says."""
+    try:
+        child = Child(f"{prog}.prepare", "start", words, DEADLINE)
+        run = daemon(child)
+        if isinstance(run, int):  # --help, --version, a usage error: the child said it
+            return run
+        import trio
+
+        setup_logging()
+        trio.run(run)
+    except BaseException as exc:
+        return exit_status(prog, exc)
+    return 0
 
 
 def run_child(
@@ -133,7 +148,7 @@ def _read_answer(fd: int, deadline: float, shown: str) -> bytes:
                 return b"".join(chunks)
             size += len(chunk)
             if size > MAX_ANSWER:
-                raise PrepareError(f"{shown} answered more than {MAX_ANSWER} bytes", config=False)
+                raise StartupError(f"{shown} answered more than {MAX_ANSWER} bytes")
             chunks.append(chunk)
 
 
@@ -143,9 +158,10 @@ def _parse(data: bytes, shown: str) -> Answer:
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        raise PrepareError(f"{shown} answered something that is not a JSON object", config=False)
+        raise StartupError(f"{shown} answered something that is not a JSON object")
     if "error" in answer:
-        raise PrepareError(str(answer.get("message")), config=answer["error"] == "config")
+        failure = ConfigError if answer["error"] == "config" else StartupError
+        raise failure(str(answer.get("message")))
     return answer
 
 

@@ -26,7 +26,7 @@ import trio
 from pydantic import BaseModel
 
 from p2pcommon.backoff import Backoff
-from p2pcommon.httpclient import (
+from p2pcommon.http.client import (
     AnswerTooLarge,
     ClientConnection,
     ClosedWithoutAnswer,
@@ -36,7 +36,6 @@ from p2pcommon.httpclient import (
     connect,
     tls_context,
 )
-from p2pcommon.member_proof import MemberProver, RegisterProof
 from p2pcommon.models import (
     PEER_ID_PATTERN,
     Clients,
@@ -55,7 +54,8 @@ from p2pcommon.registry_errors import RegistryUnavailable as RegistryUnavailable
 from p2pcommon.registry_errors import UnknownMember as UnknownMember
 from p2pcommon.registry_errors import WrongLease as WrongLease
 from p2pcommon.registry_errors import check_page, error_fields, parse_answer, retry_after_seconds
-from p2pcommon.signing import AuthError, Signer
+from p2pcommon.signing.member_proof import MemberProver, RegisterProof
+from p2pcommon.signing.signer import AuthError, Signer
 
 Body = TypeVar("Body", bound=BaseModel)
 

@@ -153,10 +153,3 @@ class Termination:
 def termination_signals() -> Iterator[Termination]:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         yield Termination(signals)
-
-
-def unwrap_group(exc: BaseException) -> BaseException:
-    """The single error inside nested exception groups (trio nurseries wrap what escapes)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc

@@ -23,9 +23,9 @@ from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from p2pcommon.options import ConfigError as ConfigError
+from p2pcommon.lifecycle import ConfigError
 from p2pcommon.options import SharedOptions
-from p2pcommon.signing import MIN_SECRET_LENGTH
+from p2pcommon.signing.signer import MIN_SECRET_LENGTH
 
 
 class SharedSettings(BaseSettings, SharedOptions):

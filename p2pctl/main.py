@@ -329,7 +329,7 @@ def doctor(args: Args) -> int:
     # would slow every other command's start.
     import dataclasses
 
-    from p2pd.doctor import run_checks
+    from p2pd.ops.doctor import run_checks
 
     results = run_checks(args.config, args.user, [args.socket], daemon_status)
     if args.json:

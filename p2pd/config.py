@@ -12,7 +12,8 @@ from typing import ClassVar
 
 from pydantic_settings import SettingsConfigDict
 
-from p2pcommon.settings import ConfigError, SharedSettings
+from p2pcommon.lifecycle import ConfigError
+from p2pcommon.settings import SharedSettings
 from p2pd.options import PeerOptions
 
 DEFAULT_PATH = "/etc/p2pd.toml"

@@ -11,36 +11,31 @@ from collections.abc import AsyncIterator, Callable
 import trio
 
 from p2pcommon.boundary import keep_running
-from p2pcommon.httpserver import Limits
+from p2pcommon.http.server import Limits
+from p2pcommon.lifecycle import SHUTDOWN_DEADLINE, ConfigError, StartupError
 from p2pcommon.memory import release_start_up_garbage
 from p2pcommon.models import RegisterRequest, split_host_port
-from p2pcommon.options import ConfigError, changed_keys
+from p2pcommon.options import changed_keys
 from p2pcommon.registry_client import RegistryClient
 from p2pcommon.service import Notifier, Termination, reload_on_hangup, termination_signals
-from p2pd.control import ControlServer
-from p2pd.downloads import Downloads
-from p2pd.history import History, HistoryUnavailable
-from p2pd.identity import unusable_key
-from p2pd.members import Members
+from p2pd.control.methods import Rpc
+from p2pd.control.server import ControlServer
+from p2pd.fetch.downloads import Downloads
+from p2pd.fetch.history import History
+from p2pd.membership.link import KeySigner, RegistryLink
+from p2pd.membership.members import Members
 from p2pd.options import LIVE_KEYS, PeerOptions
-from p2pd.peerclient import PeerPool
-from p2pd.peerserver import PeerServer
+from p2pd.peer.client import PeerPool
+from p2pd.peer.server import PeerServer
 from p2pd.prepare import Prepared
-from p2pd.registry_link import KeySigner, RegistryLink
-from p2pd.rpc import Rpc
-from p2pd.share import Share
-from p2pd.tls import ServerContexts
+from p2pd.share.watching import Share
+from p2pd.tls.contexts import ServerContexts
+from p2pd.tls.identity import unusable_key
 
 log = logging.getLogger("p2pd")
 
-SHUTDOWN_DEADLINE = 5.0
 #: Seconds between STATUS= updates to systemd.
 STATUS_PERIOD = 5.0
-
-
-class StartupError(Exception):
-    """The daemon cannot start for a reason outside its configuration."""
-
 
 #: Reads the configuration again: new settings and secret, or ConfigError.
 Reloader = Callable[[], tuple[PeerOptions, str]]
@@ -96,11 +91,8 @@ class Daemon:
         self.history = history = History(settings.state_dir / "history.sqlite3")
         self.pool = PeerPool(identity)
         self.downloads = Downloads(self.pool, self.members, settings.download_dir, history)
-        try:
-            await trio.to_thread.run_sync(history.check)
-        except HistoryUnavailable as exc:
-            # Sharing and downloading work without it; status says why.
-            self.downloads.history_failed(exc)
+        # Sharing and downloading work without it; status says why.
+        await history.check()
         async with RegistryClient(settings.registries, self._secret) as client:
             self.link = RegistryLink(
                 client,
@@ -165,12 +157,9 @@ class Daemon:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         # Imported only when metrics are served (off by default): prometheus_client costs ~1 MiB.
-        from p2pd.metrics import BindError, PeerMetrics, open_listeners
+        from p2pd.metrics import PeerMetrics, open_listeners
 
-        try:
-            listeners = await open_listeners(self.settings.metrics_listen)
-        except BindError as exc:
-            raise StartupError(str(exc)) from None
+        listeners = await open_listeners(self.settings.metrics_listen)
         metrics = PeerMetrics(
             self.server, self.downloads, self.share, self.members, lambda: self.link.registered
         )
@@ -235,7 +224,7 @@ class Daemon:
             f"{len(self.share.index)} shared files{indexing}; "
             f"{self.server.stats.active} uploads; {len(self.downloads.active)} downloads"
         )
-        problems = [p for p in (self.share.warning, self.downloads.history_error) if p]
+        problems = [p for p in (self.share.warning, self.history.error) if p]
         return "; ".join([line, *problems])
 
     def _update_status(self) -> None:

@@ -21,12 +21,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from p2pcommon import boundary
-from p2pcommon.httpserver import HttpServer, Limits, Request, Response, error_response
+from p2pcommon.http.events import Request, Response, error_response
+from p2pcommon.http.server import HttpServer, Limits
+from p2pcommon.lifecycle import StartupError
 from p2pcommon.models import split_host_port
-from p2pd.downloads import Downloads
-from p2pd.members import Members
-from p2pd.peerserver import PeerServer
-from p2pd.share import Share
+from p2pd.fetch.downloads import Downloads
+from p2pd.membership.members import Members
+from p2pd.peer.server import PeerServer
+from p2pd.share.watching import Share
 
 log = logging.getLogger("p2pd.metrics")
 
@@ -38,7 +40,7 @@ LIMITS: Final = Limits(
 )
 
 
-class BindError(Exception):
+class BindError(StartupError):
     """The metrics address cannot be listened on; the message names the key."""
 
 

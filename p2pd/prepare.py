@@ -14,24 +14,23 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2pcommon.options import ConfigError
+from p2pcommon.lifecycle import ConfigError, StartupError
 from p2pcommon.prepare import (
     Answer,
     Child,
-    PrepareError,
     child_main,
     config_error,
     daemon_arguments,
     run_child,
     startup_error,
 )
-from p2pd.identity import Identity, NetworkAnchor
 from p2pd.options import PeerOptions
+from p2pd.tls.identity import Identity, NetworkAnchor
 
 log = logging.getLogger("p2pd")
 
 DESCRIPTION = "The p2pd peer daemon: shares a folder with the members."
-#: What `p2pd --help` lists beside running the daemon (p2pd.admin runs them).
+#: What `p2pd --help` lists beside running the daemon (p2pd.ops.admin runs them).
 ADMIN_COMMANDS = (
     ("config init --share DIR --downloads DIR --registry URL", "write a first config file"),
     ("install [--config FILE]", "let the systemd service reach the configured folders"),
@@ -54,7 +53,7 @@ def prepared(child: Child) -> Prepared | int:
     """The configuration and identity ``child`` (``p2pd.prepare start``) prepared, or
     its exit status when it answered nothing (``--help``, ``--version``, a usage error).
 
-    PrepareError when the start cannot go on (``config``: the configuration's fault).
+    ConfigError or StartupError when the start cannot go on.
     """
     answer = child.answer()
     if isinstance(answer, int):
@@ -78,7 +77,7 @@ def reload_options(words: list[str]) -> tuple[PeerOptions, str]:
     """The configuration read again (SIGHUP), or ConfigError saying why not."""
     try:
         answer = run_child("p2pd.prepare", "reload", words)
-    except PrepareError as exc:
+    except StartupError as exc:  # a ConfigError says it already
         raise ConfigError(str(exc)) from None
     if isinstance(answer, int):
         raise ConfigError(f"reading the configuration ended with status {answer}, no answer")
@@ -89,7 +88,7 @@ def _prepare(what: str, words: list[str]) -> Answer:
     # Imported here, in the child only: these are what the daemon must not keep.
     from p2pcommon.settings import exposed_secret_file, load_settings
     from p2pd.config import DEFAULT_PATH, PeerSettings, check_folders
-    from p2pd.identity import load_for_network
+    from p2pd.tls.identity import load_for_network
 
     args = daemon_arguments("p2pd", DESCRIPTION, DEFAULT_PATH, words, ADMIN_COMMANDS)
     try:

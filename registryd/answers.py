@@ -8,9 +8,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from p2pcommon.httpserver import Request, Response
-from p2pcommon.member_proof import MemberSignature
-from p2pcommon.signing import Verified
+from p2pcommon.http.events import Request, Response
+from p2pcommon.signing.member_proof import MemberSignature
+from p2pcommon.signing.signer import Verified
 
 
 @dataclass

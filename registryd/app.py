@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from p2pcommon.connections import address_key
-from p2pcommon.httpserver import Request, Response, error_response, json_response
-from p2pcommon.member_proof import split_member_signature
-from p2pcommon.signing import MAX_SKEW, REPLAYED, AuthError, Signer
+from p2pcommon.http.connections import address_key
+from p2pcommon.http.events import Request, Response, error_response, json_response
+from p2pcommon.signing.member_proof import split_member_signature
+from p2pcommon.signing.signer import MAX_SKEW, REPLAYED, AuthError, Signer
 from registryd.answers import Action, Call, Unsigned
 from registryd.guards import FailureLimiter, LoadShedder, LookupLimiter, NewMemberLimiter
 from registryd.health import StoreHealth

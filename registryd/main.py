@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Awaitable, Callable
 
-from p2pcommon.prepare import DEADLINE, Child, PrepareError
+from p2pcommon.prepare import Child, daemon_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,43 +16,19 @@ def main(argv: list[str] | None = None) -> int:
 
         return admin_command(words)
     # The arguments and the configuration are read by a short child process
-    # (registryd.prepare): what it imports never stays in the registry.  The
-    # registry's own modules load meanwhile.
-    try:
-        child = Child("registryd.prepare", "start", words, DEADLINE)
-        import trio
+    # (registryd.prepare): what it imports never stays in the registry.
+    return daemon_main("registryd", words, lambda child: _registry(child, words))
 
-        from p2pcommon.logs import setup_logging
-        from p2pcommon.options import ConfigError
-        from p2pcommon.service import unwrap_group
-        from registryd.prepare import prepared, reload_options
-        from registryd.server import StartupError, serve
 
-        ready = prepared(child)
-    except PrepareError as exc:
-        if exc.config:
-            print(f"registryd: configuration error: {exc}", file=sys.stderr)
-            return 2
-        print(f"registryd: {exc}", file=sys.stderr)
-        return 1
-    if isinstance(ready, int):  # --help, --version, a usage error: the child said it
+def _registry(child: Child, words: list[str]) -> Callable[[], Awaitable[None]] | int:
+    from registryd.prepare import prepared, reload_options
+    from registryd.server import serve
+
+    ready = prepared(child)
+    if isinstance(ready, int):
         return ready
     settings, secret = ready
-    setup_logging()
-    try:
-        trio.run(serve, settings, secret, lambda: reload_options(words))
-    except BaseException as exc:
-        cause = unwrap_group(exc)
-        if isinstance(cause, ConfigError):
-            print(f"registryd: configuration error: {cause}", file=sys.stderr)
-            return 2
-        if isinstance(cause, StartupError):
-            print(f"registryd: {cause}", file=sys.stderr)
-            return 1
-        if isinstance(cause, KeyboardInterrupt):
-            return 130
-        raise
-    return 0
+    return functools.partial(serve, settings, secret, lambda: reload_options(words))
 
 
 if __name__ == "__main__":

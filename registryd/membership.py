@@ -14,13 +14,17 @@ import hashlib
 import logging
 import secrets
 
-from p2pcommon.connections import address_key
-from p2pcommon.httpserver import error_response
+from p2pcommon.http.connections import address_key
+from p2pcommon.http.events import error_response
 from p2pcommon.identity import canonical_pem, peer_id_from_pem, short_id
 from p2pcommon.logs import RepeatedLines
-from p2pcommon.member_proof import BAD_MEMBER_SIGNATURE, MemberProofError, check_member_signature
 from p2pcommon.models import MemberRequest, RegisterRequest, join_host_port
-from p2pcommon.signing import AuthError
+from p2pcommon.signing.member_proof import (
+    BAD_MEMBER_SIGNATURE,
+    MemberProofError,
+    check_member_signature,
+)
+from p2pcommon.signing.signer import AuthError
 from registryd.answers import Answer, Call, Unsigned, error, parse
 from registryd.guards import NewMemberLimiter
 from registryd.metrics import RegistryMetrics

@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 import sys
 
-from p2pcommon.options import ConfigError
+from p2pcommon.lifecycle import ConfigError, StartupError
 from p2pcommon.prepare import (
     DEADLINE,
     Answer,
     Child,
-    PrepareError,
     child_main,
     config_error,
     daemon_arguments,
@@ -28,7 +27,7 @@ def prepared(child: Child) -> tuple[RegistryOptions, str] | int:
     """The options and secret ``child`` prepared, or its exit status when it
     answered nothing (``--help``, ``--version``, a usage error).
 
-    PrepareError when the start cannot go on (``config``: the configuration's fault).
+    ConfigError or StartupError when the start cannot go on.
     """
     answer = child.answer()
     if isinstance(answer, int):
@@ -40,7 +39,7 @@ def reload_options(words: list[str]) -> tuple[RegistryOptions, str]:
     """The configuration read again (SIGHUP), or ConfigError saying why not."""
     try:
         options = prepared(Child("registryd.prepare", "reload", words, DEADLINE))
-    except PrepareError as exc:
+    except StartupError as exc:  # a ConfigError says it already
         raise ConfigError(str(exc)) from None
     if isinstance(options, int):
         raise ConfigError(f"reading the configuration ended with status {options}, no answer")

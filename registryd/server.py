@@ -13,17 +13,18 @@ from typing import Any
 import trio
 
 from p2pcommon.boundary import keep_running
-from p2pcommon.httpserver import HttpServer, Limits
+from p2pcommon.http.server import HttpServer, Limits
+from p2pcommon.lifecycle import SHUTDOWN_DEADLINE, ConfigError, StartupError
 from p2pcommon.memory import release_start_up_garbage
 from p2pcommon.models import split_host_port
-from p2pcommon.options import ConfigError, changed_keys
+from p2pcommon.options import changed_keys
 from p2pcommon.service import (
     Notifier,
     Termination,
     reload_on_hangup,
     termination_signals,
 )
-from p2pcommon.signing import Signer
+from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.guards import FailureLimiter, LoadShedder, LookupLimiter, NewMemberLimiter
 from registryd.health import StoreHealth
@@ -34,13 +35,6 @@ from registryd.store import MemoryStore, Store, StoreError
 from registryd.watched_store import WatchedStore
 
 log = logging.getLogger("registryd")
-
-#: Seconds that requests in flight get to finish after SIGTERM.
-SHUTDOWN_DEADLINE = 5.0
-
-
-class StartupError(Exception):
-    """The registry cannot start for a reason outside its configuration."""
 
 
 def make_store(settings: RegistryOptions) -> Store:

@@ -24,15 +24,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from p2pcommon.identity import peer_id_from_pem
-from p2pcommon.member_proof import (
+from p2pcommon.models import RegisterRequest
+from p2pcommon.signing.member_proof import (
     add_member_signature,
     created_of,
     member_params,
     sign_base,
     signature_base,
 )
-from p2pcommon.models import RegisterRequest
-from p2pd.identity import build_certificate
+from p2pd.tls.identity import build_certificate
 
 SECRET = "test-secret-of-the-network"
 VENV_BIN = Path(sys.executable).parent
@@ -71,7 +71,7 @@ class Peer:
         return sign_base(self.key, base)
 
     def add_proof(self, headers: dict[str, str], method: str, path: str, nonce: str) -> None:
-        """Add the ``member`` signature to ``headers`` signed by p2pcommon.signing."""
+        """Add the ``member`` signature to ``headers`` signed by p2pcommon.signing.signer."""
         params = member_params(self.id, created_of(headers["Signature-Input"]), nonce)
         base = signature_base(method, path, headers["Content-Digest"], params)
         add_member_signature(headers, params, sign_base(self.key, base))

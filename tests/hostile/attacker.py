@@ -1,7 +1,7 @@
 """The attacker's tools: its own certificate, hand-signed registry requests, raw HTTP.
 
 Nothing here uses the project's clients (RegistryClient, PeerPool, PeerConnection)
-or p2pcommon.signing: an attacker builds its bytes itself, and so do these tests.
+or p2pcommon.signing.signer: an attacker builds its bytes itself, and so do these tests.
 """
 
 from __future__ import annotations

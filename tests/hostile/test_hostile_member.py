@@ -244,7 +244,7 @@ def test_a_member_announcing_more_bytes_than_listed(scene: Scene, evil: FakeMemb
     assert written <= 4
 
 
-# -- large bodies: received by worker threads (p2pd/bodypump.py) ------------
+# -- large bodies: received by worker threads (p2pd/tls/bodypump.py) ------------
 
 MIB = 1024 * 1024
 

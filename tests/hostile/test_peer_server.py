@@ -310,7 +310,7 @@ def test_a_stalled_reader_frees_the_upload_slot(victim: Victim) -> None:
     assert_bob_serves(victim)
 
 
-# -- large bodies: sent by a worker thread (p2pd/bodypump.py) ---------------
+# -- large bodies: sent by a worker thread (p2pd/tls/bodypump.py) ---------------
 
 
 def test_a_large_file_whole_and_from_an_offset(victim: Victim) -> None:

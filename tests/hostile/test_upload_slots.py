@@ -23,11 +23,11 @@ from pathlib import Path
 import trio
 
 from p2pcommon.models import Member
-from p2pd.identity import load_or_create
-from p2pd.members import Members
-from p2pd.peerserver import PeerServer
-from p2pd.share import Share
-from p2pd.tls import ServerContexts
+from p2pd.membership.members import Members
+from p2pd.peer.server import PeerServer
+from p2pd.share.watching import Share
+from p2pd.tls.contexts import ServerContexts
+from p2pd.tls.identity import load_or_create
 from tests.hostile.attacker import Attacker, build_request, client_context, read_response
 
 KiB = 1024

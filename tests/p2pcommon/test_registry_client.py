@@ -12,9 +12,10 @@ import pytest
 import trio
 
 from p2pcommon.backoff import Backoff
-from p2pcommon.httpserver import HttpServer, Request, Response, json_response
+from p2pcommon.http.events import Body, Request, Response, json_response
+from p2pcommon.http.server import HttpServer
 from p2pcommon.registry_client import InvalidAnswer, RegistryClient, RegistryUnavailable
-from p2pcommon.signing import Signer
+from p2pcommon.signing.signer import Signer
 from tests.support import SECRET, Peer, RunningRegistry, free_port, run_registryd
 
 
@@ -94,7 +95,7 @@ def test_backoff_is_full_jitter_under_a_doubling_ceiling() -> None:
 async def test_an_endless_or_trickling_answer_fails_over_in_bounded_time() -> None:
     """Whatever answers at a registry URL cannot hold a peer with a never-ending body."""
 
-    class Endless:
+    class Endless(Body):
         def __aiter__(self) -> Endless:
             return self
 

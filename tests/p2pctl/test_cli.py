@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import trio
 
-from p2pd.control import ControlServer, Notify
-from p2pd.jsonrpc import RpcError
+from p2pd.control.jsonrpc import RpcError
+from p2pd.control.server import ControlServer, Notify
 from tests.support import VENV_BIN
 
 BOB = {"id": "b" * 52, "name": "bob", "addresses": ["10.0.0.2:7070"], "last_seen": 1.0}

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from p2pd.config import PeerSettings
-from p2pd.doctor import (
+from p2pd.ops.doctor import (
     READ,
     SEARCH,
     WRITE,

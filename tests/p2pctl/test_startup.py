@@ -53,7 +53,7 @@ def test_importing_p2pctl_imports_none_of_the_lazy_modules() -> None:
 
 
 async def test_the_common_calls_import_none_of_them(tmp_path: Path) -> None:
-    from p2pd.control import ControlServer
+    from p2pd.control.server import ControlServer
 
     socket_path = tmp_path / "control.sock"
     calls = [["status"], ["--json", "status"], ["--json", "ls", "bob"]]  # ls: refused
@@ -195,7 +195,7 @@ async def test_the_launcher_behaves_as_pips_script(launcher: Path, tmp_path: Pat
         ["--help"],
         ["doctor", "--config", str(tmp_path / "none.toml")],  # the doctor's libraries
     ]
-    from p2pd.control import ControlServer
+    from p2pd.control.server import ControlServer
 
     seen = []
     async with trio.open_nursery() as nursery:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from p2pcommon.identity import peer_id_from_pem
-from p2pcommon.settings import ConfigError, load_settings
+from p2pcommon.lifecycle import ConfigError
+from p2pcommon.settings import load_settings
 from p2pd.config import PeerSettings, check_folders
-from p2pd.identity import load_or_create
+from p2pd.tls.identity import load_or_create
 
 
 @pytest.fixture(autouse=True)

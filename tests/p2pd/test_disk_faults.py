@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.p2pd.fetch.test_resume import SIZE, members, share_big
 from tests.p2pd.test_e2e import FAST
-from tests.p2pd.test_resume import SIZE, members, share_big
 from tests.support import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")

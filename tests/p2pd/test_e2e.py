@@ -15,10 +15,10 @@ import pytest
 
 from p2pcommon.models import Member, RegisterRequest
 from p2pcommon.registry_client import RegistryClient
-from p2pd.identity import Identity, load_or_create
 from p2pd.main import main
-from p2pd.peerclient import PeerConnection, PeerPool, PeerUnreachable
-from p2pd.registry_link import KeySigner
+from p2pd.membership.link import KeySigner
+from p2pd.peer.client import PeerConnection, PeerPool, PeerUnreachable
+from p2pd.tls.identity import Identity, load_or_create
 from tests.p2pd.test_config_identity import write_config
 from tests.support import (
     SECRET,

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from p2pcommon.identity import peer_id_from_pem
-from p2pd.identity import (
+from p2pd.tls.identity import (
     CA_KDF_INFO,
     CA_KDF_LENGTH,
     CA_KDF_SALT,
@@ -105,7 +105,7 @@ def test_a_first_start_leaves_no_cryptography_in_the_daemon(tmp_path: Path) -> N
         assert (alice.state_dir / NETWORK_FILE).exists()
         cert_pem = (alice.state_dir / "identity.crt").read_text()
         assert alice.ctl_json("status")["id"] == peer_id_from_pem(cert_pem)
-        # Its register was proven by the key, signed in a child too (p2pd.keysign).
+        # Its register was proven by the key, signed in a child too (p2pd.membership.keysign).
         poll(lambda: alice.ctl_json("status")["registered"], timeout=30, what="a register")
         # ...in the start-up child, which is gone, as is the signing child; the daemon
         # never loaded it.
@@ -119,9 +119,9 @@ RESTART = """
 import json, sys
 from pathlib import Path
 from p2pcommon.models import Member
-from p2pd.identity import load_for_network
-from p2pd.members import Members
-from p2pd.tls import ServerContexts
+from p2pd.tls.identity import load_for_network
+from p2pd.membership.members import Members
+from p2pd.tls.contexts import ServerContexts
 state, secret, certs = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 identity, new, network = load_for_network(state, secret)
 contexts = ServerContexts(identity, network)

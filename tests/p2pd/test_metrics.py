@@ -18,7 +18,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from p2pcommon.settings import ConfigError, load_settings
+from p2pcommon.lifecycle import ConfigError
+from p2pcommon.settings import load_settings
 from p2pd.config import PeerSettings
 from p2pd.metrics import PeerMetrics
 from tests.promlint import lint

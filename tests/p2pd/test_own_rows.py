@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from p2pd.hashcache import FileKey, HashCache
-from p2pd.history import History, Outcome, Queued
+from p2pd.fetch.history import HistoryFile
+from p2pd.fetch.model import Outcome, Queued
+from p2pd.share.hashcache import FileKey, HashCache
 
 SHA = "ab" * 32
 KEY = FileKey(3, 1_700_000_000_000_000_000, 42)
@@ -62,7 +63,7 @@ def test_damaged_hash_cache_rows_are_dropped_once_and_deleted(
 def test_damaged_queue_rows_are_dropped_and_the_others_resumed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    history = History(tmp_path / "history.sqlite3")
+    history = HistoryFile(tmp_path / "history.sqlite3")
     good = Queued("00000001", "p" * 52, "bob", "a.txt", SHA, 3, 1.0)
     history.enqueue(good)
     rows(
@@ -86,7 +87,7 @@ def test_damaged_history_records_are_left_out_and_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "history.sqlite3"
-    history = History(path)
+    history = HistoryFile(path)
     good = Outcome("00000001", "/d/a", "a", "p" * 52, "bob", SHA, 3, "ok", None, 1.0, 2.0, 3.0)
     history.finish(good)
     values = list(good.to_json().values())

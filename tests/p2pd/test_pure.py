@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from p2pcommon.models import Member
-from p2pd.filehttp import BadTarget, decode_file_target, parse_range, repr_digest
-from p2pd.members import Members, PeerLookupError
-from p2pd.partial import existing_copy, place, resume_state
-from p2pd.ratelimit import TokenBucket
-from p2pd.transfer import free_name, numbered
+from p2pd.fetch.names import free_name, numbered
+from p2pd.fetch.partial import existing_copy, place, resume_state
+from p2pd.membership.members import Members, PeerLookupError
+from p2pd.peer.files import BadTarget, decode_file_target, parse_range, repr_digest
+from p2pd.peer.ratelimit import TokenBucket
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from p2pcommon.httpserver import Request
-from p2pcommon.signing import Signer
+from p2pcommon.http.events import Request
+from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.metrics import RegistryMetrics
 from registryd.pace import Pace

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from p2pcommon.httpserver import Request, Response
-from p2pcommon.signing import Signer
+from p2pcommon.http.events import Request, Response
+from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.guards import NewMemberLimiter
 from registryd.metrics import RegistryMetrics

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pcommon.settings import ConfigError, load_settings
+from p2pcommon.lifecycle import ConfigError
+from p2pcommon.settings import load_settings
 from registryd.config import RegistrySettings
 from registryd.main import main
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from p2pcommon.registry_client import RegistryClient, UnknownMember
-from p2pcommon.signing import Signer
+from p2pcommon.signing.signer import Signer
 from tests.support import (
     SECRET,
     VENV_BIN,

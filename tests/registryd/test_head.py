@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from p2pcommon.httpserver import HttpServer
-from p2pcommon.signing import Signer
+from p2pcommon.http.server import HttpServer
+from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.metrics import RegistryMetrics
 from registryd.store import MemoryStore

@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 import trio
 import trio.testing
 
-from p2pcommon.httpserver import HttpServer
-from p2pcommon.signing import Signer
+from p2pcommon.http.server import HttpServer
+from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.guards import SHED_RETRY_AFTER, LoadShedder
 from registryd.metrics import RegistryMetrics

@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from p2pcommon.httpserver import Request, Response
-from p2pcommon.signing import Signer
+from p2pcommon.http.events import Request, Response
+from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.guards import LookupLimiter
 from registryd.metrics import RegistryMetrics

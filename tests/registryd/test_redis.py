@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from p2pcommon.registry_client import RegistryClient, UnknownMember
-from p2pcommon.signing import Signer
+from p2pcommon.signing.signer import Signer
 from tests.redis_process import running_redis
 from tests.support import SECRET, Peer, run_registryd, wait_until
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from p2pcommon.signing import Signer
+from p2pcommon.signing.signer import Signer
 from tests.redis_process import running_redis
 from tests.support import SECRET, VENV_BIN, Peer, free_port, registryd_env, run_registryd
 

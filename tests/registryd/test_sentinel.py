@@ -22,9 +22,10 @@ import redis
 import trio
 import trustme
 
+from p2pcommon.lifecycle import ConfigError
 from p2pcommon.registry_client import RegistryClient, RegistryUnavailable
-from p2pcommon.settings import ConfigError, load_settings
-from p2pcommon.signing import Signer
+from p2pcommon.settings import load_settings
+from p2pcommon.signing.signer import Signer
 from registryd.config import RegistrySettings
 from registryd.redis_connect import EXAMPLE, describe, parse_sentinel_url
 from registryd.redis_store import EXPIRY, RedisStore

@@ -9,8 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from p2pcommon.httpserver import Request
-from p2pcommon.signing import Signer
+from p2pcommon.http.events import Request
+from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.health import StoreHealth
 from registryd.metrics import RegistryMetrics

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from p2pcommon.registry_client import RegistryClient
-from p2pcommon.signing import Signer
+from p2pcommon.signing.signer import Signer
 from tests.redis_process import RedisProcess
 from tests.support import SECRET, Peer, RunningRegistry, run_registryd, wait_until
 

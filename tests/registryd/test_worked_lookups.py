@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from p2pcommon.httpserver import Request, Response
-from p2pcommon.signing import Signer
+from p2pcommon.http.events import Request, Response
+from p2pcommon.signing.signer import Signer
 from registryd.app import RegistryApp
 from registryd.metrics import RegistryMetrics
 from registryd.pace import Pace
 from registryd.store import MemoryStore
-from tests.p2pcommon.test_worked_example import Example, example, fields, request
+from tests.p2pcommon.signing.test_worked_example import Example, example, fields, request
 from tests.support import Peer
 
 __all__ = ["example"]  # the fixture, shared with §2.5's test

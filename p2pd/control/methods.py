@@ -1,0 +1,367 @@
+"""The control socket's methods (docs/protocol.md §6), over the daemon's parts.
+
+The daemon (p2pd.daemon) builds the parts and wires them; this module only
+answers calls, so that each method can be tested without a running daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pcommon import __version__
+from p2pcommon.boundary import failures
+from p2pcommon.models import Member, SharedFile
+from p2pcommon.paths import UnsafePath
+from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
+from p2pd.control.server import Method, Notify
+from p2pd.fetch.downloads import MAX_TRANSFERS, Downloads, NotQueued, Transfer
+from p2pd.fetch.history import History, HistoryUnavailable
+from p2pd.fetch.model import Outcome
+from p2pd.fetch.names import destination
+from p2pd.membership.link import RegistryLink
+from p2pd.membership.members import Members, PeerLookupError
+from p2pd.options import PeerOptions
+from p2pd.peer.client import PeerPool, PeerUnavailable
+from p2pd.peer.listing import MemberListing
+from p2pd.peer.server import PeerServer, status_fields
+from p2pd.share.watching import Share
+
+log = logging.getLogger("p2pd.rpc")
+
+#: Seconds between progress notifications to a fetch that asked for them.
+PROGRESS_PERIOD = 0.5
+#: Seconds `cancel` waits for the transfer to end and its partial file to go
+#: (a transfer notices within a second; removing the file is one unlink).
+CANCEL_WAIT = 10.0
+
+
+class FetchRefused(Exception):
+    """A fetch that fails before any transfer exists; recorded in the history as such.
+
+    ``peer_id``/``peer_name``: the member, as far as it is known by then.
+    """
+
+    def __init__(self, error: RpcError, peer_id: str = "", peer_name: str = "") -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.peer_id = peer_id
+        self.peer_name = peer_name
+
+
+@dataclass
+class Rpc:
+    """The nine control methods; ``methods()`` is what the ControlServer serves."""
+
+    own_id: str
+    #: The settings in force: a reload (SIGHUP) replaces the daemon's object.
+    settings: Callable[[], PeerOptions]
+    members: Members
+    share: Share
+    server: PeerServer
+    link: RegistryLink
+    pool: PeerPool
+    downloads: Downloads
+    history: History
+    clock: Callable[[], float] = field(default=time.time)
+    #: The config file the daemon was started with (None: the environment alone).
+    config_path: Path | None = None
+
+    def methods(self) -> dict[str, Method]:
+        return {
+            "status": self.rpc_status,
+            "peers": self.rpc_peers,
+            "ls": self.rpc_ls,
+            "shared": self.rpc_shared,
+            "rescan": self.rpc_rescan,
+            "fetch": self.rpc_fetch,
+            "downloads": self.rpc_downloads,
+            "history": self.rpc_history,
+            "cancel": self.rpc_cancel,
+        }
+
+    async def rpc_status(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
+        settings = self.settings()
+        return {
+            "id": self.own_id,
+            "name": settings.name,
+            "registered": self.link.registered,
+            "listen": settings.listen,
+            "shared_files": len(self.share.index),
+            "version": __version__,
+            # For `p2pctl doctor`, which checks the config of the daemon it can reach.
+            "config": None if self.config_path is None else str(self.config_path),
+            "registry": self.link.registry_url,
+            "registry_error": self.link.error,
+            "peers": self.members.count(),
+            "share_dir": str(settings.share_dir),
+            "download_dir": str(settings.download_dir),
+            "watching": self.share.watching,
+            "warning": self.share.warning,
+            **self.share.status(),
+            "history_error": self.history.error,
+            # Units of work that failed and were contained, by kind (see the log).
+            "failures": dict(failures),
+            **status_fields(self.server),
+        }
+
+    async def rpc_peers(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
+        return [
+            {"id": m.id, "name": m.name, "addresses": m.addresses, "last_seen": m.last_seen}
+            for m in self.members.others()
+        ]
+
+    async def rpc_ls(self, params: dict[str, Any], notify: Notify) -> RawJson:
+        peer = params.get("peer")
+        if not isinstance(peer, str) or not peer:
+            raise RpcError(INVALID_PARAMS, "ls needs params {'peer': NAME, ID or ID-PREFIX}")
+        try:
+            _, listing = await self._files_of(peer)
+        except FetchRefused as exc:
+            raise exc.error from None
+        # The kept listing is the answer's JSON already: nothing to build.
+        return RawJson(listing.data)
+
+    async def rpc_shared(self, params: dict[str, Any], notify: Notify) -> RawJson:
+        # The peer server's listing body, kept by generation: its "files" array
+        # is this answer, built once per change of the share, off the loop.
+        return RawJson(await self.server.listing_files_json())
+
+    async def rpc_rescan(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
+        try:
+            await self.share.rescan()
+        except OSError as exc:
+            raise RpcError(
+                OPERATION_FAILED,
+                f"cannot read share_dir {self.settings().share_dir}: {exc.strerror or exc}",
+            ) from None
+        # The generation members see in the listing and its ETag, not the index's count.
+        return {"shared_files": len(self.share.index), "generation": self.server.generation}
+
+    async def rpc_fetch(self, params: dict[str, Any], notify: Notify) -> Any:
+        """One file (an outcome object), or a whole folder ending in '/' (a list of them).
+
+        Progress notifications only when the call asks (``"progress": true``):
+        a generic JSON-RPC client expects its answer, not unsolicited lines.
+        """
+        peer, path = params.get("peer"), params.get("path")
+        if not isinstance(peer, str) or not isinstance(path, str) or not peer or not path:
+            raise RpcError(INVALID_PARAMS, "fetch needs params {'peer': PEER, 'path': FILE}")
+        started_at = self.clock()
+        wanted = path.lstrip("/")
+        try:
+            transfers = await self._start(peer, path, wanted)
+        except FetchRefused as exc:
+            # No transfer exists to record its outcome: record the refusal itself,
+            # and send it along, so that `p2pctl --json fetch` can print it as
+            # any other failed outcome (docs/protocol.md §7).
+            outcome = await self._record_refusal(exc, peer, wanted, started_at)
+            error = exc.error
+            data = {**(error.data or {}), "outcome": outcome.to_json()}
+            raise RpcError(error.code, error.message, data) from None
+        folder = wanted.endswith("/")
+        if params.get("detach"):
+            ids = [{"id": t.queued.id} for t in transfers]
+            return ids if folder else ids[0]
+        if params.get("progress") is True:
+            while not all(t.done.is_set() for t in transfers):
+                await notify("progress", _combined_progress(transfers))
+                with trio.move_on_after(PROGRESS_PERIOD):
+                    for transfer in transfers:
+                        await transfer.done.wait()
+        else:
+            for transfer in transfers:
+                await transfer.done.wait()
+        outcomes = [t.outcome.to_json() for t in transfers if t.outcome is not None]
+        return outcomes if folder else outcomes[0]
+
+    async def _start(self, peer: str, path: str, wanted: str) -> list[Transfer]:
+        """The transfers of one fetch; FetchRefused before any starts if one cannot."""
+        member, listing = await self._files_of(peer)
+        known = {"peer_id": member.id, "peer_name": member.name}
+        folder = wanted.endswith("/")
+        entries = listing.under(wanted) if folder else listing.with_path(wanted)
+        if not entries:
+            is_folder = not folder and listing.has_under(wanted + "/")
+            message = (
+                f"{path!r} is a folder: fetch `{wanted}/` to get all its files"
+                if is_folder
+                else f"{member.name} does not share {path!r}: "
+                f"`p2pctl ls {member.name}` lists its files"
+            )
+            raise FetchRefused(RpcError(OPERATION_FAILED, message), **known)
+        # Every destination is checked before the first transfer starts: a
+        # folder with one unsafe name is refused whole, not half fetched.
+        refused = _unsafe(self.settings().download_dir, entries)
+        if refused:
+            reasons = "; ".join(refused)
+            what = f"{len(refused)} of {len(entries)} files" if folder else "it"
+            raise FetchRefused(
+                RpcError(
+                    OPERATION_FAILED,
+                    f"refusing {path!r}: {reasons}"
+                    + (f"; nothing was fetched ({what} refused)" if folder else ""),
+                ),
+                **known,
+            )
+        new = sum(not self.downloads.joins(entry) for entry in entries)
+        if new > self.downloads.room:
+            queued = len(self.downloads.active)
+            raise FetchRefused(
+                RpcError(OPERATION_FAILED, _too_many(path, wanted, entries, new, queued)), **known
+            )
+        transfers: list[Transfer] = []
+        for entry in entries:
+            try:
+                transfers.append(await self.downloads.start(member, entry))
+            except NotQueued as exc:  # no room after all, or the destination is unreadable
+                raise FetchRefused(
+                    RpcError(OPERATION_FAILED, f"refusing {path!r}: {exc}"), **known
+                ) from None
+        return transfers
+
+    async def _record_refusal(
+        self, refused: FetchRefused, peer: str, wanted: str, started_at: float
+    ) -> Outcome:
+        """A `failed` outcome in the history for a fetch that never had a transfer."""
+        download_dir = self.settings().download_dir
+        outcome = Outcome(
+            id=secrets.token_hex(4),
+            path=str(_intended(download_dir, wanted)),
+            remote_path=wanted,
+            peer_id=refused.peer_id,
+            # Who the user meant, in their words, when no member is known.
+            peer_name=refused.peer_name or peer,
+            sha256="",
+            size=0,
+            status="failed",
+            error=refused.error.message,
+            started_at=started_at,
+            finished_at=self.clock(),
+            bytes_per_second=0.0,
+        )
+        log.info("failed %s from %s: %s", wanted, outcome.peer_name, outcome.error)
+        await self.history.record(outcome)
+        return outcome
+
+    async def rpc_downloads(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
+        return [t.to_json() for t in self.downloads.active.values()]
+
+    async def rpc_history(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
+        try:
+            outcomes = await self.history.outcomes()
+        except HistoryUnavailable as exc:
+            raise RpcError(
+                OPERATION_FAILED, f"cannot read the history: {exc}; check state_dir's disk"
+            ) from None
+        return [o.to_json() for o in outcomes]
+
+    async def rpc_cancel(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
+        """Answers once the transfer has ended and its partial file is gone: whoever
+        asked may look at download_dir at once, or fetch the file again."""
+        transfer_id = params.get("id")
+        transfer = self.downloads.active.get(transfer_id) if isinstance(transfer_id, str) else None
+        if transfer is None or not self.downloads.cancel(transfer.queued.id):
+            raise RpcError(
+                OPERATION_FAILED,
+                f"no transfer {transfer_id!r} in progress: `p2pctl downloads` lists them",
+            )
+        with trio.move_on_after(CANCEL_WAIT):
+            await transfer.done.wait()
+        if not transfer.done.is_set():
+            raise RpcError(
+                OPERATION_FAILED,
+                f"transfer {transfer_id} is cancelled but still stopping after {CANCEL_WAIT:g} s "
+                "(see the log): `p2pctl downloads` shows when it is gone",
+            )
+        return {"id": transfer_id, "cancelled": True}
+
+    async def _files_of(self, peer: str) -> tuple[Member, MemberListing]:
+        """The member PEER names and its listing, or FetchRefused saying why not."""
+        member = self._resolve(peer)
+        try:
+            listing = await self.pool.listing(member)
+        except PeerUnavailable as exc:
+            raise FetchRefused(
+                RpcError(OPERATION_FAILED, str(exc)), member.id, member.name
+            ) from None
+        return member, listing
+
+    def _resolve(self, peer: str) -> Member:
+        try:
+            return self.members.resolve(peer, own_name=self.settings().name)
+        except PeerLookupError as exc:
+            data = {"candidates": [{"id": m.id, "name": m.name} for m in exc.candidates]}
+            raise FetchRefused(RpcError(OPERATION_FAILED, str(exc), data)) from None
+
+
+def _unsafe(download_dir: Path, entries: list[SharedFile]) -> list[str]:
+    """Why each entry's destination is refused (the path rule), for those refused."""
+    refused: list[str] = []
+    for entry in entries:
+        try:
+            destination(download_dir, entry.path)
+        except UnsafePath as exc:
+            refused.append(str(exc))
+    return refused
+
+
+def _too_many(path: str, wanted: str, entries: list[SharedFile], new: int, queued: int) -> str:
+    """Why a fetch of ``new`` more transfers is refused, and how to make it fit."""
+    if new > MAX_TRANSFERS:
+        # Too big in itself: the parts it could be fetched in, largest first.
+        counts = Counter(
+            wanted + rest.split("/", 1)[0] + "/"
+            for entry in entries
+            if "/" in (rest := entry.path[len(wanted) :])
+        )
+        loose = len(entries) - sum(counts.values())
+        parts = [f"{folder} ({count} files)" for folder, count in _largest(counts, 5)]
+        if len(counts) > 5:
+            parts.append(f"… {len(counts) - 5} more folders")
+        if loose:
+            parts.append(f"its {loose} files by name")
+        return (
+            f"{path!r} holds {len(entries)} files: more than p2pd queues at once "
+            f"({MAX_TRANSFERS} transfers); nothing was fetched. Fetch it a part at a time"
+            + (f": {', '.join(parts)}" if parts else "")
+        )
+    what = f"{path!r} ({new} files)" if wanted.endswith("/") else repr(path)
+    return (
+        f"no room for {what}: {queued} transfers are queued or running, and p2pd takes "
+        f"{MAX_TRANSFERS} at most; wait for some to finish (`p2pctl downloads`), or cancel "
+        "some, then fetch again"
+    )
+
+
+def _largest(counts: Counter[str], n: int) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+
+
+def _intended(download_dir: Path, wanted: str) -> Path:
+    """Where ``wanted`` would have gone; ``download_dir`` when that is not known."""
+    try:
+        return destination(download_dir, wanted.rstrip("/"))
+    except UnsafePath:
+        return download_dir
+
+
+def _combined_progress(transfers: list[Transfer]) -> dict[str, Any]:
+    if len(transfers) == 1:
+        return transfers[0].to_json()
+    return {
+        "id": ",".join(t.queued.id for t in transfers),
+        "size": sum(t.queued.size for t in transfers),
+        "bytes_done": sum(t.progress.bytes_done for t in transfers),
+        "rate": sum(t.progress.rate for t in transfers),
+        "files": len(transfers),
+        "files_done": sum(t.done.is_set() for t in transfers),
+    }

@@ -1,0 +1,65 @@
+"""Other sources of a transfer's bytes: members listing the same sha256 and size."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import trio
+
+from p2pcommon.boundary import failure_boundary
+from p2pcommon.models import Member
+from p2pd.fetch.model import Queued
+from p2pd.membership.members import Members
+from p2pd.peer.client import PeerPool, PeerUnavailable
+
+log = logging.getLogger("p2pd.downloads")  # its lines are the transfer's
+
+#: Looking for other members with the same bytes: how many are asked (at
+#: most), how many at once, and for how long in all.
+MAX_ALTERNATES_ASKED = 32
+ALTERNATES_AT_ONCE = 8
+ALTERNATES_DEADLINE = 5.0
+
+
+async def find_alternates(
+    pool: PeerPool, members: Members, queued: Queued
+) -> list[tuple[Member, str]]:
+    """Other members listing the same bytes, each with its own path for them.
+
+    First the listings kept from earlier (no request: a kept listing that
+    names the bytes makes a source, one that does not rules its member
+    out), then members without one, asked concurrently, a bounded number
+    at a time, under one short deadline: a silent or hostile member costs
+    seconds, not the transfer.
+    """
+    found: list[tuple[Member, str]] = []
+    known = {queued.peer_id}
+    for member_id, listing in reversed(pool.cached_listings()):
+        member = members.get(member_id)
+        if member is None or member_id in known:
+            continue
+        known.add(member_id)
+        if (path := listing.path_of(queued.sha256, queued.size)) is not None:
+            found.append((member, path))
+    others = [m for m in members.unordered() if m.id not in known]
+    if len(others) > MAX_ALTERNATES_ASKED:
+        others = random.sample(others, MAX_ALTERNATES_ASKED)
+    limiter = trio.CapacityLimiter(ALTERNATES_AT_ONCE)
+
+    async def ask(member: Member) -> None:
+        async with limiter:
+            with failure_boundary("source lookup", f"asking {member.name}", log):
+                try:
+                    listing = await pool.listing(member)
+                except PeerUnavailable as exc:
+                    log.info("transfer %s: no source: %s", queued.id, exc)
+                    return
+                if (path := listing.path_of(queued.sha256, queued.size)) is not None:
+                    found.append((member, path))
+
+    with trio.move_on_after(ALTERNATES_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for member in others:
+                nursery.start_soon(ask, member)
+    return found

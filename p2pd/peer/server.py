@@ -1,0 +1,346 @@
+"""The peer-to-peer server (docs/protocol.md §4): the share over HTTP/1.1 and mutual TLS.
+
+Only members get in: the TLS handshake accepts certificates of the network
+CA and of the current foreign members (p2pd.tls.contexts.ServerContexts), and every
+request is checked against the member list: a certificate of the CA that is
+no member's, or a member that left, gets 403, on a kept-alive connection too.
+Only indexed files are served; targets are validated before any lookup.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from p2pcommon.http.events import Request, Response, error_response
+from p2pcommon.http.server import HttpServer, Limits
+from p2pd.membership.members import Members
+from p2pd.peer.body import NO_BODY, FileBody
+from p2pd.peer.files import (
+    FILES_PREFIX,
+    BadTarget,
+    NotShared,
+    decode_file_target,
+    file_etag,
+    if_range_holds,
+    none_match,
+    parse_range,
+    repr_digest,
+)
+from p2pd.peer.ratelimit import TokenBucket
+from p2pd.peer.slots import UploadSlots
+from p2pd.peer.uploads import BUSY, MIN_UPLOAD_RATE, PACE_WINDOW, UploadPace
+from p2pd.share.index import FileEntry
+from p2pd.share.safeopen import FileChanged
+from p2pd.share.watching import Share
+from p2pd.tls.contexts import PeerMismatch, ServerContexts, presented_id, refuse_handshake
+
+log = logging.getLogger("p2pd.server")
+
+#: Bodies up to this size are read when the file is opened (in the same worker thread).
+READ_AHEAD = 256 * 1024
+#: Seconds a request waits for an upload slot before 503.
+SLOT_WAIT = 2.0
+HANDSHAKE_TIMEOUT = 10.0
+#: Listing entries encoded at a time (~3 ms) before the event loop runs again.
+LISTING_SLICE = 2000
+
+
+@dataclass(frozen=True)
+class ListingBody:
+    """The encoded listing of one generation; ``files_at``: where its array starts."""
+
+    generation: int
+    body: bytes
+    files_at: int
+
+
+@dataclass
+class UploadStats:
+    active: int = 0
+    served_bytes: int = 0
+    served_files: int = 0
+    refused_busy: int = 0
+    listings_served: int = 0
+    #: Connections or requests refused, by reason (for metrics).
+    refused: Counter[str] = field(default_factory=Counter)
+
+
+class PeerServer:
+    def __init__(
+        self,
+        share: Share,
+        members: Members,
+        contexts: ServerContexts,
+        *,
+        upload_slots: int,
+        rate_limit: int,
+        limits: Limits | None = None,
+        min_upload_rate: int = MIN_UPLOAD_RATE,
+        pace_window: float = PACE_WINDOW,
+    ) -> None:
+        self._share = share
+        self._members = members
+        self._contexts = contexts
+        # The trust store follows the member list by its changes, from what it holds now.
+        contexts.apply(members.unordered(), ())
+        members.add_listener(contexts.apply)
+        self.slots = UploadSlots(upload_slots)
+        self.upload_slots = upload_slots
+        #: The pace floor (p2pd/peer/uploads.py): bytes/s over ``pace_window`` seconds; 0: none.
+        self.min_upload_rate = min_upload_rate
+        self.pace_window = pace_window
+        self.bucket = TokenBucket(rate_limit) if rate_limit else None
+        self.stats = UploadStats()
+        self.http = HttpServer(self.handle, limits or Limits(max_body_bytes=0), admit=self._admit)
+        self._listing_cache: ListingBody | None = None
+        self._listing_lock = trio.Lock()
+        # Listed generation = this start's time in µs + the index's changes.
+        # The index counts from 0 on each start: alone, a restarted member
+        # would reuse "1", "2", … for other listings, and a cached listing
+        # would get a false 304.  This rises across restarts unless there were
+        # more changes than µs between starts or the clock went back, and is
+        # exact in any JSON parser (< 2**53) until the year 2255.
+        self._epoch = time.time_ns() // 1000
+
+    @property
+    def generation(self) -> int:
+        """The generation peers see in the listing and its ETag."""
+        return self._epoch + self._share.index.generation
+
+    def set_rate_limit(self, rate: int) -> None:
+        """Applies to every upload from its next chunk (a large body: its next 64 MiB segment)."""
+        self.bucket = TokenBucket(rate) if rate else None
+
+    async def _admit(self, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, str | None] | None:
+        context = self._contexts.current()
+        tls = trio.SSLStream(stream, context, server_side=True)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await tls.do_handshake()
+            peer_id = presented_id(tls)
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.TooSlowError,
+            PeerMismatch,
+        ) as exc:
+            log.info("refused a TLS handshake: %s", exc.__cause__ or exc or "too slow")
+            self.stats.refused["handshake"] += 1
+            if isinstance(exc.__cause__, ssl.SSLError):
+                # OpenSSL wrote an alert saying why (no certificate, unknown
+                # CA, protocol version): send it rather than a bare close.
+                await refuse_handshake(tls)
+            else:
+                await trio.aclose_forcefully(tls)
+            return None
+        return tls, peer_id
+
+    async def handle(self, request: Request) -> Response:
+        if not self._members.is_member(request.client_id):
+            self.stats.refused["not a member"] += 1
+            return error_response(403, "not a member", "this certificate is not a current member")
+        if request.method not in ("GET", "HEAD"):
+            return error_response(
+                405, "method not allowed", "only GET and HEAD", [("Allow", "GET, HEAD")]
+            )
+        path = request.path
+        if path == "/files":
+            return await self._listing(request)
+        if not path.startswith(FILES_PREFIX):
+            return error_response(404, "not found", "the routes are /files and /files/<path>")
+        try:
+            relative = decode_file_target(request.target)
+        except BadTarget as exc:
+            return error_response(400, "bad target", str(exc))
+        except NotShared:
+            return error_response(404, "not found", "no such file in this share")
+        entry = self._share.index.get(relative)
+        if entry is None:
+            return error_response(404, "not found", "no such file in this share")
+        return await self._file(request, entry)
+
+    def release_slot(self, member: str) -> None:
+        self.slots.release(member)
+
+    def too_slow(self, pace: UploadPace, now: float) -> str | None:
+        """Why an upload is ended for its pace now (p2pd/peer/uploads.py), or None."""
+        if self.min_upload_rate <= 0 or not self.slots.contended(now, self.pace_window):
+            return None
+        rate = pace.rate(now)
+        if rate is None or rate >= self.min_upload_rate:
+            return None
+        return (
+            f"it read {rate / 1024:.1f} KiB/s over the last {self.pace_window:g} s, under the "
+            f"{self.min_upload_rate / 1024:g} KiB/s an upload must keep while others wait "
+            "for a slot"
+        )
+
+    async def _listing(self, request: Request) -> Response:
+        self.stats.listings_served += 1
+        etag = f'"{self.generation}"'
+        if none_match(request.header(b"if-none-match"), etag):
+            return Response(304, headers=[("ETag", etag)])
+        cached = await self._listing_body()
+        etag = f'"{cached.generation}"'  # the one built: the share may have changed meanwhile
+        return Response(200, cached.body, [("Content-Type", "application/json"), ("ETag", etag)])
+
+    async def listing_files_json(self) -> memoryview:
+        """The listing's "files" array as JSON: what `p2pctl shared` shows (no copy)."""
+        cached = await self._listing_body()
+        return memoryview(cached.body)[cached.files_at : -1]
+
+    async def _listing_body(self) -> ListingBody:
+        """``GET /files``'s body for the current generation, built once per generation.
+
+        Built LISTING_SLICE entries at a time with the event loop running in
+        between: a share of a million files takes a second or more to encode,
+        and a stalled loop is a daemon the watchdog kills.  One build at a
+        time; those who ask meanwhile wait for it.
+        """
+        async with self._listing_lock:
+            generation = self.generation
+            cached = self._listing_cache
+            if cached is not None and cached.generation == generation:
+                return cached
+            # The index's sorted list is replaced on change, never modified: it
+            # stays the listing of ``generation`` while this runs.
+            entries = self._share.index.listing()
+            head = b'{"generation":%d,"files":' % generation
+            pieces = [head, b"["]
+            for start in range(0, len(entries), LISTING_SLICE):
+                chunk = [entry.to_json() for entry in entries[start : start + LISTING_SLICE]]
+                encoded = json.dumps(chunk, separators=(",", ":")).encode()[1:-1]
+                pieces.append(b"," + encoded if start else encoded)
+                await trio.lowlevel.checkpoint()
+            pieces.append(b"]}")
+            cached = ListingBody(generation, b"".join(pieces), len(head))
+            self._listing_cache = cached
+            return cached
+
+    async def _file(self, request: Request, entry: FileEntry) -> Response:
+        etag = file_etag(entry.sha256)
+        # RFC 9110 §13.2.2: If-None-Match is evaluated before Range.  No disk
+        # access: the answer carries no byte of the file.
+        if none_match(request.header(b"if-none-match"), etag):
+            return Response(304, headers=[("ETag", etag)])
+        headers = [
+            ("ETag", etag),
+            ("Repr-Digest", repr_digest(entry.sha256)),
+            ("Accept-Ranges", "bytes"),
+        ]
+        first, last, status = 0, entry.size - 1, 200
+        range_header = request.header(b"range")
+        if_range = request.header(b"if-range")
+        if if_range is not None and not if_range_holds(if_range, etag):
+            range_header = None  # the client's part is of other bytes: send them all
+        if range_header is not None and entry.size > 0:
+            try:
+                chosen = parse_range(range_header.decode("latin-1"), entry.size)
+            except ValueError:
+                return error_response(
+                    416,
+                    "range not satisfiable",
+                    f"the file has {entry.size} bytes",
+                    [("Content-Range", f"bytes */{entry.size}"), *headers],
+                )
+            if chosen is not None:
+                first, last = chosen
+                status = 206
+                headers.append(("Content-Range", f"bytes {first}-{last}/{entry.size}"))
+        length = last - first + 1 if entry.size else 0
+        headers.insert(0, ("Content-Type", "application/octet-stream"))
+        if request.method == "HEAD":
+            return await self._head(entry, status, headers, length)
+        member = request.client_id or request.client_host
+        refusal = await self.slots.acquire(member, SLOT_WAIT)
+        if refusal is not None:
+            return self._busy(refusal, member)
+        # A small body is read by the thread that opens the file: one hop, and the
+        # HTTP layer sends it with the head in one write.
+        ahead = length if length <= READ_AHEAD else 0
+        try:
+            handle, ready = await trio.to_thread.run_sync(
+                self._share.open_and_read, entry, first, ahead
+            )
+        except OSError as exc:
+            self.slots.release(member)
+            return self._open_failed(entry, exc)
+        except BaseException:
+            self.slots.release(member)
+            raise
+        body = FileBody(self, member, handle, first, length, ready, what=entry.path)
+        if body.direct:
+            headers.append(("Connection", "close"))
+        return Response(status, headers=headers, stream=body, length=length)
+
+    def _busy(self, refusal: str, member: str) -> Response:
+        """503, saying whether every slot is taken or only those this member may have."""
+        slots = self.slots
+        if refusal == BUSY:
+            self.stats.refused_busy += 1
+            message = f"all {slots.total} upload slots are in use; retry shortly"
+        else:
+            self.stats.refused[refusal] += 1
+            message = (
+                f"this member has {slots.held_by(member)} of the {slots.total} upload slots, "
+                f"and the free ones are kept for other members (one member may hold "
+                f"{slots.member_share} while others may want them); retry when one of its "
+                "uploads ends"
+            )
+        return error_response(503, refusal, message, [("Retry-After", "5")])
+
+    async def _head(
+        self, entry: FileEntry, status: int, headers: list[tuple[str, str]], length: int
+    ) -> Response:
+        """GET's head without the body: no upload slot, the file opened only to check it.
+
+        The open makes HEAD answer 404/503 exactly when GET would (the file
+        vanished or changed); the handle is closed before answering.
+        """
+        try:
+            handle = await trio.to_thread.run_sync(self._share.open_entry, entry)
+        except OSError as exc:
+            return self._open_failed(entry, exc)
+        handle.close()
+        return Response(status, headers=headers, stream=NO_BODY, length=length)
+
+    def _open_failed(self, entry: FileEntry, exc: OSError) -> Response:
+        """The answer when the indexed file cannot be opened as indexed."""
+        # The index is stale: never serve what is there now, and have it rescanned.
+        self._share.nudge()
+        if isinstance(exc, FileChanged):
+            log.info("not serving %s: %s", entry.path, exc)
+            return error_response(
+                503,
+                "file changing",
+                "the file changed since it was indexed; retry shortly",
+                [("Retry-After", "1")],
+            )
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            log.info("not serving %s: %s", entry.path, exc.strerror or exc)
+            return error_response(404, "not found", "no such file in this share")
+        log.warning("cannot serve %s: %s", entry.path, exc.strerror or exc)
+        return error_response(
+            503,
+            "cannot read",
+            "the file cannot be read now; retry later",
+            [("Retry-After", "5")],
+        )
+
+
+def status_fields(server: PeerServer) -> dict[str, Any]:
+    return {
+        "upload_slots": server.upload_slots,
+        "uploads_active": server.stats.active,
+        "upload_rate_limit": server.bucket.rate if server.bucket else 0,
+        "served_bytes": server.stats.served_bytes,
+    }

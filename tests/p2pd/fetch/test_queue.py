@@ -1,0 +1,117 @@
+"""The transfer queue: records until their turn, bounded, cancellable before they start."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import cast
+
+import pytest
+import trio
+
+from p2pcommon.models import Member, SharedFile
+from p2pd.fetch import downloads as downloads_module
+from p2pd.fetch.downloads import Downloads, QueueFull
+from p2pd.fetch.history import History
+from p2pd.membership.members import Members
+from p2pd.peer.client import PeerPool
+from tests.p2pd.fetch.test_join import BOB
+
+
+class Mute:
+    """A member that takes every request and never answers: transfers stay running."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def request(
+        self, member: Member, target: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.requests += 1
+        await trio.sleep_forever()
+
+
+def downloads_in(tmp_path: Path) -> tuple[Downloads, Mute, History]:
+    members = Members.empty("a" * 52)
+    members.update([BOB])
+    pool = Mute()
+    history = History(tmp_path / "history.sqlite3")
+    (tmp_path / "downloads").mkdir()
+    downloads = Downloads(cast(PeerPool, pool), members, tmp_path / "downloads", history)
+    return downloads, pool, history
+
+
+def entry(number: int) -> SharedFile:
+    sha = hashlib.sha256(str(number).encode()).hexdigest()
+    return SharedFile(path=f"f{number}.bin", size=100, mtime=0.0, sha256=sha)
+
+
+def tasks_alive() -> int:
+    """Every task of this trio run (public API: the root task's tree)."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    count, pending = 0, [root]
+    while pending:
+        task = pending.pop()
+        count += 1
+        pending.extend(t for nursery in task.child_nurseries for t in nursery.child_tasks)
+    return count
+
+
+async def test_a_queued_transfer_is_a_record_not_a_task(tmp_path: Path) -> None:
+    """1 000 queued transfers cost 8 running tasks; the rest start as slots free."""
+    downloads, pool, _ = downloads_in(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(downloads.run)
+        before = tasks_alive()
+        transfers = [await downloads.start(BOB, entry(n)) for n in range(1000)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert pool.requests == downloads_module.CONCURRENT_TRANSFERS
+        assert tasks_alive() - before == downloads_module.CONCURRENT_TRANSFERS
+        assert [t.to_json()["state"] for t in transfers[8:]] == ["queued"] * 992
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancelling_a_queued_transfer_ends_it_and_leaves_the_partial_file(
+    tmp_path: Path,
+) -> None:
+    """Its bytes' partial file may be kept from a failed transfer: not the cancel's to remove."""
+    downloads, pool, history = downloads_in(tmp_path)
+    waiting = entry(99)
+    partial = tmp_path / "downloads" / f".{waiting.sha256}.p2pd-partial"
+    partial.write_bytes(b"kept from an earlier attempt")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(downloads.run)
+        for n in range(downloads_module.CONCURRENT_TRANSFERS):
+            await downloads.start(BOB, entry(n))
+        queued = await downloads.start(BOB, waiting)
+        await trio.testing.wait_all_tasks_blocked()
+        assert downloads.cancel(queued.queued.id)
+        assert downloads.cancel(queued.queued.id)  # twice: still one outcome
+        with trio.fail_after(5):
+            await queued.done.wait()
+        assert queued.outcome is not None and queued.outcome.status == "cancelled"
+        assert queued.queued.id not in downloads.active
+        assert partial.read_bytes() == b"kept from an earlier attempt"
+        assert pool.requests == downloads_module.CONCURRENT_TRANSFERS  # it never asked
+        nursery.cancel_scope.cancel()
+    assert [o.id for o in history.file.outcomes()] == [queued.queued.id]
+
+
+async def test_the_queue_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(downloads_module, "MAX_TRANSFERS", 20)
+    downloads, _, _ = downloads_in(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(downloads.run)
+        first = [await downloads.start(BOB, entry(n)) for n in range(20)]
+        assert downloads.room == 0
+        with pytest.raises(QueueFull, match="20 transfers are queued or running"):
+            await downloads.start(BOB, entry(20))
+        assert downloads.joins(entry(3))
+        assert await downloads.start(BOB, entry(3)) is first[3]  # joining takes no room
+        assert downloads.cancel(first[-1].queued.id)
+        with trio.fail_after(5):
+            await first[-1].done.wait()
+        assert downloads.room == 1
+        await downloads.start(BOB, entry(20))
+        nursery.cancel_scope.cancel()
