@@ -31,8 +31,8 @@ from p2pcommon.identity import peer_id_from_pem
 from p2pcommon.models import RegisterRequest
 from p2pcommon.registry_client import RegistryClient
 from p2pcommon.signing.member_proof import sign_base
+from p2pd.membership.directory import Directory
 from p2pd.membership.link import RegistryLink
-from p2pd.membership.members import Members
 from p2pd.tls.identity import build_certificate
 
 
@@ -96,7 +96,7 @@ async def run(peers: int, burst: int, rate: float, folder: Path) -> None:
                 link = RegistryLink(
                     client,
                     peer.registration,
-                    Members.empty(peer.registration.id),
+                    Directory(peer.registration.id, client, interval=10.0),
                     prove=peer.prove,
                     heartbeat_interval=10.0,
                 )

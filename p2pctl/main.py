@@ -220,7 +220,12 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--json", action="store_true", help="print one JSON document")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("status", help="this daemon's state")
-    commands.add_parser("peers", help="the other members online")
+    commands.add_parser("peers", help="the other members online").add_argument(
+        "pattern",
+        metavar="PATTERN",
+        nargs="?",
+        help="only members whose name or id contains it (a glob if it has * ? or [)",
+    )
     commands.add_parser("ls", help="files shared by a member").add_argument("peer", metavar="PEER")
     commands.add_parser("shared", help="files this daemon shares")
     commands.add_parser("rescan", help="rescan the shared folder now")
@@ -241,11 +246,15 @@ def parser() -> argparse.ArgumentParser:
 
 #: The positionals of the commands `quick_args` reads (the doctor's are argparse's).
 POSITIONALS = {
-    **dict.fromkeys(("status", "peers", "shared", "rescan", "downloads", "history"), ()),
+    **dict.fromkeys(("status", "shared", "rescan", "downloads", "history"), ()),
+    "peers": ("pattern",),
     "ls": ("peer",),
     "fetch": ("peer", "file"),
     "cancel": ("id",),
 }
+
+#: The commands whose positionals may all be left out (then None).
+OPTIONAL_POSITIONAL = {"peers"}
 
 
 def quick_args(argv: list[str]) -> SimpleNamespace | None:
@@ -288,9 +297,12 @@ def quick_args(argv: list[str]) -> SimpleNamespace | None:
         else:
             return None
     names = POSITIONALS[command]
-    if len(positionals) != len(names):
+    if command in OPTIONAL_POSITIONAL and not positionals:
+        values.update(dict.fromkeys(names))
+    elif len(positionals) != len(names):
         return None
-    values.update(zip(names, positionals, strict=True))
+    else:
+        values.update(zip(names, positionals, strict=True))
     return SimpleNamespace(**values)
 
 
@@ -349,6 +361,8 @@ def run(args: Args) -> None:
     params: dict[str, Any] = {}
     if command == "ls":
         params = {"peer": args.peer}
+    elif command == "peers" and args.pattern:
+        params = {"pattern": args.pattern}
     elif command == "fetch":
         params = {"peer": args.peer, "path": args.file, "detach": args.detach}
         if not args.detach:

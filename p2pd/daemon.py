@@ -22,8 +22,8 @@ from p2pd.control.methods import Rpc
 from p2pd.control.server import ControlServer
 from p2pd.fetch.downloads import Downloads
 from p2pd.fetch.history import History
+from p2pd.membership.directory import Directory
 from p2pd.membership.link import KeySigner, RegistryLink
-from p2pd.membership.members import Members
 from p2pd.options import LIVE_KEYS, PeerOptions
 from p2pd.peer.client import PeerPool
 from p2pd.peer.server import PeerServer
@@ -69,13 +69,14 @@ class Daemon:
             raise StartupError(f"identity in {settings.state_dir}: {why}") from None
         except OSError as exc:
             raise StartupError(f"identity in {settings.state_dir}: {exc}") from None
-        self.members = Members.empty(identity.id)
+        client = RegistryClient(settings.registries, self._secret)
+        self.directory = Directory(identity.id, client, interval=settings.heartbeat_interval)
         self.share = Share(
             settings.share_dir, settings.state_dir, stable_after=settings.stable_after
         )
         self.server = PeerServer(
             self.share,
-            self.members,
+            self.directory,
             contexts,
             upload_slots=settings.upload_slots,
             rate_limit=settings.upload_rate_limit,
@@ -90,14 +91,14 @@ class Daemon:
         )
         self.history = history = History(settings.state_dir / "history.sqlite3")
         self.pool = PeerPool(identity)
-        self.downloads = Downloads(self.pool, self.members, settings.download_dir, history)
+        self.downloads = Downloads(self.pool, self.directory, settings.download_dir, history)
         # Sharing and downloading work without it; status says why.
         await history.check()
-        async with RegistryClient(settings.registries, self._secret) as client:
+        async with client:
             self.link = RegistryLink(
                 client,
                 registration,
-                self.members,
+                self.directory,
                 prove=KeySigner(identity.key_path),
                 heartbeat_interval=settings.heartbeat_interval,
                 on_change=self._update_status,
@@ -105,7 +106,7 @@ class Daemon:
             self.rpc = Rpc(
                 identity.id,
                 lambda: self.settings,  # the settings in force, also after a reload
-                self.members,
+                self.directory,
                 self.share,
                 self.server,
                 self.link,
@@ -161,7 +162,7 @@ class Daemon:
 
         listeners = await open_listeners(self.settings.metrics_listen)
         metrics = PeerMetrics(
-            self.server, self.downloads, self.share, self.members, lambda: self.link.registered
+            self.server, self.downloads, self.share, self.directory, lambda: self.link.registered
         )
         await metrics.run(listeners, task_status=task_status)
 
@@ -220,7 +221,7 @@ class Daemon:
         registered = "registered" if self.link.registered else (self.link.error or "not registered")
         indexing = " (indexing)" if self.share.indexing else ""
         line = (
-            f"{registered}; {self.members.count()} peers; "
+            f"{registered}; {self.directory.peers} peers; "
             f"{len(self.share.index)} shared files{indexing}; "
             f"{self.server.stats.active} uploads; {len(self.downloads.active)} downloads"
         )

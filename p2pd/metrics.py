@@ -26,7 +26,7 @@ from p2pcommon.http.server import HttpServer, Limits
 from p2pcommon.lifecycle import StartupError
 from p2pcommon.models import split_host_port
 from p2pd.fetch.downloads import Downloads
-from p2pd.membership.members import Members
+from p2pd.membership.directory import Directory
 from p2pd.peer.server import PeerServer
 from p2pd.share.watching import Share
 
@@ -127,7 +127,11 @@ class PeerCollector(Collector):
                 "When the last successful scan of the share ended (Unix time)",
                 m.last_scan,
             )
-        yield _gauge("p2pd_members", "Other members on the current list", m.members.count())
+        yield _gauge(
+            "p2pd_members",
+            "Other members, as the registry counted them at the last heartbeat",
+            m.directory.peers,
+        )
         yield _gauge("p2pd_registered", "1 while registered with a registry", m.registered())
         yield _by_label(
             CounterMetricFamily(
@@ -147,7 +151,7 @@ class PeerMetrics:
         server: PeerServer,
         downloads: Downloads,
         share: Share,
-        members: Members,
+        directory: Directory,
         registered: Callable[[], bool],
         *,
         failures: Mapping[str, int] = boundary.failures,
@@ -156,7 +160,7 @@ class PeerMetrics:
         self.server = server
         self.downloads = downloads
         self.share = share
-        self.members = members
+        self.directory = directory
         self.registered = registered
         self.failures = failures
         self._clock = clock

@@ -27,8 +27,8 @@ from p2pd.fetch.downloads import MAX_TRANSFERS, Downloads, NotQueued, Transfer
 from p2pd.fetch.history import History, HistoryUnavailable
 from p2pd.fetch.model import Outcome
 from p2pd.fetch.names import destination
+from p2pd.membership.directory import Directory, LookupUnavailable, PeerLookupError
 from p2pd.membership.link import RegistryLink
-from p2pd.membership.members import Members, PeerLookupError
 from p2pd.options import PeerOptions
 from p2pd.peer.client import PeerPool, PeerUnavailable
 from p2pd.peer.listing import MemberListing
@@ -64,7 +64,7 @@ class Rpc:
     own_id: str
     #: The settings in force: a reload (SIGHUP) replaces the daemon's object.
     settings: Callable[[], PeerOptions]
-    members: Members
+    directory: Directory
     share: Share
     server: PeerServer
     link: RegistryLink
@@ -101,7 +101,8 @@ class Rpc:
             "config": None if self.config_path is None else str(self.config_path),
             "registry": self.link.registry_url,
             "registry_error": self.link.error,
-            "peers": self.members.count(),
+            # The registry's count at our last heartbeat, ourselves not included.
+            "peers": self.directory.peers,
             "share_dir": str(settings.share_dir),
             "download_dir": str(settings.download_dir),
             "watching": self.share.watching,
@@ -114,9 +115,23 @@ class Rpc:
         }
 
     async def rpc_peers(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
+        """Every other member (PATTERN: those whose name or id matches), sorted by name;
+        fetched from the registry page by page without certificates, when asked."""
+        pattern = params.get("pattern")
+        if pattern is not None and (not isinstance(pattern, str) or len(pattern) > 256):
+            raise RpcError(
+                INVALID_PARAMS, "peers takes params {'pattern': a name, an id or a glob}"
+            )
+        found: list[Member] = []
+        try:
+            async for page in self.directory.pages(pattern or None):
+                found.extend(page)
+        except LookupUnavailable as exc:
+            raise RpcError(OPERATION_FAILED, f"{exc}; try again shortly") from None
+        found.sort(key=lambda m: (m.name, m.id))
         return [
             {"id": m.id, "name": m.name, "addresses": m.addresses, "last_seen": m.last_seen}
-            for m in self.members.others()
+            for m in found
         ]
 
     async def rpc_ls(self, params: dict[str, Any], notify: Notify) -> RawJson:
@@ -286,7 +301,7 @@ class Rpc:
 
     async def _files_of(self, peer: str) -> tuple[Member, MemberListing]:
         """The member PEER names and its listing, or FetchRefused saying why not."""
-        member = self._resolve(peer)
+        member = await self._resolve(peer)
         try:
             listing = await self.pool.listing(member)
         except PeerUnavailable as exc:
@@ -295,9 +310,11 @@ class Rpc:
             ) from None
         return member, listing
 
-    def _resolve(self, peer: str) -> Member:
+    async def _resolve(self, peer: str) -> Member:
         try:
-            return self.members.resolve(peer, own_name=self.settings().name)
+            return await self.directory.resolve(peer, own_name=self.settings().name)
+        except LookupUnavailable as exc:
+            raise FetchRefused(RpcError(OPERATION_FAILED, f"{exc}; try again shortly")) from None
         except PeerLookupError as exc:
             data = {"candidates": [{"id": m.id, "name": m.name} for m in exc.candidates]}
             raise FetchRefused(RpcError(OPERATION_FAILED, str(exc), data)) from None

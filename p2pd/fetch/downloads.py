@@ -34,7 +34,7 @@ from p2pd.fetch.receiving import Receiver, discard_quietly
 from p2pd.fetch.schedule import Schedule
 from p2pd.fetch.sources import find_alternates
 from p2pd.fetch.transfer import Transfer
-from p2pd.membership.members import Members
+from p2pd.membership.directory import Directory, LookupUnavailable
 from p2pd.peer.client import PeerPool
 
 __all__ = [
@@ -72,14 +72,14 @@ class Downloads:
     def __init__(
         self,
         pool: PeerPool,
-        members: Members,
+        directory: Directory,
         download_dir: Path,
         history: History,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
         self._receiver = Receiver(pool, download_dir, self._received)
-        self._members = members
+        self._directory = directory
         self._dir = download_dir
         self._history = history
         self._clock = clock
@@ -315,11 +315,14 @@ class Downloads:
         queued = transfer.queued
         plan = Attempts(queued.peer_name)
         while True:
-            member = self._members.get(queued.peer_id)
+            try:
+                member = await self._directory.get(queued.peer_id)
+            except LookupUnavailable:
+                member = None  # alternates are sought; the next round asks again
             chosen = (member, queued.remote_path) if member is not None else None
             alternates = []
             if plan.asks_alternates(chosen is not None):
-                alternates = await find_alternates(self._pool, self._members, transfer.queued)
+                alternates = await find_alternates(self._pool, self._directory, transfer.queued)
             for source, remote_path in plan.sources(chosen, alternates):
                 try:
                     await self._receiver.attempt(transfer, source, remote_path)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import random
 
 import trio
 
 from p2pcommon.boundary import failure_boundary
 from p2pcommon.models import Member
 from p2pd.fetch.model import Queued
-from p2pd.membership.members import Members
+from p2pd.membership.directory import Directory, LookupUnavailable
 from p2pd.peer.client import PeerPool, PeerUnavailable
 
 log = logging.getLogger("p2pd.downloads")  # its lines are the transfer's
@@ -23,28 +23,37 @@ ALTERNATES_DEADLINE = 5.0
 
 
 async def find_alternates(
-    pool: PeerPool, members: Members, queued: Queued
+    pool: PeerPool, directory: Directory, queued: Queued
 ) -> list[tuple[Member, str]]:
     """Other members listing the same bytes, each with its own path for them.
 
     First the listings kept from earlier (no request: a kept listing that
     names the bytes makes a source, one that does not rules its member
-    out), then members without one, asked concurrently, a bounded number
-    at a time, under one short deadline: a silent or hostile member costs
-    seconds, not the transfer.
+    out, one of a member that left is skipped), then members without one,
+    up to MAX_ALTERNATES_ASKED from one registry page at a random point of
+    the id space, asked concurrently, a bounded number at a time, under one
+    short deadline: a silent or hostile member costs seconds, not the
+    transfer.
     """
     found: list[tuple[Member, str]] = []
     known = {queued.peer_id}
-    for member_id, listing in reversed(pool.cached_listings()):
-        member = members.get(member_id)
-        if member is None or member_id in known:
-            continue
-        known.add(member_id)
-        if (path := listing.path_of(queued.sha256, queued.size)) is not None:
-            found.append((member, path))
-    others = [m for m in members.unordered() if m.id not in known]
-    if len(others) > MAX_ALTERNATES_ASKED:
-        others = random.sample(others, MAX_ALTERNATES_ASKED)
+    with trio.move_on_after(ALTERNATES_DEADLINE):
+        for member_id, listing in reversed(pool.cached_listings()):
+            if member_id in known:
+                continue
+            known.add(member_id)
+            if (path := listing.path_of(queued.sha256, queued.size)) is None:
+                continue
+            with contextlib.suppress(LookupUnavailable):
+                if (member := await directory.get(member_id)) is not None:
+                    found.append((member, path))
+    try:
+        with trio.fail_after(ALTERNATES_DEADLINE):
+            sampled = await directory.sample(MAX_ALTERNATES_ASKED + len(known))
+    except (LookupUnavailable, trio.TooSlowError) as exc:
+        log.info("transfer %s: no other members to ask: %s", queued.id, exc or "too slow")
+        sampled = []
+    others = [m for m in sampled if m.id not in known][:MAX_ALTERNATES_ASKED]
     limiter = trio.CapacityLimiter(ALTERNATES_AT_ONCE)
 
     async def ask(member: Member) -> None:

@@ -1,11 +1,13 @@
-"""Membership of this daemon: register, heartbeat, re-register, leave; keep the member list.
+"""Membership of this daemon: register, heartbeat, re-register, leave; at the registry's pace.
 
 Runs in the background from start-up: the daemon serves whether or not a
 registry answers, and the status says why it is not registered.
 
-The member list is the registry's whole list (``GET /clients``), fetched
-after each register and heartbeat.  (An interim: p2pd is to look members up
-when it needs them, docs/protocol.md §3.4.)  A heartbeat that fails
+No member list is kept (p2pd.membership.directory looks members up): each
+register and heartbeat answer gives the pace (the interval the registry
+advises, which we follow even when our own ``heartbeat_interval`` is
+shorter: that one only counts until a registry has advised one) and the
+member count that ``status`` and the metrics show.  A heartbeat that fails
 (overload, outage) is retried as a heartbeat: only a registry that no longer
 knows us gets a new register, so that an overloaded registry is not answered
 with a wave of registrations.
@@ -26,15 +28,14 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from p2pcommon.backoff import Backoff
 from p2pcommon.identity import short_id
-from p2pcommon.memory import release_free_memory
-from p2pcommon.models import Lease, Member, RegisterRequest
+from p2pcommon.models import Lease, RegisterRequest
 from p2pcommon.registry_client import (
     ProofError,
     RegistryClient,
@@ -44,16 +45,12 @@ from p2pcommon.registry_client import (
     WrongLease,
 )
 from p2pcommon.signing.member_proof import MemberProver
-from p2pd.membership.members import Members
+from p2pd.membership.directory import Directory
 
 log = logging.getLogger("p2pd.registry")
 
 #: Seconds the goodbye to the registry may take at shutdown.
 LEAVE_DEADLINE = 3.0
-#: Member records in one answer past which the memory its parse freed is given back.
-RELEASE_AFTER_RECORDS = 256
-#: Joins and leaves logged one by one at most; more are summed up in one line.
-LOGGED_CHANGES = 20
 #: Seconds the signing child gets: an interpreter, cryptography, one signature (≈ 0.1 s).
 SIGN_DEADLINE = 10.0
 #: Bytes of the signing child's answer.
@@ -106,7 +103,7 @@ class RegistryLink:
         self,
         client: RegistryClient,
         registration: RegisterRequest,
-        members: Members,
+        directory: Directory,
         *,
         prove: MemberProver,
         heartbeat_interval: float,
@@ -118,8 +115,8 @@ class RegistryLink:
         self._prove = prove
         #: The lease token of our last register (None: a registry older than leases).
         self._lease: str | None = None
-        self._members = members
-        self._own_interval = heartbeat_interval
+        self._directory = directory
+        directory.set_own_interval(heartbeat_interval)
         self._on_change = on_change
         self._backoff = backoff or Backoff(base=0.5, cap=30.0)
         self.registered = False
@@ -127,15 +124,14 @@ class RegistryLink:
         self.registered_since: float | None = None
         self._session = trio.CancelScope()
         client.spread(registration.id)
-        members.add_listener(_log_changes)
 
     @property
     def registry_url(self) -> str | None:
         return self._client.current_url if self.registered else None
 
     def set_heartbeat_interval(self, seconds: float) -> None:
-        self._own_interval = seconds
-        self._session.cancel()
+        """Our own interval: it counts only until a registry advises one."""
+        self._directory.set_own_interval(seconds)
 
     def update_registration(self, registration: RegisterRequest) -> None:
         """Register again at once with a new name or addresses (a config reload)."""
@@ -157,8 +153,8 @@ class RegistryLink:
                 await trio.sleep(self._retry_delay(exc, self._backoff.cap))
                 continue
             self._lease = lease.lease
+            self._directory.advise(lease.heartbeat_interval, lease.members)
             self._set_registered()
-            await self._sync()
             try:
                 await self._heartbeats(lease)
             except UnknownMember:
@@ -180,7 +176,7 @@ class RegistryLink:
 
     async def _heartbeats(self, lease: Lease) -> None:
         """Heartbeat until the registry no longer knows us (UnknownMember)."""
-        interval = self._interval(lease)
+        interval = lease.heartbeat_interval
         lease_ends = trio.current_time() + lease.ttl
         delay = interval
         while True:
@@ -192,15 +188,13 @@ class RegistryLink:
             except RegistryError as exc:
                 # Our lease may well be live still; if not, the registry says so (404).
                 self._failed(exc, lapsed=trio.current_time() >= lease_ends)
-                delay = self._retry_delay(exc, interval)
+                # At most half an interval: the lease lasts three, so a few retries fit.
+                delay = self._retry_delay(exc, interval / 2)
                 continue
-            interval = delay = self._interval(lease)
+            interval = delay = lease.heartbeat_interval
             lease_ends = trio.current_time() + lease.ttl
+            self._directory.advise(interval, lease.members)
             self._set_registered()
-            await self._sync()
-
-    def _interval(self, lease: Lease) -> float:
-        return min(lease.heartbeat_interval, self._own_interval)
 
     def _retry_delay(self, exc: RegistryError, longest: float) -> float:
         """The registry's Retry-After, spread a little; else backoff; at most ``longest``.
@@ -234,9 +228,12 @@ class RegistryLink:
                 self._client.current_url,
             )
             self.registered_since = time.time()
+        was = self.registered
         self.registered = True
         self.error = None
         self._backoff.reset()
+        if not was:
+            self._on_change()
 
     def _set_unregistered(self, error: str) -> None:
         was = self.registered
@@ -244,24 +241,6 @@ class RegistryLink:
         self.registered_since = None
         self.error = error
         if was:
-            self._on_change()
-
-    async def _sync(self) -> None:
-        """Bring the member list to the registry's."""
-        try:
-            members = await self._client.clients()
-        except RegistryError as exc:
-            # Keep the last list: a registry hiccup must not cut off transfers, and the
-            # next heartbeat asks again.
-            log.warning("could not refresh the member list: %s", exc)
-            return
-        records = len(members)
-        changed = self._members.update(members)
-        del members
-        if records >= RELEASE_AFTER_RECORDS:
-            # The parse's garbage (megabytes at thousands of members) goes back.
-            release_free_memory()
-        if changed:
             self._on_change()
 
     async def leave(self) -> None:
@@ -282,25 +261,3 @@ def _short_reason(exc: RegistryError) -> str:
     if isinstance(exc, RegistryUnavailable) and exc.failures:
         return exc.failures[-1] if len(exc.failures) == 1 else "; ".join(exc.failures)
     return str(exc)
-
-
-def _log_changes(joined: Sequence[Member], left: Sequence[Member]) -> None:
-    # A member whose certificate changed is in both: it neither joined nor left.
-    replaced = {m.id for m in joined} & {m.id for m in left}
-    came = [m for m in joined if m.id not in replaced]
-    went = [m for m in left if m.id not in replaced]
-    if len(came) + len(went) + len(replaced) > LOGGED_CHANGES:
-        log.info(
-            "%d members joined, %d left, %d changed certificate",
-            len(came),
-            len(went),
-            len(replaced),
-        )
-        return
-    for member in came:
-        log.info("member %s (%s) joined", short_id(member.id), member.name)
-    for member in went:
-        log.info("member %s left", short_id(member.id))
-    for member in joined:
-        if member.id in replaced:
-            log.info("member %s (%s) has a new certificate", short_id(member.id), member.name)

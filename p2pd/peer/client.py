@@ -110,7 +110,9 @@ class PeerConnection:
                 host, port = split_host_port(address)
                 with trio.fail_after(CONNECT_TIMEOUT):
                     tcp = await trio.open_tcp_stream(host, port)
-                    tls = BatchedTLSStream(tcp, context)
+                    # Our id as SNI: a server picks the context that trusts a
+                    # self-signed member's certificate by it (docs/protocol.md §1).
+                    tls = BatchedTLSStream(tcp, context, server_hostname=identity.id)
                     await tls.do_handshake()
                 if presented_id(tls) != member.id:
                     raise PeerMismatch(f"{address} presented another member's certificate")

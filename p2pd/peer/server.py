@@ -1,14 +1,17 @@
 """The peer-to-peer server (docs/protocol.md §4): the share over HTTP/1.1 and mutual TLS.
 
 Only members get in: the TLS handshake accepts certificates of the network
-CA and of the current foreign members (p2pd.tls.contexts.ServerContexts), and every
-request is checked against the member list: a certificate of the CA that is
-no member's, or a member that left, gets 403, on a kept-alive connection too.
+CA, and of a foreign member that named itself by SNI (its id, looked up
+before the handshake: p2pd.tls.peek, p2pd.tls.contexts.ServerContexts); every
+request is checked with the registry (p2pd.membership.directory, answers kept
+one heartbeat interval): a certificate of the CA that is no member's, or a
+member that left, gets 403, on a kept-alive connection too.
 Only indexed files are served; targets are validated before any lookup.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -22,7 +25,7 @@ import trio
 
 from p2pcommon.http.events import Request, Response, error_response
 from p2pcommon.http.server import HttpServer, Limits
-from p2pd.membership.members import Members
+from p2pd.membership.directory import Directory, LookupUnavailable
 from p2pd.peer.body import NO_BODY, FileBody
 from p2pd.peer.files import (
     FILES_PREFIX,
@@ -41,7 +44,9 @@ from p2pd.peer.uploads import BUSY, MIN_UPLOAD_RATE, PACE_WINDOW, UploadPace
 from p2pd.share.index import FileEntry
 from p2pd.share.safeopen import FileChanged
 from p2pd.share.watching import Share
+from p2pd.tls.clienthello import ClientHelloError
 from p2pd.tls.contexts import PeerMismatch, ServerContexts, presented_id, refuse_handshake
+from p2pd.tls.peek import peek_server_name
 
 log = logging.getLogger("p2pd.server")
 
@@ -50,6 +55,8 @@ READ_AHEAD = 256 * 1024
 #: Seconds a request waits for an upload slot before 503.
 SLOT_WAIT = 2.0
 HANDSHAKE_TIMEOUT = 10.0
+#: Seconds the lookup of a ClientHello's SNI may take; then the default context.
+SNI_LOOKUP_DEADLINE = 3.0
 #: Listing entries encoded at a time (~3 ms) before the event loop runs again.
 LISTING_SLICE = 2000
 
@@ -78,7 +85,7 @@ class PeerServer:
     def __init__(
         self,
         share: Share,
-        members: Members,
+        directory: Directory,
         contexts: ServerContexts,
         *,
         upload_slots: int,
@@ -88,11 +95,8 @@ class PeerServer:
         pace_window: float = PACE_WINDOW,
     ) -> None:
         self._share = share
-        self._members = members
+        self._directory = directory
         self._contexts = contexts
-        # The trust store follows the member list by its changes, from what it holds now.
-        contexts.apply(members.unordered(), ())
-        members.add_listener(contexts.apply)
         self.slots = UploadSlots(upload_slots)
         self.upload_slots = upload_slots
         #: The pace floor (p2pd/peer/uploads.py): bytes/s over ``pace_window`` seconds; 0: none.
@@ -121,10 +125,17 @@ class PeerServer:
         self.bucket = TokenBucket(rate) if rate else None
 
     async def _admit(self, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, str | None] | None:
-        context = self._contexts.current()
+        # One deadline for the ClientHello's peek, the lookup and the handshake.
+        with trio.move_on_after(HANDSHAKE_TIMEOUT) as deadline:
+            context = await self._context_for(stream)
+        if deadline.cancelled_caught:
+            log.info("refused a TLS handshake: no ClientHello within %g s", HANDSHAKE_TIMEOUT)
+            self.stats.refused["handshake"] += 1
+            await trio.aclose_forcefully(stream)
+            return None
         tls = trio.SSLStream(stream, context, server_side=True)
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
+            with trio.fail_at(deadline.deadline):
                 await tls.do_handshake()
             peer_id = presented_id(tls)
         except (
@@ -144,8 +155,33 @@ class PeerServer:
             return None
         return tls, peer_id
 
+    async def _context_for(self, stream: trio.abc.Stream) -> ssl.SSLContext:
+        """The default context, or a foreign member's: the one its SNI (its id) names."""
+        try:
+            name = await peek_server_name(stream)
+        except ClientHelloError:
+            # Not TLS as we read it: the default context's handshake refuses it with an alert.
+            return self._contexts.default
+        if name is None:
+            return self._contexts.default
+        member = None
+        # A slow registry costs a foreign member its handshake, not everyone theirs.
+        with trio.move_on_after(SNI_LOOKUP_DEADLINE), contextlib.suppress(LookupUnavailable):
+            member = await self._directory.get(name)
+        return await self._contexts.for_member(member)
+
     async def handle(self, request: Request) -> Response:
-        if not self._members.is_member(request.client_id):
+        try:
+            admitted = await self._directory.is_member(request.client_id)
+        except LookupUnavailable as exc:
+            self.stats.refused["membership unknown"] += 1
+            return error_response(
+                503,
+                "membership unknown",
+                f"{exc}; retry shortly",
+                [("Retry-After", "5")],
+            )
+        if not admitted:
             self.stats.refused["not a member"] += 1
             return error_response(403, "not a member", "this certificate is not a current member")
         if request.method not in ("GET", "HEAD"):

@@ -4,10 +4,13 @@ No certificate names a host (it cannot contain its own hash), so there is no
 hostname check. Instead each side pins: the downloader trusts exactly the
 serving member's certificate from the registry and checks that the hash of
 what it was shown is the member's id; the server lets the handshake through
-for any certificate of the network CA (p2pd.tls.identity.NetworkCA) or of a
-"foreign" member (one whose certificate that CA did not issue: a client with
-its own self-signed certificate) and checks the client's id against the
-member list at every request.
+for any certificate of the network CA (p2pd.tls.identity.NetworkCA) and
+checks the client's id with the registry at every request (p2pd.peer.server).
+A "foreign" member (one whose certificate that CA did not issue: a client
+with its own self-signed certificate) sends its id as SNI; the server looks
+it up before the handshake and uses a context that also trusts that one
+certificate (``ServerContexts.for_member``).  Nothing here changes when
+members join or leave.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import logging
 import math
 import re
 import ssl
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -173,20 +177,28 @@ _PEER_SUBJECT = re.compile(
 )
 
 
-class ServerContexts:
-    """The server's context; a membership change costs O(1), not a context per member set.
+#: Contexts kept for foreign members (the most recently used): each holds one anchor.
+MAX_FOREIGN_CONTEXTS = 256
 
-    Trust anchors: the network CA, which stands for every member it issued a
-    certificate to, our own certificate, and each foreign member's (one the
-    CA did not issue).  A joining foreign member's certificate is added to
-    the store in place; one leaving makes the next ``current()`` build a new
-    context from the remaining foreign ones (an OpenSSL store cannot drop
-    a certificate).  Members of the CA cost nothing here: who may fetch is
-    decided per request by the member list (PeerServer.handle).
+
+class ServerContexts:
+    """The server's contexts: one default, and one per foreign member as it connects.
+
+    The default trusts the network CA, which stands for every member it
+    issued a certificate to, and our own certificate.  A foreign member (its
+    certificate is not the CA's) gets a context that also trusts its own
+    certificate, built in a worker thread when it first connects and kept
+    (least recently used out, at most ``max_foreign``): the cost is per
+    connecting foreign member, never per join or leave.  Who may fetch is
+    decided per request with the registry (PeerServer.handle).
     """
 
     def __init__(
-        self, identity: Identity, network: NetworkCA | NetworkAnchor | None = None
+        self,
+        identity: Identity,
+        network: NetworkCA | NetworkAnchor | None = None,
+        *,
+        max_foreign: int = MAX_FOREIGN_CONTEXTS,
     ) -> None:
         self._identity = identity
         self._network = network
@@ -195,52 +207,57 @@ class ServerContexts:
         if network is not None:
             with contextlib.suppress(ValueError):
                 self._ca_subject = issuer_and_subject(ssl.PEM_cert_to_DER_cert(network.cert_pem))[1]
-        #: Foreign members' certificates (PEM) by id.
-        self._foreign: dict[str, str] = {}
-        self._stale = False
-        self._context = self._build()
-        #: Contexts built so far: one now, one more after each departure of foreign members.
+        self._anchors = [network.cert_pem] if network is not None else []
+        self.default = server_context(identity, self._anchors)
+        #: (member id, certificate) -> its context; None: the certificate is unusable.
+        self._foreign: OrderedDict[tuple[str, str], ssl.SSLContext | None] = OrderedDict()
+        self._max_foreign = max_foreign
+        #: Contexts built so far: the default, and one per foreign member kept.
         self.builds = 1
 
-    def _build(self) -> ssl.SSLContext:
-        anchors = [self._network.cert_pem] if self._network is not None else []
-        context = server_context(self._identity, anchors)
-        for member_id, cert in list(self._foreign.items()):
-            if not _add_anchor(context, cert):
-                del self._foreign[member_id]
-        return context
+    def current(self) -> ssl.SSLContext:
+        """The default context (the network CA's members and ourselves)."""
+        return self.default
 
-    def apply(self, joined: Sequence[Member], left: Sequence[Member]) -> None:
-        """Take a membership change (a Members listener): O(joined + left)."""
-        for member in left:
-            if self._foreign.pop(member.id, None) is not None:
-                self._stale = True
-        for member in joined:
-            if not self._is_foreign(member):
-                continue
-            self._foreign[member.id] = member.cert
-            # A stale context is replaced with every foreign certificate anyway.
-            if not self._stale and not _add_anchor(self._context, member.cert):
-                del self._foreign[member.id]
+    async def for_member(self, member: Member | None) -> ssl.SSLContext:
+        """The context for a handshake with ``member`` (None: unknown, the default)."""
+        if member is None or self._issued_by_network(member):
+            return self.default
+        key = (member.id, member.cert)
+        if key in self._foreign:
+            self._foreign.move_to_end(key)
+            context = self._foreign[key]
+        else:
+            # Loading certificates and our key costs milliseconds: not on the loop.
+            context = await trio.to_thread.run_sync(self._foreign_context, member)
+            self.builds += 1
+            self._foreign[key] = context
+            while len(self._foreign) > self._max_foreign:
+                self._foreign.popitem(last=False)
+        return context or self.default
 
-    def _is_foreign(self, member: Member) -> bool:
-        """Whether ``member`` needs its own anchor: its certificate does not name the CA.
+    def _foreign_context(self, member: Member) -> ssl.SSLContext | None:
+        if not self._parsed_is_foreign(member):
+            return None
+        context = server_context(self._identity, self._anchors)
+        return context if _add_anchor(context, member.cert) else None
+
+    def _issued_by_network(self, member: Member) -> bool:
+        """Whether ``member``'s certificate is, as p2pd makes them, the CA's (no anchor).
 
         Only the issuer's name is compared: OpenSSL checks the signature in
         the handshake, so a certificate that only claims the CA fails there.
         A certificate as p2pd makes them, naming the CA byte for byte, is
-        decided from its DER; any other is parsed by cryptography, imported
-        then (a running daemon has no other use for it).
+        decided from its DER; any other is parsed by cryptography in a worker
+        thread (``_parsed_is_foreign``).
         """
-        if self._network is not None and self._ca_subject is not None:
-            try:
-                issuer, subject = issuer_and_subject(ssl.PEM_cert_to_DER_cert(member.cert))
-            except ValueError:
-                pass
-            else:
-                if issuer == self._ca_subject and _PEER_SUBJECT.fullmatch(subject):
-                    return False
-        return self._parsed_is_foreign(member)
+        if self._network is None or self._ca_subject is None:
+            return False
+        try:
+            issuer, subject = issuer_and_subject(ssl.PEM_cert_to_DER_cert(member.cert))
+        except ValueError:
+            return False
+        return issuer == self._ca_subject and _PEER_SUBJECT.fullmatch(subject) is not None
 
     def _parsed_is_foreign(self, member: Member) -> bool:
         from cryptography import x509
@@ -262,15 +279,7 @@ class ServerContexts:
             log.warning("ignoring %s's unusable certificate: %s", member.name, exc)
             return False
 
-    def current(self) -> ssl.SSLContext:
-        """The context for the next handshake."""
-        if self._stale:
-            self._context = self._build()
-            self._stale = False
-            self.builds += 1
-        return self._context
-
     @property
     def foreign(self) -> int:
-        """How many members have their own trust anchor."""
-        return len(self._foreign)
+        """How many foreign members' contexts are kept."""
+        return sum(1 for context in self._foreign.values() if context is not None)

@@ -25,11 +25,20 @@ TRANSPORT_RECEIVE = 256 * 1024
 
 
 class BatchedTLSStream(trio.abc.Stream):
-    def __init__(self, transport: trio.abc.Stream, context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        context: ssl.SSLContext,
+        *,
+        server_hostname: str | None = None,
+    ) -> None:
+        """``server_hostname``: sent as SNI (p2pd sends its own id: docs/protocol.md §1)."""
         self.transport = transport
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=False)
+        self.ssl_object = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
+        )
         self._eof = False
 
     def raw(self) -> RawTLS:

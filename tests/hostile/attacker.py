@@ -329,40 +329,80 @@ def members(url: str) -> list[dict[str, Any]]:
 # -- TLS to and from p2pd ----------------------------------------------------
 
 
-def client_context(who: Attacker | None) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+class NamingContext(ssl.SSLContext):
+    """A client context whose connections send ``own_id`` as SNI unless given a name,
+    as p2pd's own client does: a foreign member names itself (docs/protocol.md §1)."""
+
+    own_id: str | None = None
+
+    def wrap_socket(  # type: ignore[override]
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side,
+            do_handshake_on_connect,
+            suppress_ragged_eofs,
+            server_hostname if server_hostname is not None or server_side else self.own_id,
+            session,
+        )
+
+
+def client_context(who: Attacker | None, *, sni: str | bool = True) -> ssl.SSLContext:
+    """``sni``: True, ``who``'s id as SNI; False, no SNI; a string, that name."""
+    context = NamingContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # an attacker does not care who answers
     if who is not None:
         context.load_cert_chain(who.cert_path, who.key_path)
+    if isinstance(sni, str):
+        context.own_id = sni
+    elif sni and who is not None:
+        context.own_id = who.id
     return context
 
 
-def tls(port: int, who: Attacker | None, timeout: float = 15) -> ssl.SSLSocket:
+def tls(
+    port: int, who: Attacker | None, timeout: float = 15, *, sni: str | bool = True
+) -> ssl.SSLSocket:
+    """``sni`` as ``client_context`` takes it."""
     sock = tcp(port, timeout=timeout)
     try:
-        return client_context(who).wrap_socket(sock)
+        return client_context(who, sni=sni).wrap_socket(sock)
     except BaseException:
         sock.close()
         raise
 
 
 def peer_get(
-    port: int, who: Attacker | None, target: str, headers: dict[str, str] | None = None
+    port: int,
+    who: Attacker | None,
+    target: str,
+    headers: dict[str, str] | None = None,
+    *,
+    sni: str | bool = True,
 ) -> RawResponse:
-    with tls(port, who) as sock:
+    with tls(port, who, sni=sni) as sock:
         sock.sendall(build_request("GET", target, headers or {}))
         return read_response(sock)
 
 
-def refused(port: int, who: Attacker | None, target: str = "/files") -> bool:
+def refused(
+    port: int, who: Attacker | None, target: str = "/files", *, sni: str | bool = True
+) -> bool:
     """True if the peer refuses ``who`` in the handshake or with 403, with no file byte.
 
     Silence is no refusal: a peer that leaves the stranger hanging raises TimeoutError.
     """
     try:
-        answer = peer_get(port, who, target)
+        answer = peer_get(port, who, target, sni=sni)
     except (Closed, ssl.SSLError, ConnectionError):
         return True
     return answer.status == 403

@@ -23,12 +23,12 @@ from pathlib import Path
 import trio
 
 from p2pcommon.models import Member
-from p2pd.membership.members import Members
 from p2pd.peer.server import PeerServer
 from p2pd.share.watching import Share
 from p2pd.tls.contexts import ServerContexts
 from p2pd.tls.identity import load_or_create
 from tests.hostile.attacker import Attacker, build_request, client_context, read_response
+from tests.p2pd.live_registry import live_registry
 
 KiB = 1024
 BIG = os.urandom(8 * 1024 * KiB)
@@ -57,25 +57,21 @@ async def serving(
     (root / "medium2.bin").write_bytes(MEDIUM)
     identity, _ = load_or_create(state)
     who = {name: Attacker.new(tmp_path / name) for name in ("mallory", "bob", "carol")}
-    members = Members.empty(identity.id)
-    members.update(
-        [
-            Member(id=a.id, name=n, addresses=[], cert=a.cert_pem, last_seen=0)
-            for n, a in who.items()
-        ]
-    )
+    listed = [
+        Member(id=a.id, name=n, addresses=[], cert=a.cert_pem, last_seen=0) for n, a in who.items()
+    ]
     share = Share(root, state)
     await share.rescan()
-    server = PeerServer(
-        share,
-        members,
-        ServerContexts(identity),
-        upload_slots=slots,
-        rate_limit=rate_limit,
-        min_upload_rate=floor,
-        pace_window=window,
-    )
-    async with trio.open_nursery() as nursery:
+    async with live_registry(listed) as registry, trio.open_nursery() as nursery:
+        server = PeerServer(
+            share,
+            registry.directory(identity.id),
+            ServerContexts(identity),
+            upload_slots=slots,
+            rate_limit=rate_limit,
+            min_upload_rate=floor,
+            pace_window=window,
+        )
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         await nursery.start(server.http.run, listeners)
         port = listeners[0].socket.getsockname()[1]

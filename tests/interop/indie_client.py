@@ -1,6 +1,7 @@
 """The independent peer as a downloader, from docs/protocol.md §1 and §4 alone.
 
-TLS 1.3 with its own certificate, the serving member pinned by its id (§1),
+TLS 1.3 with its own certificate and its id as SNI (it is a foreign member:
+§1), the serving member pinned by its id (§1),
 a listing validated before use (§4.1, §4.2), and a file fetched in ranges,
 each answer checked against the listing before its bytes are kept (§4.3).
 Standard library only.
@@ -28,6 +29,22 @@ MAX_LISTING = 64 * 1024 * 1024
 
 class Refused(Exception):
     """The member cannot be used: unreachable, not the pinned certificate, or a bad answer."""
+
+
+class NamedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to an address, with ``server_name`` as SNI (§1: a foreign member sends its
+    id; http.client would send the address, or nothing for an IP address)."""
+
+    def __init__(
+        self, host: str, port: int, *, context: ssl.SSLContext, timeout: float, server_name: str
+    ) -> None:
+        super().__init__(host, port, context=context, timeout=timeout)
+        self._tls = context
+        self._server_name = server_name
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)
 
 
 def valid_path(path: object) -> bool:
@@ -98,8 +115,12 @@ class PeerClient:
         failures = []
         for address in member["addresses"]:
             host, _, port = address.rpartition(":")
-            connection = http.client.HTTPSConnection(
-                host.strip("[]"), int(port), context=context, timeout=20
+            connection = NamedHTTPSConnection(
+                host.strip("[]"),
+                int(port),
+                context=context,
+                timeout=20,
+                server_name=self._identity.id,
             )
             try:
                 connection.connect()

@@ -39,7 +39,8 @@ async def status(params: dict[str, Any], notify: Notify) -> Any:
 
 
 async def peers(params: dict[str, Any], notify: Notify) -> Any:
-    return [BOB]
+    # The daemon filters (p2pd.control.methods): here, only that the pattern arrives.
+    return [BOB] if params.get("pattern") in (None, "bo*") else []
 
 
 async def ls(params: dict[str, Any], notify: Notify) -> Any:
@@ -78,6 +79,10 @@ async def test_commands_json_and_human(socket_path: Path) -> None:
         await nursery.start(ControlServer(socket_path, methods).run)
         result = await p2pctl(socket_path, "--json", "peers")
         assert (result.returncode, json.loads(result.stdout)) == (0, [BOB])
+        result = await p2pctl(socket_path, "--json", "peers", "bo*")
+        assert (result.returncode, json.loads(result.stdout)) == (0, [BOB])
+        result = await p2pctl(socket_path, "--json", "peers", "carol")
+        assert (result.returncode, json.loads(result.stdout)) == (0, [])
         result = await p2pctl(socket_path, "--json", "ls", "bob")
         assert json.loads(result.stdout) == FILES
         result = await p2pctl(socket_path, "--json", "status")

@@ -110,6 +110,8 @@ WORDS = st.sampled_from(
 @example(["--json", "fetch", "--detach", "bob", "a.txt", "--detach"])
 @example(["ls", "bob", "bob"])
 @example(["cancel", "-1"])
+@example(["peers", "bob"])
+@example(["--json", "peers", "bob", "bob"])
 def test_the_quick_parser_reads_only_what_argparse_reads_the_same(argv: list[str]) -> None:
     quick = quick_args(argv)
     if quick is not None:
@@ -121,6 +123,7 @@ def test_the_quick_parser_takes_the_common_calls(monkeypatch: pytest.MonkeyPatch
     common = [
         ["status"],
         ["--json", "peers"],
+        ["peers", "bo*"],
         ["--socket", "/s", "history"],
         ["ls", "bob"],
         ["fetch", "bob", "docs/a.txt"],

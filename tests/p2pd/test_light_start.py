@@ -113,27 +113,30 @@ def test_a_first_start_leaves_no_cryptography_in_the_daemon(tmp_path: Path) -> N
         assert CRYPTOGRAPHY_LIBRARY not in Path(f"/proc/{alice.process.pid}/maps").read_text()
 
 
-#: A restart: the identity and the network CA read back, and members of the CA taken
-#: into the server's trust store, in a fresh interpreter.
+#: A restart: the identity and the network CA read back, and members of the CA met
+#: by the server's contexts (the context each handshake with them would use), in a
+#: fresh interpreter.
 RESTART = """
 import json, sys
+import trio
 from pathlib import Path
 from p2pcommon.models import Member
 from p2pd.tls.identity import load_for_network
-from p2pd.membership.members import Members
 from p2pd.tls.contexts import ServerContexts
 state, secret, certs = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 identity, new, network = load_for_network(state, secret)
 contexts = ServerContexts(identity, network)
-members = Members.empty(identity.id)
-members.add_listener(contexts.apply)
-members.update([
-    Member(id=f"m{i}", name=f"m{i}", addresses=[], cert=cert, last_seen=0)
-    for i, cert in enumerate(certs)
-])
+async def meet():
+    return [
+        await contexts.for_member(
+            Member(id=f"m{i}", name=f"m{i}", addresses=[], cert=cert, last_seen=0)
+        )
+        for i, cert in enumerate(certs)
+    ]
+met = trio.run(meet)
 print(json.dumps({
     "id": identity.id, "new": new, "foreign": contexts.foreign,
-    "anchors": contexts.current().cert_store_stats()["x509"],
+    "anchors": max(c.cert_store_stats()["x509"] for c in [contexts.default, *met]),
     "cryptography": "cryptography" in sys.modules,
 }))
 """

@@ -128,8 +128,8 @@ class FakeDownloads:
 
 
 class FakeMembers:
-    def count(self) -> int:
-        return 2
+    #: The registry's count at the last heartbeat, ourselves not included.
+    peers = 2
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

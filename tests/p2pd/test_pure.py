@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pcommon.models import Member
 from p2pd.fetch.names import free_name, numbered
 from p2pd.fetch.partial import existing_copy, place, resume_state
-from p2pd.membership.members import Members, PeerLookupError
 from p2pd.peer.files import BadTarget, decode_file_target, parse_range, repr_digest
 from p2pd.peer.ratelimit import TokenBucket
 
@@ -82,38 +80,6 @@ def test_unsatisfiable_ranges(header: str) -> None:
 def test_repr_digest_is_rfc9530_sha256() -> None:
     digest = hashlib.sha256(b"hello").digest()
     assert repr_digest(digest.hex()) == f"sha-256=:{base64.b64encode(digest).decode()}:"
-
-
-def member(member_id: str, name: str) -> Member:
-    return Member(id=member_id, name=name, addresses=["127.0.0.1:1"], cert="PEM", last_seen=0)
-
-
-def test_members_exclude_ourselves_and_resolve_by_name_id_or_prefix() -> None:
-    members = Members.empty("self" + "a" * 48)
-    changed = members.update(
-        [
-            member("self" + "a" * 48, "me"),
-            member("abcde" + "a" * 47, "alice"),
-            member("abcdf" + "b" * 47, "bob"),
-            member("zzz" + "c" * 49, "bob"),
-        ]
-    )
-    assert changed
-    assert [m.name for m in members.others()] == ["alice", "bob", "bob"]
-    assert members.resolve("alice").name == "alice"
-    assert members.resolve("abcde").name == "alice"
-    assert members.resolve("zzz").id.startswith("zzz")
-    assert members.resolve("abcdf" + "b" * 47).name == "bob"
-    with pytest.raises(PeerLookupError) as ambiguous:
-        members.resolve("abcd")
-    assert len(ambiguous.value.candidates) == 2
-    with pytest.raises(PeerLookupError) as by_name:
-        members.resolve("bob")
-    assert len(by_name.value.candidates) == 2
-    with pytest.raises(PeerLookupError, match="no member"):
-        members.resolve("carol")
-    assert not members.is_member("self" + "a" * 48)
-    assert not members.update(members.others())
 
 
 def test_token_bucket_spreads_bytes_at_the_rate() -> None:

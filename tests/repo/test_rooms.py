@@ -26,7 +26,7 @@ PURE = [
     "p2pd.peer.uploads",
     "p2pd.peer.search",
     "p2pd.peer.search_groups",
-    "p2pd.peer.clienthello",
+    "p2pd.tls.clienthello",
     "p2pd.share.index",
     "p2pd.control.jsonrpc",
     "registryd.table",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,9 +27,10 @@ from p2pd.control.server import ControlServer
 from p2pd.fetch.downloads import Downloads, Transfer
 from p2pd.fetch.history import History
 from p2pd.fetch.model import Outcome, Progress, Queued
-from p2pd.membership.members import Members
 from p2pd.peer.client import PeerUnreachable
 from p2pd.peer.listing import MemberListing
+from tests.p2pd.live_registry import LiveRegistry, live_registry
+from tests.support import make_cert_pem
 
 OWN = "o" * 52
 BOB = "b" * 52
@@ -86,14 +87,21 @@ def folder() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def make_rpc(folder: Path, pool: FakePool, history: History | None = None) -> Rpc:
-    members = Members.empty(OWN)
-    members.update(
-        [
-            Member(id=BOB, name="bob", addresses=["127.0.0.1:1"], cert="PEM", last_seen=0),
-            Member(id="bz" + "c" * 50, name="zed", addresses=[], cert="PEM", last_seen=0),
-        ]
-    )
+@pytest.fixture
+async def registry() -> AsyncIterator[LiveRegistry]:
+    """A real registry listing bob and zed (whose id also starts with b)."""
+    listed = [
+        Member(id=BOB, name="bob", addresses=["127.0.0.1:1"], cert=make_cert_pem(), last_seen=0),
+        Member(id="bz" + "c" * 50, name="zed", addresses=[], cert=make_cert_pem(), last_seen=0),
+    ]
+    async with live_registry(listed) as registry:
+        yield registry
+
+
+def make_rpc(
+    registry: LiveRegistry, folder: Path, pool: FakePool, history: History | None = None
+) -> Rpc:
+    members = registry.directory(OWN)
     history = history or History(folder / "history.sqlite3")
     settings = PeerSettings.model_construct(
         name="me", share_dir=folder / "share", download_dir=folder / "downloads"
@@ -136,6 +144,7 @@ async def refused_fetch(rpc: Rpc, peer: str, path: str) -> RpcError:
     ids=["unknown peer", "ambiguous peer", "unreachable", "not shared", "unsafe path"],
 )
 async def test_a_fetch_refused_before_any_transfer_is_in_the_history(
+    registry: LiveRegistry,
     folder: Path,
     peer: str,
     path: str,
@@ -145,7 +154,7 @@ async def test_a_fetch_refused_before_any_transfer_is_in_the_history(
     remote_path: str,
     dest: str,
 ) -> None:
-    rpc = make_rpc(folder, pool)
+    rpc = make_rpc(registry, folder, pool)
     error = await refused_fetch(rpc, peer, path)
     assert error.code == jsonrpc.OPERATION_FAILED
     (record,) = await rpc.rpc_history({}, no_notify)
@@ -170,10 +179,12 @@ async def test_a_fetch_refused_before_any_transfer_is_in_the_history(
     assert rpc.downloads.active == {}
 
 
-async def test_a_folder_with_an_unsafe_name_is_refused_whole(folder: Path) -> None:
+async def test_a_folder_with_an_unsafe_name_is_refused_whole(
+    registry: LiveRegistry, folder: Path
+) -> None:
     files = [shared("docs/a.txt"), shared("docs/.hidden"), shared("docs/b.txt")]
     files.append(shared("docs/c\x1b.txt"))
-    rpc = make_rpc(folder, FakePool(files))
+    rpc = make_rpc(registry, folder, FakePool(files))
     error = await refused_fetch(rpc, "bob", "docs/")
     assert "'docs/.hidden'" in error.message and "'docs/c\\x1b.txt'" in error.message
     assert "docs/a.txt" not in error.message
@@ -189,9 +200,11 @@ async def test_a_folder_with_an_unsafe_name_is_refused_whole(folder: Path) -> No
     )
 
 
-async def test_a_refusal_is_kept_in_memory_while_the_history_fails(folder: Path) -> None:
+async def test_a_refusal_is_kept_in_memory_while_the_history_fails(
+    registry: LiveRegistry, folder: Path
+) -> None:
     broken = History(folder / "missing" / "history.sqlite3")  # no such folder: cannot open
-    rpc = make_rpc(folder, FakePool(), broken)
+    rpc = make_rpc(registry, folder, FakePool(), broken)
     error = await refused_fetch(rpc, "carol", "a.txt")
     (kept,) = rpc.history.unrecorded
     assert (kept.status, kept.error, kept.peer_name) == ("failed", error.message, "carol")
@@ -207,8 +220,10 @@ async def read_until_answer(stream: trio.SocketStream) -> list[dict[str, Any]]:
     return got
 
 
-async def test_progress_is_sent_only_to_a_fetch_that_asks(folder: Path) -> None:
-    rpc = make_rpc(folder, FakePool([shared("a.txt")]))
+async def test_progress_is_sent_only_to_a_fetch_that_asks(
+    registry: LiveRegistry, folder: Path
+) -> None:
+    rpc = make_rpc(registry, folder, FakePool([shared("a.txt")]))
     socket_path = folder / "control.sock"
     async with trio.open_nursery() as nursery:
         cast(QuickDownloads, rpc.downloads).nursery = nursery
@@ -228,16 +243,18 @@ async def test_progress_is_sent_only_to_a_fetch_that_asks(folder: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_folder_named_without_its_slash_says_how_to_fetch_it(folder: Path) -> None:
-    rpc = make_rpc(folder, FakePool([shared("docs/a.txt"), shared("docs/b.txt")]))
+async def test_a_folder_named_without_its_slash_says_how_to_fetch_it(
+    registry: LiveRegistry, folder: Path
+) -> None:
+    rpc = make_rpc(registry, folder, FakePool([shared("docs/a.txt"), shared("docs/b.txt")]))
     error = await refused_fetch(rpc, "bob", "docs")
     assert error.message == "'docs' is a folder: fetch `docs/` to get all its files"
 
 
 async def test_cancel_answers_when_the_transfer_has_ended_within_a_bound(
-    folder: Path, autojump_clock: trio.testing.MockClock
+    registry: LiveRegistry, folder: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    rpc = make_rpc(folder, FakePool())
+    rpc = make_rpc(registry, folder, FakePool())
     queued = Queued("0000cafe", BOB, "bob", "a.txt", SHA, 3, 0)
     ending = Transfer(queued, folder / "downloads" / "a.txt", Progress(3))
     rpc.downloads.active[queued.id] = ending
@@ -257,3 +274,36 @@ async def test_cancel_answers_when_the_transfer_has_ended_within_a_bound(
     rpc.downloads.active["0000dead"] = stuck
     with pytest.raises(RpcError, match="cancelled but still stopping after 10 s"):
         await rpc.rpc_cancel({"id": "0000dead"}, no_notify)
+
+
+async def test_peers_lists_every_other_member_by_name_and_filters_by_pattern(
+    registry: LiveRegistry, folder: Path
+) -> None:
+    await registry.add(
+        Member(id=OWN, name="me", addresses=[], cert=make_cert_pem(), last_seen=0),
+        *(
+            Member(
+                id="k" + "abcdefghijklm"[n] + "k" * 50,
+                name=f"kim{n}",
+                addresses=["10.0.0.1:7070"],
+                cert=make_cert_pem(),
+                last_seen=0,
+            )
+            for n in range(12)
+        ),
+    )
+    rpc = make_rpc(registry, folder, FakePool())
+    everyone = await rpc.rpc_peers({}, no_notify)
+    names = [p["name"] for p in everyone]
+    assert names == sorted(names) and len(names) == 14  # bob, zed and the kims; not me
+    assert set(everyone[0]) == {"id", "name", "addresses", "last_seen"}  # no certificate
+    assert everyone[0]["last_seen"] > 0  # the member's last register or heartbeat
+    assert [p["name"] for p in await rpc.rpc_peers({"pattern": "Z"}, no_notify)] == ["zed"]
+    assert [p["name"] for p in await rpc.rpc_peers({"pattern": "kim1?"}, no_notify)] == [
+        "kim10",
+        "kim11",
+    ]
+    assert [p["name"] for p in await rpc.rpc_peers({"pattern": BOB}, no_notify)] == ["bob"]
+    assert await rpc.rpc_peers({"pattern": "nobody*"}, no_notify) == []
+    with pytest.raises(RpcError, match="pattern"):
+        await rpc.rpc_peers({"pattern": 3}, no_notify)

@@ -1,7 +1,8 @@
 """Alternate sources: looked up only when the chosen member fails, kept listings first.
 
-Real PeerServers on loopback and p2pd's own Downloads and PeerPool; each
-server's ``listings_served`` tells whether it was asked for its listing.
+Real PeerServers on loopback, a real registry they all look each other up
+at, and p2pd's own Downloads and PeerPool; each server's ``listings_served``
+tells whether it was asked for its listing.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import trio
 from p2pcommon.models import Member, SharedFile
 from p2pd.fetch.downloads import Downloads
 from p2pd.fetch.history import History
-from p2pd.membership.members import Members
+from p2pd.membership.directory import Directory
 from p2pd.peer.client import PeerPool
 from p2pd.tls.identity import Identity, NetworkCA, load_or_create
+from tests.p2pd.live_registry import live_registry
 from tests.p2pd.tls.test_network_ca import DATA, Served, member_of, served
 from tests.support import SECRET, free_port
 
@@ -33,7 +35,9 @@ ENTRY = SharedFile(
 class Scene:
     me: Identity
     pool: PeerPool
-    members: Members
+    directory: Directory
+    #: Every member, by name.
+    members: dict[str, Member]
     downloads: Downloads
     #: Members that share DATA (b, c) or not (d).
     b: Served
@@ -42,7 +46,7 @@ class Scene:
 
     def member(self, name: str) -> Member:
         # By name only: resolve() also matches id prefixes, and random ids may start with "d".
-        return next(m for m in self.members.others() if m.name == name)
+        return self.members[name]
 
     def asked(self) -> dict[str, int]:
         return {
@@ -65,23 +69,26 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
     me, _ = load_or_create(tmp_path / "me" / "state", network)
     (tmp_path / "me" / "downloads").mkdir()
     async with AsyncExitStack() as stack:
+        registry = await stack.enter_async_context(live_registry())
         b, c, d = [
-            await stack.enter_async_context(served(tmp_path / name, network, files=files))
+            await stack.enter_async_context(
+                served(tmp_path / name, network, files=files, registry=registry)
+            )
             for name, files in (("b", None), ("c", None), ("d", {"other.bin": b"other"}))
         ]
-        for s in (b, c, d):
-            s.members.update([member_of(me, "me")])
-        members = Members.empty(me.id)
-        members.update(
-            [member_of(s.identity, name, s.port) for name, s in zip("bcd", (b, c, d), strict=True)]
-        )
+        members = {
+            name: member_of(s.identity, name, s.port)
+            for name, s in zip("bcd", (b, c, d), strict=True)
+        }
+        await registry.add(member_of(me, "me"), *members.values())
+        directory = registry.directory(me.id)
         pool = PeerPool(me)
         stack.push_async_callback(pool.aclose)
         history = History(tmp_path / "me" / "history.sqlite3")
-        downloads = Downloads(pool, members, tmp_path / "me" / "downloads", history)
+        downloads = Downloads(pool, directory, tmp_path / "me" / "downloads", history)
         nursery = await stack.enter_async_context(trio.open_nursery())
         await nursery.start(downloads.run)
-        yield Scene(me, pool, members, downloads, b, c, d)
+        yield Scene(me, pool, directory, members, downloads, b, c, d)
         nursery.cancel_scope.cancel()
 
 

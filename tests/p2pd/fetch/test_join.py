@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import trio
 
 from p2pcommon.http.client import Head
@@ -15,7 +16,6 @@ from p2pcommon.models import Member, SharedFile
 from p2pd.fetch.downloads import Downloads, Transfer
 from p2pd.fetch.history import History
 from p2pd.fetch.model import Queued, State
-from p2pd.membership.members import Members
 from p2pd.peer.client import PeerPool
 from p2pd.peer.files import repr_digest
 from tests.p2pd.fetch.test_resume import (
@@ -26,12 +26,13 @@ from tests.p2pd.fetch.test_resume import (
     outcome_of,
     share_big,
 )
+from tests.p2pd.live_registry import LiveRegistry, live_registry
 from tests.p2pd.test_e2e import FAST, meet
-from tests.support import run_p2pd, run_registryd
+from tests.support import make_cert_pem, run_p2pd, run_registryd
 
 DATA = b"the same bytes, asked for twice\n" * 1000
 SHA = hashlib.sha256(DATA).hexdigest()
-BOB = Member(id="b" * 52, name="bob", addresses=["127.0.0.1:1"], cert="PEM", last_seen=0)
+BOB = Member(id="b" * 52, name="bob", addresses=["127.0.0.1:1"], cert=make_cert_pem(), last_seen=0)
 ENTRY = SharedFile(path="docs/a.txt", size=len(DATA), mtime=0.0, sha256=SHA)
 
 
@@ -75,9 +76,15 @@ class Pool:
         pass
 
 
-def downloads_in(tmp_path: Path) -> tuple[Downloads, Pool, History]:
-    members = Members.empty("a" * 52)
-    members.update([BOB])
+@pytest.fixture
+async def registry() -> AsyncIterator[LiveRegistry]:
+    """A real registry listing BOB."""
+    async with live_registry([BOB]) as registry:
+        yield registry
+
+
+def downloads_in(tmp_path: Path, registry: LiveRegistry) -> tuple[Downloads, Pool, History]:
+    members = registry.directory("a" * 52)
     pool = Pool()
     history = History(tmp_path / "history.sqlite3")
     (tmp_path / "downloads").mkdir()
@@ -98,8 +105,10 @@ async def start_together(downloads: Downloads, *entries: SharedFile) -> list[Tra
     return [started[number] for number in range(len(entries))]
 
 
-async def test_fetches_of_a_file_on_its_way_join_its_transfer(tmp_path: Path) -> None:
-    downloads, pool, history = downloads_in(tmp_path)
+async def test_fetches_of_a_file_on_its_way_join_its_transfer(
+    registry: LiveRegistry, tmp_path: Path
+) -> None:
+    downloads, pool, history = downloads_in(tmp_path, registry)
     async with trio.open_nursery() as nursery:
         await nursery.start(downloads.run)
         first, second = await start_together(downloads, ENTRY, ENTRY)
@@ -123,8 +132,10 @@ async def test_fetches_of_a_file_on_its_way_join_its_transfer(tmp_path: Path) ->
         nursery.cancel_scope.cancel()
 
 
-async def test_a_fetch_joins_a_transfer_resumed_after_a_restart(tmp_path: Path) -> None:
-    downloads, pool, history = downloads_in(tmp_path)
+async def test_a_fetch_joins_a_transfer_resumed_after_a_restart(
+    registry: LiveRegistry, tmp_path: Path
+) -> None:
+    downloads, pool, history = downloads_in(tmp_path, registry)
     persisted = Queued("0badcafe", BOB.id, BOB.name, ENTRY.path, SHA, ENTRY.size, 1.0)
     history.enqueue(persisted)
     async with trio.open_nursery() as nursery:
@@ -139,8 +150,10 @@ async def test_a_fetch_joins_a_transfer_resumed_after_a_restart(tmp_path: Path) 
         nursery.cancel_scope.cancel()
 
 
-async def test_other_destinations_and_cancelled_transfers_are_not_joined(tmp_path: Path) -> None:
-    downloads, pool, history = downloads_in(tmp_path)
+async def test_other_destinations_and_cancelled_transfers_are_not_joined(
+    registry: LiveRegistry, tmp_path: Path
+) -> None:
+    downloads, pool, history = downloads_in(tmp_path, registry)
     copy = SharedFile(path="copy.txt", size=ENTRY.size, mtime=0.0, sha256=SHA)
     async with trio.open_nursery() as nursery:
         await nursery.start(downloads.run)
@@ -202,11 +215,12 @@ async def test_a_fetch_joins_what_the_daemon_resumes_after_a_restart(tmp_path: P
 
 
 async def test_a_cancelled_transfer_is_never_joined_even_before_its_task_notices(
+    registry: LiveRegistry,
     tmp_path: Path,
 ) -> None:
     """Cancelled just as its task passed a cancel-shielded checkpoint (acquiring its
     slot), the task may still set a busy state once more: a new fetch starts anew."""
-    downloads, pool, history = downloads_in(tmp_path)
+    downloads, pool, history = downloads_in(tmp_path, registry)
     async with trio.open_nursery() as nursery:
         await nursery.start(downloads.run)
         first = await downloads.start(BOB, ENTRY)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
@@ -13,9 +14,9 @@ from p2pcommon.models import Member, SharedFile
 from p2pd.fetch import downloads as downloads_module
 from p2pd.fetch.downloads import Downloads, QueueFull
 from p2pd.fetch.history import History
-from p2pd.membership.members import Members
 from p2pd.peer.client import PeerPool
 from tests.p2pd.fetch.test_join import BOB
+from tests.p2pd.live_registry import LiveRegistry, live_registry
 
 
 class Mute:
@@ -31,9 +32,15 @@ class Mute:
         await trio.sleep_forever()
 
 
-def downloads_in(tmp_path: Path) -> tuple[Downloads, Mute, History]:
-    members = Members.empty("a" * 52)
-    members.update([BOB])
+@pytest.fixture
+async def registry() -> AsyncIterator[LiveRegistry]:
+    """A real registry listing BOB."""
+    async with live_registry([BOB]) as registry:
+        yield registry
+
+
+def downloads_in(tmp_path: Path, registry: LiveRegistry) -> tuple[Downloads, Mute, History]:
+    members = registry.directory("a" * 52)
     pool = Mute()
     history = History(tmp_path / "history.sqlite3")
     (tmp_path / "downloads").mkdir()
@@ -58,11 +65,15 @@ def tasks_alive() -> int:
     return count
 
 
-async def test_a_queued_transfer_is_a_record_not_a_task(tmp_path: Path) -> None:
+async def test_a_queued_transfer_is_a_record_not_a_task(
+    registry: LiveRegistry, tmp_path: Path
+) -> None:
     """1 000 queued transfers cost 8 running tasks; the rest start as slots free."""
-    downloads, pool, _ = downloads_in(tmp_path)
+    downloads, pool, _ = downloads_in(tmp_path, registry)
     async with trio.open_nursery() as nursery:
         await nursery.start(downloads.run)
+        # The registry's kept-alive connection (one task there) opened before counting.
+        assert await registry.client.member(BOB.id) is not None
         before = tasks_alive()
         transfers = [await downloads.start(BOB, entry(n)) for n in range(1000)]
         await trio.testing.wait_all_tasks_blocked()
@@ -73,10 +84,11 @@ async def test_a_queued_transfer_is_a_record_not_a_task(tmp_path: Path) -> None:
 
 
 async def test_cancelling_a_queued_transfer_ends_it_and_leaves_the_partial_file(
+    registry: LiveRegistry,
     tmp_path: Path,
 ) -> None:
     """Its bytes' partial file may be kept from a failed transfer: not the cancel's to remove."""
-    downloads, pool, history = downloads_in(tmp_path)
+    downloads, pool, history = downloads_in(tmp_path, registry)
     waiting = entry(99)
     partial = tmp_path / "downloads" / f".{waiting.sha256}.p2pd-partial"
     partial.write_bytes(b"kept from an earlier attempt")
@@ -98,9 +110,11 @@ async def test_cancelling_a_queued_transfer_ends_it_and_leaves_the_partial_file(
     assert [o.id for o in history.file.outcomes()] == [queued.queued.id]
 
 
-async def test_the_queue_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_queue_is_bounded(
+    registry: LiveRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(downloads_module, "MAX_TRANSFERS", 20)
-    downloads, _, _ = downloads_in(tmp_path)
+    downloads, _, _ = downloads_in(tmp_path, registry)
     async with trio.open_nursery() as nursery:
         await nursery.start(downloads.run)
         first = [await downloads.start(BOB, entry(n)) for n in range(20)]

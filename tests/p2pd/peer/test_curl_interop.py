@@ -6,7 +6,9 @@ no host (docs/protocol.md §1), and curl checks the host name whenever it
 verifies against a CA file, so ``--cacert`` alone cannot succeed: the
 serving member is pinned by its public key (``--pinnedpubkey``, checked even
 with ``-k``), and one test shows that with ``--cacert`` the chain is trusted
-and only the name check fails.
+and only the name check fails.  curl's certificate is its own (self-signed), so
+curl names itself by SNI as a foreign member must (docs/protocol.md §1): the
+URL's host is its member id, which ``--resolve`` maps to the serving address.
 """
 
 from __future__ import annotations
@@ -66,9 +68,16 @@ class Curl:
         return "sha256//" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
     def __call__(
-        self, target: str, *args: str, client_cert: Attacker | None = None, pinned: bool = True
+        self,
+        target: str,
+        *args: str,
+        client_cert: Attacker | None = None,
+        pinned: bool = True,
+        named: bool = True,
     ) -> Answer:
-        """Run curl once; the status, headers (lowercased names) and body it got."""
+        """Run curl once; the status, headers (lowercased names) and body it got.
+
+        ``named``: the URL's host is the member's id (sent as SNI), else 127.0.0.1."""
         who = client_cert or self.member
         head, body = self.folder / "head.txt", self.folder / "body.bin"
         for stale in (head, body):
@@ -81,8 +90,10 @@ class Curl:
                 *("--cert", str(who.cert_path), "--key", str(who.key_path)),
                 *trust,
                 *("-D", str(head), "-o", str(body)),
+                # The URL's host is sent as SNI: our id, at bob's address.
+                *("--resolve", f"{who.id}:{self.bob.port}:127.0.0.1"),
                 *args,
-                f"https://127.0.0.1:{self.bob.port}{target}",
+                f"https://{who.id if named else '127.0.0.1'}:{self.bob.port}{target}",
             ],
             capture_output=True,
             text=True,
@@ -177,8 +188,12 @@ def test_curl_head_range_and_if_range(curl: Curl) -> None:
 
 def test_curl_is_told_why_it_is_refused(curl: Curl) -> None:
     stranger = Attacker.new(curl.folder / "stranger")
-    unknown = curl("/files", client_cert=stranger)
+    unknown = curl("/files", client_cert=stranger)  # it names itself, but is no member
     assert unknown.status == 0 and "alert unknown ca" in unknown.stderr, unknown.stderr
+    # A member that does not name itself (an IP address in the URL: curl sends no SNI):
+    # nothing says which certificate to trust beyond the network CA's.
+    nameless = curl("/files", named=False)
+    assert nameless.status == 0 and "alert unknown ca" in nameless.stderr, nameless.stderr
     old = curl("/files", "--tls-max", "1.2")
     assert old.status == 0 and "alert protocol version" in old.stderr, old.stderr
     # The chain of --cacert is trusted; only the host name (there is none) fails.

@@ -22,12 +22,12 @@ import trio
 
 from p2pcommon.http.events import Request, Response
 from p2pcommon.models import Member
-from p2pd.membership.members import Members
 from p2pd.peer.server import PeerServer
 from p2pd.share.watching import Share
 from p2pd.tls.contexts import ServerContexts
 from p2pd.tls.identity import load_or_create
 from tests.hostile.attacker import Attacker, build_request, client_context
+from tests.p2pd.live_registry import live_registry
 
 DATA = os.urandom(300_000)
 DIGEST = hashlib.sha256(DATA).hexdigest()
@@ -111,16 +111,21 @@ async def served(tmp_path: Path, upload_slots: int = 2) -> AsyncIterator[Served]
         (root / "data.bin").write_bytes(DATA)
     identity, _ = load_or_create(state)
     member = Attacker.new(tmp_path / "member")
-    members = Members.empty(identity.id)
-    members.update(
-        [Member(id=member.id, name="m", addresses=[], cert=member.cert_pem, last_seen=0)]
-    )
     share = Share(root, state)
     await share.rescan()
-    server = PeerServer(
-        share, members, ServerContexts(identity), upload_slots=upload_slots, rate_limit=0
-    )
-    async with trio.open_nursery() as nursery:
+    async with (
+        live_registry(
+            [Member(id=member.id, name="m", addresses=[], cert=member.cert_pem, last_seen=0)]
+        ) as registry,
+        trio.open_nursery() as nursery,
+    ):
+        server = PeerServer(
+            share,
+            registry.directory(identity.id),
+            ServerContexts(identity),
+            upload_slots=upload_slots,
+            rate_limit=0,
+        )
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         await nursery.start(server.http.run, listeners)
         yield Served(server, share, listeners[0].socket.getsockname()[1], member, root)

@@ -15,14 +15,15 @@ import trio
 
 from p2pcommon.http.events import Request, Response
 from p2pcommon.models import Member
-from p2pd.membership.members import Members
 from p2pd.peer.server import PeerServer
 from p2pd.share.safeopen import FileChanged, open_indexed
 from p2pd.share.watching import Share
 from p2pd.tls.contexts import ServerContexts
 from p2pd.tls.identity import load_or_create
+from tests.p2pd.live_registry import live_registry
+from tests.support import make_cert_pem
 
-PEER = "peer"
+PEER = "p" * 52
 SECRET = b"the bytes of identity.key, outside the share"
 
 
@@ -64,12 +65,15 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     (root / "a.txt").write_bytes(b"a" * len(SECRET))
     (outside / "secret.txt").write_bytes(SECRET)
     identity, _ = load_or_create(state)
-    members = Members.empty(identity.id)
-    members.update([Member(id=PEER, name="peer", addresses=[], cert="PEM", last_seen=0)])
+    peer = Member(id=PEER, name="peer", addresses=[], cert=make_cert_pem(), last_seen=0)
     share = Share(root, state)
     await share.rescan()
-    server = PeerServer(share, members, ServerContexts(identity), upload_slots=2, rate_limit=0)
-    yield Served(share, server, root, outside)
+    async with live_registry([peer]) as registry:
+        directory = registry.directory(identity.id)
+        server = PeerServer(
+            share, directory, ServerContexts(identity), upload_slots=2, rate_limit=0
+        )
+        yield Served(share, server, root, outside)
     assert server.stats.active == 0  # every slot and file handed back
 
 

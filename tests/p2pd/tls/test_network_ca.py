@@ -1,6 +1,7 @@
 """The network CA: one trust anchor for every member, admission still per request by id.
 
-Real PeerServers on loopback with their TLS; the downloader side is p2pd's own
+Real PeerServers on loopback with their TLS, looking members up at a real
+registry (tests/p2pd/live_registry.py); the downloader side is p2pd's own
 PeerPool (pinning the member's certificate) or a raw ``ssl`` client
 (tests/hostile/attacker.py) presenting whatever certificate a test gives it.
 """
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,14 +26,15 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 
 from p2pcommon.identity import peer_id_from_pem, short_id
 from p2pcommon.models import Member
-from p2pd.membership.members import Members
+from p2pd.membership.directory import Directory
 from p2pd.peer.client import PeerPool, PeerUnreachable
 from p2pd.peer.server import PeerServer
 from p2pd.share.watching import Share
 from p2pd.tls.contexts import ServerContexts
 from p2pd.tls.identity import Identity, NetworkCA, build_certificate, load_or_create
-from tests.hostile.attacker import Attacker, peer_get, refused
-from tests.support import SECRET
+from tests.hostile.attacker import Attacker, Closed, peer_get, refused
+from tests.p2pd.live_registry import LiveRegistry, live_registry
+from tests.support import SECRET, wait_until
 
 DATA = os.urandom(100_000)
 
@@ -45,25 +49,49 @@ def member_of(who: Attacker | Identity, name: str, port: int = 9) -> Member:
     return Member(id=who.id, name=name, addresses=[f"127.0.0.1:{port}"], cert=cert, last_seen=0)
 
 
+#: Seconds a served member keeps a lookup's answer: short, so that a departure shows soon.
+INTERVAL = 0.3
+
+
 @dataclass
 class Served:
     server: PeerServer
     contexts: ServerContexts
-    members: Members
+    directory: Directory
     identity: Identity
     port: int
+    registry: LiveRegistry
 
     @property
     def member(self) -> Member:
         return member_of(self.identity, "server", self.port)
 
-    async def get(self, who: Attacker, target: str = "/files/data.bin") -> int:
-        answer = await trio.to_thread.run_sync(peer_get, self.port, who, target)
+    async def join(self, *members: Member) -> None:
+        """Members (as the registry lists them) from now on."""
+        await self.registry.add(*members)
+
+    async def leave(self, *members: Member) -> None:
+        await self.registry.remove(*(m.id for m in members))
+
+    async def get(
+        self, who: Attacker, target: str = "/files/data.bin", *, sni: str | bool = True
+    ) -> int:
+        answer = await trio.to_thread.run_sync(lambda: peer_get(self.port, who, target, sni=sni))
         assert answer.status != 200 or answer.body == DATA or target == "/files"
         return answer.status
 
-    async def refuses(self, who: Attacker, target: str = "/files/data.bin") -> bool:
-        return await trio.to_thread.run_sync(refused, self.port, who, target)
+    async def refuses(
+        self, who: Attacker, target: str = "/files/data.bin", *, sni: str | bool = True
+    ) -> bool:
+        return await trio.to_thread.run_sync(lambda: refused(self.port, who, target, sni=sni))
+
+    async def until_refused(self, who: Attacker, *, sni: str | bool = True) -> None:
+        """Until ``who`` is refused: within one interval of leaving (polled, generously)."""
+
+        async def check() -> bool:
+            return await self.refuses(who, sni=sni)
+
+        await wait_until(check, what=f"{who.id[:7]} refused")
 
 
 @asynccontextmanager
@@ -73,23 +101,33 @@ async def served(
     *,
     self_signed: bool = False,
     files: dict[str, bytes] | None = None,
+    registry: LiveRegistry | None = None,
 ) -> AsyncIterator[Served]:
-    """A PeerServer sharing ``files`` (data.bin); its identity is self-signed if asked."""
+    """A PeerServer sharing ``files`` (data.bin); its identity is self-signed if asked.
+
+    It looks members up at ``registry`` (else a registry of its own)."""
+    if registry is None:
+        async with (
+            live_registry() as own,
+            served(tmp_path, network, self_signed=self_signed, files=files, registry=own) as s,
+        ):
+            yield s
+        return
     root, state = tmp_path / "share", tmp_path / "state"
     root.mkdir(parents=True, exist_ok=True)
     for name, data in (files or {"data.bin": DATA}).items():
         (root / name).write_bytes(data)
     identity, _ = load_or_create(state, None if self_signed else network)
-    members = Members.empty(identity.id)
+    directory = registry.directory(identity.id, interval=INTERVAL)
     contexts = ServerContexts(identity, network)
     share = Share(root, state)
     await share.rescan()
-    server = PeerServer(share, members, contexts, upload_slots=2, rate_limit=0)
+    server = PeerServer(share, directory, contexts, upload_slots=2, rate_limit=0)
     async with trio.open_nursery() as nursery:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         await nursery.start(server.http.run, listeners)
         port = listeners[0].socket.getsockname()[1]
-        yield Served(server, contexts, members, identity, port)
+        yield Served(server, contexts, directory, identity, port, registry)
         await server.http.shutdown(1)
 
 
@@ -163,10 +201,10 @@ async def test_members_of_the_ca_meet_without_each_others_certificate_as_anchor(
     network = NetworkCA.from_secret(SECRET)
     client, _ = load_or_create(tmp_path / "client", network)
     async with served(tmp_path / "server", network) as s:
-        s.members.update([member_of(client, "client")])
+        await s.join(member_of(client, "client"))
         assert s.contexts.foreign == 0
         # The network CA and the server's own certificate: nothing per member.
-        assert s.contexts.current().cert_store_stats()["x509"] == 2
+        assert s.contexts.default.cert_store_stats()["x509"] == 2
         pool = PeerPool(client)
         try:
             listing = await pool.listing(s.member)
@@ -181,7 +219,7 @@ async def test_the_downloader_pins_the_member_not_the_ca(tmp_path: Path) -> None
     client, _ = load_or_create(tmp_path / "client", network)
     impostor, _ = load_or_create(tmp_path / "impostor", network)
     async with served(tmp_path / "server", network) as s:
-        s.members.update([member_of(client, "client")])
+        await s.join(member_of(client, "client"))
         pool = PeerPool(client)
         try:
             # The server's address, listed with another member's certificate.
@@ -195,7 +233,7 @@ async def test_a_self_signed_server_is_still_reached_by_its_pin(tmp_path: Path) 
     network = NetworkCA.from_secret(SECRET)
     client, _ = load_or_create(tmp_path / "client", network)
     async with served(tmp_path / "server", network, self_signed=True) as s:
-        s.members.update([member_of(client, "client")])
+        await s.join(member_of(client, "client"))
         pool = PeerPool(client)
         try:
             assert (await pool.listing(s.member)).files
@@ -203,22 +241,44 @@ async def test_a_self_signed_server_is_still_reached_by_its_pin(tmp_path: Path) 
             await pool.aclose()
 
 
-async def test_a_foreign_member_is_admitted_while_a_member_then_refused(tmp_path: Path) -> None:
+async def test_a_foreign_member_naming_itself_by_sni_is_admitted_while_a_member(
+    tmp_path: Path,
+) -> None:
     network = NetworkCA.from_secret(SECRET)
     foreign = Attacker.new(tmp_path / "foreign")  # its own self-signed certificate
     issued = issued_client(tmp_path / "issued", network)
     async with served(tmp_path / "server", network) as s:
-        assert await s.refuses(foreign)
-        s.members.update([member_of(foreign, "foreign"), member_of(issued, "issued")])
-        context = s.contexts.current()
+        assert await s.refuses(foreign, sni=foreign.id)  # not a member yet
+        await s.join(member_of(foreign, "foreign"), member_of(issued, "issued"))
+
+        async def admitted() -> bool:  # once the short negative answer ran out
+            return not await s.refuses(foreign, sni=foreign.id)
+
+        await wait_until(admitted, what="the foreign member admitted")
+        assert await s.get(issued) == 200  # no SNI needed: the CA issued it
+        # Its own context, kept; the default still trusts the CA and ourselves alone.
         assert s.contexts.foreign == 1
-        assert await s.get(foreign) == 200
+        assert s.contexts.default.cert_store_stats()["x509"] == 2
+        assert await s.get(foreign, sni=foreign.id) == 200
+        assert s.contexts.builds == 2  # the default and the foreign member's, once
+        await s.leave(member_of(foreign, "foreign"))
+        await s.until_refused(foreign, sni=foreign.id)
         assert await s.get(issued) == 200
-        s.members.update([member_of(issued, "issued")])  # the foreign member left
-        assert await s.refuses(foreign)
-        assert s.contexts.current() is not context  # a small store, rebuilt once
-        assert s.contexts.current().cert_store_stats()["x509"] == 2
-        assert await s.get(issued) == 200
+
+
+async def test_a_foreign_member_without_sni_is_refused_with_unknown_ca(tmp_path: Path) -> None:
+    network = NetworkCA.from_secret(SECRET)
+    foreign = Attacker.new(tmp_path / "foreign")
+    other = Attacker.new(tmp_path / "other")
+    async with served(tmp_path / "server", network) as s:
+        await s.join(member_of(foreign, "foreign"), member_of(other, "other"))
+        for sni in (False, "not-an-id.example", other.id):
+            # No name, a name that is no member, another member's id: the default
+            # context (or the other's), which does not trust this certificate.
+            with pytest.raises((ssl.SSLError, Closed), match="UNKNOWN_CA"):
+                await trio.to_thread.run_sync(partial(peer_get, s.port, foreign, "/files", sni=sni))
+        assert s.contexts.foreign == 1  # the other's, asked for by name
+        assert await s.get(foreign, sni=foreign.id) == 200
 
 
 async def test_a_certificate_of_the_ca_that_is_no_members_gets_403(tmp_path: Path) -> None:
@@ -226,14 +286,16 @@ async def test_a_certificate_of_the_ca_that_is_no_members_gets_403(tmp_path: Pat
     member = issued_client(tmp_path / "member", network)
     stranger = issued_client(tmp_path / "stranger", network)
     async with served(tmp_path / "server", network) as s:
-        s.members.update([member_of(member, "member")])
+        await s.join(member_of(member, "member"))
         assert await s.get(member) == 200
         # Through the handshake (the CA issued it), refused before any byte of a file.
         for target in ("/files", "/files/data.bin"):
             assert await s.get(stranger, target) == 403
-        s.members.update([])  # the member left: its certificate still passes TLS, not 403
+        # The member left: its certificate still passes TLS, not 403 (within one interval).
+        await s.leave(member_of(member, "member"))
+        await s.until_refused(member)
         assert await s.get(member) == 403
-        assert s.server.stats.refused["not a member"] == 3
+        assert s.server.stats.refused["not a member"] >= 4
 
 
 async def test_a_certificate_claiming_the_ca_without_its_signature_is_refused(
@@ -252,7 +314,7 @@ async def test_a_certificate_claiming_the_ca_without_its_signature_is_refused(
     ).sign(forger.key, hashes.SHA256())
     forged = Attacker.of(tmp_path / "forged", cert, key)
     async with served(tmp_path / "server", network) as s:
-        s.members.update([member_of(forged, "forged")])  # even as a member
-        assert s.contexts.foreign == 0
+        await s.join(member_of(forged, "forged"))  # even as a member
         assert await s.refuses(forged)
+        assert s.contexts.foreign == 0
         assert s.server.stats.refused["handshake"] == 1

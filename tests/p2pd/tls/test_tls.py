@@ -1,6 +1,7 @@
-"""The server's trust store: O(1) per membership change, and one bad certificate harms nobody.
+"""The server's contexts: nothing per membership change, one context per foreign member
+that connects (kept, bounded), and one bad certificate harms nobody.
 
-Handshakes through it are in tests/p2pd/tls/test_network_ca.py; here the store itself.
+Handshakes through them are in tests/p2pd/tls/test_network_ca.py; here the contexts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from p2pcommon.identity import canonical_pem, peer_id_from_pem
 from p2pcommon.models import Member
-from p2pd.membership.members import Members
 from p2pd.tls.contexts import ServerContexts
 from p2pd.tls.identity import NetworkCA, build_certificate, load_or_create
 from tests.support import SECRET, Peer
@@ -40,8 +40,8 @@ def issued_members(count: int) -> list[Member]:
     return [member(pem, f"peer{i}") for i, pem in enumerate(pems)]
 
 
-def anchors(contexts: ServerContexts) -> int:
-    return int(contexts.current().cert_store_stats()["x509"])
+def anchors(context: ssl.SSLContext) -> int:
+    return int(context.cert_store_stats()["x509"])
 
 
 @pytest.fixture(scope="module")
@@ -49,63 +49,47 @@ def ten_thousand() -> list[Member]:
     return issued_members(10_000)
 
 
-def test_membership_changes_at_10000_members_rebuild_nothing(
+async def test_members_of_the_ca_cost_nothing_however_many(
     tmp_path: Path, ten_thousand: list[Member]
 ) -> None:
     identity, _ = load_or_create(tmp_path, NETWORK)
     contexts = ServerContexts(identity, NETWORK)
-    members = Members.empty(identity.id)
-    members.add_listener(contexts.apply)
-    crowd, [newcomer] = ten_thousand[:-1], ten_thousand[-1:]
-    members.update(crowd)
-    context = contexts.current()
-    assert anchors(contexts) == 2  # the network CA and our own certificate, for everyone
-    members.update([*crowd, newcomer])
-    members.update(crowd[1:])  # the newcomer and another leave
-    assert contexts.current() is context and contexts.builds == 1
-    assert anchors(contexts) == 2
-
-    # A foreign member costs one anchor, added in place; its leaving, one small rebuild.
-    foreign = member(Peer.new("foreign").cert, "foreign")
-    members.update([*crowd, foreign])
-    assert contexts.current() is context and anchors(contexts) == 3
-    members.update(crowd)
-    rebuilt = contexts.current()
-    assert rebuilt is not context and contexts.builds == 2
-    assert anchors(contexts) == 2
-    assert contexts.current() is rebuilt  # once
+    for one in ten_thousand[::100]:
+        assert await contexts.for_member(one) is contexts.default
+    assert await contexts.for_member(None) is contexts.default
+    assert anchors(contexts.default) == 2  # the network CA and our own certificate
+    assert contexts.builds == 1 and contexts.foreign == 0
 
 
-def test_many_foreign_leaving_at_once_rebuild_once(tmp_path: Path) -> None:
+async def test_a_foreign_member_gets_its_own_context_once_and_the_kept_ones_are_bounded(
+    tmp_path: Path,
+) -> None:
     identity, _ = load_or_create(tmp_path, NETWORK)
-    contexts = ServerContexts(identity, NETWORK)
+    contexts = ServerContexts(identity, NETWORK, max_foreign=3)
     foreign = [member(Peer.new(f"f{i}").cert, f"f{i}") for i in range(5)]
-    contexts.apply(foreign, [])
-    assert anchors(contexts) == 7
-    contexts.apply(foreign[3:], foreign[:2])  # a changed certificate is a leave and a join
-    contexts.apply([], [foreign[2]])
-    assert anchors(contexts) == 4 and contexts.builds == 2
+    first = await contexts.for_member(foreign[0])
+    assert first is not contexts.default and anchors(first) == 3
+    assert await contexts.for_member(foreign[0]) is first and contexts.builds == 2
+    for one in foreign[1:]:
+        await contexts.for_member(one)
+    assert contexts.foreign == 3 and contexts.builds == 6
+    # The least recently used went: asked again, it is built again.
+    assert await contexts.for_member(foreign[0]) is not first
+    assert anchors(contexts.default) == 2  # never touched
 
 
-def test_an_unusable_member_certificate_is_skipped_not_fatal(tmp_path: Path) -> None:
+async def test_an_unusable_member_certificate_gets_the_default_not_an_error(
+    tmp_path: Path,
+) -> None:
     identity, _ = load_or_create(tmp_path, NETWORK)
     good = Peer.new("good")
     contexts = ServerContexts(identity, NETWORK)
-    contexts.apply(
-        [
-            member(good.cert, "good"),
-            member(BROKEN, "broken", "x" * 52),
-            member(good.cert + BROKEN, "trailing", "y" * 52),
-        ],
-        [],
-    )
-    context = contexts.current()
-    assert isinstance(context, ssl.SSLContext)
-    # The CA, ours and good's: the broken entries added none.
-    assert anchors(contexts) == 3
+    for broken in (member(BROKEN, "broken", "x" * 52), member(good.cert + BROKEN, "t", "y" * 52)):
+        assert await contexts.for_member(broken) is contexts.default
+    assert anchors(await contexts.for_member(member(good.cert, "good"))) == 3
 
 
-def test_a_certificate_named_like_the_ca_is_no_anchor(tmp_path: Path) -> None:
+async def test_a_certificate_named_like_the_ca_is_no_anchor(tmp_path: Path) -> None:
     """Self-signed under the CA's name by another key, it would stand in for the CA."""
     identity, _ = load_or_create(tmp_path, NETWORK)
     contexts = ServerContexts(identity, NETWORK)
@@ -123,8 +107,9 @@ def test_a_certificate_named_like_the_ca_is_no_anchor(tmp_path: Path) -> None:
         .sign(key, hashes.SHA256())
     )
     pem = fake_ca.public_bytes(serialization.Encoding.PEM).decode()
-    contexts.apply([member(pem, "fake"), member(Peer.new().cert, "self-signed")], [])
-    assert contexts.foreign == 1 and anchors(contexts) == 3
+    assert await contexts.for_member(member(pem, "fake")) is contexts.default
+    assert anchors(await contexts.for_member(member(Peer.new().cert, "self-signed"))) == 3
+    assert contexts.foreign == 1
 
 
 def malformed_name_pem() -> str:
@@ -142,13 +127,12 @@ def test_a_certificate_whose_names_do_not_parse_is_refused_by_the_registry() -> 
         canonical_pem(malformed_name_pem())
 
 
-def test_a_certificate_whose_names_do_not_parse_keeps_nobody_else_out(tmp_path: Path) -> None:
-    # Anchors of the foreign members after it in the same change are still added.
+async def test_a_certificate_whose_names_do_not_parse_keeps_nobody_else_out(
+    tmp_path: Path,
+) -> None:
     identity, _ = load_or_create(tmp_path, NETWORK)
     contexts = ServerContexts(identity, NETWORK)
-    members = Members.empty(identity.id)
-    members.add_listener(contexts.apply)
-    odd = malformed_name_pem()
+    assert await contexts.for_member(member(malformed_name_pem(), "odd")) is contexts.default
     after = Peer.new("after")
-    members.update([member(odd, "odd"), member(after.cert, "after")])
-    assert contexts.foreign == 1 and anchors(contexts) == 3
+    assert anchors(await contexts.for_member(member(after.cert, "after"))) == 3
+    assert contexts.foreign == 1

@@ -1,10 +1,10 @@
-"""p2pd's registry link: register, heartbeat, re-register; the member list it keeps.
+"""p2pd's registry link: register, heartbeat at the registry's pace, re-register.
 
 The registry is the real RegistryApp on a real socket, behind a front that
 counts the requests and can answer some with 503 as an overloaded registry
-does.  Peers spread over their registries: the client's part of it.  (The
-link still fetches the whole list after each heartbeat: an interim, until
-p2pd looks members up, docs/protocol.md §3.4.)
+does.  Peers spread over their registries: the client's part of it.  The
+link keeps no member list: it asks for none (p2pd.membership.directory
+looks members up), and records the pace and the member count.
 """
 
 from __future__ import annotations
@@ -12,27 +12,27 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
 
 from p2pcommon.http.events import Request, Response, error_response
 from p2pcommon.http.server import HttpServer
-from p2pcommon.models import Member
 from p2pcommon.registry_client import DRIFT_BACK, RegistryClient, home_index
 from p2pcommon.signing.signer import Signer
+from p2pd.membership.directory import Directory
 from p2pd.membership.link import RegistryLink
-from p2pd.membership.members import Members
 from registryd.app import RegistryApp
 from registryd.metrics import RegistryMetrics
 from registryd.pace import Pace
 from registryd.store import MemoryStore
 from tests.support import SECRET, Peer, free_port
 
-#: The registry's ttl: heartbeats every ttl/3 at most, the link's own interval below.
-TTL = 6.0
-INTERVAL = 0.1
+#: The registry's peer_ttl: it advises heartbeats every TTL/3 (plus up to 10 % jitter),
+#: which the link follows although its own interval (below) is shorter.
+TTL = 1.5
+INTERVAL = 0.05
 
 
 class Front:
@@ -93,66 +93,51 @@ def new_front(store: MemoryStore | None = None) -> Front:
     return Front(RegistryApp(Signer(SECRET), store, RegistryMetrics(), pace=pace))
 
 
-class Watcher:
-    """A Members listener, as the TLS contexts are: who joined and left, in order."""
-
-    def __init__(self, members: Members) -> None:
-        self.events: list[tuple[list[str], list[str]]] = []
-        self._changed = trio.Event()
-        members.add_listener(self._heard)
-
-    def _heard(self, joined: Sequence[Member], left: Sequence[Member]) -> None:
-        self.events.append(([m.name for m in joined], [m.name for m in left]))
-        self._changed.set()
-
-    async def next(self) -> tuple[list[str], list[str]]:
-        with trio.fail_after(10):
-            await self._changed.wait()
-        self._changed = trio.Event()
-        return self.events[-1]
-
-
 @asynccontextmanager
-async def linked(
-    urls: list[str], peer: Peer, members: Members | None = None
-) -> AsyncIterator[tuple[RegistryLink, Members]]:
-    members = members or Members.empty(peer.id)
+async def linked(urls: list[str], peer: Peer) -> AsyncIterator[tuple[RegistryLink, Directory]]:
     async with RegistryClient(urls, SECRET, timeout=2.0) as client:
+        directory = Directory(peer.id, client, interval=INTERVAL)
         link = RegistryLink(
-            client, peer.registration(), members, prove=peer.prove, heartbeat_interval=INTERVAL
+            client, peer.registration(), directory, prove=peer.prove, heartbeat_interval=INTERVAL
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(link.run)
-            yield link, members
+            yield link, directory
             nursery.cancel_scope.cancel()
 
 
-async def test_the_member_list_follows_the_registry() -> None:
+async def test_the_link_keeps_the_advised_pace_and_the_count_and_lists_nobody() -> None:
     front = new_front()
     alice, bob, carol = Peer.new("alice"), Peer.new("bob"), Peer.new("carol")
     async with serving(front) as url, RegistryClient([url], SECRET) as other:
         await other.register(carol.registration(), carol.prove)
-        members = Members.empty(alice.id)
-        watcher = Watcher(members)
-        async with RegistryClient([url], SECRET) as client:
-            link = RegistryLink(
-                client,
-                alice.registration(),
-                members,
-                prove=alice.prove,
-                heartbeat_interval=INTERVAL,
-            )
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(link.run)
-                assert await watcher.next() == (["carol"], [])
-                bob_lease = await other.register(bob.registration(), bob.prove)
-                assert await watcher.next() == (["bob"], [])
-                assert members.get(bob.id) is not None
-                await other.leave(bob.id, bob_lease.lease)
-                assert await watcher.next() == ([], ["bob"])
-                assert members.get(bob.id) is None
-                assert front.registered[alice.id] == 1
-                nursery.cancel_scope.cancel()
+        async with linked([url], alice) as (link, directory):
+            assert directory.interval == INTERVAL  # nothing advised yet
+            await front.wait_count("/register", 2)
+            started = trio.current_time()
+            await front.wait_count("/heartbeat", 3)
+            took = trio.current_time() - started
+            # The advised interval (TTL/3, jittered), not our own 20 times shorter one.
+            assert directory.advised_interval is not None
+            assert TTL / 3 <= directory.advised_interval <= TTL / 3 * 1.1
+            # Answers are kept the shorter of the two (a tighter refusal delay).
+            assert directory.interval == INTERVAL
+            assert took >= 3 * TTL / 3 * 0.9
+            assert directory.peers == 1  # carol; `status` and the metrics show it
+
+            async def counted(peers: int) -> None:
+                # The registry's count is approximate (its census runs once a second).
+                with trio.fail_after(15):
+                    while directory.peers != peers:
+                        await front.wait_count("/heartbeat", front.counts["/heartbeat"] + 1)
+
+            bob_lease = await other.register(bob.registration(), bob.prove)
+            await counted(2)
+            await other.leave(bob.id, bob_lease.lease)
+            await counted(1)
+            # Nothing was listed: members are looked up when needed.
+            assert front.counts["/clients"] == front.counts["/members"] == 0
+            assert front.registered[alice.id] == 1
 
 
 def status(link: RegistryLink) -> tuple[bool, str | None]:
@@ -172,7 +157,7 @@ async def test_an_overloaded_heartbeat_is_retried_as_a_heartbeat() -> None:
         assert error is not None and "heartbeat failed" in error
         await front.wait_count("/heartbeat", 6)
         assert status(link) == (True, None)
-        # Without Retry-After: backoff, never longer than the heartbeat interval.
+        # Without Retry-After: backoff, never longer than half the heartbeat interval.
         front.shed["/heartbeat"] = (3, None)
         await front.wait_count("/heartbeat", 10)
         assert front.registered[alice.id] == 1
@@ -190,55 +175,6 @@ async def test_a_registry_that_forgot_us_gets_a_new_register() -> None:
         assert front.registered[alice.id] == 2
         await front.wait_count("/heartbeat", front.counts["/heartbeat"] + 2)
         assert link.registered
-
-
-async def test_a_failed_refresh_keeps_the_list() -> None:
-    front = new_front()
-    alice, bob, carol = Peer.new("alice"), Peer.new("bob"), Peer.new("carol")
-    async with serving(front) as url, RegistryClient([url], SECRET) as other:
-        await other.register(carol.registration(), carol.prove)
-        members = Members.empty(alice.id)
-        watcher = Watcher(members)
-        async with linked([url], alice, members):
-            await watcher.next()
-            asked = front.counts["/clients"]
-            front.shed["/clients"] = (3, "1")
-            await other.register(bob.registration(), bob.prove)
-            await front.wait_count("/clients", asked + 3)  # the shed ones
-            assert [m.name for m in members.others()] == ["carol"]
-            assert await watcher.next() == (["bob"], [])  # asked again at the next heartbeat
-            assert sorted(m.name for m in members.others()) == ["bob", "carol"]
-            assert front.registered[alice.id] == 1
-
-
-# -- members -------------------------------------------------------------------
-
-
-def member(name: str, cert: str = "PEM", id: str | None = None) -> Member:
-    return Member(id=id or name * 4, name=name, addresses=[], cert=cert, last_seen=0)
-
-
-def test_apply_changes_only_what_the_delta_names() -> None:
-    members = Members.empty("self")
-    heard: list[tuple[list[str], list[str]]] = []
-    members.add_listener(
-        lambda j, left: heard.append(([m.name for m in j], [m.name for m in left]))
-    )
-    members.update([member("a"), member("b")])
-    generation = members.generation
-    assert members.apply([member("c"), member("self", id="self")], ["bbbb", "nobody"])
-    assert sorted(m.name for m in members.others()) == ["a", "c"]
-    assert members.generation == generation + 1
-    # Addresses only: no change of who is a member, nothing for the listeners.
-    moved = Member(id="aaaa", name="a", addresses=["10.0.0.9:1"], cert="PEM", last_seen=1)
-    assert not members.apply([moved], [])
-    assert members.get("aaaa") == moved
-    assert members.generation == generation + 1
-    # A new certificate: in both lists, membership unchanged.
-    assert not members.apply([member("c", cert="NEW")], [])
-    assert heard[-1] == (["c"], ["c"])
-    assert heard[-2] == (["c"], ["b"])
-    assert members.count() == 2
 
 
 # -- spreading over registries ------------------------------------------------------

@@ -12,7 +12,7 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pd.peer.clienthello import ClientHelloError, record_length, server_name
+from p2pd.tls.clienthello import ClientHelloError, record_length, server_name
 
 PEER_ID = "mfrggzdfmztwq2lknnwg23tpobyxe43uov3ho6dzpiydcmrtgq2d"
 
