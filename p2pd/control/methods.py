@@ -19,6 +19,7 @@ import trio
 
 from p2pcommon import __version__
 from p2pcommon.boundary import failures
+from p2pcommon.memory import release_free_memory
 from p2pcommon.models import Member, SharedFile
 from p2pcommon.paths import UnsafePath
 from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
@@ -37,6 +38,8 @@ from p2pd.share.watching import Share
 
 log = logging.getLogger("p2pd.rpc")
 
+#: Members listed past which the memory their pages' parse freed is given back.
+RELEASE_AFTER_MEMBERS = 1000
 #: Seconds between progress notifications to a fetch that asked for them.
 PROGRESS_PERIOD = 0.5
 #: Seconds `cancel` waits for the transfer to end and its partial file to go
@@ -129,10 +132,15 @@ class Rpc:
         except LookupUnavailable as exc:
             raise RpcError(OPERATION_FAILED, f"{exc}; try again shortly") from None
         found.sort(key=lambda m: (m.name, m.id))
-        return [
+        listed = [
             {"id": m.id, "name": m.name, "addresses": m.addresses, "last_seen": m.last_seen}
             for m in found
         ]
+        if len(found) >= RELEASE_AFTER_MEMBERS:
+            # The pages' parse left megabytes of garbage at thousands of members: give it back.
+            del found
+            release_free_memory()
+        return listed
 
     async def rpc_ls(self, params: dict[str, Any], notify: Notify) -> RawJson:
         peer = params.get("peer")

@@ -283,9 +283,10 @@ class PeerPool:
         if head.status == 403:
             raise PeerRefused(
                 403,
-                f"{member.name} does not count this daemon as a member (yet): members learn "
-                "of each other from the registry at each heartbeat, so after a registry "
-                "restart this passes by itself; try again in a few seconds",
+                f"{member.name} does not count this daemon as a member (yet): members look "
+                "each other up at the registry and keep the answer a heartbeat interval, so "
+                "after a registry restart or a new register this passes by itself; try "
+                "again in a few seconds",
             )
         if head.status != 200:
             text = one_line(body[:200].decode("utf-8", "replace"), 200)
