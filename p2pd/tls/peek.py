@@ -41,6 +41,7 @@ async def peek_server_name(stream: trio.abc.Stream) -> str | None:
 async def _peek(sock: trio.socket.SocketType, size: int) -> bytes:
     """The first ``size`` bytes waiting on ``sock``, left there."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+    waited = False
     while True:
         try:
             data = await sock.recv(size, socket.MSG_PEEK)
@@ -48,7 +49,10 @@ async def _peek(sock: trio.socket.SocketType, size: int) -> bytes:
             raise ClientHelloError(f"the connection failed before its ClientHello: {exc}") from None
         if len(data) >= size:
             return data
-        if not data:
+        if not data or waited:
+            # Readable with fewer bytes than the mark: the client closed (a peek at
+            # the same bytes again would spin until the deadline).
             raise ClientHelloError("the client closed the connection before its ClientHello")
         # Part of it: readable again only once ``size`` bytes wait (the low-water mark).
         await trio.lowlevel.wait_readable(sock)
+        waited = True

@@ -136,6 +136,26 @@ async def test_a_trickled_client_hello_is_cut_at_the_handshake_deadline(
         assert DEADLINE * 0.9 <= await trio.to_thread.run_sync(silent) <= DEADLINE * 3
 
 
+async def test_a_client_hello_cut_short_by_a_close_costs_no_spin_until_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    who = Attacker.new(tmp_path / "quitter")
+    hello = client_hello(who, who.id)
+    async with victim(tmp_path, monkeypatch) as v:
+        started = trio.current_time()
+
+        def quit_midway() -> float:
+            with tcp(v.port) as sock:
+                sock.sendall(hello[: len(hello) // 2])
+                sock.shutdown(socket.SHUT_WR)  # half of a hello, then our FIN
+                return closed_within(sock, 5 * DEADLINE)
+
+        assert await trio.to_thread.run_sync(quit_midway) < DEADLINE / 2
+        # Given up at once: not by peeking at the same half again until the deadline.
+        assert trio.current_time() - started < DEADLINE / 2
+        assert v.directory.requests == 0
+
+
 @pytest.mark.parametrize(
     "lie",
     [
