@@ -165,6 +165,11 @@ class Directory:
             if not pending.answered:
                 return await self._look_up(member_id)
 
+    def knows(self, member_id: str) -> bool:
+        """Whether an answer about ``member_id`` is kept and fresh: ``get`` asks no one."""
+        kept = self._entries.get(member_id)
+        return kept is not None and kept[1] > self._clock()
+
     async def is_member(self, member_id: str | None) -> bool:
         return member_id is not None and await self.get(member_id) is not None
 

@@ -1,4 +1,5 @@
-"""A token bucket shared by all uploads: ``rate`` bytes/s overall, bursts of ``burst``."""
+"""Token buckets: one shared by all uploads (``rate`` bytes/s overall, bursts of ``burst``),
+and allowances that refuse rather than owe."""
 
 from __future__ import annotations
 
@@ -35,3 +36,22 @@ class TokenBucket:
         wait = self.reserve(amount, self._clock())
         if wait > 0:
             await trio.sleep(wait)
+
+
+class Allowance:
+    """``rate`` a second, bursts of ``burst``; past that, refused (no debt, no wait)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True

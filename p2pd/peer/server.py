@@ -38,7 +38,7 @@ from p2pd.peer.files import (
     parse_range,
     repr_digest,
 )
-from p2pd.peer.ratelimit import TokenBucket
+from p2pd.peer.ratelimit import Allowance, TokenBucket
 from p2pd.peer.slots import UploadSlots
 from p2pd.peer.uploads import BUSY, MIN_UPLOAD_RATE, PACE_WINDOW, UploadPace
 from p2pd.share.index import FileEntry
@@ -57,6 +57,9 @@ SLOT_WAIT = 2.0
 HANDSHAKE_TIMEOUT = 10.0
 #: Seconds the lookup of a ClientHello's SNI may take; then the default context.
 SNI_LOOKUP_DEADLINE = 3.0
+#: Lookups of SNI names not kept, a second and at once (past them: the default context).
+SNI_LOOKUP_RATE = 20.0
+SNI_LOOKUP_BURST = 40.0
 #: Listing entries encoded at a time (~3 ms) before the event loop runs again.
 LISTING_SLICE = 2000
 
@@ -97,6 +100,7 @@ class PeerServer:
         self._share = share
         self._directory = directory
         self._contexts = contexts
+        self._sni_lookups = Allowance(SNI_LOOKUP_RATE, SNI_LOOKUP_BURST)
         self.slots = UploadSlots(upload_slots)
         self.upload_slots = upload_slots
         #: The pace floor (p2pd/peer/uploads.py): bytes/s over ``pace_window`` seconds; 0: none.
@@ -163,6 +167,11 @@ class PeerServer:
             # Not TLS as we read it: the default context's handshake refuses it with an alert.
             return self._contexts.default
         if name is None:
+            return self._contexts.default
+        if not self._directory.knows(name) and not self._sni_lookups.allow(trio.current_time()):
+            # A flood of made-up names must not spend our lookups at the registry
+            # (it limits them per address), which admission needs.
+            self.stats.refused["sni lookups limited"] += 1
             return self._contexts.default
         member = None
         # A slow registry costs a foreign member its handshake, not everyone theirs.

@@ -205,6 +205,7 @@ async def test_a_flood_of_strange_names_keeps_memory_bounded_and_the_loop_free(
                     refused += 1
             return refused
 
+        started = trio.current_time()
         async with trio.open_nursery() as attackers:
             results: list[int] = []
 
@@ -215,6 +216,12 @@ async def test_a_flood_of_strange_names_keeps_memory_bounded_and_the_loop_free(
                 attackers.start_soon(one)
         assert sum(results) == 200  # no name got it in
         assert v.directory.kept <= 64 and v.contexts.foreign == 0
+        # Our lookups at the registry were spared: a burst, then a few a second.
+        limited = v.server.stats.refused["sni lookups limited"]
+        assert limited > 0 and v.directory.requests == 200 - limited
+        took = trio.current_time() - started
+        allowed = server_module.SNI_LOOKUP_BURST + server_module.SNI_LOOKUP_RATE * took
+        assert v.directory.requests <= allowed + 1
         assert v.contexts.builds == 1
         assert watch.worst < 0.25, f"the loop stalled {watch.worst:.3f} s"
         nursery.cancel_scope.cancel()

@@ -12,7 +12,7 @@ import pytest
 from p2pd.fetch.names import free_name, numbered
 from p2pd.fetch.partial import existing_copy, place, resume_state
 from p2pd.peer.files import BadTarget, decode_file_target, parse_range, repr_digest
-from p2pd.peer.ratelimit import TokenBucket
+from p2pd.peer.ratelimit import Allowance, TokenBucket
 
 
 @pytest.mark.parametrize(
@@ -80,6 +80,13 @@ def test_unsatisfiable_ranges(header: str) -> None:
 def test_repr_digest_is_rfc9530_sha256() -> None:
     digest = hashlib.sha256(b"hello").digest()
     assert repr_digest(digest.hex()) == f"sha-256=:{base64.b64encode(digest).decode()}:"
+
+
+def test_an_allowance_refuses_past_its_burst_and_refills_at_its_rate() -> None:
+    allowance = Allowance(rate=2, burst=3)
+    assert [allowance.allow(0.0) for _ in range(4)] == [True, True, True, False]
+    assert allowance.allow(0.5) and not allowance.allow(0.5)  # one token in half a second
+    assert [allowance.allow(100.0) for _ in range(4)] == [True, True, True, False]  # capped
 
 
 def test_token_bucket_spreads_bytes_at_the_rate() -> None:
