@@ -12,13 +12,17 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 
 from p2pcommon.models import Member, SharedFile
+from p2pd.fetch import sources
 from p2pd.fetch.downloads import Downloads
 from p2pd.fetch.history import History
+from p2pd.fetch.model import Queued
 from p2pd.membership.directory import Directory
 from p2pd.peer.client import PeerPool
 from p2pd.tls.identity import Identity, NetworkCA, load_or_create
@@ -108,3 +112,35 @@ async def test_kept_listings_are_consulted_before_anyone_is_asked(tmp_path: Path
         gone = gone.model_copy(update={"id": "a" * 52})
         assert await s.fetch(gone) == "b"
         assert s.asked() == {"b": 1, "c": 1, "d": 1}
+
+
+async def test_at_most_32_members_are_asked_from_one_page_at_a_random_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Among 60 members, the ones asked for their listing are a bounded sample."""
+    monkeypatch.setattr(sources, "ALTERNATES_DEADLINE", 1.0)
+    network = NetworkCA.from_secret(SECRET)
+    me, _ = load_or_create(tmp_path / "me", network)
+    dialled: list[str] = []
+
+    async def closing(stream: trio.SocketStream) -> None:
+        dialled.append("x")  # accepted and closed: that member has no listing to give
+        await stream.aclose()
+
+    async with live_registry() as registry, trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, closing, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        crowd = [
+            member_of(load_or_create(tmp_path / f"m{n}", network)[0], f"m{n}", port)
+            for n in range(60)
+        ]
+        await registry.add(member_of(me, "me"), *crowd)
+        pool = PeerPool(me)
+        try:
+            queued = Queued("0badcafe", "a" * 52, "gone", ENTRY.path, ENTRY.sha256, ENTRY.size, 1)
+            found = await sources.find_alternates(pool, registry.directory(me.id), queued)
+        finally:
+            await pool.aclose()
+        assert found == []
+        assert len(dialled) == sources.MAX_ALTERNATES_ASKED  # of 60
+        nursery.cancel_scope.cancel()
