@@ -71,7 +71,9 @@ def summarize(
         "window_s": round(seconds, 2),
         "heartbeats_per_s": heartbeats / seconds,
         "p50_ms": _ms(percentile(merged["latency"], 0.5)),
+        "p90_ms": _ms(percentile(merged["latency"], 0.9)),
         "p99_ms": _ms(percentile(merged["latency"], 0.99)),
+        "max_ms": _ms(max(merged["latency"], default=None)),
         "lag_p99_ms": _ms(percentile(merged["lag"], 0.99)),
         "connect_p99_ms": _ms(percentile(merged["connect"], 0.99)),
         "failures": failures(counts),
@@ -87,7 +89,9 @@ def summarize(
         ),
         "bytes_per_s": {k: v / seconds for k, v in sizes.items()},
         "lookup_bytes_per_s": sum(sizes.get(k, 0) for k in LOOKUPS) / seconds,
-        "bytes_per_peer_per_s": sum(sizes.values()) / seconds / n if n else None,
+        "bytes_per_peer_per_s": (
+            sum(v for k, v in sizes.items() if k in KINDS) / seconds / n if n else None
+        ),
         "lookups_per_s": sum(counts.get(f"{k} 200", 0) for k in LOOKUPS) / seconds,
         "bytes_per_heartbeat_answer": (
             sizes.get("heartbeat", 0) / counts["heartbeat 200"] if heartbeats else None
@@ -135,7 +139,8 @@ def print_run(run: dict[str, Any]) -> None:
     print(
         f"  heartbeats   {s['heartbeats_per_s']:,.1f}/s (N / interval ≈ "
         f"{run['n'] / run['interval']:,.1f}); p50 {_num(s['p50_ms'], ' ms', 2)}, "
-        f"p99 {_num(s['p99_ms'], ' ms', 2)}; failures: "
+        f"p90 {_num(s['p90_ms'], ' ms', 2)}, p99 {_num(s['p99_ms'], ' ms', 2)}, "
+        f"max {_num(s['max_ms'], ' ms', 0)}; failures: "
         f"{', '.join(f'{k} ×{v}' for k, v in fails.items()) or 'none'}"
     )
     c = s["counts"]
@@ -178,6 +183,8 @@ def print_run(run: dict[str, Any]) -> None:
         f"answers verified {c.get('answers verified', 0)}, bad "
         f"{c.get('answers with a bad signature', 0)}; kept up: {kept}"
     )
+    if any(key.startswith("h-") for key in c):
+        _print_hostile(c, s["window_s"])
     print(
         f"  machine      other processes (not this benchmark's) used "
         f"{s['other_processes_cpu_pct']:.0f} % of a core during the window"
@@ -188,6 +195,20 @@ def print_run(run: dict[str, Any]) -> None:
         _print_phase(phase)
     for note in run.get("notes", []):
         print(f"  note         {note}")
+
+
+def _print_hostile(c: dict[str, int], seconds: float) -> None:
+    """What the hostile generator sent and got (its requests are no peer's)."""
+    answers = {
+        k: v for k, v in sorted(c.items()) if k.startswith("h-") and "per minute" not in k and v
+    }
+    lookups = sum(v for k, v in answers.items() if k.startswith("h-lookup "))
+    print(
+        f"  hostile      identity churn {c.get('h-identities per minute', 0):,} a minute "
+        f"(registered and dropped); lookup flood {lookups / seconds:,.0f}/s from one address; "
+        f"answers: {', '.join(f'{k} ×{v}' for k, v in answers.items())}; the heartbeats above "
+        f"are the bystanders'"
+    )
 
 
 def _print_p2pd(p: dict[str, Any]) -> None:
