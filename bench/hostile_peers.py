@@ -5,11 +5,11 @@ A process of its own, so that its work does not delay the virtual peers' loops
 
 - **identity churn**: a member registers a new self-signed identity (proven by
   its key, as any register) and drops it with its lease at once, 1 000 a minute,
-  spread over 20 source addresses (the registry gives each address a budget of
+  spread over 20 source addresses (``--identities``) (the registry gives each address a budget of
   new ids: docs/protocol.md §3.2);
 - **a lookup flood**: lookups of random unknown ids from one address on 16
-  kept-alive connections, each request signed anew, paced at ``flood_rate``
-  (default 1 000/s, ten times an address's lookup budget): a loop without pause
+  kept-alive connections, each request signed anew, paced at ``--flood-rate``
+  (default 1 000/s; 0: none; ten times an address's lookup budget): a loop without pause
   would mostly measure the attacker's own CPU, which on a small machine is the
   registry's too.
 
@@ -32,9 +32,6 @@ from bench.virtual_peers import Peer, Worker
 #: Addresses the identity churn comes from, and connections the flood keeps.
 CHURN_SOURCES = 20
 FLOOD_CONNECTIONS = 16
-#: The issue's hostile member: identities registered and dropped a minute.
-IDENTITIES_PER_MINUTE = 1000.0
-FLOOD_RATE = 1000.0
 
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 
@@ -65,9 +62,11 @@ class HostileWorker(Worker):
         pipe: Pipe,
         key_pem: bytes,
         flood_rate: float,
+        identities_per_minute: float,
     ) -> None:
         super().__init__(index, secret, registries, [], identities, pipe, key_pem)
         self.flood_rate = flood_rate
+        self.identities_per_minute = identities_per_minute
         self.churned = HostileCounts()
         self.flood: list[Conn] = []
         self._next_source = 0
@@ -88,7 +87,7 @@ class HostileWorker(Worker):
         self.stats = Stats(*args["window"])
         start = self.stats.start
         self.flood = [Conn(self, "127.8.0.1", 0) for _ in range(FLOOD_CONNECTIONS)]
-        self.every(IDENTITIES_PER_MINUTE / 60, self.churn_one, start)
+        self.every(self.identities_per_minute / 60, self.churn_one, start)
         self.every(self.flood_rate, self.flood_one, start)
         self.at(self.stats.end, self._stop_hostile)
         self.at(self.stats.end + 0.05, self._report)
@@ -150,5 +149,9 @@ def hostile_main(
     pipe: Pipe,
     key_pem: bytes,
     flood_rate: float,
+    identities_per_minute: float,
 ) -> None:
-    HostileWorker(index, secret, registries, identities, pipe, key_pem, flood_rate).loop()
+    worker = HostileWorker(
+        index, secret, registries, identities, pipe, key_pem, flood_rate, identities_per_minute
+    )
+    worker.loop()

@@ -104,8 +104,8 @@ def run_all(opts: Options) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
     )
     hostile: list[tuple[int, str, str]] = []
     if opts.hostile:
-        # The identity churn's, self-signed: 1 000 a minute over the longest window.
-        count = int(1000 / 60 * (opts.window or 600)) + 100
+        # The identity churn's, self-signed, over the longest window.
+        count = int(opts.identities_per_minute / 60 * (opts.window or 600)) + 100
         made, _ = make_certificates(count, secrets.token_hex(4) + "h", None, load_key(key_pem))
         hostile = [(10_000_000 + i, pid, pem) for i, (pid, pem) in enumerate(made)]
     runs = []
@@ -191,6 +191,12 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--flood-rate", type=float, default=1000.0, help="--hostile's lookups/s (1000)"
     )
+    parser.add_argument(
+        "--identities",
+        type=float,
+        default=1000.0,
+        help="--hostile's self-signed identities registered and dropped a minute (1000; 0: none)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -216,6 +222,7 @@ def parse_args(argv: list[str] | None) -> Options:
         no_throughput=args.no_throughput,
         hostile=args.hostile,
         flood_rate=args.flood_rate,
+        identities_per_minute=args.identities,
     )
 
 

@@ -45,8 +45,9 @@ def cpu_shares(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """Per process group: % of one core over the interval between the two samples."""
     seconds = after["time"] - before["time"]
     shares: dict[str, Any] = {"seconds": seconds}
-    for group in ("registries", "workers", "redis", "p2pd"):
-        values = [100 * (b - a) / seconds for a, b in zip(before[group], after[group], strict=True)]
+    for group in ("registries", "workers", "redis", "p2pd", "hostile"):
+        pairs = zip(before.get(group, []), after.get(group, []), strict=True)
+        values = [100 * (b - a) / seconds for a, b in pairs]
         shares[group] = values
     # Other helpers' tests share the machine: how much CPU they took meanwhile.
     shares["others"] = (
@@ -104,6 +105,8 @@ def summarize(
         summary["redis_calls_per_s"] = cpu["redis_calls"] / cpu["seconds"]
     if cpu["p2pd"]:
         summary["p2pd_cpu_pct"] = round(cpu["p2pd"][0], 2)
+    if cpu["hostile"]:
+        summary["hostile_cpu_pct"] = round(cpu["hostile"][0], 1)
     return summary
 
 
@@ -184,7 +187,7 @@ def print_run(run: dict[str, Any]) -> None:
         f"{c.get('answers with a bad signature', 0)}; kept up: {kept}"
     )
     if any(key.startswith("h-") for key in c):
-        _print_hostile(c, s["window_s"])
+        _print_hostile(c, s["window_s"], s.get("hostile_cpu_pct"))
     print(
         f"  machine      other processes (not this benchmark's) used "
         f"{s['other_processes_cpu_pct']:.0f} % of a core during the window"
@@ -197,7 +200,7 @@ def print_run(run: dict[str, Any]) -> None:
         print(f"  note         {note}")
 
 
-def _print_hostile(c: dict[str, int], seconds: float) -> None:
+def _print_hostile(c: dict[str, int], seconds: float, cpu_pct: float | None) -> None:
     """What the hostile generator sent and got (its requests are no peer's)."""
     answers = {
         k: v for k, v in sorted(c.items()) if k.startswith("h-") and "per minute" not in k and v
@@ -206,8 +209,9 @@ def _print_hostile(c: dict[str, int], seconds: float) -> None:
     print(
         f"  hostile      identity churn {c.get('h-identities per minute', 0):,} a minute "
         f"(registered and dropped); lookup flood {lookups / seconds:,.0f}/s from one address; "
-        f"answers: {', '.join(f'{k} ×{v}' for k, v in answers.items())}; the heartbeats above "
-        f"are the bystanders'"
+        f"answers: {', '.join(f'{k} ×{v}' for k, v in answers.items())}; the hostile process "
+        f"used {_num(cpu_pct, ' %')} of a core of this machine; the heartbeats above are the "
+        f"bystanders'"
     )
 
 

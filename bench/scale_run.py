@@ -63,6 +63,7 @@ class Options:
     #: A hostile generator beside the peers (bench/hostile_peers.py).
     hostile: bool = False
     flood_rate: float = 1000.0
+    identities_per_minute: float = 1000.0
 
 
 def sleep_until(moment: float) -> None:
@@ -116,6 +117,7 @@ class Run:
             "workers": [cpu_seconds(p.pid or 0) for p in self.processes],
             "redis": [cpu_seconds(self.redis.process.pid)] if self.redis else [],
             "p2pd": [cpu_seconds(self.daemons[0].process.pid)] if self.daemons else [],
+            "hostile": [cpu_seconds(self.hostile_process.pid or 0)] if self.hostile_process else [],
             "redis_commands": self.redis.commands() if self.redis else None,
         }
 
@@ -196,7 +198,9 @@ class Run:
             parent, child = context.Pipe()
             args = (workers, self.secret, addresses[:1], self.hostile, child, self.key_pem)
             process = context.Process(
-                target=hostile_main, args=(*args, self.opts.flood_rate), daemon=True
+                target=hostile_main,
+                args=(*args, self.opts.flood_rate, self.opts.identities_per_minute),
+                daemon=True,
             )
             process.start()
             stack.callback(self._stop_worker, process, parent)
