@@ -30,6 +30,13 @@ or one port with ``--reuse-port``) — it:
 5. with ``redis×2``, at the smallest N, one registryd vs two on one Redis at
    saturation, alternately, for their throughput ratio.
 
+With ``--hostile`` a third generator process (bench/hostile_peers.py) runs
+issue 22's attackers during the window, beside the peers whose heartbeats are
+then the bystanders': a member registering and dropping 1 000 self-signed
+identities a minute (``--identities``) and a lookup flood from one address
+(``--flood-rate``); registries keep their per-source limits, and the
+saturation phases (which need them off) are skipped.
+
 CPU comes from /proc (utime + stime over the window), latency and bytes from
 the generator (answers as received, heads included), Redis operations from
 INFO.  The machine may be shared: every block says how much CPU other
