@@ -307,7 +307,9 @@ class EventLoop:
 
     def maybe_verify(self, answer: Answer, nonce: str) -> None:
         self._answers += 1
-        if self._answers % VERIFY_EVERY or answer.status >= 500 or answer.size > 1 << 20:
+        # 429 and 503 are unsigned (docs/protocol.md §3.4, §3.6): nothing to verify.
+        unsigned = answer.status == 429 or answer.status >= 500
+        if self._answers % VERIFY_EVERY or unsigned or answer.size > 1 << 20:
             return
         try:
             self._verifier.verify_response(

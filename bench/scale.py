@@ -30,6 +30,13 @@ or one port with ``--reuse-port``) — it:
 5. with ``redis×2``, at the smallest N, one registryd vs two on one Redis at
    saturation, alternately, for their throughput ratio.
 
+With ``--hostile`` a third generator process (bench/hostile_peers.py) runs
+issue 22's attackers during the window, beside the peers whose heartbeats are
+then the bystanders': a member registering and dropping 1 000 self-signed
+identities a minute (``--identities``) and a lookup flood from one address
+(``--flood-rate``); registries keep their per-source limits, and the
+saturation phases (which need them off) are skipped.
+
 CPU comes from /proc (utime + stime over the window), latency and bytes from
 the generator (answers as received, heads included), Redis operations from
 INFO.  The machine may be shared: every block says how much CPU other
@@ -58,7 +65,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench import scale_report as report
 from bench.scale_run import SETUP_TEXT, Options, Run
-from bench.scale_wire import Issuer, make_certificates, self_check
+from bench.scale_wire import Issuer, load_key, make_certificates, self_check
 
 
 def churn_of(opts: Options, n: int) -> tuple[float, float]:
@@ -102,6 +109,12 @@ def run_all(opts: Options) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
         f"unique subjects; members' issued by the network CA, the joiners' half self-signed); "
         f"FastSigner matches p2pcommon.signing.signer.Signer"
     )
+    hostile: list[tuple[int, str, str]] = []
+    if opts.hostile:
+        # The identity churn's, self-signed, over the longest window.
+        count = int(opts.identities_per_minute / 60 * (opts.window or 600)) + 100
+        made, _ = make_certificates(count, secrets.token_hex(4) + "h", None, load_key(key_pem))
+        hostile = [(10_000_000 + i, pid, pem) for i, (pid, pem) in enumerate(made)]
     runs = []
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         for n in opts.ns:
@@ -119,6 +132,7 @@ def run_all(opts: Options) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
                     opts.peer_ttl,
                     churn_of(opts, n),
                     key_pem,
+                    hostile=list(hostile),
                 )
                 with contextlib.ExitStack() as stack:
                     run.start(stack)
@@ -126,7 +140,7 @@ def run_all(opts: Options) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
                 report.print_run(result)
                 runs.append(result)
         throughput = None
-        if "redis×2" in opts.setups and not opts.no_throughput:
+        if "redis×2" in opts.setups and not (opts.no_throughput or opts.hostile):
             n = min(opts.ns)
             workdir = Path(tmp) / "throughput"
             workdir.mkdir()
@@ -175,6 +189,21 @@ def parse_args(argv: list[str] | None) -> Options:
         action="store_true",
         help="redis×2 on one port with reuse_port (default: two ports, peers split exactly)",
     )
+    parser.add_argument(
+        "--hostile",
+        action="store_true",
+        help="during the window, a member churning 1 000 self-signed identities a minute and a "
+        "lookup flood from one address; registries keep their per-source limits (no saturation)",
+    )
+    parser.add_argument(
+        "--flood-rate", type=float, default=1000.0, help="--hostile's lookups/s (1000)"
+    )
+    parser.add_argument(
+        "--identities",
+        type=float,
+        default=1000.0,
+        help="--hostile's self-signed identities registered and dropped a minute (1000; 0: none)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -198,6 +227,9 @@ def parse_args(argv: list[str] | None) -> Options:
         json=args.json,
         reuse_port=args.reuse_port,
         no_throughput=args.no_throughput,
+        hostile=args.hostile,
+        flood_rate=args.flood_rate,
+        identities_per_minute=args.identities,
     )
 
 

@@ -138,7 +138,13 @@ class Registry:
 
 
 def start_registryd(
-    workdir: Path, secret: str, store: str, port: int, extra: dict[str, str]
+    workdir: Path,
+    secret: str,
+    store: str,
+    port: int,
+    extra: dict[str, str],
+    *,
+    limits: bool = False,
 ) -> Registry:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRYD_", "NOTIFY_"))}
     env.update(
@@ -146,14 +152,14 @@ def start_registryd(
             "REGISTRYD_SECRET": secret,
             "REGISTRYD_LISTEN": f"127.0.0.1:{port}",
             "REGISTRYD_STORE": store,
-            # The saturation phases come from a few source addresses (a leave and a new
-            # register of the same member, lookups without pause): no per-source limits,
-            # so that they measure what each request costs, not what a 429 costs.
-            "REGISTRYD_NEW_MEMBER_RATE": "0",
-            "REGISTRYD_LOOKUP_RATE": "0",
             **extra,
         }
     )
+    if not limits:
+        # The saturation phases come from a few source addresses (a leave and a new
+        # register of the same member, lookups without pause): no per-source limits,
+        # so that they measure what each request costs, not what a 429 costs.
+        env.update({"REGISTRYD_NEW_MEMBER_RATE": "0", "REGISTRYD_LOOKUP_RATE": "0"})
     log = workdir / f"registryd-{port}-{time.monotonic_ns()}.log"
     # Its own READY=1, not /healthz: with reuse_port a sibling answers on the port.
     notify_path = workdir / f"notify-{time.monotonic_ns()}"

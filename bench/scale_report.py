@@ -45,8 +45,9 @@ def cpu_shares(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """Per process group: % of one core over the interval between the two samples."""
     seconds = after["time"] - before["time"]
     shares: dict[str, Any] = {"seconds": seconds}
-    for group in ("registries", "workers", "redis", "p2pd"):
-        values = [100 * (b - a) / seconds for a, b in zip(before[group], after[group], strict=True)]
+    for group in ("registries", "workers", "redis", "p2pd", "hostile"):
+        pairs = zip(before.get(group, []), after.get(group, []), strict=True)
+        values = [100 * (b - a) / seconds for a, b in pairs]
         shares[group] = values
     # Other helpers' tests share the machine: how much CPU they took meanwhile.
     shares["others"] = (
@@ -71,7 +72,9 @@ def summarize(
         "window_s": round(seconds, 2),
         "heartbeats_per_s": heartbeats / seconds,
         "p50_ms": _ms(percentile(merged["latency"], 0.5)),
+        "p90_ms": _ms(percentile(merged["latency"], 0.9)),
         "p99_ms": _ms(percentile(merged["latency"], 0.99)),
+        "max_ms": _ms(max(merged["latency"], default=None)),
         "lag_p99_ms": _ms(percentile(merged["lag"], 0.99)),
         "connect_p99_ms": _ms(percentile(merged["connect"], 0.99)),
         "failures": failures(counts),
@@ -87,7 +90,9 @@ def summarize(
         ),
         "bytes_per_s": {k: v / seconds for k, v in sizes.items()},
         "lookup_bytes_per_s": sum(sizes.get(k, 0) for k in LOOKUPS) / seconds,
-        "bytes_per_peer_per_s": sum(sizes.values()) / seconds / n if n else None,
+        "bytes_per_peer_per_s": (
+            sum(v for k, v in sizes.items() if k in KINDS) / seconds / n if n else None
+        ),
         "lookups_per_s": sum(counts.get(f"{k} 200", 0) for k in LOOKUPS) / seconds,
         "bytes_per_heartbeat_answer": (
             sizes.get("heartbeat", 0) / counts["heartbeat 200"] if heartbeats else None
@@ -100,6 +105,8 @@ def summarize(
         summary["redis_calls_per_s"] = cpu["redis_calls"] / cpu["seconds"]
     if cpu["p2pd"]:
         summary["p2pd_cpu_pct"] = round(cpu["p2pd"][0], 2)
+    if cpu["hostile"]:
+        summary["hostile_cpu_pct"] = round(cpu["hostile"][0], 1)
     return summary
 
 
@@ -135,7 +142,8 @@ def print_run(run: dict[str, Any]) -> None:
     print(
         f"  heartbeats   {s['heartbeats_per_s']:,.1f}/s (N / interval ≈ "
         f"{run['n'] / run['interval']:,.1f}); p50 {_num(s['p50_ms'], ' ms', 2)}, "
-        f"p99 {_num(s['p99_ms'], ' ms', 2)}; failures: "
+        f"p90 {_num(s['p90_ms'], ' ms', 2)}, p99 {_num(s['p99_ms'], ' ms', 2)}, "
+        f"max {_num(s['max_ms'], ' ms', 0)}; failures: "
         f"{', '.join(f'{k} ×{v}' for k, v in fails.items()) or 'none'}"
     )
     c = s["counts"]
@@ -178,6 +186,8 @@ def print_run(run: dict[str, Any]) -> None:
         f"answers verified {c.get('answers verified', 0)}, bad "
         f"{c.get('answers with a bad signature', 0)}; kept up: {kept}"
     )
+    if any(key.startswith("h-") for key in c):
+        _print_hostile(c, s["window_s"], s.get("hostile_cpu_pct"))
     print(
         f"  machine      other processes (not this benchmark's) used "
         f"{s['other_processes_cpu_pct']:.0f} % of a core during the window"
@@ -188,6 +198,21 @@ def print_run(run: dict[str, Any]) -> None:
         _print_phase(phase)
     for note in run.get("notes", []):
         print(f"  note         {note}")
+
+
+def _print_hostile(c: dict[str, int], seconds: float, cpu_pct: float | None) -> None:
+    """What the hostile generator sent and got (its requests are no peer's)."""
+    answers = {
+        k: v for k, v in sorted(c.items()) if k.startswith("h-") and "per minute" not in k and v
+    }
+    lookups = sum(v for k, v in answers.items() if k.startswith("h-lookup "))
+    print(
+        f"  hostile      identity churn {c.get('h-identities per minute', 0):,} a minute "
+        f"(registered and dropped); lookup flood {lookups / seconds:,.0f}/s from one address; "
+        f"answers: {', '.join(f'{k} ×{v}' for k, v in answers.items())}; the hostile process "
+        f"used {_num(cpu_pct, ' %')} of a core of this machine; the heartbeats above are the "
+        f"bystanders'"
+    )
 
 
 def _print_p2pd(p: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import scale_report as report
+from bench.hostile_peers import hostile_main
 from bench.scale_procs import (
     Daemon,
     RedisServer,
@@ -59,6 +60,10 @@ class Options:
     json: str | None
     reuse_port: bool
     no_throughput: bool = False
+    #: A hostile generator beside the peers (bench/hostile_peers.py).
+    hostile: bool = False
+    flood_rate: float = 1000.0
+    identities_per_minute: float = 1000.0
 
 
 def sleep_until(moment: float) -> None:
@@ -80,8 +85,11 @@ class Run:
         peer_ttl: float | None,
         churn: tuple[float, float],
         key_pem: bytes,
+        hostile: list[tuple[int, str, str]] | None = None,
     ) -> None:
         self.n, self.setup, self.opts, self.churn = n, setup, opts, churn
+        #: The hostile member's identities (``--hostile``), self-signed.
+        self.hostile = hostile or []
         #: The one key of every virtual peer's certificate: it signs their register proofs.
         self.key_pem = key_pem
         self.certs, self.spares, self.workdir, self.secret = certs, spares, workdir, secret
@@ -93,12 +101,14 @@ class Run:
         self.daemons: list[Daemon] = []
         self.pipes: list[Pipe] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.hostile_process: multiprocessing.process.BaseProcess | None = None
         self.notes: list[str] = []
 
     def sample(self) -> dict[str, Any]:
         ours = [r.process.pid for r in self.registries] + [p.pid or 0 for p in self.processes]
         ours += [d.process.pid for d in self.daemons] + [os.getpid()]
         ours += [self.redis.process.pid] if self.redis else []
+        ours += [self.hostile_process.pid or 0] if self.hostile_process else []
         return {
             "machine": machine_busy_seconds(),
             "ours": sum(cpu_seconds(pid) for pid in ours),
@@ -107,6 +117,7 @@ class Run:
             "workers": [cpu_seconds(p.pid or 0) for p in self.processes],
             "redis": [cpu_seconds(self.redis.process.pid)] if self.redis else [],
             "p2pd": [cpu_seconds(self.daemons[0].process.pid)] if self.daemons else [],
+            "hostile": [cpu_seconds(self.hostile_process.pid or 0)] if self.hostile_process else [],
             "redis_commands": self.redis.commands() if self.redis else None,
         }
 
@@ -147,7 +158,9 @@ class Run:
             self.notes.append("two registryd on two ports, the peers split between them")
         port = free_port()
         for _ in range(count):
-            registry = start_registryd(self.workdir, self.secret, store, port, extra)
+            registry = start_registryd(
+                self.workdir, self.secret, store, port, extra, limits=self.opts.hostile
+            )
             stack.callback(stop, registry.process)
             self.registries.append(registry)
             port = port if shared else free_port()
@@ -181,6 +194,22 @@ class Run:
             stack.callback(self._stop_worker, process, parent)
             self.pipes.append(parent)
             self.processes.append(process)
+        if self.opts.hostile:
+            parent, child = context.Pipe()
+            args = (workers, self.secret, addresses[:1], self.hostile, child, self.key_pem)
+            process = context.Process(
+                target=hostile_main,
+                args=(*args, self.opts.flood_rate, self.opts.identities_per_minute),
+                daemon=True,
+            )
+            process.start()
+            stack.callback(self._stop_worker, process, parent)
+            self.pipes.append(parent)
+            # Out of ``processes``: the generator's CPU per request is the peers' alone.
+            self.hostile_process = process
+            self.notes.append(
+                "hostile: registries keep their per-source limits; no saturation phases"
+            )
 
     @staticmethod
     def _stop_worker(process: multiprocessing.process.BaseProcess, pipe: Pipe) -> None:
@@ -264,7 +293,7 @@ class Run:
             self.notes.append(
                 f"the registry worked off its backlog for {busy:.0f} s after the window"
             )
-        result["saturation"] = self.saturate()
+        result["saturation"] = [] if opts.hostile else self.saturate()
         for registry in self.registries:
             if registry.process.poll() is not None:
                 self.notes.append(
