@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 
-from p2pd.share.merkle import MerkleBuilder, Pieces, piece_size_for
+from p2pd.share.merkle import BLOCK_SIZE, MerkleBuilder, Pieces, piece_size_for
 
 HASH_BLOCK = 1024 * 1024
 #: Files from this size on are hashed by two threads.
@@ -80,9 +80,18 @@ class FileHasher:
         ``size`` (from fstat) chooses the piece size; ``check`` is called between
         blocks and may raise to stop (the scan's cancellation).
         """
+        first = b""
+        if size <= BLOCK_SIZE:
+            # One block or none: its leaf is the root, and the leaf is the file's sha256.
+            first = os.read(fd, HASH_BLOCK)
+            if len(first) <= BLOCK_SIZE and not (more := os.read(fd, HASH_BLOCK)):
+                sha256 = hashlib.sha256(first).hexdigest()
+                return Hashed(sha256, sha256 if first else None, piece_size_for(len(first))), b""
+            first += more  # it grew meanwhile (the scan holds it back): hashed as it is
         builder = MerkleBuilder(piece_size_for(size))
         if size < TWO_THREADS_FROM:
-            digest = hashlib.sha256()
+            digest = hashlib.sha256(first)
+            builder.update(first)
             while block := os.read(fd, HASH_BLOCK):
                 digest.update(block)
                 builder.update(block)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pd.share.merkle import merkle_root, verify_piece_layer
 from tests.hostile.attacker import Attacker, Closed, assert_serving, peer_get, poll, register
 from tests.support import VENV_BIN, RunningRegistry, run_p2pd, run_registryd
 
@@ -53,7 +54,11 @@ def listed(port: int, member: Attacker) -> dict[str, str]:
 
     poll(admitted, timeout=30, what="the peer to admit the member", every=0.25)
     answer = peer_get(port, member, "/files")
-    return {entry["path"]: entry["sha256"] for entry in answer.json()["files"]}
+    files = answer.json()["files"]
+    for entry in files:  # every root the real one (BEP 52), of the file's real bytes
+        root = merkle_root(FILES[entry["path"]])
+        assert entry.get("root") == (root.hex() if root is not None else None), entry
+    return {entry["path"]: entry["sha256"] for entry in files}
 
 
 def damage(db: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
@@ -81,7 +86,12 @@ def test_a_damaged_hash_cache_row_is_hashed_again_not_listed(scene: Scene) -> No
         # Not text at all.
         ("UPDATE hashes SET sha256 = ? WHERE path = ?", (b"\x00" * 32, "docs/b.txt")),
         # A row for a path no scan ever writes.
-        ("INSERT INTO hashes VALUES (?, 1, 1, 1, ?)", ("../escape", "0" * 64)),
+        (
+            "INSERT INTO hashes (path, size, mtime_ns, inode, sha256) VALUES (?, 1, 1, 1, ?)",
+            ("../escape", "0" * 64),
+        ),
+        # A pieces root that is not one (the listing would carry it to every member).
+        ("UPDATE hashes SET root = ? WHERE path = ?", ("not a root", "c.bin")),
     )
     with run_p2pd(scene.base, name, urls, extra_config=FAST) as peer:
         got = listed(peer.port, scene.member)
@@ -90,12 +100,60 @@ def test_a_damaged_hash_cache_row_is_hashed_again_not_listed(scene: Scene) -> No
         log = peer.log()
         warnings = [line for line in log.splitlines() if "damaged row" in line]
         assert len(warnings) == 1, log[-3000:]
-        assert "3 damaged rows" in warnings[0] and "hashed again" in warnings[0]
+        assert "4 damaged rows" in warnings[0] and "hashed again" in warnings[0]
         assert_serving(peer.process, peer.socket_path, log)
     with sqlite3.connect(db) as connection:
         rows = connection.execute("SELECT path, sha256 FROM hashes ORDER BY path").fetchall()
     connection.close()
     assert dict(rows) == truth  # the bad rows are gone from the file, the good ones back
+
+
+def test_a_damaged_piece_layer_is_never_served_and_the_file_is_hashed_again(
+    scene: Scene,
+) -> None:
+    name = "layers"
+    share = scene.base / name / "share"
+    share.mkdir(parents=True)
+    data = os.urandom(100_000)  # seven pieces of 16 KiB
+    (share / "big.bin").write_bytes(data)
+    root = merkle_root(data)
+    urls = [scene.registry.url]
+    with run_p2pd(scene.base, name, urls, extra_config=FAST) as peer:
+        listed_entry = {}
+
+        def indexed() -> bool:
+            try:
+                answer = peer_get(peer.port, scene.member, "/files")
+            except (Closed, OSError):
+                return False
+            files = answer.json()["files"] if answer.status == 200 else []
+            listed_entry.update(files[0] if files else {})
+            return bool(files)
+
+        poll(indexed, timeout=30, what="the file to be listed", every=0.25)
+        assert listed_entry["root"] == root.hex() and listed_entry["piece_size"] == 16384
+        good = peer_get(peer.port, scene.member, "/layers/big.bin")
+        assert good.status == 200 and len(good.body) == 7 * 32
+        assert verify_piece_layer(good.body, root, len(data), 16384)
+    damage(
+        db := peer.state_dir / "index.sqlite3",
+        ("UPDATE hashes SET layer = ? WHERE path = ?", (bytes(7 * 32), "big.bin")),
+    )
+    with run_p2pd(scene.base, name, urls, extra_config=FAST) as peer:
+        poll(indexed, timeout=30, what="the file to be listed", every=0.25)
+        first = peer_get(peer.port, scene.member, "/layers/big.bin")
+        assert first.status == 503  # not the damaged layer: the file is hashed again
+
+        def healed() -> bool:
+            answer = peer_get(peer.port, scene.member, "/layers/big.bin")
+            return answer.status == 200 and verify_piece_layer(answer.body, root, len(data), 16384)
+
+        poll(healed, timeout=30, what="the layer to be hashed again", every=0.25)
+        assert "bad piece layer for 'big.bin'" in peer.log()
+    with sqlite3.connect(db) as connection:
+        (layer,) = connection.execute("SELECT layer FROM hashes").fetchone()
+    connection.close()
+    assert verify_piece_layer(layer, root, len(data), 16384)
 
 
 def test_damaged_queue_and_history_rows_cost_only_themselves(scene: Scene) -> None:
