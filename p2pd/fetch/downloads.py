@@ -33,6 +33,7 @@ from p2pd.fetch.partial import existing_copy
 from p2pd.fetch.receiving import Receiver, discard_quietly
 from p2pd.fetch.schedule import Schedule
 from p2pd.fetch.sources import find_alternates
+from p2pd.fetch.swarming import Candidate, SwarmContext, swarmable
 from p2pd.fetch.transfer import Transfer
 from p2pd.membership.members import Members
 from p2pd.peer.client import PeerPool
@@ -79,6 +80,8 @@ class Downloads:
     ) -> None:
         self._pool = pool
         self._receiver = Receiver(pool, download_dir, self._received)
+        #: Many-source transfers (p2pd.fetch.swarming) and the members they avoid.
+        self.swarm = SwarmContext(pool, download_dir, on_received=self._piece_received)
         self._members = members
         self._dir = download_dir
         self._history = history
@@ -105,9 +108,14 @@ class Downloads:
             task_status.started()
             await trio.sleep_forever()
 
-    async def start(self, member: Member, entry: SharedFile) -> Transfer:
+    async def start(
+        self, member: Member, entry: SharedFile, candidates: list[Candidate] | None = None
+    ) -> Transfer:
         """The transfer of ``entry`` from ``member``: a new one, or the one already queued
         or running for the same bytes to the same destination (same id, same outcome).
+
+        ``candidates``: other members found with the same bytes (a search): with those
+        whose kept listings name them, sources of a many-source transfer.
 
         UnsafePath for a path that breaks the path rule; NotQueued, saying why, when
         there is no room or the destination cannot be looked at.
@@ -137,6 +145,7 @@ class Downloads:
         # a registered transfer must start or end (its joiners wait on it), even
         # if the fetch that asked is cancelled meanwhile (a client gone).
         transfer = self._register(queued)
+        transfer.extra = list(candidates or [])
         with trio.CancelScope(shield=True):
             try:
                 existing = await trio.to_thread.run_sync(self._look_and_enqueue, dest, queued)
@@ -284,7 +293,27 @@ class Downloads:
         now = trio.current_time()
         self.received_bytes += count
         transfer.progress.update(transfer.progress.bytes_done + count, now)
+        transfer.source_entry(transfer.peer_id, transfer.peer_name)["bytes"] += count
         window.add(count, now)
+
+    def _piece_received(self, transfer: Transfer, count: int) -> None:
+        """A verified piece of a many-source transfer (its progress is the swarm's)."""
+        self.received_bytes += count
+
+    def candidates(self, transfer: Transfer) -> list[Candidate]:
+        """The members that list the transfer's bytes: those the kept listings name (no
+        request), and those the caller passed; none avoided for this content."""
+        queued = transfer.queued
+        found: dict[str, Candidate] = {}
+        for member_id, listing in self._pool.cached_listings():
+            member = self._members.get(member_id)
+            entry = listing.entry_of(queued.sha256, queued.size) if member else None
+            if member is not None and entry is not None:
+                found[member_id] = Candidate(member, entry.path, entry.root, entry.piece_size)
+        for candidate in transfer.extra:
+            if self._members.get(candidate.member.id) is not None:
+                found.setdefault(candidate.member.id, candidate)
+        return [c for c in found.values() if not self.swarm.avoided(queued.sha256, c.member.id)]
 
     async def _finish(
         self,
@@ -315,11 +344,30 @@ class Downloads:
         queued = transfer.queued
         plan = Attempts(queued.peer_name)
         while True:
+            candidates = self.candidates(transfer)
+            if swarmable(queued.size, candidates):
+                try:
+                    await self.swarm.attempt(
+                        transfer, candidates, lambda: self.candidates(transfer)
+                    )
+                    return
+                except Retry as exc:
+                    ending = plan.failed("many members", exc)
+                    log.info("transfer %s: %s", queued.id, plan.reason)
+                    if ending is not None:
+                        raise ending from None
             member = self._members.get(queued.peer_id)
+            if member is not None and self.swarm.avoided(queued.sha256, member.id):
+                member = None  # it lied about these bytes: the others, if any
             chosen = (member, queued.remote_path) if member is not None else None
             alternates = []
             if plan.asks_alternates(chosen is not None):
                 alternates = await find_alternates(self._pool, self._members, transfer.queued)
+                alternates = [
+                    (m, path)
+                    for m, path in alternates
+                    if not self.swarm.avoided(queued.sha256, m.id)
+                ]
             for source, remote_path in plan.sources(chosen, alternates):
                 try:
                     await self._receiver.attempt(transfer, source, remote_path)

@@ -7,6 +7,7 @@ others), never a whole read, a listing every member refuses, or a start.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from pathlib import Path
@@ -139,19 +140,24 @@ def test_damaged_history_records_are_left_out_and_logged_once(
     history = HistoryFile(path)
     good = Outcome("00000001", "/d/a", "a", "p" * 52, "bob", SHA, 3, "ok", None, 1.0, 2.0, 3.0)
     history.finish(good)
-    values = list(good.to_json().values())
+    values = [*list(good.to_json().values())[:-1], "[]"]  # sources are kept as JSON
+    source = {"id": "p" * 52, "name": "bob", "bytes": 3, "bad_pieces": 0, "wasted_bytes": 0}
     rows(
         path,
-        "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             ("00000002", b"\x00", *values[2:]),
             ("00000003", *values[1:7], "exploded", *values[8:]),
             ("00000004", *values[1:6], -5, *values[7:]),
+            ("00000005", *values[1:-1], "not json"),
+            ("00000006", *values[1:-1], json.dumps([{**source, "liar": "no"}])),
+            ("00000007", *values[1:-1], json.dumps([{**source, "liar": False, "bytes": -1}])),
+            ("00000008", *values[1:-1], json.dumps({"id": "p" * 52})),
         ],
     )
     with caplog.at_level(logging.WARNING, "p2pd.history"):
         assert history.outcomes() == [good]
         assert history.outcomes() == [good]
     (warning,) = [r.getMessage() for r in caplog.records]
-    assert "3 damaged history records" in warning
+    assert "7 damaged history records" in warning
     history.close()

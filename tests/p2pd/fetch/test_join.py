@@ -74,6 +74,9 @@ class Pool:
     async def release(self, connection: Connection) -> None:
         pass
 
+    def cached_listings(self) -> list[object]:
+        return []  # no other member lists the file: one source, today's whole-file path
+
 
 def downloads_in(tmp_path: Path) -> tuple[Downloads, Pool, History]:
     members = Members.empty("a" * 52)
