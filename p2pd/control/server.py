@@ -180,13 +180,15 @@ class ControlServer:
         # do; its answers go back together, in one array, only for calls with
         # an id (and for items that were not calls at all).  They share one
         # line, and so one budget: a call whose answer would pass what is left
-        # of it (minus the room kept for the short errors of the calls after
-        # it) gets the error "answer too large" instead.
+        # of it (minus the room kept for the short errors of all its calls)
+        # gets the error "answer too large" instead.  The room is kept once for
+        # the whole batch, not given back call by call, so what a call may use
+        # only shrinks: the answers that fit are the first ones, and a call
+        # like one refused before it is refused too.
         pieces: list[Piece] = [b"["]
         left = jsonrpc.MAX_ANSWER - 2
         kept = sum(_room(item) for item in parsed)
         for item in parsed:
-            kept -= _room(item)
             if isinstance(item, RpcError):
                 error = jsonrpc.error_message(item.call_id, item.code, item.message)
                 encoded: list[Piece] | None = [jsonrpc.compact(error)]
