@@ -44,13 +44,14 @@ def sha256_only(
 def cold_scans(share_dir: Path, state_base: Path, rounds: int = 3) -> tuple[float, float, int]:
     """Best cold scan time of the old hashing and of the new one, alternated."""
     real = scan_module._hash_file
-    old, new = [], []
+    old: list[float] = []
+    new: list[float] = []
     count = 0
     for round_ in range(rounds):
         for name, way, times in (("old", sha256_only, old), ("new", real, new)):
             state = state_base / f"{name}{round_}"
             state.mkdir()
-            scan_module._hash_file = way  # type: ignore[assignment]
+            scan_module._hash_file = way
             try:
                 seconds, count = trio.run(index_once, share_dir, state)
             finally:

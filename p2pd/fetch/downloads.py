@@ -13,6 +13,7 @@ which ``p2pd.fetch.schedule`` starts 8 at a time) and runs their rounds;
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -36,7 +37,7 @@ from p2pd.fetch.sources import find_alternates
 from p2pd.fetch.swarming import Candidate, SwarmContext, swarmable
 from p2pd.fetch.transfer import Transfer
 from p2pd.membership.members import Members
-from p2pd.peer.client import PeerPool
+from p2pd.peer.client import PeerPool, PeerUnavailable
 
 __all__ = [
     "MAX_TRANSFERS",
@@ -300,6 +301,16 @@ class Downloads:
         """A verified piece of a many-source transfer (its progress is the swarm's)."""
         self.received_bytes += count
 
+    async def _look_again(self, transfer: Transfer) -> list[Candidate]:
+        """A many-source transfer is to be resumed (after a restart, say) and the
+        listings that named its sources are not kept: ask the members again."""
+        member = self._members.get(transfer.queued.peer_id)
+        if member is not None:
+            with contextlib.suppress(PeerUnavailable):
+                await self._pool.listing(member)
+        await find_alternates(self._pool, self._members, transfer.queued)
+        return self.candidates(transfer)
+
     def candidates(self, transfer: Transfer) -> list[Candidate]:
         """The members that list the transfer's bytes: those the kept listings name (no
         request), and those the caller passed; none avoided for this content."""
@@ -345,6 +356,8 @@ class Downloads:
         plan = Attempts(queued.peer_name)
         while True:
             candidates = self.candidates(transfer)
+            if len(candidates) < 2 and await self.swarm.was_swarming(queued.sha256):
+                candidates = await self._look_again(transfer)
             if swarmable(queued.size, candidates):
                 try:
                     await self.swarm.attempt(
@@ -368,9 +381,13 @@ class Downloads:
                     for m, path in alternates
                     if not self.swarm.avoided(queued.sha256, m.id)
                 ]
-            for source, remote_path in plan.sources(chosen, alternates):
+            sources = plan.sources(chosen, alternates)
+            if sources:  # else nothing is asked: the pieces stay for a many-source round
+                await self.swarm.settle_for_one(transfer)
+            for source, remote_path in sources:
                 try:
                     await self._receiver.attempt(transfer, source, remote_path)
+                    await self.swarm.forget_layer(queued.sha256)
                     return
                 except Retry as exc:
                     ending = plan.failed(source.name, exc)

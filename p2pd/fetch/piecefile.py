@@ -16,18 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import struct
 from pathlib import Path
 
 from p2pd.fetch.downloaddir import READ_FLAGS, create_partial, discard, open_partial, open_root
-from p2pd.fetch.names import partial_name
+from p2pd.fetch.names import layer_name, partial_name
 from p2pd.fetch.partial import Partial, hash_fd, place
 from p2pd.peer.pieces import MAX_LAYER, BadPieceLayer, Pieces
-
-LAYER_SUFFIX = ".p2pd-layer"
-
-
-def layer_name(sha256: str) -> str:
-    return f".{sha256}{LAYER_SUFFIX}"
 
 
 def open_pieces_file(download_dir: Path, sha256: str) -> int:
@@ -39,11 +34,21 @@ def open_pieces_file(download_dir: Path, sha256: str) -> int:
         os.close(root)
 
 
+#: The kept layer's head: the piece size (8 bytes, big-endian) and the root it was
+#: checked against, so that a restarted p2pd checks its pieces before any listing.
+_HEAD = struct.Struct(">Q32s")
+
+
 def read_layer(
-    download_dir: Path, sha256: str, size: int, piece_size: int, root: bytes
+    download_dir: Path,
+    sha256: str,
+    size: int,
+    piece_size: int | None = None,
+    root: bytes | None = None,
 ) -> Pieces | None:
     """The piece layer kept beside the partial file, if it is there and checks out
-    against ``root`` at ``piece_size``; else None (and a bad one is removed)."""
+    against the root kept with it (and is the one of ``root`` at ``piece_size`` when
+    given); else None (and a bad one, or another root's, is removed)."""
     root_fd = open_root(download_dir)
     try:
         name = layer_name(sha256)
@@ -55,11 +60,16 @@ def read_layer(
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
                 return None
-            layer = os.pread(fd, MAX_LAYER + 1, 0)
+            kept = os.pread(fd, _HEAD.size + MAX_LAYER + 1, 0)
         finally:
             os.close(fd)
         try:
-            return Pieces.checked(size, piece_size, root, layer)
+            if len(kept) < _HEAD.size:
+                raise BadPieceLayer("the kept piece layer is cut short")
+            kept_size, kept_root = _HEAD.unpack_from(kept)
+            if (piece_size, root) != (None, None) and (piece_size, root) != (kept_size, kept_root):
+                raise BadPieceLayer("the kept piece layer is another root's")
+            return Pieces.checked(size, kept_size, kept_root, kept[_HEAD.size :])
         except BadPieceLayer:
             discard(root_fd, name)
             return None
@@ -67,19 +77,48 @@ def read_layer(
         os.close(root_fd)
 
 
-def write_layer(download_dir: Path, sha256: str, layer: bytes) -> None:
-    """Keep ``layer`` beside the partial file (whatever had the name loses it)."""
+def write_layer(download_dir: Path, sha256: str, pieces: Pieces) -> None:
+    """Keep ``pieces``' layer (with its root) beside the partial file (whatever had the
+    name loses it)."""
+    assert pieces.root is not None
+    data = _HEAD.pack(pieces.piece_size, pieces.root) + pieces.layer
     root_fd = open_root(download_dir)
     try:
         fd = create_partial(root_fd, layer_name(sha256))
         try:
             written = 0
-            while written < len(layer):
-                written += os.pwrite(fd, layer[written:], written)
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], written)
         finally:
             os.close(fd)
     finally:
         os.close(root_fd)
+
+
+def has_layer(download_dir: Path, sha256: str) -> bool:
+    root_fd = open_root(download_dir)
+    try:
+        os.stat(layer_name(sha256), dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(root_fd)
+    return True
+
+
+def keep_verified_prefix(download_dir: Path, sha256: str, size: int) -> int:
+    """Cut the partial file of a many-source transfer to its verified prefix (to nothing
+    when its kept layer does not check out), for a one-member download that appends to
+    it; the layer stays, for a later many-source round.  The bytes kept."""
+    pieces = read_layer(download_dir, sha256, size)
+    fd = open_pieces_file(download_dir, sha256)
+    try:
+        if pieces is None:
+            os.ftruncate(fd, 0)
+            return 0
+        return keep_prefix(fd, pieces, verified_pieces(fd, pieces))
+    finally:
+        os.close(fd)
 
 
 def discard_layer(download_dir: Path, sha256: str) -> None:

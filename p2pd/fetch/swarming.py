@@ -44,7 +44,9 @@ from p2pd.fetch.model import State
 from p2pd.fetch.names import partial_path
 from p2pd.fetch.piecefile import (
     discard_layer,
+    has_layer,
     keep_prefix,
+    keep_verified_prefix,
     open_pieces_file,
     place_pieces,
     read_layer,
@@ -220,7 +222,11 @@ class SwarmContext:
         if kept is not None:
             return kept
         reasons = []
-        for candidate in sorted(with_size, key=lambda c: c.piece_size != piece_size):
+        # The member the user named first, then the others, at the smallest piece size.
+        ordered = sorted(
+            with_size, key=lambda c: (c.piece_size != piece_size, c.member.id != queued.peer_id)
+        )
+        for candidate in ordered:
             if candidate.piece_size != piece_size:
                 break
             try:
@@ -235,15 +241,36 @@ class SwarmContext:
                 reasons.append(str(exc))
                 continue
             try:
-                await trio.to_thread.run_sync(
-                    write_layer, self.download_dir, queued.sha256, pieces.layer
-                )
+                await trio.to_thread.run_sync(write_layer, self.download_dir, queued.sha256, pieces)
             except OSError as exc:
                 raise fatal_os_error(exc, self.download_dir) from None
             return pieces
         raise Retry(f"no member sent the piece layer: {'; '.join(reasons) or 'none has it'}")
 
-    async def discard(self, sha256: str) -> None:
+    async def was_swarming(self, sha256: str) -> bool:
+        """Whether a many-source transfer of ``sha256`` left its piece layer here."""
+        return await trio.to_thread.run_sync(has_layer, self.download_dir, sha256)
+
+    async def settle_for_one(self, transfer: Transfer) -> None:
+        """Before a one-member attempt: a partial file that many members filled piece by
+        piece keeps only its verified prefix (a one-member download appends to it)."""
+        queued = transfer.queued
+        if not await self.was_swarming(queued.sha256):
+            return
+        try:
+            kept = await trio.to_thread.run_sync(
+                keep_verified_prefix, self.download_dir, queued.sha256, queued.size
+            )
+        except OSError as exc:
+            raise fatal_os_error(exc, partial_path(self.download_dir, queued.sha256)) from None
+        log.info(
+            "transfer %s: the pieces already verified up to byte %d are kept for one member",
+            queued.id,
+            kept,
+        )
+
+    async def forget_layer(self, sha256: str) -> None:
+        """The partial file is gone (placed, or discarded): so is what checked its pieces."""
         await trio.to_thread.run_sync(discard_layer, self.download_dir, sha256)
 
 
@@ -344,6 +371,9 @@ class _Run:
                         request.end,
                     )
                 except PeerRefused as exc:
+                    if exc.status == 503:  # no upload slot for one more piece: fewer at once
+                        self._busy(member, request)
+                        return
                     final = is_final(exc.status) or exc.status == 404
                     self._failed(member, str(exc), final=final)
                     return
@@ -377,6 +407,10 @@ class _Run:
             if self._scopes.get((member.id, request.piece)) is scope:
                 del self._scopes[(member.id, request.piece)]
             self._wake.set()
+
+    def _busy(self, member: Member, request: Request) -> None:
+        self._scopes.pop((member.id, request.piece), None)
+        self.swarm.source_busy(member.id, request.piece, trio.current_time())
 
     def _failed(self, member: Member, reason: str, *, final: bool) -> None:
         log.info("transfer %s: %s: %s", self.transfer.queued.id, member.name, reason)

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,9 +118,10 @@ def test_a_damaged_piece_layer_is_never_served_and_the_file_is_hashed_again(
     data = os.urandom(100_000)  # seven pieces of 16 KiB
     (share / "big.bin").write_bytes(data)
     root = merkle_root(data)
+    assert root is not None
     urls = [scene.registry.url]
     with run_p2pd(scene.base, name, urls, extra_config=FAST) as peer:
-        listed_entry = {}
+        listed_entry: dict[str, Any] = {}
 
         def indexed() -> bool:
             try:
