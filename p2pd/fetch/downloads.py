@@ -369,6 +369,9 @@ class Downloads:
                     log.info("transfer %s: %s", queued.id, plan.reason)
                     if ending is not None:
                         raise ending from None
+                    remaining = self.candidates(transfer)
+                    if len(remaining) < len(candidates) and swarmable(queued.size, remaining):
+                        continue  # liars were dropped: the honest members, at once
             member = self._members.get(queued.peer_id)
             if member is not None and self.swarm.avoided(queued.sha256, member.id):
                 member = None  # it lied about these bytes: the others, if any

@@ -26,6 +26,7 @@ FAST = "heartbeat_interval = 0.5\n"
 MiB = 1024 * 1024
 DATA = os.urandom(3 * MiB + 12345)  # 16 KiB pieces: 193 of them
 SHA = hashlib.sha256(DATA).hexdigest()
+SOLO = os.urandom(MiB + 1)  # many pieces, one member
 
 
 @dataclass
@@ -46,6 +47,7 @@ def scene(module_dir: Path) -> Iterator[Scene]:
     for name in names:
         (module_dir / name / "share").mkdir(parents=True)
         (module_dir / name / "share" / "big.bin").write_bytes(DATA)
+    (module_dir / "anna" / "share" / "solo.bin").write_bytes(SOLO)
     with run_registryd(module_dir, {"REGISTRYD_PEER_TTL": "600"}) as registry:
         urls = [registry.url]
         with (
@@ -97,6 +99,18 @@ def test_a_file_several_members_list_comes_from_all_of_them(scene: Scene) -> Non
         assert shown.returncode == 0 and "bert" in shown.stdout and "cleo" in shown.stdout
 
 
+def test_a_file_one_member_lists_comes_whole_from_it(scene: Scene) -> None:
+    """One source keeps the whole-file path: one request, no piece layer asked."""
+    with run_p2pd(scene.base, "olga", [scene.registry.url], extra_config=FAST) as olga:
+        listed(olga, ["anna", "bert", "cleo"])
+        outcome = olga.ctl_json("fetch", "anna", "solo.bin")
+        assert outcome["status"] == "ok", outcome
+        assert Path(outcome["path"]).read_bytes() == SOLO
+        assert [(s["name"], s["bytes"]) for s in outcome["sources"]] == [("anna", len(SOLO))]
+        assert "every piece of" not in olga.log()
+        assert not list(olga.download_dir.glob(".*"))  # no partial file, no piece layer left
+
+
 def test_a_member_whose_copy_is_damaged_on_disk_is_named_and_avoided(scene: Scene) -> None:
     with run_p2pd(scene.base, "frank", [scene.registry.url], extra_config=FAST) as frank:
         (frank.share_dir / "big.bin").write_bytes(DATA)
@@ -144,9 +158,13 @@ def test_a_downloader_killed_half_way_resumes_by_piece(scene: Scene, tmp_path: P
             listed(kate, names, sha)
             started = kate.ctl_json("fetch", "--detach", "hugo", "slow.bin")
 
+            done_at_kill = 0
+
             def half_way() -> bool:
+                nonlocal done_at_kill
                 found = [t for t in kate.ctl_json("downloads") if t["id"] == started["id"]]
-                return bool(found) and found[0]["bytes_done"] >= len(data) // 2
+                done_at_kill = found[0]["bytes_done"] if found else 0
+                return done_at_kill >= len(data) // 2
 
             poll(half_way, timeout=60, what="half of the file", every=0.2)
             kate.process.send_signal(signal.SIGKILL)
@@ -164,13 +182,18 @@ def test_a_downloader_killed_half_way_resumes_by_piece(scene: Scene, tmp_path: P
                 )
 
             poll(landed, timeout=90, what="the resumed transfer to land", every=0.3)
+            (record,) = [r for r in kate.ctl_json("history") if r["id"] == started["id"]]
+            # Verified bytes each member sent after the restart: only the missing pieces
+            # (more were verified between the last look and the kill: fewer are missing).
+            assert sum(s["bytes"] for s in record["sources"]) <= len(data) - done_at_kill
             assert hashlib.sha256((kate.download_dir / "slow.bin").read_bytes()).hexdigest() == sha
             assert "resuming slow.bin" in kate.log()
         time.sleep(0.5)  # the members' counters are updated once the last body is sent
         after = {p.name: p.ctl_json("status")["served_bytes"] for p in (hugo, iris, jack)}
     first = sum(mid.values()) - sum(served_before.values())
     second = sum(after.values()) - sum(mid.values())
-    # No verified piece is fetched again: the two halves add up to about one file (the
-    # pieces in flight at the kill, at most 16 of 16 KiB a member, are fetched twice).
+    # What the members sent adds up to about one file, not one and a half: the pieces
+    # in flight at the kill (at most 16 of 16 KiB a member) are sent twice, and so may
+    # be a few in the endgame (a backup of a slow piece), the listings and the layer.
     assert first >= len(data) // 2
-    assert first + second <= len(data) + 3 * 16 * 16 * 1024, (first, second)
+    assert first + second <= len(data) + 2 * 3 * 16 * 16 * 1024 + 64 * 1024, (first, second)
