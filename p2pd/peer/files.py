@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from p2pcommon.paths import UnsafePath, check_relpath, is_safe_relpath
 
 FILES_PREFIX = "/files/"
-#: ``GET /layers/<path>``: a file's piece layer (docs/protocol.md §4.4).
+#: ``GET /layers/<path>``: a file's piece layer (docs/protocol.md §4.6).
 LAYERS_PREFIX = "/layers/"
 MAX_TARGET = 4096
 

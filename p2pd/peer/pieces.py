@@ -1,6 +1,6 @@
 """Asking a member for pieces: a file's piece layer, and one piece by Range.
 
-The downloader's side of docs/protocol.md §4.4: ``GET /layers/<path>``
+The downloader's side of docs/protocol.md §4.6: ``GET /layers/<path>``
 answers a file's piece layer, which is taken only once it folds up to the
 root the listing gave (``BadPieceLayer`` otherwise: the member lies, or its
 copy is damaged); ``GET /files/<path>`` with ``Range: bytes=A-B`` answers one
