@@ -396,7 +396,8 @@ class _Run:
                 if ok:
                     self.context.on_received(self.transfer, len(data))
                     self.transfer.progress.update(self.swarm.bytes_verified, now)
-                else:
+                elif not self.transfer.source_entry(member.id, member.name)["liar"]:
+                    # Named once: its other pieces in flight may fail too, and are counted.
                     self.context.name_liar(
                         self.transfer,
                         member,
