@@ -164,9 +164,14 @@ def test_damaged_queue_and_history_rows_cost_only_themselves(scene: Scene) -> No
     with run_p2pd(scene.base, name, urls, extra_config=FAST) as peer:
         pass  # creates history.sqlite3 with its tables
     db = peer.state_dir / "history.sqlite3"
-    good = ("00000001", "/d/a.txt", "a.txt", "b" * 52, "bob", "c" * 64, 3, "ok", None, 1, 2, 3, 0)
+    sources = json.dumps([{"id": "b" * 52, "name": "bob", "bytes": 3, "bad_pieces": 0,
+                           "wasted_bytes": 0, "liar": False}])  # fmt: skip
+    good = (
+        "00000001", "/d/a.txt", "a.txt", "b" * 52, "bob", "c" * 64, 3, "ok", None, 1, 2, 3, 0,
+        sources,
+    )  # fmt: skip
     queue = "INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?, ?)"
-    history = "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    history = "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     damage(
         db,
         (history, good),
@@ -178,9 +183,12 @@ def test_damaged_queue_and_history_rows_cost_only_themselves(scene: Scene) -> No
         (
             "INSERT INTO history SELECT '00000005', path, remote_path, peer_id, "
             "CAST(? AS TEXT), sha256, size, status, error, started_at, finished_at, "
-            "bytes_per_second, already_there FROM history WHERE id = '00000001'",
+            "bytes_per_second, already_there, sources FROM history WHERE id = '00000001'",
             (b"bob\xff",),
         ),
+        # Sources that are not what p2pd writes: not JSON, a liar that is not a bool.
+        (history, ("00000006", *good[1:13], "[{not json")),
+        (history, ("00000007", *good[1:13], sources.replace("false", '"no"'))),
         # Queued transfers that cannot even be read as one: at start they would be resumed.
         (queue, ("0000000a", "p" * 52, "bob", b"\x00not-text", "c" * 64, 3, 1.0)),
         (queue, ("0000000b", "p" * 52, "bob", "a.txt", "c" * 64, "three", 1.0)),
@@ -196,10 +204,10 @@ def test_damaged_queue_and_history_rows_cost_only_themselves(scene: Scene) -> No
         peer.ctl_json("history")  # asked again: the damaged records are not logged again
         log = peer.log()
         assert log.count("3 damaged queued transfers") == 1, log[-3000:]
-        assert log.count("4 damaged history records") == 1, log[-3000:]
+        assert log.count("6 damaged history records") == 1, log[-3000:]
     with sqlite3.connect(db) as connection:
         assert connection.execute("SELECT count(*) FROM queue").fetchone() == (0,)
-        assert connection.execute("SELECT count(*) FROM history").fetchone() == (5,)
+        assert connection.execute("SELECT count(*) FROM history").fetchone() == (7,)
     connection.close()
     assert json.dumps(outcomes)  # what p2pctl printed is plain JSON
 
