@@ -197,3 +197,34 @@ def test_a_downloader_killed_half_way_resumes_by_piece(scene: Scene, tmp_path: P
     # be a few in the endgame (a backup of a slow piece), the listings and the layer.
     assert first >= len(data) // 2
     assert first + second <= len(data) + 2 * 3 * 16 * 16 * 1024 + 64 * 1024, (first, second)
+
+
+def test_a_member_that_appears_during_the_transfer_joins_it(scene: Scene, tmp_path: Path) -> None:
+    slow = FAST + "upload_rate_limit = 500000\n"
+    data = os.urandom(12 * MiB)
+    sha = hashlib.sha256(data).hexdigest()
+    urls = [scene.registry.url]
+    for name in ("lena", "mike", "nora"):
+        (tmp_path / name / "share").mkdir(parents=True)
+        (tmp_path / name / "share" / "late.bin").write_bytes(data)
+    with (
+        run_p2pd(tmp_path, "lena", urls, extra_config=slow),
+        run_p2pd(tmp_path, "mike", urls, extra_config=slow),
+        run_p2pd(tmp_path, "nora", urls, extra_config=slow),
+        run_p2pd(tmp_path, "paul", urls, extra_config=FAST) as paul,
+    ):
+        listed(paul, ["lena", "mike"], sha)
+        started = paul.ctl_json("fetch", "--detach", "lena", "late.bin")
+        listed(paul, ["nora"], sha)  # its listing is kept now: it may join
+
+        def landed() -> bool:
+            return any(
+                r["id"] == started["id"] and r["status"] == "ok" for r in paul.ctl_json("history")
+            )
+
+        poll(landed, timeout=90, what="the transfer to land", every=0.3)
+        (record,) = [r for r in paul.ctl_json("history") if r["id"] == started["id"]]
+        sources = {s["name"]: s["bytes"] for s in record["sources"]}
+        assert set(sources) == {"lena", "mike", "nora"}, record["sources"]
+        assert sources["nora"] > 0 and sum(sources.values()) == len(data)
+        assert hashlib.sha256((paul.download_dir / "late.bin").read_bytes()).hexdigest() == sha
