@@ -42,10 +42,12 @@ pytest: venv
 
 test: lint typecheck pytest
 
-# Needs nginx, curl and openssl for the reference (apt-get install nginx-light curl openssl).
+# Needs nginx, curl, openssl and aria2c for the references (apt-get install nginx-light curl
+# openssl aria2).
 bench: venv
 	$(BIN)/python bench/registry_load.py
 	$(BIN)/python bench/transfer.py
+	$(BIN)/python -m bench.swarm
 	$(BIN)/python bench/index_scale.py
 	$(BIN)/python -m bench.small_files
 	$(BIN)/python -m bench.memory

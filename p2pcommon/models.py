@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    model_validator,
 )
 
 from p2pcommon.paths import MAX_PATH_BYTES, SHA256_PATTERN, check_relpath
@@ -175,16 +176,60 @@ RelPath = Annotated[
 ]
 
 
+#: Piece sizes a listing may give (docs/protocol.md §4.2): BEP 52's, powers of two from
+#: 16 KiB; more than 16 MiB would make one piece a large answer.
+MIN_PIECE_SIZE = 16 * 1024
+MAX_LISTED_PIECE_SIZE = 16 * 1024 * 1024
+
+
+def _power_of_two_piece(value: int) -> int:
+    if value & (value - 1):
+        raise ValueError(f"a piece size is a power of two, not {value}")
+    return value
+
+
+PieceSize = Annotated[
+    int,
+    Field(ge=MIN_PIECE_SIZE, le=MAX_LISTED_PIECE_SIZE, strict=True),
+    AfterValidator(_power_of_two_piece),
+]
+
+
 class SharedFile(_Body):
-    """One entry of a member's listing: checked by the rule the server serves by."""
+    """One entry of a member's listing: checked by the rule the server serves by.
+
+    ``root`` and ``piece_size`` (the file's BEP 52 pieces root and the size of
+    its pieces) are optional, so that listings of older members still parse;
+    a file listed with a root has a piece size, and an empty file has no root.
+    """
 
     path: RelPath
     size: Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]
     mtime: Annotated[float, Field(allow_inf_nan=False)]
     sha256: Sha256
+    root: Sha256 | None = None
+    piece_size: PieceSize | None = None
+
+    @model_validator(mode="after")
+    def _pieces_fit(self) -> SharedFile:
+        if self.root is not None and self.size == 0:
+            raise ValueError("an empty file has no root")
+        if self.root is not None and self.piece_size is None:
+            raise ValueError("a file listed with a root needs its piece_size")
+        return self
 
     def to_json(self) -> dict[str, object]:
-        return {"path": self.path, "size": self.size, "mtime": self.mtime, "sha256": self.sha256}
+        listed: dict[str, object] = {
+            "path": self.path,
+            "size": self.size,
+            "mtime": self.mtime,
+            "sha256": self.sha256,
+        }
+        if self.root is not None:
+            listed["root"] = self.root
+        if self.piece_size is not None:
+            listed["piece_size"] = self.piece_size
+        return listed
 
 
 class Listing(_Body):

@@ -111,6 +111,26 @@ def show_files(files: list[dict[str, Any]]) -> str:
     return table(["SIZE", "SHA256", "PATH"], rows, right=frozenset({0}))
 
 
+def source_text(source: dict[str, Any], *, rates: bool = False) -> str:
+    """One member's part of a transfer: ``bert 1.2 MiB`` (``at 3.0 MiB/s``, ``LIAR: …``)."""
+    text = f"{source.get('name') or str(source.get('id', ''))[:7]} {human_size(source['bytes'])}"
+    if rates and source.get("rate"):
+        text += f" at {human_size(source['rate'])}/s"
+    if source.get("liar"):
+        text += f" LIAR ({source.get('bad_pieces', 0)} bad pieces)"
+    elif rates and source.get("state") in ("resting", "dropped"):
+        text += f" {source['state']}"
+    return text
+
+
+def sources_text(sources: list[dict[str, Any]] | None, *, rates: bool = False) -> str:
+    """Every member that took part, or '' for a transfer from one member that kept its word."""
+    sources = sources or []
+    if len(sources) < 2 and not any(s.get("liar") for s in sources):
+        return ""
+    return ", ".join(source_text(s, rates=rates) for s in sources)
+
+
 def show_downloads(transfers: list[dict[str, Any]]) -> str:
     rows = [
         [
@@ -118,7 +138,8 @@ def show_downloads(transfers: list[dict[str, Any]]) -> str:
             t["state"],
             f"{human_size(t['bytes_done'])} / {human_size(t['size'])}",
             f"{human_size(t.get('rate', 0))}/s",
-            t["remote_path"],
+            t["remote_path"]
+            + (f"  (from {many})" if (many := sources_text(t.get("sources"), rates=True)) else ""),
         ]
         for t in transfers
     ]
@@ -131,7 +152,7 @@ def show_history(outcomes: list[dict[str, Any]]) -> str:
             ago(o.get("finished_at")),
             o["status"],
             human_size(o["size"]),
-            o.get("peer_name") or o["peer_id"][:7],
+            _from(o),
             o["path"]
             + (f"  ({o['error']})" if o.get("error") else "")
             + ("  (already there)" if o.get("already_there") else ""),
@@ -139,6 +160,12 @@ def show_history(outcomes: list[dict[str, Any]]) -> str:
         for o in outcomes
     ]
     return table(["WHEN", "STATUS", "SIZE", "FROM", "PATH"], rows)
+
+
+def _from(outcome: dict[str, Any]) -> str:
+    """The member it came from; for several, each one's part (and its liars)."""
+    many = sources_text(outcome.get("sources"))
+    return many or outcome.get("peer_name") or outcome["peer_id"][:7]
 
 
 EMPTY = {
@@ -177,6 +204,8 @@ def show(command: str, result: Any, outcomes: list[dict[str, Any]]) -> None:
                     print(f"{path}  {size}  already there with sha256 {outcome['sha256']}")
                 else:
                     print(f"{path}  {size}  sha256 {outcome['sha256']} verified")
+                if many := sources_text(outcome.get("sources")):
+                    print(f"  from {printable(many)}")
     elif command == "downloads":
         print(show_downloads(result))
     elif command == "history":

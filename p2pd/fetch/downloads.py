@@ -13,6 +13,7 @@ which ``p2pd.fetch.schedule`` starts 8 at a time) and runs their rounds;
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -33,9 +34,10 @@ from p2pd.fetch.partial import existing_copy
 from p2pd.fetch.receiving import Receiver, discard_quietly
 from p2pd.fetch.schedule import Schedule
 from p2pd.fetch.sources import find_alternates
+from p2pd.fetch.swarming import Candidate, SwarmContext, swarmable
 from p2pd.fetch.transfer import Transfer
 from p2pd.membership.directory import Directory, LookupUnavailable
-from p2pd.peer.client import PeerPool
+from p2pd.peer.client import PeerPool, PeerUnavailable
 
 __all__ = [
     "MAX_TRANSFERS",
@@ -80,6 +82,8 @@ class Downloads:
         self._pool = pool
         self._receiver = Receiver(pool, download_dir, self._received)
         self._directory = directory
+        #: Many-source transfers (p2pd.fetch.swarming) and the members they avoid.
+        self.swarm = SwarmContext(pool, download_dir, on_received=self._piece_received)
         self._dir = download_dir
         self._history = history
         self._clock = clock
@@ -105,9 +109,14 @@ class Downloads:
             task_status.started()
             await trio.sleep_forever()
 
-    async def start(self, member: Member, entry: SharedFile) -> Transfer:
+    async def start(
+        self, member: Member, entry: SharedFile, candidates: list[Candidate] | None = None
+    ) -> Transfer:
         """The transfer of ``entry`` from ``member``: a new one, or the one already queued
         or running for the same bytes to the same destination (same id, same outcome).
+
+        ``candidates``: other members found with the same bytes (a search): with those
+        whose kept listings name them, sources of a many-source transfer.
 
         UnsafePath for a path that breaks the path rule; NotQueued, saying why, when
         there is no room or the destination cannot be looked at.
@@ -137,6 +146,7 @@ class Downloads:
         # a registered transfer must start or end (its joiners wait on it), even
         # if the fetch that asked is cancelled meanwhile (a client gone).
         transfer = self._register(queued)
+        transfer.extra = list(candidates or [])
         with trio.CancelScope(shield=True):
             try:
                 existing = await trio.to_thread.run_sync(self._look_and_enqueue, dest, queued)
@@ -284,7 +294,55 @@ class Downloads:
         now = trio.current_time()
         self.received_bytes += count
         transfer.progress.update(transfer.progress.bytes_done + count, now)
+        transfer.source_entry(transfer.peer_id, transfer.peer_name)["bytes"] += count
         window.add(count, now)
+
+    def _piece_received(self, transfer: Transfer, count: int) -> None:
+        """A verified piece of a many-source transfer (its progress is the swarm's)."""
+        self.received_bytes += count
+
+    async def _look_again(self, transfer: Transfer) -> list[Candidate]:
+        """A many-source transfer is to be resumed (after a restart, say) and the
+        listings that named its sources are not kept: ask the members again."""
+        with contextlib.suppress(LookupUnavailable):
+            member = await self._directory.get(transfer.queued.peer_id)
+            if member is not None:
+                with contextlib.suppress(PeerUnavailable):
+                    await self._pool.listing(member)
+        with contextlib.suppress(LookupUnavailable):
+            await find_alternates(self._pool, self._directory, transfer.queued)
+        await self._look_up_candidates(transfer)
+        return self.candidates(transfer)
+
+    async def _look_up_candidates(self, transfer: Transfer) -> None:
+        """Have the directory's answer ready for every member that may be a candidate
+        (the kept listings naming these bytes, those the caller passed), so that
+        ``candidates``, which may not wait, finds them; an unknown one is left out."""
+        queued = transfer.queued
+        ids = [
+            member_id
+            for member_id, listing in self._pool.cached_listings()
+            if listing.entry_of(queued.sha256, queued.size) is not None
+        ]
+        ids += [candidate.member.id for candidate in transfer.extra]
+        for member_id in dict.fromkeys(ids):
+            with contextlib.suppress(LookupUnavailable):
+                await self._directory.get(member_id)
+
+    def candidates(self, transfer: Transfer) -> list[Candidate]:
+        """The members that list the transfer's bytes: those the kept listings name (no
+        request), and those the caller passed; none avoided for this content."""
+        queued = transfer.queued
+        found: dict[str, Candidate] = {}
+        for member_id, listing in self._pool.cached_listings():
+            member = self._directory.kept_member(member_id)
+            entry = listing.entry_of(queued.sha256, queued.size) if member else None
+            if member is not None and entry is not None:
+                found[member_id] = Candidate(member, entry.path, entry.root, entry.piece_size)
+        for candidate in transfer.extra:
+            if self._directory.kept_member(candidate.member.id) is not None:
+                found.setdefault(candidate.member.id, candidate)
+        return [c for c in found.values() if not self.swarm.avoided(queued.sha256, c.member.id)]
 
     async def _finish(
         self,
@@ -315,17 +373,46 @@ class Downloads:
         queued = transfer.queued
         plan = Attempts(queued.peer_name)
         while True:
+            await self._look_up_candidates(transfer)
+            candidates = self.candidates(transfer)
+            if len(candidates) < 2 and await self.swarm.was_swarming(queued.sha256):
+                candidates = await self._look_again(transfer)
+            if swarmable(queued.size, candidates):
+                try:
+                    await self.swarm.attempt(
+                        transfer, candidates, lambda: self.candidates(transfer)
+                    )
+                    return
+                except Retry as exc:
+                    ending = plan.failed("many members", exc)
+                    log.info("transfer %s: %s", queued.id, plan.reason)
+                    if ending is not None:
+                        raise ending from None
+                    remaining = self.candidates(transfer)
+                    if len(remaining) < len(candidates) and swarmable(queued.size, remaining):
+                        continue  # liars were dropped: the honest members, at once
             try:
                 member = await self._directory.get(queued.peer_id)
             except LookupUnavailable:
                 member = None  # alternates are sought; the next round asks again
+            if member is not None and self.swarm.avoided(queued.sha256, member.id):
+                member = None  # it lied about these bytes: the others, if any
             chosen = (member, queued.remote_path) if member is not None else None
             alternates = []
             if plan.asks_alternates(chosen is not None):
                 alternates = await find_alternates(self._pool, self._directory, transfer.queued)
-            for source, remote_path in plan.sources(chosen, alternates):
+                alternates = [
+                    (m, path)
+                    for m, path in alternates
+                    if not self.swarm.avoided(queued.sha256, m.id)
+                ]
+            sources = plan.sources(chosen, alternates)
+            if sources:  # else nothing is asked: the pieces stay for a many-source round
+                await self.swarm.settle_for_one(transfer)
+            for source, remote_path in sources:
                 try:
                     await self._receiver.attempt(transfer, source, remote_path)
+                    await self.swarm.forget_layer(queued.sha256)
                     return
                 except Retry as exc:
                     ending = plan.failed(source.name, exc)

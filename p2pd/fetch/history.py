@@ -11,6 +11,7 @@ blocks, and ``History`` calls them through ``trio.to_thread``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import sqlite3
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 import trio
 
 from p2pcommon.sqlite_text import text_or_bytes
-from p2pd.fetch.model import Outcome, Queued
+from p2pd.fetch.model import OUTCOME_SOURCE_FIELDS, Outcome, Queued
 
 log = logging.getLogger("p2pd.history")
 #: The history's failures are said where transfers are: what they mean is for them.
@@ -34,7 +35,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
     id TEXT PRIMARY KEY, path TEXT, remote_path TEXT, peer_id TEXT, peer_name TEXT,
     sha256 TEXT, size INTEGER, status TEXT, error TEXT,
-    started_at REAL, finished_at REAL, bytes_per_second REAL, already_there INTEGER DEFAULT 0
+    started_at REAL, finished_at REAL, bytes_per_second REAL, already_there INTEGER DEFAULT 0,
+    sources TEXT
 );
 CREATE TABLE IF NOT EXISTS queue (
     id TEXT PRIMARY KEY, peer_id TEXT, peer_name TEXT, remote_path TEXT,
@@ -206,6 +208,7 @@ class HistoryFile:
         """Record the outcome and take the transfer off the queue, atomically."""
         with self._connect() as db:
             fields = asdict(outcome)
+            fields["sources"] = json.dumps(fields["sources"], separators=(",", ":"))
             db.execute(
                 f"INSERT OR REPLACE INTO history ({', '.join(fields)}) "
                 f"VALUES ({', '.join('?' * len(fields))})",
@@ -233,7 +236,39 @@ class HistoryFile:
 def _outcome(**fields: Any) -> Outcome:
     # SQLite has no boolean: 0 or 1, and NULL in a row written before the column.
     fields["already_there"] = bool(fields["already_there"])
+    fields["sources"] = json.loads(fields["sources"]) if fields["sources"] else []
     return Outcome(**fields)
+
+
+#: Each field of a ``sources`` entry and what it holds; at most MAX_SOURCES entries.
+_SOURCE_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,), "name": (str,), "bytes": (int,), "bad_pieces": (int,),
+    "wasted_bytes": (int,), "liar": (bool,),
+}  # fmt: skip
+MAX_SOURCES = 256
+assert tuple(_SOURCE_TYPES) == OUTCOME_SOURCE_FIELDS
+
+
+def _sources_problem(text: str | None) -> str | None:
+    """What is wrong with a record's ``sources`` (JSON, as ``finish`` writes it), or None."""
+    if text is None:
+        return None  # a record of an older p2pd: no sources
+    try:
+        sources = json.loads(text)
+    except ValueError:
+        return "sources is not JSON"
+    if not isinstance(sources, list) or len(sources) > MAX_SOURCES:
+        return f"sources is not a list of at most {MAX_SOURCES} members"
+    for entry in sources:
+        if not isinstance(entry, dict) or set(entry) != set(_SOURCE_TYPES):
+            return f"a source is not an object of {', '.join(_SOURCE_TYPES)}"
+        for name, allowed in _SOURCE_TYPES.items():
+            value = entry[name]
+            if not isinstance(value, allowed) or (bool not in allowed and isinstance(value, bool)):
+                return f"a source's {name} is {type(value).__name__}"
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                return f"a source's {name} is negative"
+    return None
 
 
 _OUTCOME_FIELDS = tuple(Outcome.__dataclass_fields__)
@@ -249,7 +284,7 @@ _OUTCOME_TYPES: dict[str, tuple[type, ...]] = {
     "id": _TEXT, "path": _TEXT, "remote_path": _TEXT, "peer_id": _TEXT, "peer_name": _TEXT,
     "sha256": _TEXT, "size": _COUNT, "status": _TEXT, "error": (str, type(None)),
     "started_at": _NUMBER, "finished_at": _NUMBER, "bytes_per_second": _NUMBER,
-    "already_there": (int, type(None)),
+    "already_there": (int, type(None)), "sources": (str, type(None)),
 }  # fmt: skip
 _STATUSES = ("ok", "failed", "cancelled")
 
@@ -280,6 +315,8 @@ def _problem(fields: dict[str, Any], types: dict[str, tuple[type, ...]]) -> str 
             return f"{name} is {value}"
         if allowed is _COUNT and isinstance(value, int) and value < 0:
             return f"{name} is negative"
+    if "sources" in fields and (problem := _sources_problem(fields["sources"])) is not None:
+        return problem
     if "status" in fields and fields["status"] not in _STATUSES:
         return f"status {ascii(fields['status'])[:40]} is none of {', '.join(_STATUSES)}"
     return None
@@ -302,7 +339,7 @@ def _warn(path: Path, what: str, damaged: list[tuple[int, str]], done: str) -> N
 
 #: Columns added since the first release, with their type: a history file
 #: written by an older p2pd gets them at its next open (older rows: the default).
-_ADDED_COLUMNS = {"already_there": "INTEGER DEFAULT 0"}
+_ADDED_COLUMNS = {"already_there": "INTEGER DEFAULT 0", "sources": "TEXT"}
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:

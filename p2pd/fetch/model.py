@@ -49,9 +49,17 @@ class Outcome:
     bytes_per_second: float
     #: ok without a transfer: the same content was at the destination already.
     already_there: bool = False
+    #: The members that sent its bytes: each an object with OUTCOME_SOURCE_FIELDS.
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: What an outcome's ``sources`` says of each member (docs/protocol.md §6): its id and
+#: name, the verified bytes it sent, its pieces that failed verification and their
+#: bytes, and whether it was named a liar.
+OUTCOME_SOURCE_FIELDS = ("id", "name", "bytes", "bad_pieces", "wasted_bytes", "liar")
 
 
 class IllegalMove(Exception):

@@ -14,6 +14,8 @@ from pathlib import Path, PurePosixPath
 from p2pcommon.paths import UnsafePath, is_safe_relpath
 
 PARTIAL_SUFFIX = ".p2pd-partial"
+#: Beside a partial file filled piece by piece: the piece layer its pieces are checked against.
+LAYER_SUFFIX = ".p2pd-layer"
 #: The longest file name, in bytes, that Linux file systems take (ext4, xfs, btrfs, tmpfs).
 NAME_MAX = 255
 
@@ -21,6 +23,10 @@ NAME_MAX = 255
 def partial_name(sha256: str) -> str:
     """Hidden, named by content: a resume may come from any member listing the same bytes."""
     return f".{sha256}{PARTIAL_SUFFIX}"
+
+
+def layer_name(sha256: str) -> str:
+    return f".{sha256}{LAYER_SUFFIX}"
 
 
 def partial_path(download_dir: Path, sha256: str) -> Path:

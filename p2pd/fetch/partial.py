@@ -35,7 +35,7 @@ from p2pd.fetch.downloaddir import (
     place_fd,
     same_inode,
 )
-from p2pd.fetch.names import numbered, partial_name
+from p2pd.fetch.names import layer_name, numbered, partial_name
 
 log = logging.getLogger("p2pd.partial")
 
@@ -151,9 +151,11 @@ def store_small(
 
 
 def discard_partial(download_dir: Path, sha256: str) -> None:
+    """The partial file, and the piece layer kept beside it if it was filled by pieces."""
     root = open_root(download_dir)
     try:
         discard(root, partial_name(sha256))
+        discard(root, layer_name(sha256))
     finally:
         os.close(root)
 

@@ -48,6 +48,10 @@ Policy, and why:
 - **Failures**: a member that fails rests 5 s, then 30 s, and is dropped at
   its third failure in a row (a verified piece resets the count);
   ``add_source`` takes a dropped member back unless it lied.
+- **Busy**: a member that answers 503 (its upload slots are taken, or the
+  share one member may hold) is not failing: the piece goes back and the
+  member keeps at most the pieces it still has in flight (at least one);
+  with none left, it rests BUSY_REST seconds, without counting a failure.
 - **Stalls**: a member with pieces in flight and no piece done for
   max(STALL_FLOOR, STALL_FACTOR × a piece at its rate) (STALL_FIRST before its
   rate is known) has failed, its pieces go back, but only when another member
@@ -76,6 +80,8 @@ STALL_FACTOR = 4.0
 STALL_FIRST = 60.0
 RETRY_DELAYS = (5.0, 30.0)
 MAX_FAILURES = len(RETRY_DELAYS) + 1
+#: Seconds a member whose every upload slot was busy rests before being asked again.
+BUSY_REST = 1.0
 #: Members that may take part in one transfer (each one's state is a few hundred bytes).
 MAX_SOURCES = 256
 
@@ -256,6 +262,18 @@ class Swarm:
             source.reason = reason
         return cancels
 
+    def source_busy(self, source_id: str, piece: int, now: float) -> None:
+        """``source_id`` answered 503 for ``piece``: it has no slot for more pieces now.
+        The piece goes back; the member keeps at most what it still has in flight."""
+        source = self._source(source_id)
+        self._check(piece)
+        self._unhold(source, piece, now)
+        self._give_back(piece)
+        source.cap = max(1, len(source.in_flight))
+        if not source.in_flight and not source.dropped:
+            source.retry_at = now + BUSY_REST
+            source.reason = "busy: every upload slot it gives us is taken"
+
     def stalled(self, now: float) -> list[Request]:
         """Members whose pieces stopped coming fail, if another member could take over."""
         cancels: list[Request] = []
@@ -275,9 +293,11 @@ class Swarm:
 
     def _target(self, source: Source) -> int:
         if source.rate is None:
-            return PROBE_IN_FLIGHT
-        wanted = math.ceil(source.rate * QUEUE_SECONDS / self.piece_size)
-        return max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, wanted))
+            target = PROBE_IN_FLIGHT
+        else:
+            wanted = math.ceil(source.rate * QUEUE_SECONDS / self.piece_size)
+            target = max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, wanted))
+        return target if source.cap is None else min(target, source.cap)
 
     def _worth(self, source: Source, piece: int) -> bool:
         """Whether ``source`` should take ``piece``: not when the others, at their rates and

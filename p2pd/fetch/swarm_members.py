@@ -84,6 +84,8 @@ class Source:
     duplicate_bytes: int = 0
     failures: int = 0
     retry_at: float | None = None
+    #: Pieces it may hold at once, once it answered 503 (busy) to one more (None: no cap).
+    cap: int | None = None
     reason: str | None = None
     dropped: bool = False
     liar: bool = False

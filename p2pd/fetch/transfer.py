@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pd.fetch.model import Outcome, Progress, Queued, State
+from p2pd.fetch.model import OUTCOME_SOURCE_FIELDS, Outcome, Progress, Queued, State
+
+if TYPE_CHECKING:
+    from p2pd.fetch.swarming import Candidate
 
 
 @dataclass
@@ -31,6 +34,12 @@ class Transfer:
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     #: What another fetch joins: the same bytes asked for at the same destination.
     key: tuple[str, Path] | None = None
+    #: Each member that sent (or was asked for) bytes, by id: what `downloads` and the
+    #: history show as ``sources`` (id, name, bytes, bad_pieces, wasted_bytes, liar, …).
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Members the caller found with the same bytes (a search), beside those whose
+    #: kept listings name them: candidates for a many-source transfer.
+    extra: list[Candidate] = field(default_factory=list)
     _state: State = field(default=State.QUEUED, init=False, repr=False)
 
     @property
@@ -49,6 +58,23 @@ class Transfer:
             return State.CANCELLING
         return self.state
 
+    def source_entry(self, member_id: str, name: str) -> dict[str, Any]:
+        """The ``sources`` entry of a member, made on first use."""
+        entry = self.sources.get(member_id)
+        if entry is None:
+            entry = self.sources[member_id] = {
+                "id": member_id,
+                "name": name,
+                "bytes": 0,
+                "bad_pieces": 0,
+                "wasted_bytes": 0,
+                "liar": False,
+                "rate": 0,
+                "state": "active",
+                "reason": None,
+            }
+        return entry
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.queued.id,
@@ -59,6 +85,7 @@ class Transfer:
             "bytes_done": self.progress.bytes_done,
             "state": self.shown_state.value,
             "rate": round(self.progress.rate),
+            "sources": [dict(entry) for entry in self.sources.values()],
         }
 
     def end(
@@ -88,5 +115,9 @@ class Transfer:
             finished_at=finished,
             bytes_per_second=self.progress.bytes_done / elapsed if recorded else 0.0,
             already_there=already_there,
+            sources=[
+                {key: entry[key] for key in OUTCOME_SOURCE_FIELDS}
+                for entry in self.sources.values()
+            ],
         )
         return self.outcome

@@ -7,12 +7,15 @@ Targets (``/files/<percent-encoded path>``), byte ranges, entity tags and
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from urllib.parse import unquote
 
 from p2pcommon.paths import UnsafePath, check_relpath, is_safe_relpath
 
 FILES_PREFIX = "/files/"
+#: ``GET /layers/<path>``: a file's piece layer (docs/protocol.md §4.6).
+LAYERS_PREFIX = "/layers/"
 MAX_TARGET = 4096
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -38,8 +41,9 @@ def _only_hidden(path: str) -> bool:
     return unhidden != path and is_safe_relpath(unhidden)
 
 
-def decode_file_target(target: str) -> str:
-    """The relative path named by ``/files/<path>``; BadTarget for any unsafe spelling.
+def decode_file_target(target: str, prefix: str = FILES_PREFIX) -> str:
+    """The relative path named by ``/files/<path>`` (or another ``prefix``); BadTarget for
+    any unsafe spelling.
 
     The decoded path must pass the one path rule (p2pcommon.paths); a path
     that breaks it only by a hidden name raises NotShared (never listed, so
@@ -48,7 +52,7 @@ def decode_file_target(target: str) -> str:
     raw = target.split("?", 1)[0]
     if len(raw) > MAX_TARGET:
         raise BadTarget("the target is too long")
-    encoded = raw[len(FILES_PREFIX) :]
+    encoded = raw[len(prefix) :]
     if "%" in encoded and re.search(r"%(?![0-9A-Fa-f]{2})", encoded):
         raise BadTarget("bad percent-encoding")
     try:
@@ -114,6 +118,11 @@ def if_range_holds(header: bytes, etag: str) -> bool:
 def file_etag(sha256_hex: str) -> str:
     """A strong ETag: the content's hash, so equal bytes get equal tags, on any start."""
     return f'"sha256-{sha256_hex}"'
+
+
+def digest_of(body: bytes) -> str:
+    """``Repr-Digest`` of a body sent whole (a piece layer)."""
+    return f"sha-256=:{base64.b64encode(hashlib.sha256(body).digest()).decode()}:"
 
 
 def repr_digest(sha256_hex: str) -> str:

@@ -3,6 +3,7 @@
 A listing is validated once, entry by entry, as the peer protocol says
 (p2pcommon.models.Listing), then kept in one canonical form: the entries as
 compact, ASCII-escaped JSON objects ``{"path":…,"size":…,"mtime":…,"sha256":…}``
+(with ``"root"`` and ``"piece_size"`` after them where the member listed them)
 in one bytes object, with the offset of each.  That costs about the size of
 the body received (~120 bytes an entry) where half a million pydantic objects
 cost ~400 MiB; lookups are substring searches in C (an entry's ``{"path":``
@@ -117,11 +118,17 @@ class MemberListing:
 
     def path_of(self, sha256: str, size: int) -> str | None:
         """The path of an entry with these bytes, if there is one."""
-        needle = b'"sha256":' + _json_string(sha256) + b"}"
+        entry = self.entry_of(sha256, size)
+        return entry.path if entry is not None else None
+
+    def entry_of(self, sha256: str, size: int) -> SharedFile | None:
+        """An entry with these bytes, if there is one (with its root, if listed)."""
+        # '"sha256":' unescaped can only be that key: inside a string every '"' is escaped.
+        needle = b'"sha256":' + _json_string(sha256)
         for index in self._found(needle):
             entry = self.entry(index)
-            if entry.size == size:
-                return entry.path
+            if entry.size == size and entry.sha256 == sha256:
+                return entry
         return None
 
 

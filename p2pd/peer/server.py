@@ -29,9 +29,11 @@ from p2pd.membership.directory import Directory, LookupUnavailable
 from p2pd.peer.body import NO_BODY, FileBody
 from p2pd.peer.files import (
     FILES_PREFIX,
+    LAYERS_PREFIX,
     BadTarget,
     NotShared,
     decode_file_target,
+    digest_of,
     file_etag,
     if_range_holds,
     none_match,
@@ -42,6 +44,7 @@ from p2pd.peer.ratelimit import Allowance, TokenBucket
 from p2pd.peer.slots import UploadSlots
 from p2pd.peer.uploads import BUSY, MIN_UPLOAD_RATE, PACE_WINDOW, UploadPace
 from p2pd.share.index import FileEntry
+from p2pd.share.merkle import piece_count
 from p2pd.share.safeopen import FileChanged
 from p2pd.share.watching import Share
 from p2pd.tls.clienthello import ClientHelloError
@@ -62,6 +65,8 @@ SNI_LOOKUP_RATE = 20.0
 SNI_LOOKUP_BURST = 40.0
 #: Listing entries encoded at a time (~3 ms) before the event loop runs again.
 LISTING_SLICE = 2000
+#: Piece layers read from the hash cache at once (each a short SQLite read).
+LAYER_READS = 4
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class PeerServer:
         self.http = HttpServer(self.handle, limits or Limits(max_body_bytes=0), admit=self._admit)
         self._listing_cache: ListingBody | None = None
         self._listing_lock = trio.Lock()
+        self._layer_reads = trio.CapacityLimiter(LAYER_READS)
         # Listed generation = this start's time in µs + the index's changes.
         # The index counts from 0 on each start: alone, a restarted member
         # would reuse "1", "2", … for other listings, and a cached listing
@@ -200,10 +206,13 @@ class PeerServer:
         path = request.path
         if path == "/files":
             return await self._listing(request)
-        if not path.startswith(FILES_PREFIX):
-            return error_response(404, "not found", "the routes are /files and /files/<path>")
+        prefix = LAYERS_PREFIX if path.startswith(LAYERS_PREFIX) else FILES_PREFIX
+        if not path.startswith(prefix):
+            return error_response(
+                404, "not found", "the routes are /files, /files/<path> and /layers/<path>"
+            )
         try:
-            relative = decode_file_target(request.target)
+            relative = decode_file_target(request.target, prefix)
         except BadTarget as exc:
             return error_response(400, "bad target", str(exc))
         except NotShared:
@@ -211,7 +220,42 @@ class PeerServer:
         entry = self._share.index.get(relative)
         if entry is None:
             return error_response(404, "not found", "no such file in this share")
+        if prefix == LAYERS_PREFIX:
+            return await self._layer(request, entry)
         return await self._file(request, entry)
+
+    async def _layer(self, request: Request, entry: FileEntry) -> Response:
+        """The piece layer of an indexed file: 32 bytes a piece, Repr-Digest over them.
+
+        404 for a file of one piece or none (its root is its piece's hash);
+        503 while the hash cache cannot give it (a damaged row is hashed again).
+        Small (64 KiB for 1 GiB): no upload slot, a bounded number read at once.
+        """
+        if not entry.root or not entry.piece_size or piece_count(entry.size, entry.piece_size) < 2:
+            return error_response(
+                404,
+                "no piece layer",
+                "this file has one piece or none: check it against the root it is listed with",
+            )
+        async with self._layer_reads:
+            layer = await trio.to_thread.run_sync(self._share.piece_layer, entry)
+        if layer is None:
+            self._share.nudge()
+            return error_response(
+                503,
+                "no piece layer now",
+                "this file's piece layer cannot be read now; it is being hashed again, retry "
+                "shortly",
+                [("Retry-After", "5")],
+            )
+        headers = [
+            ("Content-Type", "application/octet-stream"),
+            ("ETag", file_etag(entry.sha256)),
+            ("Repr-Digest", digest_of(layer)),
+        ]
+        if request.method == "HEAD":
+            return Response(200, headers=headers, stream=NO_BODY, length=len(layer))
+        return Response(200, layer, headers)
 
     def release_slot(self, member: str) -> None:
         self.slots.release(member)

@@ -1,4 +1,6 @@
-"""The share's index: which files are shared, with size, mtime and sha256. Pure, no I/O.
+"""The share's index: which files are shared, with size, mtime, sha256 and pieces root.
+
+Pure, no I/O.
 
 Its ``generation`` bumps on every change of the listing, and on nothing else,
 so peers can cache a listing by ETag and tests can wait for a change.
@@ -21,6 +23,10 @@ class FileEntry:
     size: int
     mtime: float
     sha256: str
+    #: The pieces root (p2pd.share.merkle, lowercase hex; None for an empty file) and the
+    #: piece size its piece layer is cut at (0: not known, as in a test's own entry).
+    root: str | None = None
+    piece_size: int = 0
     #: Which file on disk was hashed (device, inode, mtime in ns): a file is
     #: served only while the one opened is still exactly this one.  Not listed.
     dev: int = 0
@@ -28,11 +34,21 @@ class FileEntry:
     mtime_ns: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {"path": self.path, "size": self.size, "mtime": self.mtime, "sha256": self.sha256}
+        listed: dict[str, object] = {
+            "path": self.path,
+            "size": self.size,
+            "mtime": self.mtime,
+            "sha256": self.sha256,
+        }
+        if self.root is not None:
+            listed["root"] = self.root
+        if self.piece_size:
+            listed["piece_size"] = self.piece_size
+        return listed
 
-    def listed(self) -> tuple[str, int, float, str]:
+    def listed(self) -> tuple[str, int, float, str, str | None, int]:
         """What peers see of this entry: a change here is a change of the listing."""
-        return (self.path, self.size, self.mtime, self.sha256)
+        return (self.path, self.size, self.mtime, self.sha256, self.root, self.piece_size)
 
 
 class ShareIndex:

@@ -1,4 +1,7 @@
-"""The scan: every shareable file under the share's root with its sha256. Blocking.
+"""The scan: every shareable file under the share's root with its hashes. Blocking.
+
+A file's sha256, pieces root and piece layer come from one read of it
+(p2pd.share.hashing).
 
 It walks from a descriptor of the root without following any link, and
 skips, with one warning each and a record for ``status``, what it cannot
@@ -15,7 +18,6 @@ which says when to look again.  Runs in worker threads only.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import stat
@@ -29,11 +31,11 @@ from p2pcommon.paths import UnsafePath, check_relpath
 from p2pd.share import safeopen
 from p2pd.share.hashcache import FileKey
 from p2pd.share.hashcache import HashCache as HashCache
+from p2pd.share.hashing import FileHasher, Hashed
 from p2pd.share.index import FileEntry
 
 log = logging.getLogger("p2pd.share")
 
-HASH_BLOCK = 1024 * 1024
 #: Hashes are committed to the cache, and files published to the index, in
 #: batches of this many files or after this many seconds, whichever is first.
 BATCH_FILES = 256
@@ -72,13 +74,11 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or describe(exc)
 
 
-def _sha256_fd(fd: int, check: Callable[[], None] | None = None) -> str:
-    digest = hashlib.sha256()
-    while block := os.read(fd, HASH_BLOCK):
-        digest.update(block)
-        if check is not None:
-            check()
-    return digest.hexdigest()
+def _hash_file(
+    hasher: FileHasher, fd: int, size: int, check: Callable[[], None] | None
+) -> tuple[Hashed, bytes]:
+    """The hashes and piece layer of the open file ``fd`` of ``size`` bytes."""
+    return hasher.hash_fd(fd, size, check)
 
 
 class Skipped:
@@ -203,6 +203,7 @@ def scan(
     batch: list[FileEntry] = []
     published = time.monotonic()
     root_fd = safeopen.open_root(root)
+    hasher = FileHasher()
     try:
         folders = [""]
         while folders:
@@ -229,7 +230,9 @@ def scan(
                     if name.startswith("."):
                         continue  # hidden: partial downloads, .git, … are never shared
                     relative = f"{folder}/{name}" if folder else name
-                    found = _visit(dir_fd, name, relative, cache, skipped, progress, check, waiting)
+                    found = _visit(
+                        dir_fd, name, relative, cache, skipped, progress, check, waiting, hasher
+                    )
                     if found is None:
                         continue
                     if isinstance(found, str):
@@ -248,6 +251,7 @@ def scan(
         cache.flush()  # stopped or failed: keep the hashes computed so far
         raise
     finally:
+        hasher.close()
         os.close(root_fd)
     if publish is not None and batch:
         publish(batch)
@@ -265,6 +269,7 @@ def _visit(
     progress: ScanProgress,
     check: Callable[[], None] | None,
     waiting: Waiting,
+    hasher: FileHasher,
 ) -> FileEntry | str | None:
     """One entry of a folder: a FileEntry, a folder's path to walk, or None (skipped, held)."""
     try:
@@ -285,8 +290,8 @@ def _visit(
     progress.files += 1
     if not waiting.ready(relative, st):
         return None  # perhaps still being written: not hashed, looked at again once stable
-    sha = cache.lookup(relative, FileKey(st.st_size, st.st_mtime_ns, st.st_ino))
-    if sha is None:
+    hashed = cache.lookup(relative, FileKey(st.st_size, st.st_mtime_ns, st.st_ino))
+    if hashed is None:
         try:
             fd = os.open(name, safeopen.FILE_FLAGS, dir_fd=dir_fd)
         except OSError as exc:
@@ -297,7 +302,7 @@ def _visit(
             if not stat.S_ISREG(before.st_mode):
                 skipped.add(relative, _kind(before.st_mode))
                 return None
-            sha = _sha256_fd(fd, check)
+            hashed, layer = _hash_file(hasher, fd, before.st_size, check)
             st = os.fstat(fd)
         except OSError as exc:
             skipped.add(relative, f"it cannot be read: {_reason(exc)}")
@@ -308,14 +313,16 @@ def _visit(
             log.debug("%s changed while being hashed; indexed once it settles", relative)
             waiting.hold(relative, st)
             return None
-        cache.add(relative, FileKey(st.st_size, st.st_mtime_ns, st.st_ino), sha)
+        cache.add(relative, FileKey(st.st_size, st.st_mtime_ns, st.st_ino), hashed, layer)
         progress.hashed += 1
         progress.hashed_bytes += st.st_size
     return FileEntry(
         relative,
         st.st_size,
         st.st_mtime_ns / 1e9,
-        sha,
+        hashed.sha256,
+        root=hashed.root,
+        piece_size=hashed.piece_size,
         dev=st.st_dev,
         ino=st.st_ino,
         mtime_ns=st.st_mtime_ns,

@@ -49,6 +49,8 @@ from watchdog.observers.api import BaseObserver
 
 from p2pcommon.boundary import describe, failure_boundary
 from p2pd.share import safeopen
+from p2pd.share.hashcache import FileKey
+from p2pd.share.hashing import Hashed
 from p2pd.share.index import FileEntry, ShareIndex
 from p2pd.share.scan import HashCache, ScanProgress, Seen, Skipped, Waiting, scan
 
@@ -172,6 +174,15 @@ class Share:
         except BaseException:
             handle.close()
             raise
+
+    def piece_layer(self, entry: FileEntry) -> bytes | None:
+        """The piece layer of the indexed ``entry``, checked against its root (blocking).
+
+        None when it cannot be given now: the hash cache cannot be read, or its
+        row was damaged (dropped: the next scan hashes the file again).
+        """
+        hashed = Hashed(entry.sha256, entry.root, entry.piece_size)
+        return self._cache.layer(entry.path, FileKey(entry.size, entry.mtime_ns, entry.ino), hashed)
 
     def nudge(self) -> None:
         """Ask for a rescan soon (the index was found stale); call from trio."""

@@ -56,6 +56,8 @@ class FakeMember:
     #: (a reset destroys what the victim's kernel holds unread).
     before_reset: Callable[[], object] = lambda: None
     _stop: threading.Event = field(default_factory=threading.Event)
+    #: The head of the request this thread answers now (connections run concurrently).
+    _local: threading.local = field(default_factory=threading.local)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -116,6 +118,7 @@ class FakeMember:
                         target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode("latin-1")
                         self.heads.append(head)
                         self.targets.append(target)
+                        self._local.head = head
                         answer = self._answer(target)
                         sock.settimeout(30)
                         if not isinstance(answer, bytes):
@@ -138,6 +141,11 @@ class FakeMember:
                         sock.settimeout(0.2)
         except (OSError, ssl.SSLError, ValueError, IndexError):
             return
+
+    def current_head(self) -> bytes:
+        """The head of the request being answered, for a route run in its thread."""
+        head: bytes = self._local.head
+        return head
 
     def _answer(self, target: str) -> Answer:
         route = self.routes.get(target)

@@ -16,9 +16,11 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from p2pd.share.merkle import merkle_root, verify_piece_layer
 from tests.hostile.attacker import Attacker, Closed, assert_serving, peer_get, poll, register
 from tests.support import VENV_BIN, RunningRegistry, run_p2pd, run_registryd
 
@@ -53,7 +55,11 @@ def listed(port: int, member: Attacker) -> dict[str, str]:
 
     poll(admitted, timeout=30, what="the peer to admit the member", every=0.25)
     answer = peer_get(port, member, "/files")
-    return {entry["path"]: entry["sha256"] for entry in answer.json()["files"]}
+    files = answer.json()["files"]
+    for entry in files:  # every root the real one (BEP 52), of the file's real bytes
+        root = merkle_root(FILES[entry["path"]])
+        assert entry.get("root") == (root.hex() if root is not None else None), entry
+    return {entry["path"]: entry["sha256"] for entry in files}
 
 
 def damage(db: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
@@ -81,7 +87,12 @@ def test_a_damaged_hash_cache_row_is_hashed_again_not_listed(scene: Scene) -> No
         # Not text at all.
         ("UPDATE hashes SET sha256 = ? WHERE path = ?", (b"\x00" * 32, "docs/b.txt")),
         # A row for a path no scan ever writes.
-        ("INSERT INTO hashes VALUES (?, 1, 1, 1, ?)", ("../escape", "0" * 64)),
+        (
+            "INSERT INTO hashes (path, size, mtime_ns, inode, sha256) VALUES (?, 1, 1, 1, ?)",
+            ("../escape", "0" * 64),
+        ),
+        # A pieces root that is not one (the listing would carry it to every member).
+        ("UPDATE hashes SET root = ? WHERE path = ?", ("not a root", "c.bin")),
     )
     with run_p2pd(scene.base, name, urls, extra_config=FAST) as peer:
         got = listed(peer.port, scene.member)
@@ -90,12 +101,61 @@ def test_a_damaged_hash_cache_row_is_hashed_again_not_listed(scene: Scene) -> No
         log = peer.log()
         warnings = [line for line in log.splitlines() if "damaged row" in line]
         assert len(warnings) == 1, log[-3000:]
-        assert "3 damaged rows" in warnings[0] and "hashed again" in warnings[0]
+        assert "4 damaged rows" in warnings[0] and "hashed again" in warnings[0]
         assert_serving(peer.process, peer.socket_path, log)
     with sqlite3.connect(db) as connection:
         rows = connection.execute("SELECT path, sha256 FROM hashes ORDER BY path").fetchall()
     connection.close()
     assert dict(rows) == truth  # the bad rows are gone from the file, the good ones back
+
+
+def test_a_damaged_piece_layer_is_never_served_and_the_file_is_hashed_again(
+    scene: Scene,
+) -> None:
+    name = "layers"
+    share = scene.base / name / "share"
+    share.mkdir(parents=True)
+    data = os.urandom(100_000)  # seven pieces of 16 KiB
+    (share / "big.bin").write_bytes(data)
+    root = merkle_root(data)
+    assert root is not None
+    urls = [scene.registry.url]
+    with run_p2pd(scene.base, name, urls, extra_config=FAST) as peer:
+        listed_entry: dict[str, Any] = {}
+
+        def indexed() -> bool:
+            try:
+                answer = peer_get(peer.port, scene.member, "/files")
+            except (Closed, OSError):
+                return False
+            files = answer.json()["files"] if answer.status == 200 else []
+            listed_entry.update(files[0] if files else {})
+            return bool(files)
+
+        poll(indexed, timeout=30, what="the file to be listed", every=0.25)
+        assert listed_entry["root"] == root.hex() and listed_entry["piece_size"] == 16384
+        good = peer_get(peer.port, scene.member, "/layers/big.bin")
+        assert good.status == 200 and len(good.body) == 7 * 32
+        assert verify_piece_layer(good.body, root, len(data), 16384)
+    damage(
+        db := peer.state_dir / "index.sqlite3",
+        ("UPDATE hashes SET layer = ? WHERE path = ?", (bytes(7 * 32), "big.bin")),
+    )
+    with run_p2pd(scene.base, name, urls, extra_config=FAST) as peer:
+        poll(indexed, timeout=30, what="the file to be listed", every=0.25)
+        first = peer_get(peer.port, scene.member, "/layers/big.bin")
+        assert first.status == 503  # not the damaged layer: the file is hashed again
+
+        def healed() -> bool:
+            answer = peer_get(peer.port, scene.member, "/layers/big.bin")
+            return answer.status == 200 and verify_piece_layer(answer.body, root, len(data), 16384)
+
+        poll(healed, timeout=30, what="the layer to be hashed again", every=0.25)
+        assert "bad piece layer for 'big.bin'" in peer.log()
+    with sqlite3.connect(db) as connection:
+        (layer,) = connection.execute("SELECT layer FROM hashes").fetchone()
+    connection.close()
+    assert verify_piece_layer(layer, root, len(data), 16384)
 
 
 def test_damaged_queue_and_history_rows_cost_only_themselves(scene: Scene) -> None:
@@ -104,9 +164,14 @@ def test_damaged_queue_and_history_rows_cost_only_themselves(scene: Scene) -> No
     with run_p2pd(scene.base, name, urls, extra_config=FAST) as peer:
         pass  # creates history.sqlite3 with its tables
     db = peer.state_dir / "history.sqlite3"
-    good = ("00000001", "/d/a.txt", "a.txt", "b" * 52, "bob", "c" * 64, 3, "ok", None, 1, 2, 3, 0)
+    sources = json.dumps([{"id": "b" * 52, "name": "bob", "bytes": 3, "bad_pieces": 0,
+                           "wasted_bytes": 0, "liar": False}])  # fmt: skip
+    good = (
+        "00000001", "/d/a.txt", "a.txt", "b" * 52, "bob", "c" * 64, 3, "ok", None, 1, 2, 3, 0,
+        sources,
+    )  # fmt: skip
     queue = "INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?, ?)"
-    history = "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    history = "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     damage(
         db,
         (history, good),
@@ -118,9 +183,12 @@ def test_damaged_queue_and_history_rows_cost_only_themselves(scene: Scene) -> No
         (
             "INSERT INTO history SELECT '00000005', path, remote_path, peer_id, "
             "CAST(? AS TEXT), sha256, size, status, error, started_at, finished_at, "
-            "bytes_per_second, already_there FROM history WHERE id = '00000001'",
+            "bytes_per_second, already_there, sources FROM history WHERE id = '00000001'",
             (b"bob\xff",),
         ),
+        # Sources that are not what p2pd writes: not JSON, a liar that is not a bool.
+        (history, ("00000006", *good[1:13], "[{not json")),
+        (history, ("00000007", *good[1:13], sources.replace("false", '"no"'))),
         # Queued transfers that cannot even be read as one: at start they would be resumed.
         (queue, ("0000000a", "p" * 52, "bob", b"\x00not-text", "c" * 64, 3, 1.0)),
         (queue, ("0000000b", "p" * 52, "bob", "a.txt", "c" * 64, "three", 1.0)),
@@ -136,10 +204,10 @@ def test_damaged_queue_and_history_rows_cost_only_themselves(scene: Scene) -> No
         peer.ctl_json("history")  # asked again: the damaged records are not logged again
         log = peer.log()
         assert log.count("3 damaged queued transfers") == 1, log[-3000:]
-        assert log.count("4 damaged history records") == 1, log[-3000:]
+        assert log.count("6 damaged history records") == 1, log[-3000:]
     with sqlite3.connect(db) as connection:
         assert connection.execute("SELECT count(*) FROM queue").fetchone() == (0,)
-        assert connection.execute("SELECT count(*) FROM history").fetchone() == (5,)
+        assert connection.execute("SELECT count(*) FROM history").fetchone() == (7,)
     connection.close()
     assert json.dumps(outcomes)  # what p2pctl printed is plain JSON
 

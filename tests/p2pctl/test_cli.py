@@ -240,3 +240,26 @@ async def test_small_things_a_user_notices(socket_path: Path) -> None:
         nursery.cancel_scope.cancel()
     empty = await p2pctl(socket_path, "fetch", "bob", "")
     assert empty.returncode == 2 and b"FILE must not be empty" in empty.stderr
+
+
+def test_downloads_and_history_show_each_members_part_and_name_the_liar() -> None:
+    from p2pctl.output import show_downloads, show_history
+
+    sources = [
+        {"id": "a" * 52, "name": "anna", "bytes": 3 * 1024 * 1024, "bad_pieces": 0,
+         "wasted_bytes": 0, "liar": False, "rate": 2 * 1024 * 1024, "state": "active"},
+        {"id": "b" * 52, "name": "bert\x1b[2J", "bytes": 0, "bad_pieces": 2,
+         "wasted_bytes": 32768, "liar": True, "rate": 0, "state": "dropped"},
+    ]  # fmt: skip
+    transfer = {"id": "1234abcd", "state": "downloading", "bytes_done": 3 * 1024 * 1024,
+                "size": 8 * 1024 * 1024, "rate": 2 * 1024 * 1024, "remote_path": "big.bin",
+                "sources": sources}  # fmt: skip
+    shown = show_downloads([transfer])
+    assert "anna 3.0 MiB at 2.0 MiB/s" in shown, shown
+    assert "LIAR (2 bad pieces)" in shown and "\x1b" not in shown
+    outcome = {"finished_at": None, "status": "ok", "size": 8 * 1024 * 1024, "path": "big.bin",
+               "peer_id": "a" * 52, "peer_name": "anna", "sources": sources}  # fmt: skip
+    assert "LIAR" in show_history([outcome])
+    # One member that kept its word: just its name, as before.
+    alone = {**outcome, "sources": sources[:1]}
+    assert "anna" in show_history([alone]) and "3.0 MiB" not in show_history([alone])

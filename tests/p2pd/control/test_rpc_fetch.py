@@ -27,6 +27,7 @@ from p2pd.control.server import ControlServer
 from p2pd.fetch.downloads import Downloads, Transfer
 from p2pd.fetch.history import History
 from p2pd.fetch.model import Outcome, Progress, Queued
+from p2pd.fetch.swarming import Candidate
 from p2pd.peer.client import PeerUnreachable
 from p2pd.peer.listing import MemberListing
 from tests.p2pd.live_registry import LiveRegistry, live_registry
@@ -63,7 +64,9 @@ class QuickDownloads(Downloads):
     nursery: trio.Nursery
     started: list[str]
 
-    async def start(self, member: Member, entry: SharedFile) -> Transfer:
+    async def start(
+        self, member: Member, entry: SharedFile, candidates: list[Candidate] | None = None
+    ) -> Transfer:
         self.started.append(entry.path)
         queued = Queued(f"{len(self.started):08x}", member.id, member.name, entry.path, SHA, 3, 0)
         transfer = Transfer(queued, Path("/tmp") / entry.path, Progress(3))
@@ -172,6 +175,7 @@ async def test_a_fetch_refused_before_any_transfer_is_in_the_history(
         "finished_at": 1000.0,
         "bytes_per_second": 0.0,
         "already_there": False,
+        "sources": [],  # no member sent anything
     }
     # The call's error carries the same record: `p2pctl --json fetch` prints it.
     assert error.data["outcome"] == record

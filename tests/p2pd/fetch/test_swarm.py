@@ -444,3 +444,28 @@ def test_the_pieces_are_laid_out_as_the_merkle_tree_lays_them_out(
     assert swarm.count == piece_count(size, piece_size)
     for piece in {0, swarm.count // 2, swarm.count - 1} if swarm.count else set():
         assert swarm.range(piece) == piece_range(piece, size, piece_size)
+
+
+def test_a_busy_member_keeps_what_it_holds_and_is_not_counted_as_failing() -> None:
+    swarm = swarm_of(piece_size=MiB, size=64 * MiB)
+    swarm.add_source("a", 0.0)
+    first = swarm.next_requests("a", 0.0)
+    for request in first:
+        swarm.piece_done("a", request.piece, True, MiB, 0.05)  # fast: it may hold many
+    held = swarm.next_requests("a", 0.1)
+    assert len(held) > 4
+    # The member gives us 4 slots: the 5th piece and those after it are answered 503.
+    for request in held[4:]:
+        swarm.source_busy("a", request.piece, 0.2)
+    assert report(swarm, "a").state == "active"
+    assert swarm.next_requests("a", 0.3) == []  # 4 in flight: no more
+    swarm.piece_done("a", held[0].piece, True, MiB, 0.4)
+    (one_more,) = swarm.next_requests("a", 0.4)
+    assert one_more.piece == held[-1].piece  # what went back is asked again first
+    # Every slot taken (by other members): it rests a moment, without a failure.
+    for request in [*held[1:4], one_more]:
+        swarm.source_busy("a", request.piece, 0.5)
+    assert report(swarm, "a").state == "resting"
+    assert swarm.next_requests("a", 1.4) == []
+    assert len(swarm.next_requests("a", 1.5)) == 1
+    check_invariants(swarm)

@@ -133,13 +133,13 @@ def test_a_restart_does_not_rehash(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         (root / f"f{i}").write_bytes(os.urandom(1000))
     first = scan(root, HashCache(tmp_path / "cache.sqlite3"))
     hashed: list[Path] = []
-    real = scan_module._sha256_fd
+    real = scan_module._hash_file
 
-    def counting(fd: int, check: Any = None) -> str:
+    def counting(hasher: Any, fd: int, size: int, check: Any = None) -> Any:
         hashed.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
-        return real(fd, check)
+        return real(hasher, fd, size, check)
 
-    monkeypatch.setattr(scan_module, "_sha256_fd", counting)
+    monkeypatch.setattr(scan_module, "_hash_file", counting)
     again = scan(root, HashCache(tmp_path / "cache.sqlite3"))  # a new process's cache
     assert sorted(again, key=lambda e: e.path) == sorted(first, key=lambda e: e.path)
     assert hashed == []
@@ -345,14 +345,14 @@ def test_a_file_that_cannot_be_read_is_skipped(
     root.mkdir()
     (root / "ok").write_bytes(b"ok")
     (root / "bad").write_bytes(b"bad sector")
-    real = scan_module._sha256_fd
+    real = scan_module._hash_file
 
-    def failing(fd: int, check: Any = None) -> str:
+    def failing(hasher: Any, fd: int, size: int, check: Any = None) -> Any:
         if os.readlink(f"/proc/self/fd/{fd}").endswith("/bad"):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real(fd, check)
+        return real(hasher, fd, size, check)
 
-    monkeypatch.setattr(scan_module, "_sha256_fd", failing)
+    monkeypatch.setattr(scan_module, "_hash_file", failing)
     skipped = Skipped()
     entries = scan(root, HashCache(tmp_path / "c.sqlite3"), skipped=skipped)
     assert [e.path for e in entries] == ["ok"]
@@ -517,13 +517,13 @@ async def test_started_comes_before_a_long_first_scan_ends(
     root.mkdir()
     for i in range(count):
         (root / f"f{i:03}").write_bytes(b"%d" % i)
-    real = scan_module._sha256_fd
+    real = scan_module._hash_file
 
-    def slow(fd: int, check: Any = None) -> str:
+    def slow(hasher: Any, fd: int, size: int, check: Any = None) -> Any:
         time.sleep(0.05)
-        return real(fd, check)
+        return real(hasher, fd, size, check)
 
-    monkeypatch.setattr(scan_module, "_sha256_fd", slow)
+    monkeypatch.setattr(scan_module, "_hash_file", slow)
     monkeypatch.setattr(scan_module, "BATCH_SECONDS", 0.2)
     share = Share(root, tmp_path, ready_after=0.3, **UNWATCHED)
     async with trio.open_nursery() as nursery:
@@ -551,13 +551,13 @@ async def test_a_scan_stopped_at_shutdown_keeps_its_hashes(
     root.mkdir()
     for i in range(100):
         (root / f"f{i:03}").write_bytes(b"%d" % i)
-    real = scan_module._sha256_fd
+    real = scan_module._hash_file
 
-    def slow(fd: int, check: Any = None) -> str:
+    def slow(hasher: Any, fd: int, size: int, check: Any = None) -> Any:
         time.sleep(0.02)
-        return real(fd, check)
+        return real(hasher, fd, size, check)
 
-    monkeypatch.setattr(scan_module, "_sha256_fd", slow)
+    monkeypatch.setattr(scan_module, "_hash_file", slow)
     share = Share(root, tmp_path, ready_after=0.1, **UNWATCHED)
     async with trio.open_nursery() as nursery:
         await nursery.start(share.run)
@@ -586,11 +586,11 @@ KILLED_CHILD = """
 import sys, time
 from pathlib import Path
 from p2pd.share import scan as scan_module
-real = scan_module._sha256_fd
-def slow(fd, check=None):
+real = scan_module._hash_file
+def slow(*args):
     time.sleep(0.02)
-    return real(fd, check)
-scan_module._sha256_fd = slow
+    return real(*args)
+scan_module._hash_file = slow
 cache = scan_module.HashCache(Path(sys.argv[2]), batch_files=10, batch_seconds=3600)
 add = cache.add
 def added(*args):
@@ -631,13 +631,13 @@ def test_a_scan_killed_at_70_percent_keeps_70_percent(tmp_path: Path) -> None:
     assert all(rows[path] == sha(data[path]) for path in rows)
     # A restart hashes only the rest.
     hashed: list[str] = []
-    real = scan_module._sha256_fd
+    real = scan_module._hash_file
 
-    def counting(fd: int, check: Any = None) -> str:
+    def counting(hasher: Any, fd: int, size: int, check: Any = None) -> Any:
         hashed.append(os.readlink(f"/proc/self/fd/{fd}"))
-        return real(fd, check)
+        return real(hasher, fd, size, check)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(scan_module, "_sha256_fd", counting)
+        patch.setattr(scan_module, "_hash_file", counting)
         entries = scan(root, HashCache(db))
     assert len(entries) == count and len(hashed) == count - len(rows)

@@ -58,13 +58,13 @@ def test_the_scan_holds_back_a_fresh_file_without_hashing_it(
     (root / "fresh.txt").write_bytes(b"half of it")
     age(root / "fresh.txt", 20)
     hashed: list[str] = []
-    real = scan_module._sha256_fd
+    real = scan_module._hash_file
 
-    def counting(fd: int, check: Any = None) -> str:
+    def counting(hasher: Any, fd: int, size: int, check: Any = None) -> Any:
         hashed.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
-        return real(fd, check)
+        return real(hasher, fd, size, check)
 
-    monkeypatch.setattr(scan_module, "_sha256_fd", counting)
+    monkeypatch.setattr(scan_module, "_hash_file", counting)
     waiting = scan_module.Waiting(60.0)
     entries = scan(root, HashCache(tmp_path / "c.sqlite3"), waiting=waiting)
     assert [e.path for e in entries] == ["old.txt"]
