@@ -311,6 +311,10 @@ class Downloads:
                     await self._pool.listing(member)
         with contextlib.suppress(LookupUnavailable):
             await find_alternates(self._pool, self._directory, transfer.queued)
+        return await self._candidates_now(transfer)
+
+    async def _candidates_now(self, transfer: Transfer) -> list[Candidate]:
+        """``candidates``, with the directory's answers about them made fresh first."""
         await self._look_up_candidates(transfer)
         return self.candidates(transfer)
 
@@ -373,14 +377,13 @@ class Downloads:
         queued = transfer.queued
         plan = Attempts(queued.peer_name)
         while True:
-            await self._look_up_candidates(transfer)
-            candidates = self.candidates(transfer)
+            candidates = await self._candidates_now(transfer)
             if len(candidates) < 2 and await self.swarm.was_swarming(queued.sha256):
                 candidates = await self._look_again(transfer)
             if swarmable(queued.size, candidates):
                 try:
                     await self.swarm.attempt(
-                        transfer, candidates, lambda: self.candidates(transfer)
+                        transfer, candidates, lambda: self._candidates_now(transfer)
                     )
                     return
                 except Retry as exc:
@@ -388,7 +391,7 @@ class Downloads:
                     log.info("transfer %s: %s", queued.id, plan.reason)
                     if ending is not None:
                         raise ending from None
-                    remaining = self.candidates(transfer)
+                    remaining = await self._candidates_now(transfer)
                     if len(remaining) < len(candidates) and swarmable(queued.size, remaining):
                         continue  # liars were dropped: the honest members, at once
             try:

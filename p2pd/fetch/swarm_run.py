@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -66,14 +66,14 @@ class PieceRun:
             self.members[member.id] = candidate
             self.transfer.source_entry(member.id, member.name)
 
-    async def until_complete(self, more: Callable[[], list[Candidate]]) -> None:
+    async def until_complete(self, more: Callable[[], Awaitable[list[Candidate]]]) -> None:
         try:
             await self._loop(more)
         except BaseExceptionGroup as group:
             # A piece's task failed (a local write error) and the others were cancelled.
             raise unwrap_group(group) from None
 
-    async def _loop(self, more: Callable[[], list[Candidate]]) -> None:
+    async def _loop(self, more: Callable[[], Awaitable[list[Candidate]]]) -> None:
         queued = self.transfer.queued
         self.transfer.state = State.DOWNLOADING
         joined_at = trio.current_time()
@@ -82,7 +82,7 @@ class PieceRun:
                 now = trio.current_time()
                 if now - joined_at >= JOIN_EVERY:
                     joined_at = now
-                    for candidate in more():
+                    for candidate in await more():
                         self.join(candidate)
                 self._cancel(self.swarm.stalled(now))
                 for member_id, candidate in self.members.items():

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,7 +140,7 @@ class SwarmContext:
         self,
         transfer: Transfer,
         candidates: list[Candidate],
-        more: Callable[[], list[Candidate]] = list,
+        more: Callable[[], Awaitable[list[Candidate]]] | None = None,
     ) -> None:
         """One many-source round: the file placed, or Retry saying why not."""
         queued = transfer.queued
@@ -167,7 +167,12 @@ class SwarmContext:
             for candidate in same:
                 run.join(candidate)
             try:
-                await run.until_complete(lambda: [c for c in more() if c.root in (root, None)])
+
+                async def joining() -> list[Candidate]:
+                    found = [] if more is None else await more()
+                    return [c for c in found if c.root in (root, None)]
+
+                await run.until_complete(joining)
             except Retry:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(keep_prefix, fd, pieces, run.verified())
