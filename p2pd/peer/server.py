@@ -36,6 +36,8 @@ from p2pd.peer.files import (
     repr_digest,
 )
 from p2pd.peer.ratelimit import TokenBucket
+from p2pd.peer.search import SEARCH_PATH
+from p2pd.peer.search_route import SearchRoute
 from p2pd.peer.slots import UploadSlots
 from p2pd.peer.uploads import BUSY, MIN_UPLOAD_RATE, PACE_WINDOW, UploadPace
 from p2pd.share.index import FileEntry
@@ -101,6 +103,7 @@ class PeerServer:
         self.bucket = TokenBucket(rate_limit) if rate_limit else None
         self.stats = UploadStats()
         self.http = HttpServer(self.handle, limits or Limits(max_body_bytes=0), admit=self._admit)
+        self.search = SearchRoute(lambda: share.index.listing(), lambda: self.generation)
         self._listing_cache: ListingBody | None = None
         self._listing_lock = trio.Lock()
         # Listed generation = this start's time in µs + the index's changes.
@@ -155,8 +158,13 @@ class PeerServer:
         path = request.path
         if path == "/files":
             return await self._listing(request)
+        if path == SEARCH_PATH:
+            # A member is admitted, so client_id is its peer id: the rate limit's key.
+            return self.search.answer(request.target, request.client_id or request.client_host)
         if not path.startswith(FILES_PREFIX):
-            return error_response(404, "not found", "the routes are /files and /files/<path>")
+            return error_response(
+                404, "not found", "the routes are /files, /files/<path> and /search"
+            )
         try:
             relative = decode_file_target(request.target)
         except BadTarget as exc:
