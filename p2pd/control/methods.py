@@ -21,7 +21,9 @@ from p2pcommon import __version__
 from p2pcommon.boundary import failures
 from p2pcommon.models import Member, SharedFile
 from p2pcommon.paths import UnsafePath
+from p2pcommon.registry_errors import RegistryError
 from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
+from p2pd.control.search import members_to_search, search_call
 from p2pd.control.server import Method, Notify
 from p2pd.fetch.downloads import MAX_TRANSFERS, Downloads, NotQueued, Transfer
 from p2pd.fetch.history import History, HistoryUnavailable
@@ -59,7 +61,7 @@ class FetchRefused(Exception):
 
 @dataclass
 class Rpc:
-    """The nine control methods; ``methods()`` is what the ControlServer serves."""
+    """The ten control methods; ``methods()`` is what the ControlServer serves."""
 
     own_id: str
     #: The settings in force: a reload (SIGHUP) replaces the daemon's object.
@@ -86,6 +88,7 @@ class Rpc:
             "downloads": self.rpc_downloads,
             "history": self.rpc_history,
             "cancel": self.rpc_cancel,
+            "search": self.rpc_search,
         }
 
     async def rpc_status(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
@@ -251,6 +254,20 @@ class Rpc:
         log.info("failed %s from %s: %s", wanted, outcome.peer_name, outcome.error)
         await self.history.record(outcome)
         return outcome
+
+    async def rpc_search(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
+        """Every member asked, the matches grouped by content (p2pd.control.search)."""
+        return await search_call(params, notify, self.pool.identity, self._members_to_search)
+
+    async def _members_to_search(self) -> list[Member]:
+        try:
+            return await members_to_search(self.link.client, self.own_id)
+        except RegistryError as exc:
+            raise RpcError(
+                OPERATION_FAILED,
+                f"cannot list the members to search: {exc}; check `p2pctl status` "
+                "(registry) and try again",
+            ) from None
 
     async def rpc_downloads(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
         return [t.to_json() for t in self.downloads.active.values()]

@@ -130,6 +130,11 @@ class RegistryLink:
         members.add_listener(_log_changes)
 
     @property
+    def client(self) -> RegistryClient:
+        """The registry client: for lookups beyond the link's own (member pages)."""
+        return self._client
+
+    @property
     def registry_url(self) -> str | None:
         return self._client.current_url if self.registered else None
 

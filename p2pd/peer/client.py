@@ -186,6 +186,11 @@ class PeerPool:
         # per member used lately, not for every member there ever was.
         self._contexts: OrderedDict[str, ssl.SSLContext] = OrderedDict()
 
+    @property
+    def identity(self) -> Identity:
+        """Our identity, presented to every member."""
+        return self._identity
+
     def _open(self, member: Member) -> Awaitable[PeerConnection]:
         context = self._contexts.get(member.cert)
         if context is None:
