@@ -104,7 +104,7 @@ def show_search(result: dict[str, Any]) -> str:
 def search_params(args: Any) -> dict[str, Any]:
     params: dict[str, Any] = {"progress": True, "timeout": args.timeout}
     if args.pattern:
-        params["pattern"] = args.pattern
+        params["pattern"] = " ".join(args.pattern)
     if args.sha256:
         params["sha256"] = args.sha256.lower()
     for name in ("min_size", "max_size"):

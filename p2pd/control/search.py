@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import trio
 from pydantic import Field, ValidationError
 
+from p2pcommon.memory import release_free_memory
 from p2pcommon.models import Member, SharedFile, _Body, validation_reason
 from p2pcommon.registry_client import RegistryClient
 from p2pd.control.jsonrpc import INVALID_PARAMS, RpcError
@@ -45,12 +46,15 @@ DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 60.0
 #: Members asked at once: enough to hide round trips, few enough that a thousand
 #: TLS handshakes do not crowd out the rest of the daemon.
-MEMBERS_AT_ONCE = 48
+MEMBERS_AT_ONCE = 64
 #: Seconds one member may take (connect, handshake, answer): a silent member
 #: holds one of the places above no longer than this.
 MEMBER_TIMEOUT = 2.0
 #: The largest answer read from one member (100 matches of long paths fit).
 MAX_SEARCH_ANSWER = 256 * 1024
+#: Bytes each read of an answer may fill: a waiting read holds its buffer, and
+#: 64 of 256 KiB (a transfer's) would be 16 MiB for answers of a few KiB.
+RECEIVE_SIZE = 16 * 1024
 #: Members asked at most (the registry is paged up to this many).
 MAX_MEMBERS = 10_000
 MEMBER_PAGE = 1000
@@ -189,7 +193,7 @@ async def _ask(
     context: ssl.SSLContext, identity: Identity, member: Member, target: str, tally: Tally
 ) -> None:
     try:
-        connection = await PeerConnection.open(identity, member, context)
+        connection = await PeerConnection.open(identity, member, context, receive_size=RECEIVE_SIZE)
     except PeerUnavailable as exc:
         log.debug("search: %s", exc)
         return
@@ -247,7 +251,13 @@ async def search_call(
         await ask_members(
             identity, members, query, deadline, tally, progress if wants_progress else None
         )
-    return tally.document()
+        del members
+    document = tally.document()
+    tally.found.clear()
+    # A thousand connections' buffers and answers were freed in pieces: glibc
+    # would keep them as the daemon's for as long as it runs.
+    release_free_memory()
+    return document
 
 
 def query_of(params: dict[str, Any]) -> Query:

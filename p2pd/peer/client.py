@@ -86,7 +86,9 @@ def _unreachable() -> Iterator[None]:
 class PeerConnection:
     """One kept-alive connection to one member; requests run one at a time."""
 
-    def __init__(self, member: Member, stream: BatchedTLSStream) -> None:
+    def __init__(
+        self, member: Member, stream: BatchedTLSStream, receive_size: int = RECEIVE_SIZE
+    ) -> None:
         self.member = member
         self._tls = stream
         self._http = ClientConnection(
@@ -95,13 +97,20 @@ class PeerConnection:
             host="peer",
             read_timeout=READ_TIMEOUT,
             write_timeout=WRITE_TIMEOUT,
-            receive_size=RECEIVE_SIZE,
+            receive_size=receive_size,
         )
 
     @classmethod
     async def open(
-        cls, identity: Identity, member: Member, context: ssl.SSLContext | None = None
+        cls,
+        identity: Identity,
+        member: Member,
+        context: ssl.SSLContext | None = None,
+        *,
+        receive_size: int = RECEIVE_SIZE,
     ) -> PeerConnection:
+        """A connection to ``member``; ``receive_size``: the buffer each read fills (a
+        waiting read holds it: small for many small answers at once, as a search asks)."""
         context = context or client_context(identity, member.cert)
         failures: list[tuple[str, BaseException]] = []
         for address in member.addresses:
@@ -115,7 +124,7 @@ class PeerConnection:
                 if presented_id(tls) != member.id:
                     raise PeerMismatch(f"{address} presented another member's certificate")
                 tcp = None  # handed over to the connection
-                return cls(member, tls)
+                return cls(member, tls, receive_size)
             except (
                 OSError,
                 ValueError,
