@@ -243,7 +243,7 @@ def parser(by_sha256: bool = False) -> argparse.ArgumentParser:
     fetch.add_argument("--name", metavar="NAME", help="with --sha256: the file's name here")
     search = commands.add_parser("search", help="search every member's files")
     search.add_argument(
-        "pattern", metavar="PATTERN", nargs="*", help="terms ('-word' excludes; quote it), or a glob"
+        "pattern", metavar="PATTERN", nargs="*", help="terms ('-word' excludes), or a glob"
     )
     search.add_argument("--sha256", metavar="PREFIX", help="8 to 64 hex digits of the sha256")
     search.add_argument("--min-size", type=int, metavar="BYTES", help="at least this size")
