@@ -22,6 +22,7 @@ from p2pcommon.boundary import failures
 from p2pcommon.models import Member, SharedFile
 from p2pcommon.paths import UnsafePath
 from p2pcommon.registry_errors import RegistryError
+from p2pd.control.by_sha256 import sources_of, start_by_sha256, wanted_content
 from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
 from p2pd.control.search import members_to_search, search_call
 from p2pd.control.server import Method, Notify
@@ -155,6 +156,8 @@ class Rpc:
         Progress notifications only when the call asks (``"progress": true``):
         a generic JSON-RPC client expects its answer, not unsolicited lines.
         """
+        if "sha256" in params:
+            return await self._fetch_by_sha256(params, notify)
         peer, path = params.get("peer"), params.get("path")
         if not isinstance(peer, str) or not isinstance(path, str) or not peer or not path:
             raise RpcError(INVALID_PARAMS, "fetch needs params {'peer': PEER, 'path': FILE}")
@@ -163,14 +166,35 @@ class Rpc:
         try:
             transfers = await self._start(peer, path, wanted)
         except FetchRefused as exc:
-            # No transfer exists to record its outcome: record the refusal itself,
-            # and send it along, so that `p2pctl --json fetch` can print it as
-            # any other failed outcome (docs/protocol.md §7).
-            outcome = await self._record_refusal(exc, peer, wanted, started_at)
-            error = exc.error
-            data = {**(error.data or {}), "outcome": outcome.to_json()}
-            raise RpcError(error.code, error.message, data) from None
-        folder = wanted.endswith("/")
+            raise await self._refused(exc, peer, wanted, started_at) from None
+        return await self._wait(transfers, params, notify, wanted.endswith("/"))
+
+    async def _fetch_by_sha256(self, params: dict[str, Any], notify: Notify) -> Any:
+        """`fetch --sha256 HEX [--name NAME]` (p2pd.control.by_sha256): the outcome has
+        ``sources``."""
+        sha256, name = wanted_content(params)
+        started_at = self.clock()
+        try:
+            transfer, holders = await start_by_sha256(
+                self.pool.identity,
+                self._members_to_search,
+                self.downloads,
+                self.settings().download_dir,
+                sha256,
+                name,
+            )
+        except RpcError as exc:
+            raise await self._refused(FetchRefused(exc), sha256[:12], name, started_at) from None
+        answer = await self._wait([transfer], params, notify, folder=False)
+        if "status" in answer:
+            answer["sources"] = sources_of(transfer, holders)
+        return answer
+
+    async def _wait(
+        self, transfers: list[Transfer], params: dict[str, Any], notify: Notify, folder: bool
+    ) -> Any:
+        """The answer of a fetch that started ``transfers``: ids at once with ``detach``,
+        else their outcomes once done (with progress notifications if asked)."""
         if params.get("detach"):
             ids = [{"id": t.queued.id} for t in transfers]
             return ids if folder else ids[0]
@@ -230,6 +254,20 @@ class Rpc:
                     RpcError(OPERATION_FAILED, f"refusing {path!r}: {exc}"), **known
                 ) from None
         return transfers
+
+    async def _refused(
+        self, refused: FetchRefused, peer: str, wanted: str, started_at: float
+    ) -> RpcError:
+        """The error of a fetch refused before any transfer, carrying its outcome.
+
+        No transfer exists to record its outcome: the refusal itself is recorded,
+        and sent along, so that `p2pctl --json fetch` can print it as any other
+        failed outcome (docs/protocol.md §7)."""
+        outcome = await self._record_refusal(refused, peer, wanted, started_at)
+        error = refused.error
+        return RpcError(
+            error.code, error.message, {**(error.data or {}), "outcome": outcome.to_json()}
+        )
 
     async def _record_refusal(
         self, refused: FetchRefused, peer: str, wanted: str, started_at: float

@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -25,7 +25,7 @@ import trio
 from p2pcommon.boundary import contained, describe, failure_boundary
 from p2pcommon.models import Member, SharedFile
 from p2pcommon.paths import UnsafePath
-from p2pd.fetch.attempts import Attempts, Fatal, ProgressWindow, Retry, check_queued
+from p2pd.fetch.attempts import Attempts, Fatal, ProgressWindow, Retry, Source, check_queued
 from p2pd.fetch.history import History
 from p2pd.fetch.model import Progress, Queued, State
 from p2pd.fetch.names import destination
@@ -88,6 +88,8 @@ class Downloads:
         self._schedule = Schedule[Transfer](CONCURRENT_TRANSFERS, lambda t: t.queued.sha256)
         #: Transfers queued or running, by (sha256, destination): a fetch joins them.
         self._by_key: dict[tuple[str, Path], Transfer] = {}
+        #: Members a fetch by sha256 found holding a transfer's bytes, by transfer id.
+        self._known_sources: dict[str, list[Source]] = {}
         self._nursery: trio.Nursery | None = None
         self._running_event = trio.Event()
         #: For metrics: finished transfers by status, and file bytes received.
@@ -105,14 +107,24 @@ class Downloads:
             task_status.started()
             await trio.sleep_forever()
 
-    async def start(self, member: Member, entry: SharedFile) -> Transfer:
+    async def start(
+        self,
+        member: Member,
+        entry: SharedFile,
+        *,
+        name: str = "",
+        alternates: Sequence[Source] = (),
+    ) -> Transfer:
         """The transfer of ``entry`` from ``member``: a new one, or the one already queued
         or running for the same bytes to the same destination (same id, same outcome).
 
+        ``name``: where it lands under download_dir, when not at its path in the
+        member's share.  ``alternates``: other members known to hold the bytes
+        (each with its path), tried first after the member fails.
         UnsafePath for a path that breaks the path rule; NotQueued, saying why, when
         there is no room or the destination cannot be looked at.
         """
-        dest = destination(self._dir, entry.path)
+        dest = destination(self._dir, name or entry.path)
         if (joined := self._joinable(entry.sha256, dest)) is not None:
             return joined
         if len(self.active) >= MAX_TRANSFERS:
@@ -128,6 +140,7 @@ class Downloads:
             sha256=entry.sha256,
             size=entry.size,
             started_at=self._clock(),
+            dest_name=name,
         )
         await self._running_event.wait()  # the persisted queue is known: it can be joined
         if (joined := self._joinable(entry.sha256, dest)) is not None:
@@ -137,6 +150,8 @@ class Downloads:
         # a registered transfer must start or end (its joiners wait on it), even
         # if the fetch that asked is cancelled meanwhile (a client gone).
         transfer = self._register(queued)
+        if alternates:
+            self._known_sources[queued.id] = list(alternates)
         with trio.CancelScope(shield=True):
             try:
                 existing = await trio.to_thread.run_sync(self._look_and_enqueue, dest, queued)
@@ -159,7 +174,9 @@ class Downloads:
     def _look_and_enqueue(self, dest: Path, queued: Queued) -> Path | None:
         """A copy already at ``dest``; else None once ``queued`` is in the persisted
         queue, or the history said why it could not be (blocking)."""
-        existing = existing_copy(self._dir, queued.remote_path, queued.sha256, queued.size)
+        existing = existing_copy(
+            self._dir, queued.dest_name or queued.remote_path, queued.sha256, queued.size
+        )
         if existing is not None:
             return self._dir / existing
         self._history.enqueue(queued)
@@ -185,7 +202,7 @@ class Downloads:
     def _register(self, queued: Queued) -> Transfer:
         """A transfer in ``active`` (state queued), and joinable if its destination is valid."""
         try:
-            dest = destination(self._dir, queued.remote_path)
+            dest = destination(self._dir, queued.dest_name or queued.remote_path)
         except UnsafePath:
             transfer = Transfer(queued, self._dir, Progress(queued.size))  # check_queued refuses it
         else:
@@ -263,6 +280,7 @@ class Downloads:
         """Off the list of transfers in progress: a fetch from now on starts anew."""
         if self.active.get(transfer.queued.id) is transfer:
             del self.active[transfer.queued.id]
+            self._known_sources.pop(transfer.queued.id, None)
         if transfer.key is not None and self._by_key.get(transfer.key) is transfer:
             del self._by_key[transfer.key]
 
@@ -314,12 +332,17 @@ class Downloads:
         """Run the rounds that ``Attempts`` plans until one attempt succeeds or it ends."""
         queued = transfer.queued
         plan = Attempts(queued.peer_name)
+        known = self._known_sources.get(queued.id, [])
         while True:
-            member = self._members.get(queued.peer_id)
+            member = self._members.get(queued.peer_id) or next(
+                (m for m, _ in known if m.id == queued.peer_id), None
+            )
             chosen = (member, queued.remote_path) if member is not None else None
             alternates = []
             if plan.asks_alternates(chosen is not None):
-                alternates = await find_alternates(self._pool, self._members, transfer.queued)
+                alternates = await find_alternates(
+                    self._pool, self._members, transfer.queued, known
+                )
             for source, remote_path in plan.sources(chosen, alternates):
                 try:
                     await self._receiver.attempt(transfer, source, remote_path)

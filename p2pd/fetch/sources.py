@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 
 import trio
 
@@ -23,26 +24,30 @@ ALTERNATES_DEADLINE = 5.0
 
 
 async def find_alternates(
-    pool: PeerPool, members: Members, queued: Queued
+    pool: PeerPool,
+    members: Members,
+    queued: Queued,
+    known: Sequence[tuple[Member, str]] = (),
 ) -> list[tuple[Member, str]]:
     """Other members listing the same bytes, each with its own path for them.
 
-    First the listings kept from earlier (no request: a kept listing that
-    names the bytes makes a source, one that does not rules its member
-    out), then members without one, asked concurrently, a bounded number
+    First those ``known`` to hold them (a search by sha256 found them), then
+    the listings kept from earlier (no request: a kept listing that names
+    the bytes makes a source, one that does not rules its member out), then
+    members without one, asked concurrently, a bounded number
     at a time, under one short deadline: a silent or hostile member costs
     seconds, not the transfer.
     """
-    found: list[tuple[Member, str]] = []
-    known = {queued.peer_id}
+    found = [(member, path) for member, path in known if member.id != queued.peer_id]
+    asked = {queued.peer_id, *(member.id for member, _ in found)}
     for member_id, listing in reversed(pool.cached_listings()):
         member = members.get(member_id)
-        if member is None or member_id in known:
+        if member is None or member_id in asked:
             continue
-        known.add(member_id)
+        asked.add(member_id)
         if (path := listing.path_of(queued.sha256, queued.size)) is not None:
             found.append((member, path))
-    others = [m for m in members.unordered() if m.id not in known]
+    others = [m for m in members.unordered() if m.id not in asked]
     if len(others) > MAX_ALTERNATES_ASKED:
         others = random.sample(others, MAX_ALTERNATES_ASKED)
     limiter = trio.CapacityLimiter(ALTERNATES_AT_ONCE)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,7 +62,14 @@ class QuickDownloads(Downloads):
     nursery: trio.Nursery
     started: list[str]
 
-    async def start(self, member: Member, entry: SharedFile) -> Transfer:
+    async def start(
+        self,
+        member: Member,
+        entry: SharedFile,
+        *,
+        name: str = "",
+        alternates: Sequence[tuple[Member, str]] = (),
+    ) -> Transfer:
         self.started.append(entry.path)
         queued = Queued(f"{len(self.started):08x}", member.id, member.name, entry.path, SHA, 3, 0)
         transfer = Transfer(queued, Path("/tmp") / entry.path, Progress(3))

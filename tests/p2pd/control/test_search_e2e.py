@@ -138,3 +138,39 @@ def test_a_query_the_daemon_refuses_exits_1_naming_the_field(three: Trio) -> Non
     result = ctl(three.alice.socket_path, "search", " ".join("abcdefghi"))
     assert result.returncode == 1
     assert "search: q: 9 terms; give 8 at most" in result.stderr
+
+
+def test_fetch_by_sha256_takes_the_most_common_name_and_says_its_sources(three: Trio) -> None:
+    alice = three.alice
+    result = ctl(alice.socket_path, "--json", "fetch", "--sha256", TIME_HEX.upper())
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["status"] == "ok" and outcome["sha256"] == TIME_HEX
+    landed = alice.download_dir / "Time.flac"
+    assert outcome["path"] == str(landed) and landed.read_bytes() == TIME
+    holders = {
+        json.loads(ctl(p.socket_path, "--json", "status").stdout)["id"]: p.name
+        for p in (three.bob, three.carol)
+    }
+    [source] = outcome["sources"]
+    assert source["id"] == outcome["peer_id"] and holders[source["id"]] == source["name"]
+    assert (source["bytes"], source["bad_pieces"]) == (len(TIME), 0)
+
+    named = ctl(alice.socket_path, "--json", "fetch", "--sha256", OTHER_HEX, "--name", "x.flac")
+    assert named.returncode == 0, named.stderr
+    assert (alice.download_dir / "x.flac").read_bytes() == OTHER_TIME
+    assert json.loads(named.stdout)["sources"][0]["name"] == "carol"
+    again = ctl(alice.socket_path, "fetch", "--sha256", OTHER_HEX, "--name", "x.flac")
+    assert again.returncode == 0 and "already there" in again.stdout
+
+
+def test_fetch_of_content_nobody_has_fails_and_is_recorded(three: Trio) -> None:
+    missing = "0" * 64
+    result = ctl(three.alice.socket_path, "--json", "fetch", "--sha256", missing)
+    assert result.returncode == 1
+    outcome = json.loads(result.stdout)
+    assert outcome["status"] == "failed"
+    assert "no member answered that it has sha256 " + missing in outcome["error"]
+    assert "asked 2 of 2 members (2 answered, 0 silent, 0 refused)" in outcome["error"]
+    history = json.loads(ctl(three.alice.socket_path, "--json", "history").stdout)
+    assert any(o["id"] == outcome["id"] and o["status"] == "failed" for o in history)

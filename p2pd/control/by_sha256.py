@@ -1,0 +1,138 @@
+"""``fetch --sha256``: find who holds the bytes with a search, then fetch from them.
+
+A search by the whole sha256 (p2pd.control.search) names the members that
+hold it; the content most of them agree on (sha256 and size) is fetched to
+``name``, else to its most common name, directly under download_dir.
+``start_from_holders`` is the seam to the transfer: the first holder is the
+source and the others its alternates (p2pd.fetch.sources), tried when it fails.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pcommon.models import Member, SharedFile
+from p2pcommon.paths import UnsafePath
+from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RpcError
+from p2pd.control.search import DEFAULT_TIMEOUT, Tally, ask_members
+from p2pd.fetch.downloads import Downloads, NotQueued
+from p2pd.fetch.names import destination
+from p2pd.fetch.transfer import Transfer
+from p2pd.peer.search import build_query
+from p2pd.peer.search_groups import Content, group
+from p2pd.tls.identity import Identity
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def wanted_content(params: dict[str, Any]) -> tuple[str, str]:
+    """(sha256, name or "") a ``fetch`` by sha256 asks for; RpcError -32602 otherwise."""
+    sha256, name = params.get("sha256"), params.get("name")
+    if not isinstance(sha256, str) or _SHA256.fullmatch(sha256.lower()) is None:
+        raise RpcError(INVALID_PARAMS, "fetch needs params {'sha256': 64 hex digits}")
+    if name is not None and (not isinstance(name, str) or not name or "/" in name):
+        raise RpcError(INVALID_PARAMS, "fetch's 'name' is a file name: not empty, no '/'")
+    return sha256.lower(), name or ""
+
+
+async def find_holders(
+    identity: Identity,
+    members_source: Callable[[], Awaitable[list[Member]]],
+    sha256: str,
+) -> tuple[Content | None, list[Member], Tally]:
+    """The content most members hold under ``sha256``, those members, and the search's
+    counts; (None, [], counts) when no member answered that it has it."""
+    tally = Tally()
+    deadline = trio.current_time() + DEFAULT_TIMEOUT
+    members: list[Member] = []
+    with trio.move_on_at(deadline):
+        members = await members_source()
+    await ask_members(identity, members, build_query(sha256=sha256), deadline, tally)
+    found = [(mid, name, entry) for mid, name, entry in tally.found if entry.sha256 == sha256]
+    rows = group(found).contents
+    if not rows:
+        return None, [], tally
+    by_id = {member.id: member for member in members}
+    content = rows[0]
+    return content, [by_id[holder.id] for holder in content.members], tally
+
+
+def destination_name(content: Content, name: str, download_dir: Path) -> str:
+    """``name``, else the content's most common name that is safe here; RpcError if none."""
+    for candidate in [name] if name else content.names:
+        try:
+            destination(download_dir, candidate)
+        except UnsafePath as exc:
+            if name:
+                raise RpcError(OPERATION_FAILED, f"refusing --name {name!r}: {exc}") from None
+            continue
+        return candidate
+    raise RpcError(
+        OPERATION_FAILED,
+        f"the members name {content.sha256[:12]}… only with unsafe names "
+        f"({', '.join(repr(n) for n in content.names[:3])}): give one with --name",
+    )
+
+
+async def start_from_holders(
+    downloads: Downloads, content: Content, holders: Sequence[Member], name: str
+) -> Transfer:
+    """The transfer of ``content`` from ``holders``: one of them the source, the others its
+    alternates (each with its own path).  NotQueued says why it could not start."""
+    paths = {holder.id: holder.path for holder in content.members}
+    order = list(holders)
+    random.shuffle(order)  # spread many fetches of the same content over its holders
+    first, *others = order
+
+    def entry(member: Member) -> SharedFile:
+        path = paths[member.id]
+        return SharedFile.model_construct(
+            path=path, size=content.size, mtime=0.0, sha256=content.sha256
+        )
+
+    alternates = [(member, paths[member.id]) for member in others]
+    return await downloads.start(first, entry(first), name=name, alternates=alternates)
+
+
+async def start_by_sha256(
+    identity: Identity,
+    members_source: Callable[[], Awaitable[list[Member]]],
+    downloads: Downloads,
+    download_dir: Path,
+    sha256: str,
+    name: str,
+) -> tuple[Transfer, list[Member]]:
+    """The transfer of the content ``sha256`` and the members found holding it; RpcError
+    (operation failed) saying why when none holds it or it cannot start."""
+    content, holders, tally = await find_holders(identity, members_source, sha256)
+    if content is None:
+        raise RpcError(
+            OPERATION_FAILED,
+            f"no member answered that it has sha256 {sha256}: asked {tally.asked} of "
+            f"{tally.members} members ({tally.answered} answered, {tally.silent} silent, "
+            f"{tally.refused} refused); `p2pctl search --sha256 {sha256[:12]}` shows who has it",
+        )
+    name = destination_name(content, name, download_dir)
+    try:
+        return await start_from_holders(downloads, content, holders, name), holders
+    except (NotQueued, UnsafePath) as exc:
+        raise RpcError(OPERATION_FAILED, f"refusing {name!r}: {exc}") from None
+
+
+def sources_of(transfer: Transfer, holders: Sequence[Member]) -> list[dict[str, Any]]:
+    """The outcome's ``sources``: who gave how many bytes (one source per transfer here)."""
+    outcome = transfer.outcome
+    served = outcome.peer_id if outcome is not None else ""
+    moved = 0 if outcome is None or outcome.already_there else transfer.progress.bytes_done
+    names = {member.id: member.name for member in holders}
+    sources = [
+        {"id": served, "name": names.get(served, outcome.peer_name if outcome else ""),
+         "bytes": moved, "bad_pieces": 0}
+    ]  # fmt: skip
+    return [source for source in sources if source["id"]]
