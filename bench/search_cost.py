@@ -10,7 +10,7 @@ protocol: ``GET /search`` parsed and matched by p2pd.peer.search over
 ``--files`` paths made like bench/search_match.py's.  The stand-ins of one
 process share those paths (a file's sha256 differs among 7 variants across
 members, so that grouping has work) and run in ``--procs`` processes
-(asyncio, stdlib ssl).
+(one selector loop each, stdlib ssl).
 
 Measured: the wall time of ``p2pctl --json search`` (process start
 included), the counts it reports, p2pd's RSS before, at its peak during the
@@ -21,10 +21,11 @@ search (sampled every 5 ms) and 2 s after; and the same for a second search
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import secrets
+import selectors
+import socket
 import ssl
 import subprocess
 import sys
@@ -74,40 +75,65 @@ class MemberFiles(Sequence[Entry]):
 # -- the stand-ins' process ------------------------------------------------------------
 
 
-async def stand_ins(spec: dict[str, Any]) -> None:
+def stand_ins(spec: dict[str, Any]) -> None:
+    """Serve the members of ``spec`` until killed: one selector loop, non-blocking
+    stdlib TLS sockets (the handshake in C, without an event loop's Python buffers)."""
     entries = share(spec["files"])
     paths = [e.path for e in entries]
     sizes = [e.size for e in entries]
     lowered = lowered_paths(entries)
-    key_path = spec["key"]
+    selector = selectors.DefaultSelector()
     ports = []
-    servers = []
     for index, cert_path in spec["members"]:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_3
-        context.load_cert_chain(cert_path, key_path)
+        context.load_cert_chain(cert_path, spec["key"])
         context.verify_mode = ssl.CERT_REQUIRED
         context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         context.load_verify_locations(cadata=spec["trust"])
+        listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        listener.setblocking(False)
         files = MemberFiles(paths, sizes, index % VARIANTS)
-
-        async def handle(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, files: MemberFiles = files
-        ) -> None:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                writer.write(answer(head[:HEAD_LIMIT], files, lowered))
-                await writer.drain()
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-                pass
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context, backlog=64)
-        servers.append(server)
-        ports.append(server.sockets[0].getsockname()[1])
+        selector.register(listener, selectors.EVENT_READ, ("listen", context, files))
+        ports.append(listener.getsockname()[1])
     print(json.dumps(ports), flush=True)
-    await asyncio.Event().wait()
+    heads: dict[int, bytes] = {}
+    while True:
+        for key, _ in selector.select():
+            kind, context, files = key.data
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if kind == "listen":
+                try:
+                    raw, _ = sock.accept()
+                except BlockingIOError:
+                    continue
+                raw.setblocking(False)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+                selector.register(tls, selectors.EVENT_READ, ("handshake", context, files))
+                continue
+            assert isinstance(sock, ssl.SSLSocket)
+            try:
+                if kind == "handshake":
+                    sock.do_handshake()
+                    selector.modify(sock, selectors.EVENT_READ, ("read", context, files))
+                    continue
+                data = sock.recv(HEAD_LIMIT)
+                head = heads.pop(sock.fileno(), b"") + data
+                if data and b"\r\n\r\n" not in head and len(head) < HEAD_LIMIT:
+                    heads[sock.fileno()] = head
+                    continue
+                if data:
+                    sock.setblocking(True)  # a few KiB: the kernel takes them at once
+                    sock.sendall(answer(head, files, lowered))
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+            except (OSError, ValueError, IndexError):
+                pass
+            heads.pop(sock.fileno(), None)
+            selector.unregister(sock)
+            sock.close()
 
 
 def answer(head: bytes, files: MemberFiles, lowered: list[str]) -> bytes:
@@ -152,8 +178,6 @@ def register(url: str, secret: str, member_id: str, pem: str, port: int, key_pem
         "POST", "/register", body, host, time.time(), (member_id, load_key(key_pem))
     )
     reader = AnswerReader()
-    import socket
-
     with socket.create_connection((host, int(registry_port)), timeout=30) as sock:
         sock.sendall(raw)
         while (got := reader.next()) is None:
@@ -300,7 +324,7 @@ def main() -> int:
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.serve:
-        asyncio.run(stand_ins(json.loads(Path(opts.serve).read_text())))
+        stand_ins(json.loads(Path(opts.serve).read_text()))
         return 0
     print(json.dumps(run(opts), indent=1))
     return 0

@@ -293,7 +293,7 @@ class Rpc:
         await self.history.record(outcome)
         return outcome
 
-    async def rpc_search(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
+    async def rpc_search(self, params: dict[str, Any], notify: Notify) -> RawJson:
         """Every member asked, the matches grouped by content (p2pd.control.search)."""
         return await search_call(params, notify, self.pool.identity, self._members_to_search)
 

@@ -18,12 +18,14 @@ asked when the deadline came make the search ``partial``.
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import math
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import trio
 from pydantic import Field, ValidationError
@@ -31,7 +33,7 @@ from pydantic import Field, ValidationError
 from p2pcommon.memory import release_free_memory
 from p2pcommon.models import Member, SharedFile, _Body, validation_reason
 from p2pcommon.registry_client import RegistryClient
-from p2pd.control.jsonrpc import INVALID_PARAMS, RpcError
+from p2pd.control.jsonrpc import INVALID_PARAMS, RawJson, RpcError
 from p2pd.control.server import Notify
 from p2pd.peer.client import PeerConnection, PeerRefused, PeerUnavailable
 from p2pd.peer.search import MAX_MATCHES, Query, QueryError, build_query
@@ -58,8 +60,9 @@ RECEIVE_SIZE = 16 * 1024
 #: Members asked at most (the registry is paged up to this many).
 MAX_MEMBERS = 10_000
 MEMBER_PAGE = 1000
-#: Matches kept from all members together; beyond, the search is partial.
-MAX_KEPT_MATCHES = 20_000
+#: Matches kept from all members together (~300 bytes each); beyond, the search
+#: is partial.  Grouped, they make at most 1000 rows (search_groups) anyway.
+MAX_KEPT_MATCHES = 10_000
 #: Seconds between progress notifications.
 PROGRESS_PERIOD = 0.25
 
@@ -88,6 +91,14 @@ class SearchAnswer(_Body):
     more: bool = False
 
 
+class Match(NamedTuple):
+    """What a search keeps of a member's match: what grouping and the user need."""
+
+    path: str
+    size: int
+    sha256: str
+
+
 @dataclass
 class Tally:
     """What a search found so far; ``new`` holds the matches not yet notified."""
@@ -101,8 +112,8 @@ class Tally:
     #: Matches dropped past MAX_KEPT_MATCHES.
     dropped: int = 0
     cut_short: bool = False
-    found: list[tuple[str, str, SharedFile]] = field(default_factory=list)
-    new: list[tuple[str, str, SharedFile]] = field(default_factory=list)
+    found: list[tuple[str, str, Match]] = field(default_factory=list)
+    new: list[tuple[str, str, Match]] = field(default_factory=list)
 
     @property
     def silent(self) -> int:
@@ -124,7 +135,10 @@ class Tally:
 
     def keep(self, member: Member, files: Sequence[SharedFile]) -> None:
         room = max(0, MAX_KEPT_MATCHES - len(self.found))
-        kept = [(member.id, member.name, entry) for entry in files[:room]]
+        kept = [
+            (member.id, member.name, Match(entry.path, entry.size, entry.sha256))
+            for entry in files[:room]
+        ]
         self.dropped += len(files) - len(kept)
         self.found += kept
         self.new += kept
@@ -132,7 +146,7 @@ class Tally:
     def take_new(self) -> list[dict[str, Any]]:
         new, self.new = self.new, []
         return [
-            {"id": member_id, "name": name, **entry.to_json()} for member_id, name, entry in new
+            {"id": member_id, "name": name, **match._asdict()} for member_id, name, match in new
         ]
 
     def document(self) -> dict[str, Any]:
@@ -224,8 +238,8 @@ async def search_call(
     notify: Notify,
     identity: Identity,
     members_source: Callable[[], Awaitable[list[Member]]],
-) -> dict[str, Any]:
-    """The control method ``search``: the final document (docs/protocol.md §6).
+) -> RawJson:
+    """The control method ``search``: the final document (docs/protocol.md §6), encoded.
 
     With ``"progress": true``, "search" notifications carry the counts and the
     matches that arrived since the last one, every PROGRESS_PERIOD seconds.
@@ -252,12 +266,14 @@ async def search_call(
             identity, members, query, deadline, tally, progress if wants_progress else None
         )
         del members
-    document = tally.document()
+    # Encoded here, and the objects dropped before the answer is sent: a thousand
+    # connections' buffers and answers, and the document's objects, were freed
+    # in pieces, which glibc would keep as the daemon's for as long as it runs.
+    encoded = json.dumps(tally.document(), separators=(",", ":")).encode("ascii")
     tally.found.clear()
-    # A thousand connections' buffers and answers were freed in pieces: glibc
-    # would keep them as the daemon's for as long as it runs.
+    gc.collect()
     release_free_memory()
-    return document
+    return RawJson(encoded)
 
 
 def query_of(params: dict[str, Any]) -> Query:
