@@ -20,13 +20,14 @@ import trio
 from p2pcommon.models import Member, SharedFile
 from p2pcommon.paths import UnsafePath
 from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RpcError
-from p2pd.control.search import DEFAULT_TIMEOUT, Tally, ask_members
+from p2pd.control.search import DEFAULT_TIMEOUT
 from p2pd.fetch.downloads import Downloads, NotQueued
 from p2pd.fetch.names import destination
 from p2pd.fetch.transfer import Transfer
+from p2pd.peer.client import PeerPool
 from p2pd.peer.search import build_query
+from p2pd.peer.search_client import Tally, ask_members
 from p2pd.peer.search_groups import Content, group
-from p2pd.tls.identity import Identity
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -42,7 +43,7 @@ def wanted_content(params: dict[str, Any]) -> tuple[str, str]:
 
 
 async def find_holders(
-    identity: Identity,
+    pool: PeerPool,
     members_source: Callable[[], Awaitable[list[Member]]],
     sha256: str,
 ) -> tuple[Content | None, list[Member], Tally]:
@@ -53,7 +54,7 @@ async def find_holders(
     members: list[Member] = []
     with trio.move_on_at(deadline):
         members = await members_source()
-    await ask_members(identity, members, build_query(sha256=sha256), deadline, tally)
+    await ask_members(pool.identity, members, build_query(sha256=sha256), deadline, tally)
     found = [(mid, name, entry) for mid, name, entry in tally.found if entry.sha256 == sha256]
     rows = group(found).contents
     if not rows:
@@ -101,7 +102,7 @@ async def start_from_holders(
 
 
 async def start_by_sha256(
-    identity: Identity,
+    pool: PeerPool,
     members_source: Callable[[], Awaitable[list[Member]]],
     downloads: Downloads,
     download_dir: Path,
@@ -110,7 +111,7 @@ async def start_by_sha256(
 ) -> tuple[Transfer, list[Member]]:
     """The transfer of the content ``sha256`` and the members found holding it; RpcError
     (operation failed) saying why when none holds it or it cannot start."""
-    content, holders, tally = await find_holders(identity, members_source, sha256)
+    content, holders, tally = await find_holders(pool, members_source, sha256)
     if content is None:
         raise RpcError(
             OPERATION_FAILED,

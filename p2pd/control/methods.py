@@ -176,7 +176,7 @@ class Rpc:
         started_at = self.clock()
         try:
             transfer, holders = await start_by_sha256(
-                self.pool.identity,
+                self.pool,
                 self._members_to_search,
                 self.downloads,
                 self.settings().download_dir,
@@ -295,7 +295,7 @@ class Rpc:
 
     async def rpc_search(self, params: dict[str, Any], notify: Notify) -> RawJson:
         """Every member asked, the matches grouped by content (p2pd.control.search)."""
-        return await search_call(params, notify, self.pool.identity, self._members_to_search)
+        return await search_call(params, notify, self.pool, self._members_to_search)
 
     async def _members_to_search(self) -> list[Member]:
         try:
