@@ -12,13 +12,25 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
+import trio
+
 from p2pcommon.http.events import Response, error_response
-from p2pd.peer.search import QueryError, SearchLimiter, lowered_paths, match, parse_target
+from p2pd.peer.search import (
+    Query,
+    QueryError,
+    SearchLimiter,
+    lowered_paths,
+    match,
+    parse_target,
+)
 from p2pd.share.index import FileEntry
 
 #: Per asking member: searches a second, and the burst.
 SEARCH_RATE = 5.0
 SEARCH_BURST = 10
+#: Indexes larger than this are searched in a worker thread, one search at a time
+#: (a glob over a million paths takes a quarter of a second: not on the event loop).
+IN_LOOP_MAX = 50_000
 
 
 class SearchRoute:
@@ -40,12 +52,13 @@ class SearchRoute:
         self._generation = generation
         self.limiter = limiter or SearchLimiter(SEARCH_RATE, SEARCH_BURST)
         self.clock = clock
-        self._lowered_for: Sequence[FileEntry] | None = None
-        self._lowered: list[str] = []
+        #: The listing last searched, and its paths lowercased.
+        self._lowered: tuple[Sequence[FileEntry], list[str]] = ((), [])
+        self._large = trio.Lock()
         self.searches = 0
         self.refused = 0
 
-    def answer(self, target: str, member: str) -> Response:
+    async def answer(self, target: str, member: str) -> Response:
         """The answer to one search by ``member`` (its peer id)."""
         wait = self.limiter.admit(member, self.clock())
         if wait > 0:
@@ -66,10 +79,11 @@ class SearchRoute:
         self.searches += 1
         generation = self._generation()
         entries = self._listing()
-        if self._lowered_for is not entries:
-            self._lowered = lowered_paths(entries)
-            self._lowered_for = entries
-        found, more = match(entries, query, lowered=self._lowered)
+        if len(entries) <= IN_LOOP_MAX:
+            found, more = self._match(entries, query)
+        else:
+            async with self._large:
+                found, more = await trio.to_thread.run_sync(self._match, entries, query)
         body = {
             "generation": generation,
             "files": [entry.to_json() for entry in found],
@@ -77,3 +91,11 @@ class SearchRoute:
         }
         data = json.dumps(body, separators=(",", ":")).encode()
         return Response(200, data, [("Content-Type", "application/json")])
+
+    def _match(self, entries: Sequence[FileEntry], query: Query) -> tuple[list[FileEntry], bool]:
+        # One tuple, read and replaced whole: a worker thread and the loop may both be here.
+        listed, lowered = self._lowered
+        if listed is not entries:
+            lowered = lowered_paths(entries)
+            self._lowered = (entries, lowered)
+        return match(entries, query, lowered=lowered)

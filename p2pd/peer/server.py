@@ -160,7 +160,9 @@ class PeerServer:
             return await self._listing(request)
         if path == SEARCH_PATH:
             # A member is admitted, so client_id is its peer id: the rate limit's key.
-            return self.search.answer(request.target, request.client_id or request.client_host)
+            return await self.search.answer(
+                request.target, request.client_id or request.client_host
+            )
         if not path.startswith(FILES_PREFIX):
             return error_response(
                 404, "not found", "the routes are /files, /files/<path> and /search"

@@ -6,6 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
+from p2pd.peer import search_route
 from tests.p2pd.peer.test_http_standards import served
 
 
@@ -56,6 +59,19 @@ async def test_terms_exclusions_globs_hashes_and_sizes_are_answered(tmp_path: Pa
             "mtime": answer["files"][0]["mtime"],
             "sha256": sha,
         }
+
+
+async def test_a_large_index_is_searched_off_the_loop_with_the_same_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(tmp_path / "share", {f"d/f{i}.txt": b"x" for i in range(5)} | {"d/g.bin": b"y"})
+    async with served(tmp_path) as s:
+        in_loop = json.loads((await s.ask("GET", "/search?q=d/f")).body)
+        monkeypatch.setattr(search_route, "IN_LOOP_MAX", 0)
+        in_thread = json.loads((await s.ask("GET", "/search?q=d/f")).body)
+        assert in_thread == in_loop and len(in_loop["files"]) == 5
+        glob = json.loads((await s.ask("GET", "/search?q=*.bin")).body)
+        assert [f["path"] for f in glob["files"]] == ["d/g.bin", "data.bin"]  # served() adds one
 
 
 async def test_at_most_100_matches_and_more_says_there_were_others(tmp_path: Path) -> None:
