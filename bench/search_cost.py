@@ -1,6 +1,6 @@
 """What a search of many members costs the daemon that asks (issue 23).
 
-.venv/bin/python -m bench.search_cost [--members 1000] [--files 10000] [--procs 2]
+.venv/bin/python -m bench.search_cost [--members 1000] [--files 10000] [--procs 2] [--repeat N]
 
 A real registryd (memory store) and a real p2pd; ``--members`` light
 stand-ins, each a TLS server of its own (its own port, its own certificate
@@ -300,6 +300,12 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         print("first search:", json.dumps(results["first"]))
         results["second"] = measure(daemon, query, opts.timeout, pids)
         print("second search:", json.dumps(results["second"]))
+        walls = [results["first"]["wall_s"], results["second"]["wall_s"]]
+        for _ in range(opts.repeat):
+            walls.append(measure(daemon, query, opts.timeout, pids)["wall_s"])
+        walls.sort()
+        results["walls"] = walls
+        print(f"{len(walls)} searches: wall min {walls[0]} s, median {walls[len(walls) // 2]} s")
         if opts.wide:
             results["wide"] = measure(daemon, [opts.wide], opts.timeout, pids)
             print(f"wide search {opts.wide!r}:", json.dumps(results["wide"]))
@@ -321,6 +327,7 @@ def main() -> int:
     parser.add_argument("--query", default="debian42 iso")
     parser.add_argument("--wide", default="", help="another query, e.g. one matching 100+ each")
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=0, help="more searches, for the spread")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.serve:

@@ -120,7 +120,9 @@ class PeerConnection:
                 with trio.fail_after(CONNECT_TIMEOUT):
                     tcp = await trio.open_tcp_stream(host, port)
                     tls = BatchedTLSStream(tcp, context)
-                    await tls.do_handshake()
+                    # The request follows at once (every use of a connection
+                    # begins with one): our Finished goes out with it.
+                    await tls.do_handshake(hold_last_flight=True)
                 if presented_id(tls) != member.id:
                     raise PeerMismatch(f"{address} presented another member's certificate")
                 tcp = None  # handed over to the connection
