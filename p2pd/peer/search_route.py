@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import trio
@@ -47,6 +48,7 @@ class SearchRoute:
         *,
         limiter: SearchLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        refused: Counter[str] | None = None,
     ) -> None:
         self._listing = listing
         self._generation = generation
@@ -55,14 +57,15 @@ class SearchRoute:
         #: The listing last searched, and its paths lowercased.
         self._lowered: tuple[Sequence[FileEntry], list[str]] = ((), [])
         self._large = trio.Lock()
+        #: Searches answered, and those refused by reason (the peer server's counter).
         self.searches = 0
-        self.refused = 0
+        self.refused: Counter[str] = Counter() if refused is None else refused
 
     async def answer(self, target: str, member: str) -> Response:
         """The answer to one search by ``member`` (its peer id)."""
         wait = self.limiter.admit(member, self.clock())
         if wait > 0:
-            self.refused += 1
+            self.refused["too many searches"] += 1
             seconds = max(1, math.ceil(wait))
             return error_response(
                 429,
@@ -74,7 +77,7 @@ class SearchRoute:
         try:
             query = parse_target(target)
         except QueryError as exc:
-            self.refused += 1
+            self.refused["bad query"] += 1
             return error_response(400, "bad query", str(exc))
         self.searches += 1
         generation = self._generation()

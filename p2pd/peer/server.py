@@ -103,7 +103,9 @@ class PeerServer:
         self.bucket = TokenBucket(rate_limit) if rate_limit else None
         self.stats = UploadStats()
         self.http = HttpServer(self.handle, limits or Limits(max_body_bytes=0), admit=self._admit)
-        self.search = SearchRoute(lambda: share.index.listing(), lambda: self.generation)
+        self.search = SearchRoute(
+            lambda: share.index.listing(), lambda: self.generation, refused=self.stats.refused
+        )
         self._listing_cache: ListingBody | None = None
         self._listing_lock = trio.Lock()
         # Listed generation = this start's time in µs + the index's changes.

@@ -117,3 +117,6 @@ async def test_a_member_searching_too_often_gets_429_with_retry_after(tmp_path: 
         now[0] += 0.2  # one search's worth of refill
         assert (await s.ask("GET", "/search?q=data")).status == 200
         assert (await s.ask("GET", "/search?q=data")).status == 429
+        # For the metrics (p2pd_search_requests, p2pd_refused{reason}).
+        assert s.server.search.searches == 11
+        assert s.server.stats.refused["too many searches"] == 3
