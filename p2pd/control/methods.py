@@ -10,7 +10,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from p2pcommon import __version__
 from p2pcommon.boundary import failures
 from p2pcommon.models import Member, SharedFile
 from p2pcommon.paths import UnsafePath
-from p2pcommon.registry_errors import RegistryError
 from p2pd.control.by_sha256 import sources_of, start_by_sha256, wanted_content
 from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
 from p2pd.control.search import members_to_search, search_call
@@ -297,15 +296,8 @@ class Rpc:
         """Every member asked, the matches grouped by content (p2pd.control.search)."""
         return await search_call(params, notify, self.pool, self._members_to_search)
 
-    async def _members_to_search(self) -> list[Member]:
-        try:
-            return await members_to_search(self.link.client, self.own_id)
-        except RegistryError as exc:
-            raise RpcError(
-                OPERATION_FAILED,
-                f"cannot list the members to search: {exc}; check `p2pctl status` "
-                "(registry) and try again",
-            ) from None
+    def _members_to_search(self) -> Awaitable[list[Member]]:
+        return members_to_search(self.link.client, self.own_id)
 
     async def rpc_downloads(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
         return [t.to_json() for t in self.downloads.active.values()]

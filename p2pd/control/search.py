@@ -17,7 +17,8 @@ import trio
 from p2pcommon.memory import release_free_memory
 from p2pcommon.models import Member
 from p2pcommon.registry_client import RegistryClient
-from p2pd.control.jsonrpc import INVALID_PARAMS, RawJson, RpcError
+from p2pcommon.registry_errors import RegistryError
+from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
 from p2pd.control.server import Notify
 from p2pd.peer.client import PeerPool
 from p2pd.peer.search import Query, QueryError, build_query
@@ -34,16 +35,23 @@ MEMBER_PAGE = 1000
 async def members_to_search(registry: RegistryClient, own_id: str) -> list[Member]:
     """The other live members, with their certificates: the registry's pages (§3.4).
 
-    The one function that says whom a search asks.  RegistryError when the
-    registry cannot be read.
+    The one function that says whom a search asks.  RpcError (operation
+    failed) when the registry cannot be read.
     """
     members: list[Member] = []
     after: str | None = None
-    while len(members) < MAX_MEMBERS:
-        page, after = await registry.members_page(after, MEMBER_PAGE, certs=True)
-        members += (m for m in page if m.id != own_id and m.cert)
-        if after is None:
-            break
+    try:
+        while len(members) < MAX_MEMBERS:
+            page, after = await registry.members_page(after, MEMBER_PAGE, certs=True)
+            members += (m for m in page if m.id != own_id and m.cert)
+            if after is None:
+                break
+    except RegistryError as exc:
+        raise RpcError(
+            OPERATION_FAILED,
+            f"cannot list the members to search: {exc}; check `p2pctl status` (registry) "
+            "and try again",
+        ) from None
     return members[:MAX_MEMBERS]
 
 
