@@ -208,7 +208,11 @@ def fetch(client: Client, args: Args, params: dict[str, Any]) -> Any:
 # -- commands -----------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(by_sha256: bool = False) -> argparse.ArgumentParser:
+    """The full parser; ``by_sha256``: for a `fetch --sha256`, which takes no PEER FILE.
+
+    (Optional positionals would make argparse refuse `fetch bob --detach a.txt`.)
+    """
     import argparse
 
     top = argparse.ArgumentParser(
@@ -229,10 +233,29 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("ls", help="files shared by a member").add_argument("peer", metavar="PEER")
     commands.add_parser("shared", help="files this daemon shares")
     commands.add_parser("rescan", help="rescan the shared folder now")
-    fetch = commands.add_parser("fetch", help="download a file from a member")
-    fetch.add_argument("peer", metavar="PEER")
-    fetch.add_argument("file", metavar="FILE", help="a file, or a folder ending in '/'")
+    fetch = commands.add_parser(
+        "fetch",
+        help="download a file from a member, or content by its sha256 from every member with it",
+        usage="p2pctl fetch [--detach] (PEER FILE | --sha256 HEX [--name NAME])",
+    )
+    optional = "?" if by_sha256 else None
+    fetch.add_argument("peer", metavar="PEER", nargs=optional)
+    fetch.add_argument(
+        "file", metavar="FILE", nargs=optional, help="a file, or a folder ending in '/'"
+    )
     fetch.add_argument("--detach", action="store_true", help="return the transfer id at once")
+    fetch.add_argument("--sha256", metavar="HEX", help="the content's sha256 (64 hex digits)")
+    fetch.add_argument("--name", metavar="NAME", help="with --sha256: the file's name here")
+    search = commands.add_parser("search", help="search every member's files")
+    search.add_argument(
+        "pattern", metavar="PATTERN", nargs="*", help="terms ('-word' excludes), or a glob"
+    )
+    search.add_argument("--sha256", metavar="PREFIX", help="8 to 64 hex digits of the sha256")
+    search.add_argument("--min-size", type=int, metavar="BYTES", help="at least this size")
+    search.add_argument("--max-size", type=int, metavar="BYTES", help="at most this size")
+    search.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="seconds to wait (default 5)"
+    )
     commands.add_parser("downloads", help="transfers in progress")
     commands.add_parser("history", help="finished transfers")
     commands.add_parser("cancel", help="cancel a transfer").add_argument("id", metavar="ID")
@@ -287,7 +310,7 @@ def quick_args(argv: list[str]) -> SimpleNamespace | None:
     command = argv[i]
     values: dict[str, object] = {"socket": socket_path, "json": as_json, "command": command}
     if command == "fetch":
-        values["detach"] = False
+        values.update(detach=False, sha256=None, name=None)
     positionals = []
     for arg in argv[i + 1 :]:
         if command == "fetch" and arg == "--detach":
@@ -307,14 +330,21 @@ def quick_args(argv: list[str]) -> SimpleNamespace | None:
 
 
 def parse(argv: list[str] | None) -> Args:
-    quick = quick_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    quick = quick_args(argv)
     if quick is not None:
         return quick
-    top = parser()
+    top = parser(by_sha256=any(arg.startswith("--sha") for arg in argv))
     args = top.parse_args(argv)  # exits 2 on usage errors
     for name in ("peer", "file", "id"):
         if getattr(args, name, None) == "":
             top.error(f"{name.upper()} must not be empty")  # exits 2
+    if args.command in ("fetch", "search"):
+        from p2pctl.search import usage_problem
+
+        problem = usage_problem(args)
+        if problem:
+            top.error(problem)  # exits 2
     return args
 
 
@@ -363,6 +393,17 @@ def run(args: Args) -> None:
         params = {"peer": args.peer}
     elif command == "peers" and args.pattern:
         params = {"pattern": args.pattern}
+    elif command == "search":
+        from p2pctl.search import run_search
+
+        run_search(client, args)
+        return
+    elif command == "fetch" and args.sha256 is not None:
+        params = {"sha256": args.sha256.lower(), "detach": args.detach}
+        if args.name is not None:
+            params["name"] = args.name
+        if not args.detach:
+            params["progress"] = True
     elif command == "fetch":
         params = {"peer": args.peer, "path": args.file, "detach": args.detach}
         if not args.detach:
@@ -380,7 +421,8 @@ def run(args: Args) -> None:
         if args.json and exc.outcome is not None:
             # A fetch refused before any transfer: its outcome, as the history
             # has it, like that of a transfer that failed (a list for a folder).
-            print_json([exc.outcome] if args.file.endswith("/") else exc.outcome)
+            folder = (args.file or "").endswith("/")
+            print_json([exc.outcome] if folder else exc.outcome)
             exc.printed = True
         raise
     outcomes = (result if isinstance(result, list) else [result]) if command == "fetch" else []

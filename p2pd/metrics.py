@@ -89,6 +89,9 @@ class PeerCollector(Collector):
         yield _counter(
             "p2pd_listing_requests", "GET /files requests answered", stats.listings_served
         )
+        yield _counter(
+            "p2pd_search_requests", "GET /search requests answered", m.server.search.searches
+        )
         refused = {"busy": stats.refused_busy, **stats.refused}
         yield _by_label(
             CounterMetricFamily(

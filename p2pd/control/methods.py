@@ -10,7 +10,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,9 @@ from p2pcommon.boundary import failures
 from p2pcommon.memory import release_free_memory
 from p2pcommon.models import Member, SharedFile
 from p2pcommon.paths import UnsafePath
+from p2pd.control.by_sha256 import start_by_sha256, wanted_content
 from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
+from p2pd.control.search import members_to_search, search_call
 from p2pd.control.server import Method, Notify
 from p2pd.fetch.downloads import MAX_TRANSFERS, Downloads, NotQueued, Transfer
 from p2pd.fetch.history import History, HistoryUnavailable
@@ -62,7 +64,7 @@ class FetchRefused(Exception):
 
 @dataclass
 class Rpc:
-    """The nine control methods; ``methods()`` is what the ControlServer serves."""
+    """The ten control methods; ``methods()`` is what the ControlServer serves."""
 
     own_id: str
     #: The settings in force: a reload (SIGHUP) replaces the daemon's object.
@@ -89,6 +91,7 @@ class Rpc:
             "downloads": self.rpc_downloads,
             "history": self.rpc_history,
             "cancel": self.rpc_cancel,
+            "search": self.rpc_search,
         }
 
     async def rpc_status(self, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
@@ -175,6 +178,8 @@ class Rpc:
         Progress notifications only when the call asks (``"progress": true``):
         a generic JSON-RPC client expects its answer, not unsolicited lines.
         """
+        if "sha256" in params:
+            return await self._fetch_by_sha256(params, notify)
         peer, path = params.get("peer"), params.get("path")
         if not isinstance(peer, str) or not isinstance(path, str) or not peer or not path:
             raise RpcError(INVALID_PARAMS, "fetch needs params {'peer': PEER, 'path': FILE}")
@@ -183,14 +188,32 @@ class Rpc:
         try:
             transfers = await self._start(peer, path, wanted)
         except FetchRefused as exc:
-            # No transfer exists to record its outcome: record the refusal itself,
-            # and send it along, so that `p2pctl --json fetch` can print it as
-            # any other failed outcome (docs/protocol.md §7).
-            outcome = await self._record_refusal(exc, peer, wanted, started_at)
-            error = exc.error
-            data = {**(error.data or {}), "outcome": outcome.to_json()}
-            raise RpcError(error.code, error.message, data) from None
-        folder = wanted.endswith("/")
+            raise await self._refused(exc, peer, wanted, started_at) from None
+        return await self._wait(transfers, params, notify, wanted.endswith("/"))
+
+    async def _fetch_by_sha256(self, params: dict[str, Any], notify: Notify) -> Any:
+        """`fetch --sha256 HEX [--name NAME]` (p2pd.control.by_sha256): an outcome as a
+        fetch's, with every member that served pieces in ``sources``."""
+        sha256, name = wanted_content(params)
+        started_at = self.clock()
+        try:
+            transfer = await start_by_sha256(
+                self.pool,
+                self._members_to_search,
+                self.downloads,
+                self.settings().download_dir,
+                sha256,
+                name,
+            )
+        except RpcError as exc:
+            raise await self._refused(FetchRefused(exc), sha256[:12], name, started_at) from None
+        return await self._wait([transfer], params, notify, folder=False)
+
+    async def _wait(
+        self, transfers: list[Transfer], params: dict[str, Any], notify: Notify, folder: bool
+    ) -> Any:
+        """The answer of a fetch that started ``transfers``: ids at once with ``detach``,
+        else their outcomes once done (with progress notifications if asked)."""
         if params.get("detach"):
             ids = [{"id": t.queued.id} for t in transfers]
             return ids if folder else ids[0]
@@ -251,6 +274,20 @@ class Rpc:
                 ) from None
         return transfers
 
+    async def _refused(
+        self, refused: FetchRefused, peer: str, wanted: str, started_at: float
+    ) -> RpcError:
+        """The error of a fetch refused before any transfer, carrying its outcome.
+
+        No transfer exists to record its outcome: the refusal itself is recorded,
+        and sent along, so that `p2pctl --json fetch` can print it as any other
+        failed outcome (docs/protocol.md §7)."""
+        outcome = await self._record_refusal(refused, peer, wanted, started_at)
+        error = refused.error
+        return RpcError(
+            error.code, error.message, {**(error.data or {}), "outcome": outcome.to_json()}
+        )
+
     async def _record_refusal(
         self, refused: FetchRefused, peer: str, wanted: str, started_at: float
     ) -> Outcome:
@@ -274,6 +311,13 @@ class Rpc:
         log.info("failed %s from %s: %s", wanted, outcome.peer_name, outcome.error)
         await self.history.record(outcome)
         return outcome
+
+    async def rpc_search(self, params: dict[str, Any], notify: Notify) -> RawJson:
+        """Every member asked, the matches grouped by content (p2pd.control.search)."""
+        return await search_call(params, notify, self.pool, self._members_to_search)
+
+    def _members_to_search(self) -> Awaitable[list[Member]]:
+        return members_to_search(self.directory)
 
     async def rpc_downloads(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
         return [t.to_json() for t in self.downloads.active.values()]

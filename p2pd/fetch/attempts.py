@@ -160,10 +160,12 @@ def check_queued(queued: Queued) -> None:
     """Refuse a queued transfer whose fields are unsafe (one persisted by an older version)."""
     if not _SHA256.fullmatch(queued.sha256):
         raise Fatal("the member listed an invalid sha256; nothing was downloaded")
-    try:
-        check_relpath(queued.remote_path)
-    except UnsafePath as exc:
-        raise Fatal(f"refusing {queued.remote_path!r}: {exc}") from None
+    # dest_name is "" unless the download lands elsewhere than remote_path.
+    for path in [queued.remote_path] + ([queued.dest_name] if queued.dest_name else []):
+        try:
+            check_relpath(path)
+        except UnsafePath as exc:
+            raise Fatal(f"refusing {path!r}: {exc}") from None
     if queued.size < 0:
         raise Fatal("the member listed a negative size; nothing was downloaded")
 

@@ -92,6 +92,7 @@ class Downloads:
         self._schedule = Schedule[Transfer](CONCURRENT_TRANSFERS, lambda t: t.queued.sha256)
         #: Transfers queued or running, by (sha256, destination): a fetch joins them.
         self._by_key: dict[tuple[str, Path], Transfer] = {}
+        #: Members a fetch by sha256 found holding a transfer's bytes, by transfer id.
         self._nursery: trio.Nursery | None = None
         self._running_event = trio.Event()
         #: For metrics: finished transfers by status, and file bytes received.
@@ -110,18 +111,26 @@ class Downloads:
             await trio.sleep_forever()
 
     async def start(
-        self, member: Member, entry: SharedFile, candidates: list[Candidate] | None = None
+        self,
+        member: Member,
+        entry: SharedFile,
+        candidates: list[Candidate] | None = None,
+        *,
+        name: str = "",
     ) -> Transfer:
         """The transfer of ``entry`` from ``member``: a new one, or the one already queued
         or running for the same bytes to the same destination (same id, same outcome).
 
         ``candidates``: other members found with the same bytes (a search): with those
-        whose kept listings name them, sources of a many-source transfer.
+        whose kept listings name them, sources of a many-source transfer, and the
+        first alternates tried when the transfer comes from one member at a time.
+        ``name``: where it lands under download_dir, when not at its path in the
+        member's share.
 
         UnsafePath for a path that breaks the path rule; NotQueued, saying why, when
         there is no room or the destination cannot be looked at.
         """
-        dest = destination(self._dir, entry.path)
+        dest = destination(self._dir, name or entry.path)
         if (joined := self._joinable(entry.sha256, dest)) is not None:
             return joined
         if len(self.active) >= MAX_TRANSFERS:
@@ -137,6 +146,7 @@ class Downloads:
             sha256=entry.sha256,
             size=entry.size,
             started_at=self._clock(),
+            dest_name=name,
         )
         await self._running_event.wait()  # the persisted queue is known: it can be joined
         if (joined := self._joinable(entry.sha256, dest)) is not None:
@@ -169,7 +179,9 @@ class Downloads:
     def _look_and_enqueue(self, dest: Path, queued: Queued) -> Path | None:
         """A copy already at ``dest``; else None once ``queued`` is in the persisted
         queue, or the history said why it could not be (blocking)."""
-        existing = existing_copy(self._dir, queued.remote_path, queued.sha256, queued.size)
+        existing = existing_copy(
+            self._dir, queued.dest_name or queued.remote_path, queued.sha256, queued.size
+        )
         if existing is not None:
             return self._dir / existing
         self._history.enqueue(queued)
@@ -195,7 +207,7 @@ class Downloads:
     def _register(self, queued: Queued) -> Transfer:
         """A transfer in ``active`` (state queued), and joinable if its destination is valid."""
         try:
-            dest = destination(self._dir, queued.remote_path)
+            dest = destination(self._dir, queued.dest_name or queued.remote_path)
         except UnsafePath:
             transfer = Transfer(queued, self._dir, Progress(queued.size))  # check_queued refuses it
         else:
@@ -376,6 +388,7 @@ class Downloads:
         """Run the rounds that ``Attempts`` plans until one attempt succeeds or it ends."""
         queued = transfer.queued
         plan = Attempts(queued.peer_name)
+        known = [(c.member, c.path) for c in transfer.extra]
         while True:
             candidates = await self._candidates_now(transfer)
             if len(candidates) < 2 and await self.swarm.was_swarming(queued.sha256):
@@ -403,7 +416,9 @@ class Downloads:
             chosen = (member, queued.remote_path) if member is not None else None
             alternates = []
             if plan.asks_alternates(chosen is not None):
-                alternates = await find_alternates(self._pool, self._directory, transfer.queued)
+                alternates = await find_alternates(
+                    self._pool, self._directory, transfer.queued, known
+                )
                 alternates = [
                     (m, path)
                     for m, path in alternates

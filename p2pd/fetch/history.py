@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE TABLE IF NOT EXISTS queue (
     id TEXT PRIMARY KEY, peer_id TEXT, peer_name TEXT, remote_path TEXT,
-    sha256 TEXT, size INTEGER, started_at REAL
+    sha256 TEXT, size INTEGER, started_at REAL, dest_name TEXT DEFAULT ''
 );
 """
 
@@ -185,7 +185,8 @@ class HistoryFile:
     def enqueue(self, item: Queued) -> None:
         with self._connect() as db:
             db.execute(
-                "INSERT OR REPLACE INTO queue VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO queue ({', '.join(_QUEUED_FIELDS)}) "
+                f"VALUES ({', '.join('?' * len(_QUEUED_FIELDS))})",
                 tuple(asdict(item).values()),
             )
 
@@ -197,7 +198,7 @@ class HistoryFile:
             rows = db.execute(
                 f"SELECT rowid, {', '.join(_QUEUED_FIELDS)} FROM queue ORDER BY started_at"
             ).fetchall()
-            queue, damaged = _checked(rows, _QUEUED_TYPES, Queued)
+            queue, damaged = _checked(rows, _QUEUED_TYPES, _queued)
             if damaged:
                 db.executemany("DELETE FROM queue WHERE rowid = ?", [(r,) for r, _ in damaged])
         if damaged:
@@ -231,6 +232,12 @@ class HistoryFile:
             self._warned.update(rowid for rowid, _ in new)
             _warn(self._path, "history record", new, "left out of `history`")
         return outcomes
+
+
+def _queued(**fields: Any) -> Queued:
+    # NULL in a row written before the column.
+    fields["dest_name"] = fields["dest_name"] or ""
+    return Queued(**fields)
 
 
 def _outcome(**fields: Any) -> Outcome:
@@ -278,7 +285,7 @@ MAX_WARNED = 1000
 _TEXT, _NUMBER, _COUNT = (str,), (int, float), (int,)
 _QUEUED_TYPES: dict[str, tuple[type, ...]] = {
     "id": _TEXT, "peer_id": _TEXT, "peer_name": _TEXT, "remote_path": _TEXT,
-    "sha256": _TEXT, "size": _COUNT, "started_at": _NUMBER,
+    "sha256": _TEXT, "size": _COUNT, "started_at": _NUMBER, "dest_name": (str, type(None)),
 }  # fmt: skip
 _OUTCOME_TYPES: dict[str, tuple[type, ...]] = {
     "id": _TEXT, "path": _TEXT, "remote_path": _TEXT, "peer_id": _TEXT, "peer_name": _TEXT,
@@ -339,11 +346,16 @@ def _warn(path: Path, what: str, damaged: list[tuple[int, str]], done: str) -> N
 
 #: Columns added since the first release, with their type: a history file
 #: written by an older p2pd gets them at its next open (older rows: the default).
-_ADDED_COLUMNS = {"already_there": "INTEGER DEFAULT 0", "sources": "TEXT"}
+#: Columns added since the first release, by table: a file written before gets them.
+_ADDED_COLUMNS = {
+    "history": {"already_there": "INTEGER DEFAULT 0", "sources": "TEXT"},
+    "queue": {"dest_name": "TEXT DEFAULT ''"},
+}
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
-    present = {row[1] for row in db.execute("PRAGMA table_info(history)")}
-    for name, kind in _ADDED_COLUMNS.items():
-        if name not in present:
-            db.execute(f"ALTER TABLE history ADD COLUMN {name} {kind}")
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")

@@ -29,6 +29,9 @@ class Queued:
     sha256: str
     size: int
     started_at: float
+    #: Where it lands under download_dir when not at ``remote_path`` (a fetch by
+    #: sha256 given a name, or taking the most common one); "" otherwise.
+    dest_name: str = ""
 
 
 @dataclass(frozen=True)

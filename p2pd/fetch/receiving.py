@@ -210,7 +210,7 @@ class Receiver:
                 queued.sha256,
                 queued.size,
                 blocks,
-                queued.remote_path,
+                queued.dest_name or queued.remote_path,
             )
         except OSError as exc:
             await discard_quietly(self.download_dir, queued.sha256)
@@ -224,7 +224,12 @@ class Receiver:
         transfer.state = State.PLACING
         try:
             placed = await trio.to_thread.run_sync(
-                place, self.download_dir, partial, queued.sha256, queued.size, queued.remote_path
+                place,
+                self.download_dir,
+                partial,
+                queued.sha256,
+                queued.size,
+                queued.dest_name or queued.remote_path,
             )
         except OSError as exc:
             raise fatal_os_error(exc, transfer.dest) from None

@@ -86,7 +86,9 @@ def _unreachable() -> Iterator[None]:
 class PeerConnection:
     """One kept-alive connection to one member; requests run one at a time."""
 
-    def __init__(self, member: Member, stream: BatchedTLSStream) -> None:
+    def __init__(
+        self, member: Member, stream: BatchedTLSStream, receive_size: int = RECEIVE_SIZE
+    ) -> None:
         self.member = member
         self._tls = stream
         self._http = ClientConnection(
@@ -95,13 +97,20 @@ class PeerConnection:
             host="peer",
             read_timeout=READ_TIMEOUT,
             write_timeout=WRITE_TIMEOUT,
-            receive_size=RECEIVE_SIZE,
+            receive_size=receive_size,
         )
 
     @classmethod
     async def open(
-        cls, identity: Identity, member: Member, context: ssl.SSLContext | None = None
+        cls,
+        identity: Identity,
+        member: Member,
+        context: ssl.SSLContext | None = None,
+        *,
+        receive_size: int = RECEIVE_SIZE,
     ) -> PeerConnection:
+        """A connection to ``member``; ``receive_size``: the buffer each read fills (a
+        waiting read holds it: small for many small answers at once, as a search asks)."""
         context = context or client_context(identity, member.cert)
         failures: list[tuple[str, BaseException]] = []
         for address in member.addresses:
@@ -113,11 +122,13 @@ class PeerConnection:
                     # Our id as SNI: a server picks the context that trusts a
                     # self-signed member's certificate by it (docs/protocol.md §1).
                     tls = BatchedTLSStream(tcp, context, server_hostname=identity.id)
-                    await tls.do_handshake()
+                    # The request follows at once (every use of a connection
+                    # begins with one): our Finished goes out with it.
+                    await tls.do_handshake(hold_last_flight=True)
                 if presented_id(tls) != member.id:
                     raise PeerMismatch(f"{address} presented another member's certificate")
                 tcp = None  # handed over to the connection
-                return cls(member, tls)
+                return cls(member, tls, receive_size)
             except (
                 OSError,
                 ValueError,
@@ -187,6 +198,11 @@ class PeerPool:
         # Building a context loads our key and the member's certificate: do it once
         # per member used lately, not for every member there ever was.
         self._contexts: OrderedDict[str, ssl.SSLContext] = OrderedDict()
+
+    @property
+    def identity(self) -> Identity:
+        """Our identity, presented to every member."""
+        return self._identity
 
     def _open(self, member: Member) -> Awaitable[PeerConnection]:
         context = self._contexts.get(member.cert)

@@ -41,6 +41,8 @@ from p2pd.peer.files import (
     repr_digest,
 )
 from p2pd.peer.ratelimit import Allowance, TokenBucket
+from p2pd.peer.search import SEARCH_PATH
+from p2pd.peer.search_route import SearchRoute
 from p2pd.peer.slots import UploadSlots
 from p2pd.peer.uploads import BUSY, MIN_UPLOAD_RATE, PACE_WINDOW, UploadPace
 from p2pd.share.index import FileEntry
@@ -114,6 +116,9 @@ class PeerServer:
         self.bucket = TokenBucket(rate_limit) if rate_limit else None
         self.stats = UploadStats()
         self.http = HttpServer(self.handle, limits or Limits(max_body_bytes=0), admit=self._admit)
+        self.search = SearchRoute(
+            lambda: share.index.listing(), lambda: self.generation, refused=self.stats.refused
+        )
         self._listing_cache: ListingBody | None = None
         self._listing_lock = trio.Lock()
         self._layer_reads = trio.CapacityLimiter(LAYER_READS)
@@ -206,10 +211,17 @@ class PeerServer:
         path = request.path
         if path == "/files":
             return await self._listing(request)
+        if path == SEARCH_PATH:
+            # A member is admitted, so client_id is its peer id: the rate limit's key.
+            return await self.search.answer(
+                request.target, request.client_id or request.client_host
+            )
         prefix = LAYERS_PREFIX if path.startswith(LAYERS_PREFIX) else FILES_PREFIX
         if not path.startswith(prefix):
             return error_response(
-                404, "not found", "the routes are /files, /files/<path> and /layers/<path>"
+                404,
+                "not found",
+                "the routes are /files, /files/<path>, /layers/<path> and /search",
             )
         try:
             relative = decode_file_target(request.target, prefix)

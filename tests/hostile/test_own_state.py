@@ -170,7 +170,10 @@ def test_damaged_queue_and_history_rows_cost_only_themselves(scene: Scene) -> No
         "00000001", "/d/a.txt", "a.txt", "b" * 52, "bob", "c" * 64, 3, "ok", None, 1, 2, 3, 0,
         sources,
     )  # fmt: skip
-    queue = "INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?, ?)"
+    queue = (
+        "INSERT INTO queue (id, peer_id, peer_name, remote_path, sha256, size, started_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    )
     history = "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     damage(
         db,

@@ -115,9 +115,15 @@ class FakeStats:
 
 
 @dataclass
+class FakeSearch:
+    searches: int = 6
+
+
+@dataclass
 class FakeServer:
     stats: FakeStats
     upload_slots: int = 8
+    search: FakeSearch = field(default_factory=FakeSearch)
 
 
 @dataclass
@@ -169,6 +175,7 @@ def test_the_collector_reads_the_live_state() -> None:
     assert got[("p2pd_registered", ())] == 1
     assert got[("p2pd_contained_failures_total", (("kind", "connection"),))] == 3
     assert got[("p2pd_listing_requests_total", ())] == 7
+    assert got[("p2pd_search_requests_total", ())] == 6
     assert got[("p2pd_refused_total", (("reason", "busy"),))] == 2
     assert got[("p2pd_refused_total", (("reason", "handshake"),))] == 4
     assert got[("p2pd_refused_total", (("reason", "not a member"),))] == 5

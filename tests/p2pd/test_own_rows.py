@@ -118,7 +118,8 @@ def test_damaged_queue_rows_are_dropped_and_the_others_resumed(
     history.enqueue(good)
     rows(
         tmp_path / "history.sqlite3",
-        "INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO queue (id, peer_id, peer_name, remote_path, sha256, size, started_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
             ("00000002", "p" * 52, "bob", b"blob", SHA, 3, 2.0),
             ("00000003", None, "bob", "b.txt", SHA, 3, 3.0),

@@ -65,7 +65,12 @@ class QuickDownloads(Downloads):
     started: list[str]
 
     async def start(
-        self, member: Member, entry: SharedFile, candidates: list[Candidate] | None = None
+        self,
+        member: Member,
+        entry: SharedFile,
+        candidates: list[Candidate] | None = None,
+        *,
+        name: str = "",
     ) -> Transfer:
         self.started.append(entry.path)
         queued = Queued(f"{len(self.started):08x}", member.id, member.name, entry.path, SHA, 3, 0)

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from p2pd.fetch.history import UNRECORDED_KEPT, History, HistoryFile
-from p2pd.fetch.model import Outcome
+from p2pd.fetch.model import Outcome, Queued
 
 OLD_SCHEMA = """
 CREATE TABLE history (
@@ -42,6 +42,34 @@ def test_a_history_from_an_older_p2pd_gets_the_already_there_flag(tmp_path: Path
     assert (newest.id, newest.already_there) == ("00000003", False)
     assert there == outcome("00000002", 10, already_there=True)
     assert (old.id, old.already_there, old.bytes_per_second) == ("00000001", False, 3.0)
+
+
+OLD_QUEUE = """
+CREATE TABLE queue (
+    id TEXT PRIMARY KEY, peer_id TEXT, peer_name TEXT, remote_path TEXT,
+    sha256 TEXT, size INTEGER, started_at REAL
+);
+"""
+
+
+def test_a_queue_from_an_older_p2pd_resumes_and_takes_a_destination_name(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "history.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_QUEUE)
+        db.execute(
+            "INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ("00000001", "b" * 52, "bob", "music/a.flac", "c" * 64, 3, 1.0),
+        )
+    db.close()
+    history = HistoryFile(path)
+    named = Queued("00000002", "b" * 52, "bob", "music/a.flac", "d" * 64, 4, 2.0, "mine.flac")
+    history.enqueue(named)
+    old, new = history.queued()
+    history.close()
+    assert old == Queued("00000001", "b" * 52, "bob", "music/a.flac", "c" * 64, 3, 1.0)
+    assert old.dest_name == "" and new == named
 
 
 async def test_while_the_file_fails_outcomes_are_kept_and_said_then_it_heals(
