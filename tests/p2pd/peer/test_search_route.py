@@ -58,6 +58,9 @@ async def test_terms_exclusions_globs_hashes_and_sizes_are_answered(tmp_path: Pa
             "size": 5,
             "mtime": answer["files"][0]["mtime"],
             "sha256": sha,
+            # As the listing has them: a file of one 16 KiB block is its own root.
+            "root": sha,
+            "piece_size": 16 * 1024,
         }
 
 
