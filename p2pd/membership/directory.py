@@ -54,6 +54,13 @@ MAX_SUGGESTIONS = 3
 #: What the registry resolves: 1 to 64 printable characters (docs/protocol.md §3.4).
 MAX_PEER_TEXT = 64
 _PEER_ID = re.compile(PEER_ID_PATTERN)
+
+
+def is_peer_id(text: str) -> bool:
+    """Whether ``text`` has the form of a peer id (52 characters of base32, lowercase)."""
+    return _PEER_ID.fullmatch(text) is not None
+
+
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 
 

@@ -11,11 +11,9 @@ Only indexed files are served; targets are validated before any lookup.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
-import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,7 +38,8 @@ from p2pd.peer.files import (
     parse_range,
     repr_digest,
 )
-from p2pd.peer.ratelimit import Allowance, TokenBucket
+from p2pd.peer.handshake import Handshakes
+from p2pd.peer.ratelimit import TokenBucket
 from p2pd.peer.search import SEARCH_PATH
 from p2pd.peer.search_route import SearchRoute
 from p2pd.peer.slots import UploadSlots
@@ -49,9 +48,7 @@ from p2pd.share.index import FileEntry
 from p2pd.share.merkle import piece_count
 from p2pd.share.safeopen import FileChanged
 from p2pd.share.watching import Share
-from p2pd.tls.clienthello import ClientHelloError
-from p2pd.tls.contexts import PeerMismatch, ServerContexts, presented_id, refuse_handshake
-from p2pd.tls.peek import peek_server_name
+from p2pd.tls.contexts import ServerContexts
 
 log = logging.getLogger("p2pd.server")
 
@@ -59,12 +56,6 @@ log = logging.getLogger("p2pd.server")
 READ_AHEAD = 256 * 1024
 #: Seconds a request waits for an upload slot before 503.
 SLOT_WAIT = 2.0
-HANDSHAKE_TIMEOUT = 10.0
-#: Seconds the lookup of a ClientHello's SNI may take; then the default context.
-SNI_LOOKUP_DEADLINE = 3.0
-#: Lookups of SNI names not kept, a second and at once (past them: the default context).
-SNI_LOOKUP_RATE = 20.0
-SNI_LOOKUP_BURST = 40.0
 #: Listing entries encoded at a time (~3 ms) before the event loop runs again.
 LISTING_SLICE = 2000
 #: Piece layers read from the hash cache at once (each a short SQLite read).
@@ -107,7 +98,6 @@ class PeerServer:
         self._share = share
         self._directory = directory
         self._contexts = contexts
-        self._sni_lookups = Allowance(SNI_LOOKUP_RATE, SNI_LOOKUP_BURST)
         self.slots = UploadSlots(upload_slots)
         self.upload_slots = upload_slots
         #: The pace floor (p2pd/peer/uploads.py): bytes/s over ``pace_window`` seconds; 0: none.
@@ -115,7 +105,10 @@ class PeerServer:
         self.pace_window = pace_window
         self.bucket = TokenBucket(rate_limit) if rate_limit else None
         self.stats = UploadStats()
-        self.http = HttpServer(self.handle, limits or Limits(max_body_bytes=0), admit=self._admit)
+        self.handshakes = Handshakes(directory, contexts, self.stats.refused)
+        self.http = HttpServer(
+            self.handle, limits or Limits(max_body_bytes=0), admit=self.handshakes.admit
+        )
         self.search = SearchRoute(
             lambda: share.index.listing(), lambda: self.generation, refused=self.stats.refused
         )
@@ -138,57 +131,6 @@ class PeerServer:
     def set_rate_limit(self, rate: int) -> None:
         """Applies to every upload from its next chunk (a large body: its next 64 MiB segment)."""
         self.bucket = TokenBucket(rate) if rate else None
-
-    async def _admit(self, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, str | None] | None:
-        # One deadline for the ClientHello's peek, the lookup and the handshake.
-        with trio.move_on_after(HANDSHAKE_TIMEOUT) as deadline:
-            context = await self._context_for(stream)
-        if deadline.cancelled_caught:
-            log.info("refused a TLS handshake: no ClientHello within %g s", HANDSHAKE_TIMEOUT)
-            self.stats.refused["handshake"] += 1
-            await trio.aclose_forcefully(stream)
-            return None
-        tls = trio.SSLStream(stream, context, server_side=True)
-        try:
-            with trio.fail_at(deadline.deadline):
-                await tls.do_handshake()
-            peer_id = presented_id(tls)
-        except (
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            trio.TooSlowError,
-            PeerMismatch,
-        ) as exc:
-            log.info("refused a TLS handshake: %s", exc.__cause__ or exc or "too slow")
-            self.stats.refused["handshake"] += 1
-            if isinstance(exc.__cause__, ssl.SSLError):
-                # OpenSSL wrote an alert saying why (no certificate, unknown
-                # CA, protocol version): send it rather than a bare close.
-                await refuse_handshake(tls)
-            else:
-                await trio.aclose_forcefully(tls)
-            return None
-        return tls, peer_id
-
-    async def _context_for(self, stream: trio.abc.Stream) -> ssl.SSLContext:
-        """The default context, or a foreign member's: the one its SNI (its id) names."""
-        try:
-            name = await peek_server_name(stream)
-        except ClientHelloError:
-            # Not TLS as we read it: the default context's handshake refuses it with an alert.
-            return self._contexts.default
-        if name is None:
-            return self._contexts.default
-        if not self._directory.knows(name) and not self._sni_lookups.allow(trio.current_time()):
-            # A flood of made-up names must not spend our lookups at the registry
-            # (it limits them per address), which admission needs.
-            self.stats.refused["sni lookups limited"] += 1
-            return self._contexts.default
-        member = None
-        # A slow registry costs a foreign member its handshake, not everyone theirs.
-        with trio.move_on_after(SNI_LOOKUP_DEADLINE), contextlib.suppress(LookupUnavailable):
-            member = await self._directory.get(name)
-        return await self._contexts.for_member(member)
 
     async def handle(self, request: Request) -> Response:
         try:

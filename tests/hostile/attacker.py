@@ -370,10 +370,15 @@ def client_context(who: Attacker | None, *, sni: str | bool = True) -> ssl.SSLCo
 
 
 def tls(
-    port: int, who: Attacker | None, timeout: float = 15, *, sni: str | bool = True
+    port: int,
+    who: Attacker | None,
+    timeout: float = 15,
+    *,
+    sni: str | bool = True,
+    source: str | None = None,
 ) -> ssl.SSLSocket:
-    """``sni`` as ``client_context`` takes it."""
-    sock = tcp(port, timeout=timeout)
+    """``sni`` as ``client_context`` takes it; ``source``: the local address to connect from."""
+    sock = tcp(port, timeout=timeout, source=source)
     try:
         return client_context(who, sni=sni).wrap_socket(sock)
     except BaseException:
@@ -388,8 +393,9 @@ def peer_get(
     headers: dict[str, str] | None = None,
     *,
     sni: str | bool = True,
+    source: str | None = None,
 ) -> RawResponse:
-    with tls(port, who, sni=sni) as sock:
+    with tls(port, who, sni=sni, source=source) as sock:
         sock.sendall(build_request("GET", target, headers or {}))
         return read_response(sock)
 

@@ -8,6 +8,7 @@ writes its bytes on raw sockets, its ClientHello made by Python's ssl in memory.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import ssl
@@ -22,7 +23,7 @@ import trio
 
 from p2pcommon.models import Member
 from p2pd.membership.directory import Directory
-from p2pd.peer import server as server_module
+from p2pd.peer import handshake as handshake_module
 from p2pd.peer.server import PeerServer
 from p2pd.share.watching import Share
 from p2pd.tls.contexts import ServerContexts
@@ -48,7 +49,7 @@ class Victim:
 async def victim(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, max_entries: int = 64
 ) -> AsyncIterator[Victim]:
-    monkeypatch.setattr(server_module, "HANDSHAKE_TIMEOUT", DEADLINE)
+    monkeypatch.setattr(handshake_module, "HANDSHAKE_TIMEOUT", DEADLINE)
     root, state = tmp_path / "share", tmp_path / "state"
     root.mkdir()
     (root / "a.txt").write_bytes(b"a")
@@ -220,7 +221,10 @@ async def test_a_flood_of_strange_names_keeps_memory_bounded_and_the_loop_free(
         limited = v.server.stats.refused["sni lookups limited"]
         assert limited > 0 and v.directory.requests == 200 - limited
         took = trio.current_time() - started
-        allowed = server_module.SNI_LOOKUP_BURST + server_module.SNI_LOOKUP_RATE * took
+        # All from one address: its part of the lookups, not everyone's.
+        allowed = (
+            handshake_module.SNI_LOOKUP_BURST + handshake_module.SNI_LOOKUP_RATE_PER_ADDRESS * took
+        )
         assert v.directory.requests <= allowed + 1
         assert v.contexts.builds == 1
         assert watch.worst < 0.25, f"the loop stalled {watch.worst:.3f} s"
@@ -252,3 +256,48 @@ async def test_many_foreign_members_cost_a_bounded_number_of_contexts_built_off_
         assert v.contexts.builds == 1 + 30  # kept: not built again
         assert watch.worst < 0.25, f"the loop stalled {watch.worst:.3f} s"
         nursery.cancel_scope.cancel()
+
+
+async def test_names_that_are_no_member_id_are_never_looked_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    who = Attacker.new(tmp_path / "names")
+    async with victim(tmp_path, monkeypatch) as v:
+
+        def flood() -> int:
+            refused = 0
+            for n in range(100):
+                try:
+                    peer_get(v.port, who, "/files", sni=f"host{n}.example.org")
+                except (ssl.SSLError, Closed, OSError):
+                    refused += 1
+            return refused
+
+        assert await trio.to_thread.run_sync(flood) == 100
+        # Nothing asked of the registry, and nothing of the lookups' allowance spent.
+        assert v.directory.requests == 0
+        assert v.server.stats.refused["sni lookups limited"] == 0
+
+
+async def test_a_flood_from_one_address_leaves_a_foreign_member_elsewhere_its_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flooder = Attacker.new(tmp_path / "flooder")
+    member = Attacker.new(tmp_path / "member")
+    async with victim(tmp_path, monkeypatch) as v:
+        await v.registry.add(
+            Member(id=member.id, name="member", addresses=[], cert=member.cert_pem, last_seen=0)
+        )
+
+        def flood() -> None:
+            for _ in range(150):  # well past one address's burst and refill
+                with contextlib.suppress(ssl.SSLError, Closed, OSError):
+                    peer_get(v.port, flooder, "/files", sni=random_id(), source="127.0.0.1")
+
+        await trio.to_thread.run_sync(flood)
+        assert v.server.stats.refused["sni lookups limited"] > 0
+        # The foreign member, from another address, is looked up and gets in at once.
+        answer = await trio.to_thread.run_sync(
+            lambda: peer_get(v.port, member, "/files", source="127.0.0.2")
+        )
+        assert answer.status == 200
