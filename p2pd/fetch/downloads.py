@@ -13,7 +13,6 @@ which ``p2pd.fetch.schedule`` starts 8 at a time) and runs their rounds;
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import time
@@ -27,6 +26,7 @@ from p2pcommon.boundary import contained, describe, failure_boundary
 from p2pcommon.models import Member, SharedFile
 from p2pcommon.paths import UnsafePath
 from p2pd.fetch.attempts import Attempts, Fatal, ProgressWindow, Retry, check_queued
+from p2pd.fetch.candidates import Candidates
 from p2pd.fetch.history import History
 from p2pd.fetch.model import Progress, Queued, State
 from p2pd.fetch.names import destination
@@ -37,7 +37,7 @@ from p2pd.fetch.sources import find_alternates
 from p2pd.fetch.swarming import Candidate, SwarmContext, swarmable
 from p2pd.fetch.transfer import Transfer
 from p2pd.membership.directory import Directory, LookupUnavailable
-from p2pd.peer.client import PeerPool, PeerUnavailable
+from p2pd.peer.client import PeerPool
 
 __all__ = [
     "MAX_TRANSFERS",
@@ -84,6 +84,7 @@ class Downloads:
         self._directory = directory
         #: Many-source transfers (p2pd.fetch.swarming) and the members they avoid.
         self.swarm = SwarmContext(pool, download_dir, on_received=self._piece_received)
+        self._candidates = Candidates(pool, directory, self.swarm.avoided)
         self._dir = download_dir
         self._history = history
         self._clock = clock
@@ -313,53 +314,6 @@ class Downloads:
         """A verified piece of a many-source transfer (its progress is the swarm's)."""
         self.received_bytes += count
 
-    async def _look_again(self, transfer: Transfer) -> list[Candidate]:
-        """A many-source transfer is to be resumed (after a restart, say) and the
-        listings that named its sources are not kept: ask the members again."""
-        with contextlib.suppress(LookupUnavailable):
-            member = await self._directory.get(transfer.queued.peer_id)
-            if member is not None:
-                with contextlib.suppress(PeerUnavailable):
-                    await self._pool.listing(member)
-        with contextlib.suppress(LookupUnavailable):
-            await find_alternates(self._pool, self._directory, transfer.queued)
-        return await self._candidates_now(transfer)
-
-    async def _candidates_now(self, transfer: Transfer) -> list[Candidate]:
-        """``candidates``, with the directory's answers about them made fresh first."""
-        await self._look_up_candidates(transfer)
-        return self.candidates(transfer)
-
-    async def _look_up_candidates(self, transfer: Transfer) -> None:
-        """Have the directory's answer ready for every member that may be a candidate
-        (the kept listings naming these bytes, those the caller passed), so that
-        ``candidates``, which may not wait, finds them; an unknown one is left out."""
-        queued = transfer.queued
-        ids = [
-            member_id
-            for member_id, listing in self._pool.cached_listings()
-            if listing.entry_of(queued.sha256, queued.size) is not None
-        ]
-        ids += [candidate.member.id for candidate in transfer.extra]
-        for member_id in dict.fromkeys(ids):
-            with contextlib.suppress(LookupUnavailable):
-                await self._directory.get(member_id)
-
-    def candidates(self, transfer: Transfer) -> list[Candidate]:
-        """The members that list the transfer's bytes: those the kept listings name (no
-        request), and those the caller passed; none avoided for this content."""
-        queued = transfer.queued
-        found: dict[str, Candidate] = {}
-        for member_id, listing in self._pool.cached_listings():
-            member = self._directory.kept_member(member_id)
-            entry = listing.entry_of(queued.sha256, queued.size) if member else None
-            if member is not None and entry is not None:
-                found[member_id] = Candidate(member, entry.path, entry.root, entry.piece_size)
-        for candidate in transfer.extra:
-            if self._directory.kept_member(candidate.member.id) is not None:
-                found.setdefault(candidate.member.id, candidate)
-        return [c for c in found.values() if not self.swarm.avoided(queued.sha256, c.member.id)]
-
     async def _finish(
         self,
         transfer: Transfer,
@@ -390,13 +344,13 @@ class Downloads:
         plan = Attempts(queued.peer_name)
         known = [(c.member, c.path) for c in transfer.extra]
         while True:
-            candidates = await self._candidates_now(transfer)
+            candidates = await self._candidates.of(transfer)
             if len(candidates) < 2 and await self.swarm.was_swarming(queued.sha256):
-                candidates = await self._look_again(transfer)
+                candidates = await self._candidates.look_again(transfer)
             if swarmable(queued.size, candidates):
                 try:
                     await self.swarm.attempt(
-                        transfer, candidates, lambda: self._candidates_now(transfer)
+                        transfer, candidates, lambda: self._candidates.of(transfer)
                     )
                     return
                 except Retry as exc:
@@ -404,7 +358,7 @@ class Downloads:
                     log.info("transfer %s: %s", queued.id, plan.reason)
                     if ending is not None:
                         raise ending from None
-                    remaining = await self._candidates_now(transfer)
+                    remaining = await self._candidates.of(transfer)
                     if len(remaining) < len(candidates) and swarmable(queued.size, remaining):
                         continue  # liars were dropped: the honest members, at once
             try:

@@ -177,12 +177,6 @@ class Directory:
         kept = self._entries.get(member_id)
         return kept is not None and kept[1] > self._clock()
 
-    def kept_member(self, member_id: str) -> Member | None:
-        """The member ``member_id`` if a fresh answer says it is one; asks no one (for
-        callers that cannot wait, such as a many-source transfer taking in new sources)."""
-        kept = self._entries.get(member_id)
-        return kept[0] if kept is not None and kept[1] > self._clock() else None
-
     async def is_member(self, member_id: str | None) -> bool:
         return member_id is not None and await self.get(member_id) is not None
 
