@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +19,15 @@ import trio
 from p2pcommon import __version__
 from p2pcommon.boundary import failures
 from p2pcommon.memory import release_free_memory
-from p2pcommon.models import Member, SharedFile
-from p2pcommon.paths import UnsafePath
+from p2pcommon.models import Member
 from p2pd.control.by_sha256 import start_by_sha256, wanted_content
+from p2pd.control.fetch_rules import combined_progress, intended, too_many, unsafe
 from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RawJson, RpcError
 from p2pd.control.search import members_to_search, search_call
 from p2pd.control.server import Method, Notify
-from p2pd.fetch.downloads import MAX_TRANSFERS, Downloads, NotQueued, Transfer
+from p2pd.fetch.downloads import Downloads, NotQueued, Transfer
 from p2pd.fetch.history import History, HistoryUnavailable
 from p2pd.fetch.model import Outcome
-from p2pd.fetch.names import destination
 from p2pd.membership.directory import Directory, LookupUnavailable, PeerLookupError
 from p2pd.membership.link import RegistryLink
 from p2pd.options import PeerOptions
@@ -219,7 +217,7 @@ class Rpc:
             return ids if folder else ids[0]
         if params.get("progress") is True:
             while not all(t.done.is_set() for t in transfers):
-                await notify("progress", _combined_progress(transfers))
+                await notify("progress", combined_progress(transfers))
                 with trio.move_on_after(PROGRESS_PERIOD):
                     for transfer in transfers:
                         await transfer.done.wait()
@@ -246,7 +244,7 @@ class Rpc:
             raise FetchRefused(RpcError(OPERATION_FAILED, message), **known)
         # Every destination is checked before the first transfer starts: a
         # folder with one unsafe name is refused whole, not half fetched.
-        refused = _unsafe(self.settings().download_dir, entries)
+        refused = unsafe(self.settings().download_dir, entries)
         if refused:
             reasons = "; ".join(refused)
             what = f"{len(refused)} of {len(entries)} files" if folder else "it"
@@ -262,7 +260,7 @@ class Rpc:
         if new > self.downloads.room:
             queued = len(self.downloads.active)
             raise FetchRefused(
-                RpcError(OPERATION_FAILED, _too_many(path, wanted, entries, new, queued)), **known
+                RpcError(OPERATION_FAILED, too_many(path, wanted, entries, new, queued)), **known
             )
         transfers: list[Transfer] = []
         for entry in entries:
@@ -295,7 +293,7 @@ class Rpc:
         download_dir = self.settings().download_dir
         outcome = Outcome(
             id=secrets.token_hex(4),
-            path=str(_intended(download_dir, wanted)),
+            path=str(intended(download_dir, wanted)),
             remote_path=wanted,
             peer_id=refused.peer_id,
             # Who the user meant, in their words, when no member is known.
@@ -370,67 +368,3 @@ class Rpc:
         except PeerLookupError as exc:
             data = {"candidates": [{"id": m.id, "name": m.name} for m in exc.candidates]}
             raise FetchRefused(RpcError(OPERATION_FAILED, str(exc), data)) from None
-
-
-def _unsafe(download_dir: Path, entries: list[SharedFile]) -> list[str]:
-    """Why each entry's destination is refused (the path rule), for those refused."""
-    refused: list[str] = []
-    for entry in entries:
-        try:
-            destination(download_dir, entry.path)
-        except UnsafePath as exc:
-            refused.append(str(exc))
-    return refused
-
-
-def _too_many(path: str, wanted: str, entries: list[SharedFile], new: int, queued: int) -> str:
-    """Why a fetch of ``new`` more transfers is refused, and how to make it fit."""
-    if new > MAX_TRANSFERS:
-        # Too big in itself: the parts it could be fetched in, largest first.
-        counts = Counter(
-            wanted + rest.split("/", 1)[0] + "/"
-            for entry in entries
-            if "/" in (rest := entry.path[len(wanted) :])
-        )
-        loose = len(entries) - sum(counts.values())
-        parts = [f"{folder} ({count} files)" for folder, count in _largest(counts, 5)]
-        if len(counts) > 5:
-            parts.append(f"… {len(counts) - 5} more folders")
-        if loose:
-            parts.append(f"its {loose} files by name")
-        return (
-            f"{path!r} holds {len(entries)} files: more than p2pd queues at once "
-            f"({MAX_TRANSFERS} transfers); nothing was fetched. Fetch it a part at a time"
-            + (f": {', '.join(parts)}" if parts else "")
-        )
-    what = f"{path!r} ({new} files)" if wanted.endswith("/") else repr(path)
-    return (
-        f"no room for {what}: {queued} transfers are queued or running, and p2pd takes "
-        f"{MAX_TRANSFERS} at most; wait for some to finish (`p2pctl downloads`), or cancel "
-        "some, then fetch again"
-    )
-
-
-def _largest(counts: Counter[str], n: int) -> list[tuple[str, int]]:
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
-
-
-def _intended(download_dir: Path, wanted: str) -> Path:
-    """Where ``wanted`` would have gone; ``download_dir`` when that is not known."""
-    try:
-        return destination(download_dir, wanted.rstrip("/"))
-    except UnsafePath:
-        return download_dir
-
-
-def _combined_progress(transfers: list[Transfer]) -> dict[str, Any]:
-    if len(transfers) == 1:
-        return transfers[0].to_json()
-    return {
-        "id": ",".join(t.queued.id for t in transfers),
-        "size": sum(t.queued.size for t in transfers),
-        "bytes_done": sum(t.progress.bytes_done for t in transfers),
-        "rate": sum(t.progress.rate for t in transfers),
-        "files": len(transfers),
-        "files_done": sum(t.done.is_set() for t in transfers),
-    }
