@@ -20,7 +20,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from p2pctl import wirejson
-from p2pctl.main import parser, quick_args
+from p2pctl.arguments import parser
+from p2pctl.main import quick_args
 from tests.p2pctl.test_cli import STATUS, status
 from tests.support import VENV_BIN
 
