@@ -24,12 +24,19 @@ class Mute:
 
     def __init__(self) -> None:
         self.requests = 0
+        self._asked = trio.Event()
 
     async def request(
         self, member: Member, target: str, headers: dict[str, str] | None = None
     ) -> None:
         self.requests += 1
+        self._asked.set()
+        self._asked = trio.Event()
         await trio.sleep_forever()
+
+    async def until_asked(self, count: int) -> None:
+        while self.requests < count:
+            await self._asked.wait()
 
     def cached_listings(self) -> list[object]:
         return []  # no other member lists the files: one source each
@@ -56,6 +63,14 @@ def entry(number: int) -> SharedFile:
     return SharedFile(path=f"f{number}.bin", size=100, mtime=0.0, sha256=sha)
 
 
+async def all_asking(pool: Mute) -> None:
+    """Until every running transfer has asked its member (each first looks the member
+    up at a real registry, over a socket: on a busy machine that takes a while)."""
+    with trio.fail_after(30):
+        await pool.until_asked(downloads_module.CONCURRENT_TRANSFERS)
+    await trio.testing.wait_all_tasks_blocked()
+
+
 def tasks_alive() -> int:
     """Every task of this trio run (public API: the root task's tree)."""
     root = trio.lowlevel.current_root_task()
@@ -79,7 +94,7 @@ async def test_a_queued_transfer_is_a_record_not_a_task(
         assert await registry.client.member(BOB.id) is not None
         before = tasks_alive()
         transfers = [await downloads.start(BOB, entry(n)) for n in range(1000)]
-        await trio.testing.wait_all_tasks_blocked()
+        await all_asking(pool)
         assert pool.requests == downloads_module.CONCURRENT_TRANSFERS
         assert tasks_alive() - before == downloads_module.CONCURRENT_TRANSFERS
         assert [t.to_json()["state"] for t in transfers[8:]] == ["queued"] * 992
@@ -100,7 +115,7 @@ async def test_cancelling_a_queued_transfer_ends_it_and_leaves_the_partial_file(
         for n in range(downloads_module.CONCURRENT_TRANSFERS):
             await downloads.start(BOB, entry(n))
         queued = await downloads.start(BOB, waiting)
-        await trio.testing.wait_all_tasks_blocked()
+        await all_asking(pool)
         assert downloads.cancel(queued.queued.id)
         assert downloads.cancel(queued.queued.id)  # twice: still one outcome
         with trio.fail_after(5):
