@@ -46,6 +46,12 @@ class Front:
     out: int = 0
     most_out: int = 0
     seen: list[str] = field(default_factory=list)
+    arrived: trio.Event = field(default_factory=trio.Event)
+
+    async def until_out(self, count: int) -> None:
+        """Until ``count`` requests are held here at once (they come over sockets)."""
+        while self.out < count:
+            await self.arrived.wait()
 
     def __call__(self, handle: Handler) -> Handler:
         async def front(request: Request) -> Response:
@@ -54,6 +60,8 @@ class Front:
                 self.lookups += 1
             self.out += 1
             self.most_out = max(self.most_out, self.out)
+            self.arrived.set()
+            self.arrived = trio.Event()
             try:
                 if self.held is not None:
                     await self.held.wait()
@@ -143,6 +151,8 @@ async def test_lookups_in_flight_and_answers_kept_are_bounded() -> None:
         async with trio.open_nursery() as nursery:
             for stranger in strangers:
                 nursery.start_soon(directory.get, stranger)
+            with trio.fail_after(30):
+                await front.until_out(4)
             await trio.testing.wait_all_tasks_blocked()
             assert front.out == 4  # the others wait their turn, not the registry
             front.held.set()  # type: ignore[union-attr]
