@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import shlex
 import shutil
@@ -239,6 +240,9 @@ class Peers:
         peers_of = self.receiver_sock, self.sender_sock
         wait_for(lambda: '"sender"' in ctl(peers_of[0], "--json", "peers"), "the peers to meet")
         wait_for(lambda: '"receiver"' in ctl(peers_of[1], "--json", "peers"), "the peers to meet")
+        # A file written just now is indexed once it stopped changing (p2pd waits for that).
+        name = json.dumps(self.data.name)
+        wait_for(lambda: name in ctl(self.sender_sock, "--json", "shared"), "the file to be shared")
         self.idle = {"sender": rss_kib(self.sender.pid), "receiver": rss_kib(self.receiver.pid)}
         self.samplers = {
             "sender": RssSampler(self.sender.pid),
