@@ -48,6 +48,7 @@ bench: venv
 	$(BIN)/python bench/registry_load.py
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python -m bench.swarm
+	$(BIN)/python -m bench.search_cost
 	$(BIN)/python bench/index_scale.py
 	$(BIN)/python -m bench.small_files
 	$(BIN)/python -m bench.memory

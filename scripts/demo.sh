@@ -84,6 +84,9 @@ run alice peers
 say "What bob shares"
 run alice ls bob
 
+say "alice searches every member's files (here, bob's)"
+run alice search holiday
+
 say "alice fetches a file from bob over mutual TLS; its sha256 is verified"
 run alice fetch bob photos/holiday.raw
 echo "sha256 at bob:   $(sha256sum "$DEMO/bob/share/photos/holiday.raw" | cut -d' ' -f1)"
