@@ -24,6 +24,7 @@ from p2pd.control.jsonrpc import INVALID_PARAMS, OPERATION_FAILED, RpcError
 from p2pd.control.search import DEFAULT_TIMEOUT
 from p2pd.fetch.downloads import Downloads, NotQueued
 from p2pd.fetch.names import destination
+from p2pd.fetch.swarm import MAX_SOURCES
 from p2pd.fetch.swarming import Candidate
 from p2pd.fetch.transfer import Transfer
 from p2pd.peer.client import PeerPool
@@ -97,7 +98,8 @@ async def start_from_holders(
     why it could not start."""
     order = list(holders)
     random.shuffle(order)  # spread many fetches of the same content over its holders
-    first, *others = order
+    # A transfer takes pieces from MAX_SOURCES members at most: a random share of them.
+    first, *others = order[:MAX_SOURCES]
     entry = SharedFile.model_construct(
         path=first.path,
         size=content.size,

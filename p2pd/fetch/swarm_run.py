@@ -35,6 +35,9 @@ log = logging.getLogger("p2pd.downloads")
 #: Seconds between the scheduler's looks at stalls and at members that may join.
 TICK = 1.0
 JOIN_EVERY = 5.0
+#: Seconds the look for members that may join may hold up the scheduling (it asks the
+#: registry about members whose answer is not kept): past it, the next look.
+JOIN_DEADLINE = 0.5
 
 
 class PieceRun:
@@ -82,7 +85,10 @@ class PieceRun:
                 now = trio.current_time()
                 if now - joined_at >= JOIN_EVERY:
                     joined_at = now
-                    for candidate in await more():
+                    joining: list[Candidate] = []
+                    with trio.move_on_after(JOIN_DEADLINE):
+                        joining = await more()
+                    for candidate in joining:
                         self.join(candidate)
                 self._cancel(self.swarm.stalled(now))
                 for member_id, candidate in self.members.items():
