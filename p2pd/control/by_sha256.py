@@ -99,7 +99,8 @@ async def start_from_holders(
     order = list(holders)
     random.shuffle(order)  # spread many fetches of the same content over its holders
     # A transfer takes pieces from MAX_SOURCES members at most: a random share of them.
-    first, *others = order[:MAX_SOURCES]
+    candidates = order[:MAX_SOURCES]
+    first = candidates[0]
     entry = SharedFile.model_construct(
         path=first.path,
         size=content.size,
@@ -108,7 +109,7 @@ async def start_from_holders(
         root=first.root,
         piece_size=first.piece_size,
     )
-    return await downloads.start(first.member, entry, others, name=name)
+    return await downloads.start(first.member, entry, candidates, name=name)
 
 
 async def start_by_sha256(

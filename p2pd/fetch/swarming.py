@@ -185,7 +185,7 @@ class SwarmContext:
                     fd,
                     queued.sha256,
                     queued.size,
-                    queued.remote_path,
+                    queued.dest_name or queued.remote_path,
                 )
             except Retry:
                 self._root_lied(transfer, [c for c in same if c.root == root], root)

@@ -99,6 +99,26 @@ def test_a_file_several_members_list_comes_from_all_of_them(scene: Scene) -> Non
         assert shown.returncode == 0 and "bert" in shown.stdout and "cleo" in shown.stdout
 
 
+def test_a_fetch_by_sha256_takes_pieces_from_every_member_its_search_found(
+    scene: Scene,
+) -> None:
+    """No listing kept: the search by sha256 alone names the holders and their roots."""
+    with run_p2pd(scene.base, "hana", [scene.registry.url], extra_config=FAST) as hana:
+        sees(hana, ["anna", "bert", "cleo"])
+        # Members answer a member only: once the registry has hana, they do.
+        poll(lambda: hana.ctl_json("status")["registered"], timeout=30, what="hana to register")
+        outcome = hana.ctl_json("fetch", "--sha256", SHA, "--name", "by-hash.bin")
+        assert outcome["status"] == "ok", outcome
+        landed = hana.download_dir / "by-hash.bin"
+        assert outcome["path"] == str(landed)
+        assert hashlib.sha256(landed.read_bytes()).hexdigest() == SHA
+        sources = {s["name"]: s for s in outcome["sources"]}
+        assert set(sources) == {"anna", "bert", "cleo"}, outcome["sources"]
+        assert sum(s["bytes"] > 0 for s in sources.values()) >= 2  # pieces from several
+        (record,) = [r for r in hana.ctl_json("history") if r["id"] == outcome["id"]]
+        assert record["sources"] == outcome["sources"]
+
+
 def test_a_file_one_member_lists_comes_whole_from_it(scene: Scene) -> None:
     """One source keeps the whole-file path: one request, no piece layer asked."""
     with run_p2pd(scene.base, "olga", [scene.registry.url], extra_config=FAST) as olga:
