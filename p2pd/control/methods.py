@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,8 +314,15 @@ class Rpc:
         """Every member asked, the matches grouped by content (p2pd.control.search)."""
         return await search_call(params, notify, self.pool, self._members_to_search)
 
-    def _members_to_search(self) -> Awaitable[list[Member]]:
-        return members_to_search(self.directory)
+    async def _members_to_search(self) -> list[Member]:
+        if not self.link.registered:
+            # Members answer members only: every one of them would refuse us.
+            raise RpcError(
+                OPERATION_FAILED,
+                f"this daemon is not registered with a registry yet ({self.link.error}), and "
+                "members answer members only: see `p2pctl status`, then search again",
+            )
+        return await members_to_search(self.directory)
 
     async def rpc_downloads(self, params: dict[str, Any], notify: Notify) -> list[dict[str, Any]]:
         return [t.to_json() for t in self.downloads.active.values()]

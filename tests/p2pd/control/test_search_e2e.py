@@ -6,11 +6,12 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.hostile.attacker import ctl, poll
-from tests.support import RunningPeer, run_p2pd, run_registryd
+from tests.support import RunningPeer, free_port, run_p2pd, run_registryd
 
 FAST = "heartbeat_interval = 0.5\n"
 TIME = b"the great gig in the sky\n" * 100
@@ -174,3 +175,15 @@ def test_fetch_of_content_nobody_has_fails_and_is_recorded(three: Trio) -> None:
     assert "asked 2 of 2 members (2 answered, 0 silent, 0 refused)" in outcome["error"]
     history = json.loads(ctl(three.alice.socket_path, "--json", "history").stdout)
     assert any(o["id"] == outcome["id"] and o["status"] == "failed" for o in history)
+
+
+def test_a_daemon_not_registered_says_so_instead_of_asking_members_who_would_refuse(
+    tmp_path: Path,
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with run_p2pd(tmp_path, "lone", [nowhere]) as lone:
+        for command in (["search", "time"], ["fetch", "--sha256", TIME_HEX]):
+            result = ctl(lone.socket_path, *command)
+            assert result.returncode == 1, result
+            assert "not registered with a registry yet" in result.stderr, result.stderr
+            assert "p2pctl status" in result.stderr
