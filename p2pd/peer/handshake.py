@@ -22,7 +22,8 @@ import trio
 from p2pcommon.http.accepting import peer_host
 from p2pcommon.http.connections import address_key
 from p2pd.membership.directory import Directory, LookupUnavailable, is_peer_id
-from p2pd.peer.ratelimit import Allowance, Allowances
+from p2pd.peer.buckets import KeyedBuckets
+from p2pd.peer.ratelimit import Allowance
 from p2pd.tls.clienthello import ClientHelloError
 from p2pd.tls.contexts import PeerMismatch, ServerContexts, presented_id, refuse_handshake
 from p2pd.tls.peek import peek_server_name
@@ -34,7 +35,7 @@ HANDSHAKE_TIMEOUT = 10.0
 SNI_LOOKUP_DEADLINE = 3.0
 #: Lookups of SNI names not kept, a second and at once (past them: the default context).
 SNI_LOOKUP_RATE = 20.0
-SNI_LOOKUP_BURST = 40.0
+SNI_LOOKUP_BURST = 40
 #: The part of them one client address (an IPv4 address, an IPv6 /64) may spend: a
 #: flood from one place leaves the rest to the others.
 SNI_LOOKUP_RATE_PER_ADDRESS = 5.0
@@ -49,7 +50,7 @@ class Handshakes:
         #: Refusals by reason, shared with the server's (for metrics).
         self._refused = refused
         self._everyone = Allowance(SNI_LOOKUP_RATE, SNI_LOOKUP_BURST)
-        self._by_address = Allowances(SNI_LOOKUP_RATE_PER_ADDRESS, SNI_LOOKUP_BURST)
+        self._by_address = KeyedBuckets(SNI_LOOKUP_RATE_PER_ADDRESS, SNI_LOOKUP_BURST)
 
     async def admit(self, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, str | None] | None:
         # One deadline for the ClientHello's peek, the lookup and the handshake.
@@ -110,4 +111,4 @@ class Handshakes:
             address = address_key(peer_host(stream))
         except OSError:
             return False  # gone already: its handshake fails anyway
-        return self._by_address.allow(address, now) and self._everyone.allow(now)
+        return self._by_address.admit(address, now) == 0.0 and self._everyone.allow(now)

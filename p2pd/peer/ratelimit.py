@@ -3,7 +3,6 @@ and allowances that refuse rather than owe."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 
 import trio
@@ -56,23 +55,3 @@ class Allowance:
             return False
         self._tokens -= 1
         return True
-
-
-class Allowances:
-    """An Allowance per key (a client's address), for the ``max_keys`` keys seen last: one
-    party cannot spend what is shared by all (a key forgotten starts with a full burst)."""
-
-    def __init__(self, rate: float, burst: float, max_keys: int = 4096) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._max_keys = max_keys
-        self._by_key: OrderedDict[str, Allowance] = OrderedDict()
-
-    def allow(self, key: str, now: float) -> bool:
-        allowance = self._by_key.get(key)
-        if allowance is None:
-            allowance = self._by_key[key] = Allowance(self.rate, self.burst)
-            while len(self._by_key) > self._max_keys:
-                self._by_key.popitem(last=False)
-        self._by_key.move_to_end(key)
-        return allowance.allow(now)

@@ -45,12 +45,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Protocol, TypeVar
 from urllib.parse import quote, unquote_to_bytes
+
+from p2pd.peer.buckets import KeyedBuckets
 
 SEARCH_PATH = "/search"
 MAX_TARGET = 4096
@@ -290,40 +291,9 @@ def _glob_filter(candidates: Iterator[int], lowered: Sequence[str], glob: str) -
     return (i for i in candidates if whole(lowered[i]) is not None)
 
 
-class SearchLimiter:
-    """Token buckets per asking member: ``rate`` searches/s, bursts of ``burst``.
-
-    Memory is bounded: at most ``max_members`` buckets, the least recently
-    used one dropped first.  A dropped bucket was, in practice, full again (a
-    bucket refills in ``burst / rate`` seconds), and a full bucket is what an
-    unknown member gets: dropping it forgets nothing.  Only when more than
-    ``max_members`` members search within that time does one get a fresh
-    burst early.  A refused search costs nothing: no debt.
-    """
+class SearchLimiter(KeyedBuckets):
+    """Token buckets per asking member (``p2pd.peer.buckets``): by default 5 searches a
+    second, bursts of 10, for the 4096 members that searched last."""
 
     def __init__(self, rate: float = 5.0, burst: int = 10, max_members: int = 4096) -> None:
-        if rate <= 0 or burst < 1 or max_members < 1:
-            raise ValueError("rate, burst and max_members must be positive")
-        self.rate = rate
-        self.burst = burst
-        self.max_members = max_members
-        #: member id -> (tokens, when they were counted); most recently used last.
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def admit(self, member_id: str, now: float) -> float:
-        """0.0 if this member may search now (a token is taken), else seconds to wait."""
-        tokens, since = self._buckets.pop(member_id, (float(self.burst), now))
-        # A clock that steps back refills nothing (and takes nothing back).
-        tokens = min(float(self.burst), tokens + max(0.0, now - since) * self.rate)
-        wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
-        else:
-            wait = (1.0 - tokens) / self.rate
-        self._buckets[member_id] = (tokens, max(now, since))
-        while len(self._buckets) > self.max_members:
-            self._buckets.popitem(last=False)
-        return wait
+        super().__init__(rate, burst, max_members)

@@ -24,6 +24,7 @@ PURE = [
     "p2pd.share.merkle",
     "p2pd.peer.files",
     "p2pd.peer.uploads",
+    "p2pd.peer.buckets",
     "p2pd.peer.search",
     "p2pd.peer.search_groups",
     "p2pd.tls.clienthello",
