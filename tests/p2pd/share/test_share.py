@@ -369,6 +369,26 @@ print(json.dumps({"files": sorted(e.path for e in entries), "skipped": skipped.e
 """
 
 
+def readable_code(into: Path) -> Path:
+    """The packages the scan imports, copied where nobody (uid 65534) may read them: the
+    checkout and its venv may sit in a folder only root may enter (a `mktemp -d`)."""
+    import attr
+    import attrs
+    import idna
+    import outcome
+    import sniffio
+    import sortedcontainers
+
+    import p2pcommon
+    import p2pd
+
+    code = into / "code"
+    for package in (p2pd, p2pcommon, trio, sniffio, outcome, attr, attrs, sortedcontainers, idna):
+        source = Path(str(package.__file__)).parent
+        shutil.copytree(source, code / source.name, ignore=shutil.ignore_patterns("__pycache__"))
+    return code
+
+
 def test_an_unreadable_folder_is_skipped_with_a_reason() -> None:
     # The tests run as root, who reads everything: scan as nobody (uid 65534) instead.
     if shutil.which("setpriv") is None:
@@ -376,6 +396,7 @@ def test_an_unreadable_folder_is_skipped_with_a_reason() -> None:
     with tempfile.TemporaryDirectory(dir="/tmp") as top:
         base = Path(top)
         base.chmod(0o755)
+        code = readable_code(base)
         root = base / "share"
         (root / "closed").mkdir(parents=True)
         (root / "open").mkdir()
@@ -389,9 +410,10 @@ def test_an_unreadable_folder_is_skipped_with_a_reason() -> None:
         state.chmod(0o777)
         result = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-            + [sys.executable, "-c", UNREADABLE_CHILD, str(root), str(state / "c.sqlite3")],
+            + [sys.executable, "-S", "-c", UNREADABLE_CHILD, str(root), str(state / "c.sqlite3")],
             capture_output=True,
-            cwd=Path(__file__).parents[3],
+            cwd=base,
+            env={**os.environ, "PYTHONPATH": str(code)},
             timeout=60,
             check=False,
         )
