@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -372,19 +373,13 @@ print(json.dumps({"files": sorted(e.path for e in entries), "skipped": skipped.e
 def readable_code(into: Path) -> Path:
     """The packages the scan imports, copied where nobody (uid 65534) may read them: the
     checkout and its venv may sit in a folder only root may enter (a `mktemp -d`)."""
-    import attr
-    import attrs
-    import idna
-    import outcome
-    import sniffio
-    import sortedcontainers
-
-    import p2pcommon
-    import p2pd
-
     code = into / "code"
-    for package in (p2pd, p2pcommon, trio, sniffio, outcome, attr, attrs, sortedcontainers, idna):
-        source = Path(str(package.__file__)).parent
+    # Ours, trio and what trio imports (found, not imported here: they are trio's to declare).
+    packages = ("p2pd", "p2pcommon", "trio", "sniffio", "outcome", "attr", "attrs")
+    for name in (*packages, "sortedcontainers", "idna"):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.submodule_search_locations, name
+        source = Path(list(spec.submodule_search_locations)[0])
         shutil.copytree(source, code / source.name, ignore=shutil.ignore_patterns("__pycache__"))
     return code
 
